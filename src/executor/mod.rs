@@ -1,0 +1,150 @@
+//! Executors: one per engine. An executor receives a fully prepared [`RunContext`] (inputs already on local
+//! disk, output dirs created, limits resolved) and returns a [`RunOutcome`].
+//!
+//! A failed *job* (trap, non-zero exit, timeout, memory limit, invalid module) is an outcome, never an `Err`:
+//! `Err` would mean the node itself is broken. Executors never touch the store or the transport, and never block
+//! the async runtime: CPU-bound work runs on the executor's own threads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{EngineKind, EngineSpec, ExecutionId, JobId, NetworkType, Task};
+
+pub mod wasm;
+
+/// A prepared input, as the task will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedInput {
+    /// Path inside the task (`InputSource.Target`), absolute.
+    pub target: String,
+    /// Where the data is on the host: a file or a directory.
+    pub host_path: PathBuf,
+    /// Whether the task may modify it (only `local` inputs with `ReadWrite`).
+    pub read_only: bool,
+}
+
+/// A result folder the task writes into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputDir {
+    /// `ResultPath.Name`; wasm mounts the folder at `/<name>`, as Bacalhau does.
+    pub name: String,
+    /// `ResultPath.Path` (containers mount the folder there).
+    pub path: String,
+    /// The empty host directory collected into the result.
+    pub host_dir: PathBuf,
+}
+
+/// Limits for one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory cap in bytes (`Resources.Memory`), if any.
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock limit (`Timeouts.ExecutionTimeout`), if any.
+    pub timeout: Option<Duration>,
+    /// Cap on each of stdout and stderr; output past it is dropped and the run is flagged.
+    pub max_output_bytes: u64,
+}
+
+/// Everything an executor needs for one run.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The execution.
+    pub execution_id: ExecutionId,
+    /// Its job.
+    pub job_id: JobId,
+    /// The parsed engine spec.
+    pub engine: EngineSpec,
+    /// Environment: `Task.Env` plus the `BACALHAU_*` system variables.
+    pub env: BTreeMap<String, String>,
+    /// Inputs.
+    pub inputs: Vec<PreparedInput>,
+    /// Result folders.
+    pub outputs: Vec<OutputDir>,
+    /// File receiving stdout.
+    pub stdout_path: PathBuf,
+    /// File receiving stderr.
+    pub stderr_path: PathBuf,
+    /// Limits.
+    pub limits: Limits,
+    /// Network mode requested.
+    pub network: NetworkType,
+}
+
+/// Why a run failed (as opposed to exiting with a code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureReason {
+    /// It ran past its execution timeout.
+    Timeout(Duration),
+    /// It was cancelled.
+    Cancelled,
+    /// It hit its memory limit.
+    OutOfMemory {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The program is not runnable (not WASM, missing entry point, unresolved import, …).
+    InvalidProgram(String),
+    /// The engine could not set the run up (a mount missing, say).
+    Setup(String),
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout(d) => write!(f, "execution timed out after {}s", d.as_secs_f64()),
+            Self::Cancelled => write!(f, "execution was cancelled"),
+            Self::OutOfMemory { limit } => write!(f, "execution ran out of memory (limit {limit} bytes)"),
+            Self::InvalidProgram(m) => write!(f, "program cannot run: {m}"),
+            Self::Setup(m) => write!(f, "execution could not be set up: {m}"),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The program ran and exited (any code; a trap without an exit status is code 1, as in Bacalhau).
+    Exited {
+        /// Exit code.
+        code: i32,
+        /// Whether stdout or stderr hit the output cap.
+        output_truncated: bool,
+    },
+    /// The program could not run to an exit.
+    Failed(FailureReason),
+}
+
+/// The node itself could not run anything (threads gone, say). Never used for job failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The task asks for something this executor cannot do; the message says what.
+    #[error("{engine} executor cannot run this task: {reason}")]
+    Unsupported {
+        /// The engine.
+        engine: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The executor's workers are gone.
+    #[error("{engine} executor is shut down")]
+    ShutDown {
+        /// The engine.
+        engine: &'static str,
+    },
+}
+
+/// An engine.
+#[async_trait]
+pub trait Executor: Send + Sync + fmt::Debug {
+    /// The engine this executor runs.
+    fn engine(&self) -> EngineKind;
+    /// Cheap check used when bidding: can this executor run `task` at all?
+    fn validate(&self, task: &Task) -> Result<(), ExecutorError>;
+    /// Runs to completion, timeout or cancellation. Cancel-safe: dropping the future stops the run.
+    async fn run(&self, ctx: RunContext, cancel: CancellationToken) -> Result<RunOutcome, ExecutorError>;
+}

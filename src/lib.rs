@@ -1,0 +1,31 @@
+//! Cod: compute over data on edge fleets, Bacalhau-compatible.
+//!
+//! # Layout
+//! - [`model`]: Bacalhau's wire types (Job, Task, Execution, NodeInfo…) and validation; no I/O.
+//! - [`store`]: LMDB (heed) tables behind an async facade; every state transition is one write transaction.
+//! - [`transport`]: libp2p request-response between orchestrators and compute nodes (versioned CBOR).
+//! - [`executor`], [`storage`], [`publisher`]: the extension points (engines, input sources, result
+//!   destinations), one trait each, one file per backend.
+//! - [`orchestrator`]: job intake, scheduling, node registry, execution tracking.
+//! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher).
+//! - [`api`]: the Bacalhau v1 REST API.
+//! - [`node`]: the composition root that wires a node from its config.
+//! - [`cli`]: the `cod` command line.
+//!
+//! # The path of a job
+//! `PUT /api/v1/orchestrator/jobs` → [`api`] → [`orchestrator`] validates, stores job + evaluation + history in
+//! one transaction, schedules executions on ranked nodes and writes `AskForBid` messages to its durable outbox
+//! → [`transport`] → [`compute`] bids, stores the execution, prepares inputs ([`storage`]), runs it
+//! ([`executor`]), publishes the result ([`publisher`]) and reports through its own outbox → the orchestrator
+//! marks the execution and the job `Completed` → `cod job get` downloads the published result.
+//!
+//! # Dependency rule
+//! `model` depends on nothing; `store`, `transport` and the backends depend only on `model`; `orchestrator`
+//! and `compute` use them through handles and traits; `api` uses orchestrator handles; `node` wires everything;
+//! only `main` and `cli` reach `node`.
+
+pub mod model;
+pub mod transport;
+pub mod executor;
+pub mod storage;
+pub mod publisher;

@@ -1,0 +1,58 @@
+//! Publishers: make an execution's result folder (`stdout`, `stderr`, `exitCode`, one folder per ResultPath)
+//! available and describe where, as a `SpecConfig` stored in `Execution.PublishedResult`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use crate::model::{ExecutionId, JobId, NodeId, PublisherKind, PublisherSpec, SpecConfig};
+
+pub mod local;
+pub mod noop;
+
+/// Which execution is being published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishTarget {
+    /// The execution.
+    pub execution_id: ExecutionId,
+    /// Its job.
+    pub job_id: JobId,
+    /// This node.
+    pub node_id: NodeId,
+}
+
+/// A result that could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherError {
+    /// Packing the result failed.
+    #[error("packing the result of {execution_id} from {dir:?} failed")]
+    Pack {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// The result dir.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec cannot be handled by this publisher.
+    #[error("publisher {kind} cannot publish this result: {reason}")]
+    Unsupported {
+        /// The publisher.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A result destination.
+#[async_trait]
+pub trait Publisher: Send + Sync + fmt::Debug {
+    /// The publisher type served.
+    fn kind(&self) -> PublisherKind;
+    /// Cheap check used when bidding.
+    fn validate(&self, spec: &PublisherSpec) -> Result<(), PublisherError>;
+    /// Publishes `result_dir` and returns where it went.
+    async fn publish(&self, target: &PublishTarget, result_dir: &Path) -> Result<SpecConfig, PublisherError>;
+}

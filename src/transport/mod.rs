@@ -1,0 +1,132 @@
+//! The link between orchestrators and compute nodes: libp2p (TCP + Noise + Yamux, identify, ping) carrying one
+//! request-response protocol ([`protocol::PROTOCOL_NAME`]) of versioned CBOR messages.
+//!
+//! Layout (rust-libp2p's file-sharing example): [`new`] returns a cloneable [`Client`], a stream of [`Event`]s
+//! and an [`EventLoop`] that alone owns the `Swarm`. No libp2p type leaves this module: callers see [`NodeId`]s
+//! and multiaddrs as strings.
+//!
+//! Compute nodes dial out to their orchestrators (edge devices sit behind NAT) and redial with exponential
+//! backoff; the orchestrator answers and sends its own requests back over the same connection.
+//!
+//! A hybrid node (orchestrator and compute in one process) still speaks these messages between its two halves:
+//! [`Client::attach_local`] gives the in-process compute side its own client/event pair whose requests reach
+//! the orchestrator side's event stream (and vice versa) without a socket.
+
+pub mod protocol;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::NodeId;
+pub use protocol::{Message, Request, Response, Sequenced};
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Multiaddrs to listen on (orchestrators; compute-only nodes usually listen on none).
+    pub listen: Vec<String>,
+    /// Orchestrator multiaddrs to dial and keep dialing (compute nodes), with or without `/p2p/<id>`.
+    pub orchestrators: Vec<String>,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// First reconnect delay; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// Close connections idle this long (heartbeats keep live ones open).
+    pub idle_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            orchestrators: Vec::new(),
+            request_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Something the other side did.
+#[derive(Debug)]
+pub enum Event {
+    /// A peer connected (first connection). For compute nodes the peer is an orchestrator they dialed.
+    PeerConnected(NodeId),
+    /// A peer's last connection closed.
+    PeerDisconnected(NodeId),
+    /// A peer sent a request; answer through `reply` (dropping it makes the peer see an error).
+    Request {
+        /// Who sent it.
+        peer: NodeId,
+        /// What.
+        request: Request,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// A request that could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No connection to the peer and none could be made.
+    #[error("node {peer} is not connected")]
+    NotConnected {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The request was sent but no answer came.
+    #[error("request to {peer} failed: {reason}")]
+    RequestFailed {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A listen or dial address does not parse.
+    #[error("address {addr:?} is not a valid multiaddr: {reason}")]
+    BadAddress {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The event loop has stopped.
+    #[error("transport is shut down")]
+    ShutDown,
+    /// Loading or creating the identity key failed.
+    #[error("identity key {path:?}: {reason}")]
+    Identity {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+mod client;
+mod event_loop;
+mod identity;
+
+pub use client::Client;
+pub use event_loop::EventLoop;
+pub use identity::load_or_create_identity;
+
+/// A node identity (its keypair), opaque outside this module.
+pub use identity::Identity;
+
+/// Builds the transport. Nothing runs until [`EventLoop::run`] is spawned.
+pub fn new(identity: Identity, config: Config) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
+    event_loop::build(identity, config)
+}

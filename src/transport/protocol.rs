@@ -1,0 +1,232 @@
+//! The messages between orchestrators and compute nodes, and their wire encoding.
+//!
+//! Every request is an [`Envelope`] encoded as CBOR (minicbor, through its serde bridge so the model's serde
+//! types travel unchanged). The envelope carries a version; a receiver refuses versions it does not know with a
+//! clear error rather than misreading them. Messages that must not be lost travel inside [`Request::Deliver`]
+//! as [`Sequenced`] items: the sender keeps them in its durable outbox until the receiver acknowledges their
+//! sequence number, and the receiver applies each sequence number at most once. Replays are therefore harmless.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Event, Execution, ExecutionId, ExecutionStateType, JobId, NodeId, NodeInfo, Resources, RunCommandResult,
+    SpecConfig,
+};
+
+/// libp2p protocol name of the request-response protocol.
+pub const PROTOCOL_NAME: &str = "/cod/compute/1";
+
+/// Current envelope version.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Largest encoded request or response accepted (inline WASM modules travel inside AskForBid).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The versioned wrapper of every message on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// [`WIRE_VERSION`] of the sender.
+    pub version: u16,
+    /// The message.
+    pub body: T,
+}
+
+/// A request from one side to the other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Compute → orchestrator, first thing after connecting: who I am, what I can do, and the last
+    /// orchestrator sequence number I applied (so the orchestrator replays from there).
+    Handshake {
+        /// The node's description.
+        info: NodeInfo,
+        /// Highest orchestrator→compute sequence number this node has applied.
+        last_applied_seq: u64,
+    },
+    /// Compute → orchestrator, periodically: still alive, and how much is free.
+    Heartbeat {
+        /// Free capacity.
+        available: Resources,
+        /// Executions running.
+        running: u64,
+    },
+    /// Compute → orchestrator when its description changes (labels, capacity).
+    UpdateInfo {
+        /// The new description.
+        info: NodeInfo,
+    },
+    /// Either direction: durable messages, in sequence order.
+    Deliver {
+        /// The messages.
+        messages: Vec<Sequenced>,
+    },
+}
+
+/// A durable message with its sender-assigned sequence number (the idempotency key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sequenced {
+    /// Strictly increasing per (sender, receiver).
+    pub seq: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// Durable messages (Bacalhau's bprotocol/NCL data plane).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Orchestrator → compute: bid on this execution (carries the job snapshot). With `accept_directly` the
+    /// compute node may start at once if it bids (Bacalhau's "desired Running" path, saving a round trip).
+    AskForBid {
+        /// The execution, with `job` set.
+        execution: Box<Execution>,
+        /// Start without waiting for BidAccepted.
+        accept_directly: bool,
+    },
+    /// Orchestrator → compute: your bid won; run it.
+    BidAccepted {
+        /// The execution.
+        execution_id: ExecutionId,
+    },
+    /// Orchestrator → compute: your bid lost; forget it.
+    BidRejected {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// Why.
+        reason: String,
+    },
+    /// Orchestrator → compute: stop it.
+    CancelExecution {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// Why.
+        reason: String,
+    },
+    /// Compute → orchestrator: my answer to AskForBid.
+    BidResult {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// Its job.
+        job_id: JobId,
+        /// Whether the node bids.
+        accepted: bool,
+        /// Why not, when not.
+        reason: String,
+    },
+    /// Compute → orchestrator: progress (Running, Publishing) with a history event.
+    ExecutionProgress {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// Its job.
+        job_id: JobId,
+        /// The new state.
+        state: ExecutionStateType,
+        /// What happened.
+        event: Event,
+    },
+    /// Compute → orchestrator: finished and published.
+    RunResult {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// Its job.
+        job_id: JobId,
+        /// Where the result went.
+        published_result: SpecConfig,
+        /// Output summary and exit code.
+        run_output: RunCommandResult,
+    },
+    /// Compute → orchestrator: it failed (could not run, timed out, was cancelled, could not publish).
+    ComputeError {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// Its job.
+        job_id: JobId,
+        /// Failed or Cancelled.
+        state: ExecutionStateType,
+        /// What went wrong, for the user.
+        error: String,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Handshake accepted: resend your outbox after `last_applied_seq`.
+    Welcome {
+        /// The orchestrator's id.
+        orchestrator_id: NodeId,
+        /// Highest compute→orchestrator sequence number the orchestrator has applied from this node.
+        last_applied_seq: u64,
+    },
+    /// Deliver/Heartbeat/UpdateInfo accepted; for Deliver, every message up to `last_applied_seq` is applied.
+    Ack {
+        /// Highest sequence number applied (for Deliver; 0 otherwise).
+        last_applied_seq: u64,
+    },
+    /// Refused (not approved, rejected, unknown node, unsupported version…). The reason is for the operator.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An undecodable message.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Not CBOR of the expected shape.
+    #[error("malformed message")]
+    Malformed(#[source] minicbor_serde::error::DecodeError),
+    /// A version this node does not speak.
+    #[error("unsupported wire version {got} (this node speaks {WIRE_VERSION}); upgrade the older side")]
+    Version {
+        /// What arrived.
+        got: u16,
+    },
+    /// Encoding failed (not expected for these types).
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+/// Encodes a message in its envelope.
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, CodecError> {
+    minicbor_serde::to_vec(Envelope { version: WIRE_VERSION, body })
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes an enveloped message, refusing unknown versions.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        version: u16,
+    }
+    let v: VersionOnly = minicbor_serde::from_slice(bytes).map_err(CodecError::Malformed)?;
+    if v.version != WIRE_VERSION {
+        return Err(CodecError::Version { got: v.version });
+    }
+    let env: Envelope<T> = minicbor_serde::from_slice(bytes).map_err(CodecError::Malformed)?;
+    Ok(env.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let req = Request::Deliver {
+            messages: vec![Sequenced {
+                seq: 7,
+                message: Message::BidAccepted { execution_id: ExecutionId::generate() },
+            }],
+        };
+        let bytes = encode(&req).expect("encodes");
+        let back: Request = decode(&bytes).expect("decodes");
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn refuses_unknown_versions() {
+        let bytes = minicbor_serde::to_vec(Envelope { version: 99, body: Response::Ack { last_applied_seq: 0 } })
+            .expect("encodes");
+        assert!(matches!(decode::<Response>(&bytes), Err(CodecError::Version { got: 99 })));
+        assert!(matches!(decode::<Response>(b"\xff\x00"), Err(CodecError::Malformed(_))));
+    }
+}
