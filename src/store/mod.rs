@@ -1,0 +1,338 @@
+//! Durable state in one LMDB environment (heed), behind an async facade.
+//!
+//! Every state transition of the node is one write transaction: [`Store::write`] runs a closure with a
+//! [`WriteTxn`] on a blocking thread and commits it (fsync) before returning, so callers never hold a
+//! transaction across an `.await` and never block a runtime worker. LMDB already serializes writers, so there
+//! are no locks here. Values are JSON (the model's serde shapes); keys are strings built so that a prefix scan
+//! returns related records in order (`<job id>/<seq:020>`).
+//!
+//! Never opened with `NO_SYNC`: power loss is normal at the edge, and a committed transition must survive it.
+//! heed types (`RoTxn`, `RwTxn`, `Database`) do not leave this module.
+
+mod env;
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use heed::types::{Bytes, Str};
+use heed::{Database, Env, RoTxn, RwTxn, WithoutTls};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// LMDB map size: the most the database may grow to. Virtual address space only, but a 32-bit board cannot
+    /// map more than ~1 GiB, so board profiles set it.
+    pub map_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { map_size: 1 << 30 }
+    }
+}
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The environment could not be opened.
+    #[error("cannot open the state database in {path:?} (is another cod using this data dir?)")]
+    Open {
+        /// The data dir.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: heed::Error,
+    },
+    /// An LMDB operation failed.
+    #[error("state database {op} on table {table} failed")]
+    Lmdb {
+        /// What was being done.
+        op: &'static str,
+        /// On which table.
+        table: &'static str,
+        /// The cause.
+        #[source]
+        source: heed::Error,
+    },
+    /// A stored value does not decode (written by an incompatible version).
+    #[error("record {key:?} in table {table} is unreadable")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The blocking task running the transaction panicked or was cancelled.
+    #[error("state database task failed: {0}")]
+    Task(String),
+    /// A caller's own rule failed inside a transaction (the transaction is rolled back).
+    #[error("{0}")]
+    Aborted(String),
+}
+
+/// A typed table: string keys, JSON values.
+#[derive(Debug)]
+pub struct Table<V> {
+    name: &'static str,
+    db: Database<Str, Bytes>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for Table<V> {}
+
+impl<V> Table<V> {
+    /// The table's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The node's database.
+#[derive(Clone)]
+pub struct Store {
+    env: Env<WithoutTls>,
+    /// The data dir, for messages.
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the environment in `dir`.
+    pub fn open(dir: &Path, config: &Config) -> Result<Self, StoreError> {
+        let env = env::open(dir, config.map_size, 64)?;
+        Ok(Self { env, path: Arc::new(dir.to_owned()) })
+    }
+
+    /// Opens (creating if needed) a table. Call at start-up, not per request.
+    pub fn table<V>(&self, name: &'static str) -> Result<Table<V>, StoreError> {
+        let lmdb = |op, source| StoreError::Lmdb { op, table: name, source };
+        let mut txn = self.env.write_txn().map_err(|e| lmdb("begin", e))?;
+        let db = self.env.create_database::<Str, Bytes>(&mut txn, Some(name)).map_err(|e| lmdb("create", e))?;
+        txn.commit().map_err(|e| lmdb("commit", e))?;
+        Ok(Table { name, db, _value: PhantomData })
+    }
+
+    /// Runs `f` in a read transaction on a blocking thread. Keep it short: long readers stop LMDB from reusing
+    /// pages and make the file grow.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ReadTxn<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let env = self.env.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = env.read_txn().map_err(|source| StoreError::Lmdb { op: "begin read", table: "-", source })?;
+            f(&ReadTxn { txn: &txn })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` in a write transaction on a blocking thread and commits it if `f` returns `Ok`. The commit is
+    /// durable (fsync) when this returns.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let env = self.env.clone();
+        tokio::task::spawn_blocking(move || Self::write_blocking(&env, f))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// [`Store::write`] for code already on a blocking thread (start-up, tests).
+    pub fn write_sync<R>(&self, f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        Self::write_blocking(&self.env, f)
+    }
+
+    /// [`Store::read`] for code already on a blocking thread.
+    pub fn read_sync<R>(&self, f: impl FnOnce(&ReadTxn<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let txn = self.env.read_txn().map_err(|source| StoreError::Lmdb { op: "begin read", table: "-", source })?;
+        f(&ReadTxn { txn: &txn })
+    }
+
+    fn write_blocking<R>(
+        env: &Env<WithoutTls>,
+        f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut txn = env.write_txn().map_err(|source| StoreError::Lmdb { op: "begin write", table: "-", source })?;
+        let out = f(&mut WriteTxn { txn: &mut txn })?;
+        txn.commit().map_err(|source| StoreError::Lmdb { op: "commit", table: "-", source })?;
+        Ok(out)
+    }
+}
+
+fn decode<V: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { table, key: key.to_owned(), source })
+}
+
+/// Reads shared by read and write transactions.
+pub trait Reader {
+    /// The value at `key`.
+    fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str) -> Result<Option<V>, StoreError>;
+    /// Every `(key, value)` whose key starts with `prefix`, in key order.
+    fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError>;
+    /// Every `(key, value)` of the table, in key order.
+    fn all<V: DeserializeOwned>(&self, table: Table<V>) -> Result<Vec<(String, V)>, StoreError> {
+        self.prefix(table, "")
+    }
+    /// Number of records.
+    fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError>;
+}
+
+/// A read transaction.
+pub struct ReadTxn<'a> {
+    txn: &'a RoTxn<'a>,
+}
+
+/// A write transaction; committed by [`Store::write`] when the closure returns `Ok`.
+pub struct WriteTxn<'a, 'e> {
+    txn: &'a mut RwTxn<'e>,
+}
+
+fn get_in<V: DeserializeOwned>(txn: &RoTxn<'_>, table: Table<V>, key: &str) -> Result<Option<V>, StoreError> {
+    let raw = table
+        .db
+        .get(txn, key)
+        .map_err(|source| StoreError::Lmdb { op: "get", table: table.name, source })?;
+    raw.map(|b| decode(table.name, key, b)).transpose()
+}
+
+fn prefix_in<V: DeserializeOwned>(
+    txn: &RoTxn<'_>,
+    table: Table<V>,
+    prefix: &str,
+) -> Result<Vec<(String, V)>, StoreError> {
+    let lmdb = |source| StoreError::Lmdb { op: "scan", table: table.name, source };
+    let mut out = Vec::new();
+    for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)? {
+        let (k, v) = item.map_err(lmdb)?;
+        out.push((k.to_owned(), decode(table.name, k, v)?));
+    }
+    Ok(out)
+}
+
+fn count_in<V>(txn: &RoTxn<'_>, table: Table<V>) -> Result<u64, StoreError> {
+    table.db.len(txn).map_err(|source| StoreError::Lmdb { op: "count", table: table.name, source })
+}
+
+impl Reader for ReadTxn<'_> {
+    fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str) -> Result<Option<V>, StoreError> {
+        get_in(self.txn, table, key)
+    }
+    fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError> {
+        prefix_in(self.txn, table, prefix)
+    }
+    fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
+        count_in(self.txn, table)
+    }
+}
+
+impl Reader for WriteTxn<'_, '_> {
+    fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str) -> Result<Option<V>, StoreError> {
+        get_in(self.txn, table, key)
+    }
+    fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError> {
+        prefix_in(self.txn, table, prefix)
+    }
+    fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
+        count_in(self.txn, table)
+    }
+}
+
+impl WriteTxn<'_, '_> {
+    /// Stores `value` at `key`.
+    pub fn put<V: Serialize>(&mut self, table: Table<V>, key: &str, value: &V) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|source| StoreError::Corrupt { table: table.name, key: key.to_owned(), source })?;
+        table
+            .db
+            .put(self.txn, key, &bytes)
+            .map_err(|source| StoreError::Lmdb { op: "put", table: table.name, source })
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn delete<V>(&mut self, table: Table<V>, key: &str) -> Result<bool, StoreError> {
+        table
+            .db
+            .delete(self.txn, key)
+            .map_err(|source| StoreError::Lmdb { op: "delete", table: table.name, source })
+    }
+
+    /// Removes every key starting with `prefix` and not after `last` (inclusive); returns how many.
+    pub fn delete_prefix_through<V>(&mut self, table: Table<V>, prefix: &str, last: &str) -> Result<u64, StoreError> {
+        let lmdb = |source| StoreError::Lmdb { op: "delete range", table: table.name, source };
+        let keys: Vec<String> = {
+            let mut keys = Vec::new();
+            for item in table.db.prefix_iter(self.txn, prefix).map_err(lmdb)? {
+                let (k, _) = item.map_err(lmdb)?;
+                if k > last {
+                    break;
+                }
+                keys.push(k.to_owned());
+            }
+            keys
+        };
+        for k in &keys {
+            table.db.delete(self.txn, k).map_err(lmdb)?;
+        }
+        Ok(keys.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn values_survive_reopen_and_scan_in_key_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &Config::default()).expect("open");
+            let t: Table<u64> = store.table("numbers").expect("table");
+            store
+                .write(move |txn| {
+                    for i in [3u64, 1, 2] {
+                        txn.put(t, &format!("a/{i:020}"), &i)?;
+                    }
+                    txn.put(t, "b/1", &9)
+                })
+                .await
+                .expect("write");
+            let rolled_back = store
+                .write(move |txn| {
+                    txn.put(t, "a/x", &0)?;
+                    Err::<(), _>(StoreError::Aborted("no".into()))
+                })
+                .await;
+            assert!(rolled_back.is_err());
+        }
+        let store = Store::open(dir.path(), &Config::default()).expect("reopen");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        let got = store.read(move |txn| txn.prefix(t, "a/")).await.expect("read");
+        assert_eq!(got.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let removed = store
+            .write(move |txn| txn.delete_prefix_through(t, "a/", &format!("a/{:020}", 2)))
+            .await
+            .expect("delete");
+        assert_eq!(removed, 2);
+        assert_eq!(store.read(move |txn| txn.count(t)).await.expect("count"), 2);
+    }
+}
