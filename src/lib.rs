@@ -30,3 +30,4 @@ pub mod executor;
 pub mod storage;
 pub mod publisher;
 pub mod store;
+pub mod outbox;

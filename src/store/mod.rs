@@ -189,6 +189,13 @@ pub trait Reader {
     fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str) -> Result<Option<V>, StoreError>;
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError>;
+    /// At most `limit` `(key, value)` pairs whose key starts with `prefix`, in key order.
+    fn prefix_limit<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, V)>, StoreError>;
     /// Every `(key, value)` of the table, in key order.
     fn all<V: DeserializeOwned>(&self, table: Table<V>) -> Result<Vec<(String, V)>, StoreError> {
         self.prefix(table, "")
@@ -219,10 +226,11 @@ fn prefix_in<V: DeserializeOwned>(
     txn: &RoTxn<'_>,
     table: Table<V>,
     prefix: &str,
+    limit: usize,
 ) -> Result<Vec<(String, V)>, StoreError> {
     let lmdb = |source| StoreError::Lmdb { op: "scan", table: table.name, source };
     let mut out = Vec::new();
-    for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)? {
+    for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)?.take(limit) {
         let (k, v) = item.map_err(lmdb)?;
         out.push((k.to_owned(), decode(table.name, k, v)?));
     }
@@ -238,7 +246,15 @@ impl Reader for ReadTxn<'_> {
         get_in(self.txn, table, key)
     }
     fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_in(self.txn, table, prefix)
+        prefix_in(self.txn, table, prefix, usize::MAX)
+    }
+    fn prefix_limit<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        prefix_in(self.txn, table, prefix, limit)
     }
     fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
         count_in(self.txn, table)
@@ -250,7 +266,15 @@ impl Reader for WriteTxn<'_, '_> {
         get_in(self.txn, table, key)
     }
     fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_in(self.txn, table, prefix)
+        prefix_in(self.txn, table, prefix, usize::MAX)
+    }
+    fn prefix_limit<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        prefix_in(self.txn, table, prefix, limit)
     }
     fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
         count_in(self.txn, table)

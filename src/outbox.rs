@@ -1,0 +1,258 @@
+//! Durable messaging between an orchestrator and its compute nodes (both roles use it).
+//!
+//! A message that must reach the other side is written to the outbox **in the same transaction** as the state
+//! change that caused it ([`Outbox::enqueue`]), under a per-peer sequence number. [`Delivery`] sends unacked
+//! messages in order while the peer is connected and deletes them only when the peer acknowledges their
+//! sequence number. The receiver applies a message and records its sequence number in one transaction
+//! ([`Outbox::accept_inbound`]), so a replay (after a crash, a timeout or a reconnect) is skipped. This is what
+//! makes disconnected operation and crash recovery work: nothing is lost and nothing is applied twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::model::NodeId;
+use crate::store::{Reader, Store, StoreError, Table, WriteTxn};
+use crate::transport::{Client, Message, Request, Response, Sequenced};
+
+/// Most messages sent in one `Deliver` request.
+const BATCH_MESSAGES: usize = 64;
+/// Delay before retrying a peer whose delivery failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Table names of one role's outbox (a hybrid node keeps two outboxes in one environment).
+#[derive(Debug, Clone, Copy)]
+pub struct Tables {
+    /// Pending messages: `<peer>/<seq:020>` → message.
+    pub messages: &'static str,
+    /// Counters: `out/<peer>` (last seq assigned) and `in/<peer>` (last seq applied).
+    pub counters: &'static str,
+}
+
+/// Writing side of the outbox, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    messages: Table<Message>,
+    counters: Table<u64>,
+    /// Wakes the delivery task; bounded, and a full channel only means a wake-up is already pending.
+    commands: mpsc::Sender<Command>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Kick(NodeId),
+    Connected(NodeId, u64),
+    Disconnected(NodeId),
+}
+
+fn message_key(peer: &NodeId, seq: u64) -> String {
+    format!("{peer}/{seq:020}")
+}
+
+impl Outbox {
+    /// Opens the outbox tables and builds the delivery task (spawn [`Delivery::run`]).
+    pub fn new(store: &Store, client: Client, tables: Tables) -> Result<(Outbox, Delivery), StoreError> {
+        let messages = store.table(tables.messages)?;
+        let counters = store.table(tables.counters)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let outbox = Outbox { messages, counters, commands: tx };
+        let delivery = Delivery { store: store.clone(), client, messages, commands: rx };
+        Ok((outbox, delivery))
+    }
+
+    /// Queues `message` for `peer` inside the caller's transaction; returns its sequence number. Call
+    /// [`Outbox::kick`] after the transaction commits.
+    pub fn enqueue(&self, txn: &mut WriteTxn<'_, '_>, peer: &NodeId, message: Message) -> Result<u64, StoreError> {
+        let key = format!("out/{peer}");
+        let seq = txn.get(self.counters, &key)?.unwrap_or(0) + 1;
+        txn.put(self.counters, &key, &seq)?;
+        txn.put(self.messages, &message_key(peer, seq), &message)?;
+        Ok(seq)
+    }
+
+    /// Records that `seq` from `peer` is being applied in this transaction. Returns false when it was applied
+    /// before (a replay), in which case the caller must skip it.
+    pub fn accept_inbound(&self, txn: &mut WriteTxn<'_, '_>, peer: &NodeId, seq: u64) -> Result<bool, StoreError> {
+        let key = format!("in/{peer}");
+        let last = txn.get(self.counters, &key)?.unwrap_or(0);
+        if seq <= last {
+            return Ok(false);
+        }
+        txn.put(self.counters, &key, &seq)?;
+        Ok(true)
+    }
+
+    /// The highest sequence number applied from `peer`.
+    pub fn last_applied(&self, txn: &impl Reader, peer: &NodeId) -> Result<u64, StoreError> {
+        Ok(txn.get(self.counters, &format!("in/{peer}"))?.unwrap_or(0))
+    }
+
+    /// Messages still waiting for `peer` (for status and tests).
+    pub fn pending(&self, txn: &impl Reader, peer: &NodeId) -> Result<u64, StoreError> {
+        Ok(txn.prefix(self.messages, &format!("{peer}/"))?.len() as u64)
+    }
+
+    /// Wakes delivery for `peer` after new messages were committed.
+    pub fn kick(&self, peer: &NodeId) {
+        // A full channel means the delivery task has plenty of wake-ups queued; dropping one loses nothing
+        // because every drain reads the whole outbox of its peer.
+        let _ = self.commands.try_send(Command::Kick(peer.clone()));
+    }
+
+    /// The peer completed its handshake and has applied everything up to `peer_applied`: delete that and
+    /// deliver the rest.
+    pub async fn peer_connected(&self, peer: &NodeId, peer_applied: u64) {
+        let _ = self.commands.send(Command::Connected(peer.clone(), peer_applied)).await;
+    }
+
+    /// The peer is gone; stop sending until it returns.
+    pub async fn peer_disconnected(&self, peer: &NodeId) {
+        let _ = self.commands.send(Command::Disconnected(peer.clone())).await;
+    }
+}
+
+/// The task that sends outbox messages to connected peers.
+#[derive(Debug)]
+pub struct Delivery {
+    store: Store,
+    client: Client,
+    messages: Table<Message>,
+    commands: mpsc::Receiver<Command>,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    connected: bool,
+    in_flight: bool,
+    /// New messages arrived while a drain was running.
+    dirty: bool,
+}
+
+enum DrainEnd {
+    Drained(NodeId),
+    Failed(NodeId, String),
+    RetryDue(NodeId),
+}
+
+impl Delivery {
+    /// Runs until `shutdown`. Cancel-safe: messages stay in the outbox until acknowledged.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut peers: HashMap<NodeId, PeerState> = HashMap::new();
+        let mut drains: JoinSet<DrainEnd> = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(cmd) = self.commands.recv() => match cmd {
+                    Command::Kick(peer) => {
+                        let state = peers.entry(peer.clone()).or_default();
+                        if state.in_flight { state.dirty = true } else if state.connected {
+                            state.in_flight = true;
+                            drains.spawn(self.drain(peer));
+                        }
+                    }
+                    Command::Connected(peer, applied) => {
+                        let state = peers.entry(peer.clone()).or_default();
+                        state.connected = true;
+                        if let Err(e) = self.forget_acked(&peer, applied).await {
+                            warn!(peer = %peer, error = %e, "cannot trim acknowledged outbox messages");
+                        }
+                        if state.in_flight { state.dirty = true } else {
+                            state.in_flight = true;
+                            drains.spawn(self.drain(peer));
+                        }
+                    }
+                    Command::Disconnected(peer) => {
+                        peers.entry(peer).or_default().connected = false;
+                    }
+                },
+                Some(done) = drains.join_next() => {
+                    let end = match done {
+                        Ok(end) => end,
+                        Err(e) => { warn!(error = %e, "outbox drain task failed"); continue; }
+                    };
+                    match end {
+                        DrainEnd::Drained(peer) => {
+                            let state = peers.entry(peer.clone()).or_default();
+                            state.in_flight = false;
+                            if state.dirty && state.connected {
+                                state.dirty = false;
+                                state.in_flight = true;
+                                drains.spawn(self.drain(peer));
+                            }
+                        }
+                        DrainEnd::Failed(peer, reason) => {
+                            debug!(peer = %peer, %reason, "outbox delivery failed; will retry");
+                            drains.spawn(async move {
+                                tokio::time::sleep(RETRY_AFTER).await;
+                                DrainEnd::RetryDue(peer)
+                            });
+                        }
+                        DrainEnd::RetryDue(peer) => {
+                            let state = peers.entry(peer.clone()).or_default();
+                            state.dirty = false;
+                            if state.connected {
+                                drains.spawn(self.drain(peer));
+                            } else {
+                                state.in_flight = false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        drains.shutdown().await;
+    }
+
+    async fn forget_acked(&self, peer: &NodeId, applied: u64) -> Result<(), StoreError> {
+        if applied == 0 {
+            return Ok(());
+        }
+        let (messages, prefix, last) = (self.messages, format!("{peer}/"), message_key(peer, applied));
+        self.store.write(move |txn| txn.delete_prefix_through(messages, &prefix, &last).map(|_| ())).await
+    }
+
+    fn drain(&self, peer: NodeId) -> impl std::future::Future<Output = DrainEnd> + Send + 'static {
+        let (store, client, messages) = (self.store.clone(), self.client.clone(), self.messages);
+        async move {
+            loop {
+                let prefix = format!("{peer}/");
+                let batch = match store.read(move |txn| txn.prefix_limit(messages, &prefix, BATCH_MESSAGES)).await {
+                    Ok(b) => b,
+                    Err(e) => return DrainEnd::Failed(peer, e.to_string()),
+                };
+                if batch.is_empty() {
+                    return DrainEnd::Drained(peer);
+                }
+                let items: Vec<Sequenced> = batch
+                    .into_iter()
+                    .filter_map(|(k, message)| {
+                        let seq = k.rsplit('/').next()?.parse().ok()?;
+                        Some(Sequenced { seq, message })
+                    })
+                    .collect();
+                let Some(highest) = items.last().map(|s| s.seq) else { return DrainEnd::Drained(peer) };
+                match client.request(&peer, Request::Deliver { messages: items }).await {
+                    Ok(Response::Ack { last_applied_seq }) => {
+                        let acked = last_applied_seq.min(highest);
+                        let (prefix, last) = (format!("{peer}/"), message_key(&peer, acked));
+                        if let Err(e) =
+                            store.write(move |txn| txn.delete_prefix_through(messages, &prefix, &last)).await
+                        {
+                            return DrainEnd::Failed(peer, e.to_string());
+                        }
+                        if acked < highest {
+                            return DrainEnd::Failed(peer, format!("peer applied only up to {acked}"));
+                        }
+                    }
+                    Ok(Response::Refused { reason }) => return DrainEnd::Failed(peer, reason),
+                    Ok(other) => return DrainEnd::Failed(peer, format!("unexpected answer {other:?}")),
+                    Err(e) => return DrainEnd::Failed(peer, e.to_string()),
+                }
+            }
+        }
+    }
+}
