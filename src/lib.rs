@@ -24,10 +24,11 @@
 //! and `compute` use them through handles and traits; `api` uses orchestrator handles; `node` wires everything;
 //! only `main` and `cli` reach `node`.
 
-pub mod model;
-pub mod transport;
 pub mod executor;
-pub mod storage;
-pub mod publisher;
-pub mod store;
+pub mod model;
+pub mod orchestrator;
 pub mod outbox;
+pub mod publisher;
+pub mod storage;
+pub mod store;
+pub mod transport;

@@ -55,18 +55,36 @@ fn message_key(peer: &NodeId, seq: u64) -> String {
 
 impl Outbox {
     /// Opens the outbox tables and builds the delivery task (spawn [`Delivery::run`]).
-    pub fn new(store: &Store, client: Client, tables: Tables) -> Result<(Outbox, Delivery), StoreError> {
+    pub fn new(
+        store: &Store,
+        client: Client,
+        tables: Tables,
+    ) -> Result<(Outbox, Delivery), StoreError> {
         let messages = store.table(tables.messages)?;
         let counters = store.table(tables.counters)?;
         let (tx, rx) = mpsc::channel(1024);
-        let outbox = Outbox { messages, counters, commands: tx };
-        let delivery = Delivery { store: store.clone(), client, messages, commands: rx };
+        let outbox = Outbox {
+            messages,
+            counters,
+            commands: tx,
+        };
+        let delivery = Delivery {
+            store: store.clone(),
+            client,
+            messages,
+            commands: rx,
+        };
         Ok((outbox, delivery))
     }
 
     /// Queues `message` for `peer` inside the caller's transaction; returns its sequence number. Call
     /// [`Outbox::kick`] after the transaction commits.
-    pub fn enqueue(&self, txn: &mut WriteTxn<'_, '_>, peer: &NodeId, message: Message) -> Result<u64, StoreError> {
+    pub fn enqueue(
+        &self,
+        txn: &mut WriteTxn<'_, '_>,
+        peer: &NodeId,
+        message: Message,
+    ) -> Result<u64, StoreError> {
         let key = format!("out/{peer}");
         let seq = txn.get(self.counters, &key)?.unwrap_or(0) + 1;
         txn.put(self.counters, &key, &seq)?;
@@ -76,7 +94,12 @@ impl Outbox {
 
     /// Records that `seq` from `peer` is being applied in this transaction. Returns false when it was applied
     /// before (a replay), in which case the caller must skip it.
-    pub fn accept_inbound(&self, txn: &mut WriteTxn<'_, '_>, peer: &NodeId, seq: u64) -> Result<bool, StoreError> {
+    pub fn accept_inbound(
+        &self,
+        txn: &mut WriteTxn<'_, '_>,
+        peer: &NodeId,
+        seq: u64,
+    ) -> Result<bool, StoreError> {
         let key = format!("in/{peer}");
         let last = txn.get(self.counters, &key)?.unwrap_or(0);
         if seq <= last {
@@ -106,12 +129,18 @@ impl Outbox {
     /// The peer completed its handshake and has applied everything up to `peer_applied`: delete that and
     /// deliver the rest.
     pub async fn peer_connected(&self, peer: &NodeId, peer_applied: u64) {
-        let _ = self.commands.send(Command::Connected(peer.clone(), peer_applied)).await;
+        let _ = self
+            .commands
+            .send(Command::Connected(peer.clone(), peer_applied))
+            .await;
     }
 
     /// The peer is gone; stop sending until it returns.
     pub async fn peer_disconnected(&self, peer: &NodeId) {
-        let _ = self.commands.send(Command::Disconnected(peer.clone())).await;
+        let _ = self
+            .commands
+            .send(Command::Disconnected(peer.clone()))
+            .await;
     }
 }
 
@@ -211,8 +240,17 @@ impl Delivery {
         if applied == 0 {
             return Ok(());
         }
-        let (messages, prefix, last) = (self.messages, format!("{peer}/"), message_key(peer, applied));
-        self.store.write(move |txn| txn.delete_prefix_through(messages, &prefix, &last).map(|_| ())).await
+        let (messages, prefix, last) = (
+            self.messages,
+            format!("{peer}/"),
+            message_key(peer, applied),
+        );
+        self.store
+            .write(move |txn| {
+                txn.delete_prefix_through(messages, &prefix, &last)
+                    .map(|_| ())
+            })
+            .await
     }
 
     fn drain(&self, peer: NodeId) -> impl std::future::Future<Output = DrainEnd> + Send + 'static {
@@ -220,7 +258,10 @@ impl Delivery {
         async move {
             loop {
                 let prefix = format!("{peer}/");
-                let batch = match store.read(move |txn| txn.prefix_limit(messages, &prefix, BATCH_MESSAGES)).await {
+                let batch = match store
+                    .read(move |txn| txn.prefix_limit(messages, &prefix, BATCH_MESSAGES))
+                    .await
+                {
                     Ok(b) => b,
                     Err(e) => return DrainEnd::Failed(peer, e.to_string()),
                 };
@@ -234,22 +275,33 @@ impl Delivery {
                         Some(Sequenced { seq, message })
                     })
                     .collect();
-                let Some(highest) = items.last().map(|s| s.seq) else { return DrainEnd::Drained(peer) };
-                match client.request(&peer, Request::Deliver { messages: items }).await {
+                let Some(highest) = items.last().map(|s| s.seq) else {
+                    return DrainEnd::Drained(peer);
+                };
+                match client
+                    .request(&peer, Request::Deliver { messages: items })
+                    .await
+                {
                     Ok(Response::Ack { last_applied_seq }) => {
                         let acked = last_applied_seq.min(highest);
                         let (prefix, last) = (format!("{peer}/"), message_key(&peer, acked));
-                        if let Err(e) =
-                            store.write(move |txn| txn.delete_prefix_through(messages, &prefix, &last)).await
+                        if let Err(e) = store
+                            .write(move |txn| txn.delete_prefix_through(messages, &prefix, &last))
+                            .await
                         {
                             return DrainEnd::Failed(peer, e.to_string());
                         }
                         if acked < highest {
-                            return DrainEnd::Failed(peer, format!("peer applied only up to {acked}"));
+                            return DrainEnd::Failed(
+                                peer,
+                                format!("peer applied only up to {acked}"),
+                            );
                         }
                     }
                     Ok(Response::Refused { reason }) => return DrainEnd::Failed(peer, reason),
-                    Ok(other) => return DrainEnd::Failed(peer, format!("unexpected answer {other:?}")),
+                    Ok(other) => {
+                        return DrainEnd::Failed(peer, format!("unexpected answer {other:?}"));
+                    }
                     Err(e) => return DrainEnd::Failed(peer, e.to_string()),
                 }
             }

@@ -98,7 +98,9 @@ impl fmt::Display for FailureReason {
         match self {
             Self::Timeout(d) => write!(f, "execution timed out after {}s", d.as_secs_f64()),
             Self::Cancelled => write!(f, "execution was cancelled"),
-            Self::OutOfMemory { limit } => write!(f, "execution ran out of memory (limit {limit} bytes)"),
+            Self::OutOfMemory { limit } => {
+                write!(f, "execution ran out of memory (limit {limit} bytes)")
+            }
             Self::InvalidProgram(m) => write!(f, "program cannot run: {m}"),
             Self::Setup(m) => write!(f, "execution could not be set up: {m}"),
         }
@@ -146,5 +148,9 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// Cheap check used when bidding: can this executor run `task` at all?
     fn validate(&self, task: &Task) -> Result<(), ExecutorError>;
     /// Runs to completion, timeout or cancellation. Cancel-safe: dropping the future stops the run.
-    async fn run(&self, ctx: RunContext, cancel: CancellationToken) -> Result<RunOutcome, ExecutorError>;
+    async fn run(
+        &self,
+        ctx: RunContext,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, ExecutorError>;
 }

@@ -32,7 +32,11 @@ impl Executor for WasmExecutor {
     fn validate(&self, _task: &Task) -> Result<(), ExecutorError> {
         Ok(())
     }
-    async fn run(&self, _ctx: RunContext, _cancel: CancellationToken) -> Result<RunOutcome, ExecutorError> {
+    async fn run(
+        &self,
+        _ctx: RunContext,
+        _cancel: CancellationToken,
+    ) -> Result<RunOutcome, ExecutorError> {
         Err(ExecutorError::ShutDown { engine: "wasm" })
     }
 }

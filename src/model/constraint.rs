@@ -48,18 +48,28 @@ pub fn check(req: &LabelSelectorRequirement) -> Result<Operator, String> {
         return Err("Key is required".to_owned());
     }
     let op = Operator::parse(&req.operator).ok_or_else(|| {
-        format!("operator {:?} is not one of =, ==, !=, in, notin, exists, !, gt, lt", req.operator)
+        format!(
+            "operator {:?} is not one of =, ==, !=, in, notin, exists, !, gt, lt",
+            req.operator
+        )
     })?;
     let n = req.values.len();
     match op {
-        Operator::In | Operator::NotIn if n == 0 => Err(format!("operator {} needs at least one value", req.operator)),
+        Operator::In | Operator::NotIn if n == 0 => Err(format!(
+            "operator {} needs at least one value",
+            req.operator
+        )),
         Operator::Exists | Operator::DoesNotExist if n != 0 => {
             Err(format!("operator {} takes no values", req.operator))
         }
-        Operator::Equals | Operator::NotEquals | Operator::GreaterThan | Operator::LessThan if n != 1 => {
+        Operator::Equals | Operator::NotEquals | Operator::GreaterThan | Operator::LessThan
+            if n != 1 =>
+        {
             Err(format!("operator {} needs exactly one value", req.operator))
         }
-        Operator::GreaterThan | Operator::LessThan if req.values[0].trim().parse::<i64>().is_err() => {
+        Operator::GreaterThan | Operator::LessThan
+            if req.values[0].trim().parse::<i64>().is_err() =>
+        {
             Err(format!("operator {} needs an integer value", req.operator))
         }
         _ => Ok(op),
@@ -78,7 +88,9 @@ pub fn matches(req: &LabelSelectorRequirement, labels: &BTreeMap<String, String>
         Operator::Exists => value.is_some(),
         Operator::DoesNotExist => value.is_none(),
         Operator::GreaterThan | Operator::LessThan => {
-            let (Some(v), Some(bound)) = (value, req.values.first()) else { return false };
+            let (Some(v), Some(bound)) = (value, req.values.first()) else {
+                return false;
+            };
             match (v.trim().parse::<i64>(), bound.trim().parse::<i64>()) {
                 (Ok(v), Ok(b)) if op == Operator::GreaterThan => v > b,
                 (Ok(v), Ok(b)) => v < b,
@@ -133,7 +145,11 @@ pub fn parse_selector(text: &str) -> Result<Vec<LabelSelectorRequirement>, Strin
                     let rest = rest.trim();
                     let (op, vals) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
                     let vals = vals.trim().trim_start_matches('(').trim_end_matches(')');
-                    let values = vals.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect();
+                    let values = vals
+                        .split(',')
+                        .map(|v| v.trim().to_owned())
+                        .filter(|v| !v.is_empty())
+                        .collect();
                     req(k, &op.to_ascii_lowercase(), values)
                 }
                 _ => return Err(format!("cannot parse constraint {part:?}")),
@@ -177,7 +193,11 @@ mod tests {
     fn rejects_malformed_requirements() {
         assert!(parse_selector("zone in ()").is_err());
         assert!(parse_selector("slots gt x").is_err());
-        let bad = LabelSelectorRequirement { key: "k".into(), operator: "~".into(), values: vec![] };
+        let bad = LabelSelectorRequirement {
+            key: "k".into(),
+            operator: "~".into(),
+            values: vec![],
+        };
         assert!(check(&bad).is_err());
     }
 }

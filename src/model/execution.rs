@@ -78,7 +78,11 @@ impl ExecutionStateType {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::AskForBidRejected | Self::BidRejected | Self::Completed | Self::Failed | Self::Cancelled
+            Self::AskForBidRejected
+                | Self::BidRejected
+                | Self::Completed
+                | Self::Failed
+                | Self::Cancelled
         )
     }
     /// A readable name for tables and history.
@@ -157,7 +161,11 @@ impl<'de> Deserialize<'de> for ExecutionDesiredStateType {
             0 => Self::Pending,
             1 => Self::Running,
             2 => Self::Stopped,
-            other => return Err(serde::de::Error::custom(format!("unknown desired state {other}"))),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown desired state {other}"
+                )));
+            }
         })
     }
 }
@@ -176,7 +184,10 @@ pub struct State<T> {
 impl<T> State<T> {
     /// A state with a message.
     pub fn new(state_type: T, message: impl Into<String>) -> Self {
-        Self { state_type, message: message.into() }
+        Self {
+            state_type,
+            message: message.into(),
+        }
     }
 }
 

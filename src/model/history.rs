@@ -30,7 +30,11 @@ pub struct Event {
     #[serde(rename = "Timestamp", default)]
     pub timestamp: String,
     /// `IsError`, `NewState`, `FailsExecution`, …
-    #[serde(rename = "Details", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "Details",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub details: BTreeMap<String, String>,
 }
 
@@ -67,7 +71,11 @@ pub struct JobHistory {
     #[serde(rename = "JobVersion", default)]
     pub job_version: u64,
     /// The execution, for execution-level records.
-    #[serde(rename = "ExecutionID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ExecutionID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub execution_id: Option<ExecutionId>,
     /// What happened.
     #[serde(rename = "Event")]

@@ -114,7 +114,10 @@ pub enum JobStateType {
 impl JobStateType {
     /// True for states a job never leaves.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStateType::Completed | JobStateType::Failed | JobStateType::Stopped)
+        matches!(
+            self,
+            JobStateType::Completed | JobStateType::Failed | JobStateType::Stopped
+        )
     }
 }
 
@@ -292,7 +295,11 @@ pub struct Task {
     #[serde(rename = "Engine", default)]
     pub engine: SpecConfig,
     /// Where results go; empty means nothing is published.
-    #[serde(rename = "Publisher", default, skip_serializing_if = "SpecConfig::is_empty")]
+    #[serde(
+        rename = "Publisher",
+        default,
+        skip_serializing_if = "SpecConfig::is_empty"
+    )]
     pub publisher: SpecConfig,
     /// Environment variables for the task.
     #[serde(rename = "Env", default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -301,7 +308,11 @@ pub struct Task {
     #[serde(rename = "Meta", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
     /// Inputs.
-    #[serde(rename = "InputSources", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "InputSources",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub input_sources: Vec<InputSource>,
     /// Output folders.
     #[serde(rename = "ResultPaths", default, skip_serializing_if = "Vec::is_empty")]

@@ -18,18 +18,21 @@ pub mod validate;
 
 pub use evaluation::{Evaluation, EvaluationTrigger};
 pub use execution::{
-    AllocatedResources, Execution, ExecutionDesiredStateType, ExecutionStateType, RunCommandResult, State,
+    AllocatedResources, Execution, ExecutionDesiredStateType, ExecutionStateType, RunCommandResult,
+    State,
 };
 pub use history::{Event, HistoryType, JobHistory};
 pub use ids::{EvaluationId, ExecutionId, JobId, NodeId};
 pub use job::{
-    InputSource, Job, JobState, JobStateType, JobType, LabelSelectorRequirement, NetworkConfig, NetworkType,
-    ResourcesConfig, ResultPath, SpecConfig, Task, TimeoutConfig, now_nanos,
+    InputSource, Job, JobState, JobStateType, JobType, LabelSelectorRequirement, NetworkConfig,
+    NetworkType, ResourcesConfig, ResultPath, SpecConfig, Task, TimeoutConfig, now_nanos,
 };
 pub use node::{
-    BuildVersionInfo, ComputeNodeInfo, ConnectionState, NodeConnection, NodeInfo, NodeMembership, NodeState,
-    NodeType,
+    BuildVersionInfo, ComputeNodeInfo, ConnectionState, NodeConnection, NodeInfo, NodeMembership,
+    NodeState, NodeType, now_rfc3339,
 };
 pub use resources::Resources;
-pub use spec::{EngineKind, EngineSpec, InputSpec, PublisherKind, PublisherSpec, SourceKind, WasmParams};
+pub use spec::{
+    EngineKind, EngineSpec, InputSpec, PublisherKind, PublisherSpec, SourceKind, WasmParams,
+};
 pub use validate::{FieldError, ValidationErrors};

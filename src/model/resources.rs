@@ -69,7 +69,11 @@ pub fn parse_cpu(s: &str) -> Result<f64, QuantityError> {
         value: s.to_owned(),
         hint: "use cores like \"0.5\" or \"2\", or millicores like \"500m\"",
     };
-    let t: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_lowercase();
+    let t: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_lowercase();
     let cores = if let Some(m) = t.strip_suffix('m') {
         m.parse::<f64>().map_err(|_| err())? / 1000.0
     } else {
@@ -89,8 +93,14 @@ pub fn parse_bytes(kind: &'static str, s: &str) -> Result<u64, QuantityError> {
         value: s.to_owned(),
         hint: "use a size like \"512Mb\", \"1Gi\" or \"2GB\"",
     };
-    let t: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let t: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| err())?;
     let mult: f64 = match unit {

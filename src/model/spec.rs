@@ -129,7 +129,11 @@ pub struct WasmParams {
 impl WasmParams {
     /// The function to call.
     pub fn entrypoint(&self) -> &str {
-        if self.entrypoint.trim().is_empty() { "_start" } else { self.entrypoint.trim() }
+        if self.entrypoint.trim().is_empty() {
+            "_start"
+        } else {
+            self.entrypoint.trim()
+        }
     }
 }
 
@@ -180,7 +184,9 @@ impl EngineSpec {
         let bad = |e: serde_json::Error| FieldError::new(format!("{field}.Params"), e.to_string());
         match EngineKind::parse(&spec.kind) {
             Some(EngineKind::Wasm) => Ok(EngineSpec::Wasm(ci::from_value(params).map_err(bad)?)),
-            Some(EngineKind::Docker) => Ok(EngineSpec::Docker(ci::from_value(params).map_err(bad)?)),
+            Some(EngineKind::Docker) => {
+                Ok(EngineSpec::Docker(ci::from_value(params).map_err(bad)?))
+            }
             None => Ok(EngineSpec::Unknown(spec.kind.trim().to_owned())),
         }
     }
@@ -247,7 +253,8 @@ impl InputSpec {
     pub fn parse(spec: &SpecConfig, field: &str) -> Result<Self, FieldError> {
         let params = Value::Object(spec.params.clone());
         let bad = |e: serde_json::Error| FieldError::new(format!("{field}.Params"), e.to_string());
-        let required = |name: &str| FieldError::new(format!("{field}.Params.{name}"), "is required");
+        let required =
+            |name: &str| FieldError::new(format!("{field}.Params.{name}"), "is required");
         match SourceKind::parse(&spec.kind) {
             Some(SourceKind::Inline) => {
                 let p: UrlParams = ci::from_value(params).map_err(bad)?;
@@ -255,7 +262,10 @@ impl InputSpec {
                     return Err(required("URL"));
                 }
                 if !p.url.starts_with("data:") {
-                    return Err(FieldError::new(format!("{field}.Params.URL"), "must be a data: URL"));
+                    return Err(FieldError::new(
+                        format!("{field}.Params.URL"),
+                        "must be a data: URL",
+                    ));
                 }
                 Ok(InputSpec::Inline { url: p.url })
             }
@@ -279,7 +289,10 @@ impl InputSpec {
                     return Err(required("SourcePath"));
                 }
                 if !p.source_path.starts_with('/') {
-                    return Err(FieldError::new(format!("{field}.Params.SourcePath"), "must be an absolute path"));
+                    return Err(FieldError::new(
+                        format!("{field}.Params.SourcePath"),
+                        "must be an absolute path",
+                    ));
                 }
                 let read_write = match &p.read_write {
                     Value::Bool(b) => *b,
@@ -292,9 +305,14 @@ impl InputSpec {
                         ));
                     }
                 };
-                Ok(InputSpec::Local { source_path: p.source_path, read_write })
+                Ok(InputSpec::Local {
+                    source_path: p.source_path,
+                    read_write,
+                })
             }
-            Some(_) | None if spec.is_empty() => Err(FieldError::new(format!("{field}.Type"), "is required")),
+            Some(_) | None if spec.is_empty() => {
+                Err(FieldError::new(format!("{field}.Type"), "is required"))
+            }
             _ => Ok(InputSpec::Unsupported(spec.kind.trim().to_owned())),
         }
     }
@@ -353,7 +371,10 @@ pub fn normalize_legacy_wasm(job: &mut Job) -> Vec<String> {
         }
         let params = &mut task.engine.params;
         let key = |params: &serde_json::Map<String, Value>, name: &str| {
-            params.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned()
+            params
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(name))
+                .cloned()
         };
         if let Some(k) = key(params, "EntryModule")
             && let Some(Value::Object(obj)) = params.get(&k).cloned()
@@ -363,7 +384,10 @@ pub fn normalize_legacy_wasm(job: &mut Job) -> Vec<String> {
                 input.target = target.clone();
                 task.input_sources.push(input);
                 params.insert(k, Value::String(target));
-                warnings.push("converted legacy wasm EntryModule (an InputSource) to a target path".to_owned());
+                warnings.push(
+                    "converted legacy wasm EntryModule (an InputSource) to a target path"
+                        .to_owned(),
+                );
             }
         }
         if let Some(k) = key(params, "ImportModules")
@@ -385,7 +409,9 @@ pub fn normalize_legacy_wasm(job: &mut Job) -> Vec<String> {
                 }
             }
             params.insert(k, Value::Array(targets));
-            warnings.push("converted legacy wasm ImportModules (InputSources) to target paths".to_owned());
+            warnings.push(
+                "converted legacy wasm ImportModules (InputSources) to target paths".to_owned(),
+            );
         }
         if let Some(k) = key(params, "EnvironmentVariables")
             && let Some(Value::Object(env)) = params.remove(&k)

@@ -21,7 +21,10 @@ pub struct FieldError {
 impl FieldError {
     /// A problem with `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -61,9 +64,15 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
 
     if let JobType::Invalid(t) = &job.job_type {
         if t.trim().is_empty() {
-            err("Type".into(), "is required (batch, ops, daemon or service)".into());
+            err(
+                "Type".into(),
+                "is required (batch, ops, daemon or service)".into(),
+            );
         } else {
-            err("Type".into(), format!("{t:?} is not one of batch, ops, daemon, service"));
+            err(
+                "Type".into(),
+                format!("{t:?} is not one of batch, ops, daemon, service"),
+            );
         }
     }
     if let Some(n) = job.count {
@@ -71,7 +80,10 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
             err("Count".into(), format!("must not be negative (got {n})"));
         }
         if matches!(job.job_type, JobType::Ops | JobType::Daemon) && n > 1 {
-            err("Count".into(), format!("must be 0 or 1 for {} jobs (got {n})", job.job_type));
+            err(
+                "Count".into(),
+                format!("must be 0 or 1 for {} jobs (got {n})", job.job_type),
+            );
         }
     }
     if job.name.contains('\0') {
@@ -94,22 +106,34 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
         }
         for (name, value) in &task.env {
             if !valid_env_name(name) {
-                err(format!("{t}.Env.{name}"), "names start with a letter and use only A-Z, 0-9 and _".into());
+                err(
+                    format!("{t}.Env.{name}"),
+                    "names start with a letter and use only A-Z, 0-9 and _".into(),
+                );
             } else if name.to_ascii_uppercase().starts_with("BACALHAU_") {
-                err(format!("{t}.Env.{name}"), "names starting with BACALHAU_ are reserved".into());
+                err(
+                    format!("{t}.Env.{name}"),
+                    "names starting with BACALHAU_ are reserved".into(),
+                );
             }
             if value.is_empty() {
                 err(format!("{t}.Env.{name}"), "value must not be empty".into());
             }
         }
         if task.engine.is_empty() {
-            err(format!("{t}.Engine.Type"), "is required (wasm or docker)".into());
+            err(
+                format!("{t}.Engine.Type"),
+                "is required (wasm or docker)".into(),
+            );
         } else {
             match EngineSpec::parse(&task.engine, &format!("{t}.Engine")) {
                 Err(e) => errs_push(&mut err, e),
                 Ok(EngineSpec::Wasm(p)) => {
                     if p.entry_module.trim().is_empty() {
-                        err(format!("{t}.Engine.Params.EntryModule"), "is required".into());
+                        err(
+                            format!("{t}.Engine.Params.EntryModule"),
+                            "is required".into(),
+                        );
                     }
                 }
                 Ok(EngineSpec::Docker(p)) => {
@@ -117,11 +141,22 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
                         err(format!("{t}.Engine.Params.Image"), "is required".into());
                     }
                     if !p.working_directory.is_empty() && !p.working_directory.starts_with('/') {
-                        err(format!("{t}.Engine.Params.WorkingDirectory"), "must be an absolute path".into());
+                        err(
+                            format!("{t}.Engine.Params.WorkingDirectory"),
+                            "must be an absolute path".into(),
+                        );
                     }
                     for e in &p.environment_variables {
-                        if e.split('=').next().unwrap_or_default().to_ascii_uppercase().starts_with("BACALHAU_") {
-                            err(format!("{t}.Engine.Params.EnvironmentVariables"), format!("{e:?} is reserved"));
+                        if e.split('=')
+                            .next()
+                            .unwrap_or_default()
+                            .to_ascii_uppercase()
+                            .starts_with("BACALHAU_")
+                        {
+                            err(
+                                format!("{t}.Engine.Params.EnvironmentVariables"),
+                                format!("{e:?} is reserved"),
+                            );
                         }
                     }
                 }
@@ -135,10 +170,15 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
             ("TotalTimeout", to.total_timeout),
         ] {
             if v < 0 {
-                err(format!("{t}.Timeouts.{name}"), format!("must not be negative (got {v})"));
+                err(
+                    format!("{t}.Timeouts.{name}"),
+                    format!("must not be negative (got {v})"),
+                );
             }
         }
-        if to.total_timeout > 0 && to.execution_timeout.max(0) + to.queue_timeout.max(0) > to.total_timeout {
+        if to.total_timeout > 0
+            && to.execution_timeout.max(0) + to.queue_timeout.max(0) > to.total_timeout
+        {
             err(
                 format!("{t}.Timeouts"),
                 "ExecutionTimeout + QueueTimeout must not exceed TotalTimeout".into(),
@@ -172,13 +212,19 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
             if input.target.trim().is_empty() {
                 err(format!("{f}.Target"), "is required".into());
             } else if !targets.insert(input.target.trim_end_matches('/').to_owned()) {
-                err(format!("{f}.Target"), format!("{:?} is used by another input", input.target));
+                err(
+                    format!("{f}.Target"),
+                    format!("{:?} is used by another input", input.target),
+                );
             }
             if input.target.split('/').any(|c| c == "..") {
                 err(format!("{f}.Target"), "must not contain ..".into());
             }
             if !input.alias.is_empty() && !aliases.insert(input.alias.clone()) {
-                err(format!("{f}.Alias"), format!("{:?} is used by another input", input.alias));
+                err(
+                    format!("{f}.Alias"),
+                    format!("{:?} is used by another input", input.alias),
+                );
             }
             if let Err(e) = InputSpec::parse(&input.source, &format!("{f}.Source")) {
                 errs_push(&mut err, e);
@@ -193,9 +239,15 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
             } else if rp.name.contains('/') || rp.name == "." || rp.name == ".." {
                 err(format!("{f}.Name"), "must be a plain folder name".into());
             } else if ["stdout", "stderr", "exitCode"].contains(&rp.name.as_str()) {
-                err(format!("{f}.Name"), format!("{:?} clashes with the result's own files", rp.name));
+                err(
+                    format!("{f}.Name"),
+                    format!("{:?} clashes with the result's own files", rp.name),
+                );
             } else if !names.insert(rp.name.clone()) {
-                err(format!("{f}.Name"), format!("{:?} is used by another result path", rp.name));
+                err(
+                    format!("{f}.Name"),
+                    format!("{:?} is used by another result path", rp.name),
+                );
             }
             if rp.path.trim().is_empty() {
                 err(format!("{f}.Path"), "is required".into());
@@ -204,7 +256,10 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
             } else if rp.path.split('/').any(|c| c == "..") {
                 err(format!("{f}.Path"), "must not contain ..".into());
             } else if !paths.insert(rp.path.trim_end_matches('/').to_owned()) {
-                err(format!("{f}.Path"), format!("{:?} is used by another result path", rp.path));
+                err(
+                    format!("{f}.Path"),
+                    format!("{:?} is used by another result path", rp.path),
+                );
             }
         }
         if let Some(PublisherSpec::Unsupported(p)) = PublisherSpec::parse(&task.publisher)
@@ -214,16 +269,26 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
         }
         match &task.network.kind {
             NetworkType::Invalid(n) => {
-                err(format!("{t}.Network.Type"), format!("{n:?} is not one of None, Host, Full, HTTP, Bridge"));
+                err(
+                    format!("{t}.Network.Type"),
+                    format!("{n:?} is not one of None, Host, Full, HTTP, Bridge"),
+                );
             }
             NetworkType::Http => {}
             _ if !task.network.domains.is_empty() => {
-                err(format!("{t}.Network.Domains"), "domains are only allowed with network type HTTP".into());
+                err(
+                    format!("{t}.Network.Domains"),
+                    "domains are only allowed with network type HTTP".into(),
+                );
             }
             _ => {}
         }
     }
-    if errs.is_empty() { Ok(()) } else { Err(ValidationErrors(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errs))
+    }
 }
 
 fn errs_push(err: &mut impl FnMut(String, String), e: FieldError) {
@@ -241,7 +306,9 @@ mod tests {
 
     #[test]
     fn accepts_a_minimal_wasm_job() {
-        let j = job("Type: batch\nTasks:\n- Name: main\n  Engine: {Type: wasm, Params: {EntryModule: /m.wasm}}\n");
+        let j = job(
+            "Type: batch\nTasks:\n- Name: main\n  Engine: {Type: wasm, Params: {EntryModule: /m.wasm}}\n",
+        );
         validate_submission(&j).expect("valid");
     }
 

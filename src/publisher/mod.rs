@@ -54,5 +54,9 @@ pub trait Publisher: Send + Sync + fmt::Debug {
     /// Cheap check used when bidding.
     fn validate(&self, spec: &PublisherSpec) -> Result<(), PublisherError>;
     /// Publishes `result_dir` and returns where it went.
-    async fn publish(&self, target: &PublishTarget, result_dir: &Path) -> Result<SpecConfig, PublisherError>;
+    async fn publish(
+        &self,
+        target: &PublishTarget,
+        result_dir: &Path,
+    ) -> Result<SpecConfig, PublisherError>;
 }

@@ -33,7 +33,9 @@ pub enum StorageError {
         backend: &'static str,
     },
     /// A local path outside the node's allow-list.
-    #[error("local path {path:?} is not allowed on this node (allowed: {allowed}); ask the operator to add it to --allow-listed-local-paths")]
+    #[error(
+        "local path {path:?} is not allowed on this node (allowed: {allowed}); ask the operator to add it to --allow-listed-local-paths"
+    )]
     NotAllowed {
         /// The path.
         path: String,
@@ -89,8 +91,15 @@ pub enum StorageError {
 
 impl StorageError {
     /// A filesystem error on `path`.
-    pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
-        move |source| StorageError::Io { op, path: path.to_owned(), source }
+    pub fn io<'a>(
+        op: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+        move |source| StorageError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 

@@ -116,16 +116,30 @@ impl Store {
     /// Opens the environment in `dir`.
     pub fn open(dir: &Path, config: &Config) -> Result<Self, StoreError> {
         let env = env::open(dir, config.map_size, 64)?;
-        Ok(Self { env, path: Arc::new(dir.to_owned()) })
+        Ok(Self {
+            env,
+            path: Arc::new(dir.to_owned()),
+        })
     }
 
     /// Opens (creating if needed) a table. Call at start-up, not per request.
     pub fn table<V>(&self, name: &'static str) -> Result<Table<V>, StoreError> {
-        let lmdb = |op, source| StoreError::Lmdb { op, table: name, source };
+        let lmdb = |op, source| StoreError::Lmdb {
+            op,
+            table: name,
+            source,
+        };
         let mut txn = self.env.write_txn().map_err(|e| lmdb("begin", e))?;
-        let db = self.env.create_database::<Str, Bytes>(&mut txn, Some(name)).map_err(|e| lmdb("create", e))?;
+        let db = self
+            .env
+            .create_database::<Str, Bytes>(&mut txn, Some(name))
+            .map_err(|e| lmdb("create", e))?;
         txn.commit().map_err(|e| lmdb("commit", e))?;
-        Ok(Table { name, db, _value: PhantomData })
+        Ok(Table {
+            name,
+            db,
+            _value: PhantomData,
+        })
     }
 
     /// Runs `f` in a read transaction on a blocking thread. Keep it short: long readers stop LMDB from reusing
@@ -137,7 +151,11 @@ impl Store {
     {
         let env = self.env.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = env.read_txn().map_err(|source| StoreError::Lmdb { op: "begin read", table: "-", source })?;
+            let txn = env.read_txn().map_err(|source| StoreError::Lmdb {
+                op: "begin read",
+                table: "-",
+                source,
+            })?;
             f(&ReadTxn { txn: &txn })
         })
         .await
@@ -158,13 +176,23 @@ impl Store {
     }
 
     /// [`Store::write`] for code already on a blocking thread (start-up, tests).
-    pub fn write_sync<R>(&self, f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub fn write_sync<R>(
+        &self,
+        f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         Self::write_blocking(&self.env, f)
     }
 
     /// [`Store::read`] for code already on a blocking thread.
-    pub fn read_sync<R>(&self, f: impl FnOnce(&ReadTxn<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
-        let txn = self.env.read_txn().map_err(|source| StoreError::Lmdb { op: "begin read", table: "-", source })?;
+    pub fn read_sync<R>(
+        &self,
+        f: impl FnOnce(&ReadTxn<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self.env.read_txn().map_err(|source| StoreError::Lmdb {
+            op: "begin read",
+            table: "-",
+            source,
+        })?;
         f(&ReadTxn { txn: &txn })
     }
 
@@ -172,23 +200,44 @@ impl Store {
         env: &Env<WithoutTls>,
         f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut txn = env.write_txn().map_err(|source| StoreError::Lmdb { op: "begin write", table: "-", source })?;
+        let mut txn = env.write_txn().map_err(|source| StoreError::Lmdb {
+            op: "begin write",
+            table: "-",
+            source,
+        })?;
         let out = f(&mut WriteTxn { txn: &mut txn })?;
-        txn.commit().map_err(|source| StoreError::Lmdb { op: "commit", table: "-", source })?;
+        txn.commit().map_err(|source| StoreError::Lmdb {
+            op: "commit",
+            table: "-",
+            source,
+        })?;
         Ok(out)
     }
 }
 
-fn decode<V: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<V, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { table, key: key.to_owned(), source })
+fn decode<V: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// Reads shared by read and write transactions.
 pub trait Reader {
     /// The value at `key`.
-    fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str) -> Result<Option<V>, StoreError>;
+    fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str)
+    -> Result<Option<V>, StoreError>;
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
-    fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError>;
+    fn prefix<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        prefix: &str,
+    ) -> Result<Vec<(String, V)>, StoreError>;
     /// At most `limit` `(key, value)` pairs whose key starts with `prefix`, in key order.
     fn prefix_limit<V: DeserializeOwned>(
         &self,
@@ -214,11 +263,16 @@ pub struct WriteTxn<'a, 'e> {
     txn: &'a mut RwTxn<'e>,
 }
 
-fn get_in<V: DeserializeOwned>(txn: &RoTxn<'_>, table: Table<V>, key: &str) -> Result<Option<V>, StoreError> {
-    let raw = table
-        .db
-        .get(txn, key)
-        .map_err(|source| StoreError::Lmdb { op: "get", table: table.name, source })?;
+fn get_in<V: DeserializeOwned>(
+    txn: &RoTxn<'_>,
+    table: Table<V>,
+    key: &str,
+) -> Result<Option<V>, StoreError> {
+    let raw = table.db.get(txn, key).map_err(|source| StoreError::Lmdb {
+        op: "get",
+        table: table.name,
+        source,
+    })?;
     raw.map(|b| decode(table.name, key, b)).transpose()
 }
 
@@ -228,7 +282,11 @@ fn prefix_in<V: DeserializeOwned>(
     prefix: &str,
     limit: usize,
 ) -> Result<Vec<(String, V)>, StoreError> {
-    let lmdb = |source| StoreError::Lmdb { op: "scan", table: table.name, source };
+    let lmdb = |source| StoreError::Lmdb {
+        op: "scan",
+        table: table.name,
+        source,
+    };
     let mut out = Vec::new();
     for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)?.take(limit) {
         let (k, v) = item.map_err(lmdb)?;
@@ -238,14 +296,26 @@ fn prefix_in<V: DeserializeOwned>(
 }
 
 fn count_in<V>(txn: &RoTxn<'_>, table: Table<V>) -> Result<u64, StoreError> {
-    table.db.len(txn).map_err(|source| StoreError::Lmdb { op: "count", table: table.name, source })
+    table.db.len(txn).map_err(|source| StoreError::Lmdb {
+        op: "count",
+        table: table.name,
+        source,
+    })
 }
 
 impl Reader for ReadTxn<'_> {
-    fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str) -> Result<Option<V>, StoreError> {
+    fn get<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        key: &str,
+    ) -> Result<Option<V>, StoreError> {
         get_in(self.txn, table, key)
     }
-    fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError> {
+    fn prefix<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        prefix: &str,
+    ) -> Result<Vec<(String, V)>, StoreError> {
         prefix_in(self.txn, table, prefix, usize::MAX)
     }
     fn prefix_limit<V: DeserializeOwned>(
@@ -262,10 +332,18 @@ impl Reader for ReadTxn<'_> {
 }
 
 impl Reader for WriteTxn<'_, '_> {
-    fn get<V: DeserializeOwned>(&self, table: Table<V>, key: &str) -> Result<Option<V>, StoreError> {
+    fn get<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        key: &str,
+    ) -> Result<Option<V>, StoreError> {
         get_in(self.txn, table, key)
     }
-    fn prefix<V: DeserializeOwned>(&self, table: Table<V>, prefix: &str) -> Result<Vec<(String, V)>, StoreError> {
+    fn prefix<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        prefix: &str,
+    ) -> Result<Vec<(String, V)>, StoreError> {
         prefix_in(self.txn, table, prefix, usize::MAX)
     }
     fn prefix_limit<V: DeserializeOwned>(
@@ -283,13 +361,25 @@ impl Reader for WriteTxn<'_, '_> {
 
 impl WriteTxn<'_, '_> {
     /// Stores `value` at `key`.
-    pub fn put<V: Serialize>(&mut self, table: Table<V>, key: &str, value: &V) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|source| StoreError::Corrupt { table: table.name, key: key.to_owned(), source })?;
+    pub fn put<V: Serialize>(
+        &mut self,
+        table: Table<V>,
+        key: &str,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
+            table: table.name,
+            key: key.to_owned(),
+            source,
+        })?;
         table
             .db
             .put(self.txn, key, &bytes)
-            .map_err(|source| StoreError::Lmdb { op: "put", table: table.name, source })
+            .map_err(|source| StoreError::Lmdb {
+                op: "put",
+                table: table.name,
+                source,
+            })
     }
 
     /// Removes `key`; true if it was there.
@@ -297,12 +387,25 @@ impl WriteTxn<'_, '_> {
         table
             .db
             .delete(self.txn, key)
-            .map_err(|source| StoreError::Lmdb { op: "delete", table: table.name, source })
+            .map_err(|source| StoreError::Lmdb {
+                op: "delete",
+                table: table.name,
+                source,
+            })
     }
 
     /// Removes every key starting with `prefix` and not after `last` (inclusive); returns how many.
-    pub fn delete_prefix_through<V>(&mut self, table: Table<V>, prefix: &str, last: &str) -> Result<u64, StoreError> {
-        let lmdb = |source| StoreError::Lmdb { op: "delete range", table: table.name, source };
+    pub fn delete_prefix_through<V>(
+        &mut self,
+        table: Table<V>,
+        prefix: &str,
+        last: &str,
+    ) -> Result<u64, StoreError> {
+        let lmdb = |source| StoreError::Lmdb {
+            op: "delete range",
+            table: table.name,
+            source,
+        };
         let keys: Vec<String> = {
             let mut keys = Vec::new();
             for item in table.db.prefix_iter(self.txn, prefix).map_err(lmdb)? {
@@ -350,8 +453,14 @@ mod tests {
         }
         let store = Store::open(dir.path(), &Config::default()).expect("reopen");
         let t: Table<u64> = store.table("numbers").expect("table");
-        let got = store.read(move |txn| txn.prefix(t, "a/")).await.expect("read");
-        assert_eq!(got.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let got = store
+            .read(move |txn| txn.prefix(t, "a/"))
+            .await
+            .expect("read");
+        assert_eq!(
+            got.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         let removed = store
             .write(move |txn| txn.delete_prefix_through(t, "a/", &format!("a/{:020}", 2)))
             .await

@@ -16,7 +16,11 @@ impl Client {
         &self.local_id
     }
     /// Sends `request` to `peer` and waits for its answer.
-    pub async fn request(&self, peer: &NodeId, request: Request) -> Result<Response, TransportError> {
+    pub async fn request(
+        &self,
+        peer: &NodeId,
+        request: Request,
+    ) -> Result<Response, TransportError> {
         let _ = (peer, request);
         Err(TransportError::ShutDown)
     }

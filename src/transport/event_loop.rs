@@ -15,6 +15,9 @@ impl EventLoop {
     }
 }
 
-pub(super) fn build(_identity: Identity, _config: Config) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
+pub(super) fn build(
+    _identity: Identity,
+    _config: Config,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
     Err(TransportError::ShutDown)
 }

@@ -17,5 +17,8 @@ impl Identity {
 
 /// Loads the key from `path`, creating it (mode 0600) on first start.
 pub fn load_or_create_identity(path: &Path) -> Result<Identity, TransportError> {
-    Err(TransportError::Identity { path: path.to_owned(), reason: "stub".into() })
+    Err(TransportError::Identity {
+        path: path.to_owned(),
+        reason: "stub".into(),
+    })
 }

@@ -127,6 +127,9 @@ pub use identity::load_or_create_identity;
 pub use identity::Identity;
 
 /// Builds the transport. Nothing runs until [`EventLoop::run`] is spawned.
-pub fn new(identity: Identity, config: Config) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
+pub fn new(
+    identity: Identity,
+    config: Config,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
     event_loop::build(identity, config)
 }

@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Event, Execution, ExecutionId, ExecutionStateType, JobId, NodeId, NodeInfo, Resources, RunCommandResult,
-    SpecConfig,
+    Event, Execution, ExecutionId, ExecutionStateType, JobId, NodeId, NodeInfo, Resources,
+    RunCommandResult, SpecConfig,
 };
 
 /// libp2p protocol name of the request-response protocol.
@@ -175,7 +175,9 @@ pub enum CodecError {
     #[error("malformed message")]
     Malformed(#[source] minicbor_serde::error::DecodeError),
     /// A version this node does not speak.
-    #[error("unsupported wire version {got} (this node speaks {WIRE_VERSION}); upgrade the older side")]
+    #[error(
+        "unsupported wire version {got} (this node speaks {WIRE_VERSION}); upgrade the older side"
+    )]
     Version {
         /// What arrived.
         got: u16,
@@ -187,8 +189,11 @@ pub enum CodecError {
 
 /// Encodes a message in its envelope.
 pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, CodecError> {
-    minicbor_serde::to_vec(Envelope { version: WIRE_VERSION, body })
-        .map_err(|e| CodecError::Encode(e.to_string()))
+    minicbor_serde::to_vec(Envelope {
+        version: WIRE_VERSION,
+        body,
+    })
+    .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 /// Decodes an enveloped message, refusing unknown versions.
@@ -214,7 +219,9 @@ mod tests {
         let req = Request::Deliver {
             messages: vec![Sequenced {
                 seq: 7,
-                message: Message::BidAccepted { execution_id: ExecutionId::generate() },
+                message: Message::BidAccepted {
+                    execution_id: ExecutionId::generate(),
+                },
             }],
         };
         let bytes = encode(&req).expect("encodes");
@@ -224,9 +231,20 @@ mod tests {
 
     #[test]
     fn refuses_unknown_versions() {
-        let bytes = minicbor_serde::to_vec(Envelope { version: 99, body: Response::Ack { last_applied_seq: 0 } })
-            .expect("encodes");
-        assert!(matches!(decode::<Response>(&bytes), Err(CodecError::Version { got: 99 })));
-        assert!(matches!(decode::<Response>(b"\xff\x00"), Err(CodecError::Malformed(_))));
+        let bytes = minicbor_serde::to_vec(Envelope {
+            version: 99,
+            body: Response::Ack {
+                last_applied_seq: 0,
+            },
+        })
+        .expect("encodes");
+        assert!(matches!(
+            decode::<Response>(&bytes),
+            Err(CodecError::Version { got: 99 })
+        ));
+        assert!(matches!(
+            decode::<Response>(b"\xff\x00"),
+            Err(CodecError::Malformed(_))
+        ));
     }
 }

@@ -1,0 +1,413 @@
+//! What compute nodes tell the orchestrator: handshakes, heartbeats, and durable execution reports, plus the
+//! evaluation worker that re-plans jobs when something changed.
+
+use crate::model::{
+    Evaluation, EvaluationId, EvaluationTrigger, Event, ExecutionStateType, JobStateType, NodeId,
+    NodeMembership, NodeState, NodeType, State, now_nanos,
+};
+use crate::store::{Reader, StoreError, WriteTxn};
+use crate::transport::{Message, Request, Response, Sequenced};
+
+use super::jobs::{AfterCommit, apply_decision};
+use super::scheduler::{self, Candidate};
+use super::state::{self, Tables};
+use super::{Orchestrator, OrchestratorError};
+
+impl Orchestrator {
+    /// Answers one request from a compute node.
+    pub(crate) async fn handle_request(&self, peer: &NodeId, request: Request) -> Response {
+        match request {
+            Request::Handshake {
+                info,
+                last_applied_seq,
+            } => self.handshake(peer, info, last_applied_seq).await,
+            Request::Heartbeat { available, .. } => {
+                if self.inner.registry.heartbeat(peer, available) {
+                    Response::Ack {
+                        last_applied_seq: 0,
+                    }
+                } else {
+                    Response::Refused {
+                        reason: "unknown node: handshake first".to_owned(),
+                    }
+                }
+            }
+            Request::UpdateInfo { info } => match self.inner.registry.get(peer) {
+                Some(mut state) => {
+                    state.info = info;
+                    state.info.node_id = peer.clone();
+                    let state = self
+                        .inner
+                        .registry
+                        .connected(state, NodeMembership::Pending);
+                    let t = self.inner.tables;
+                    match self
+                        .inner
+                        .store
+                        .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state))
+                        .await
+                    {
+                        Ok(()) => Response::Ack {
+                            last_applied_seq: 0,
+                        },
+                        Err(e) => Response::Refused {
+                            reason: format!("cannot store node info: {e}"),
+                        },
+                    }
+                }
+                None => Response::Refused {
+                    reason: "unknown node: handshake first".to_owned(),
+                },
+            },
+            Request::Deliver { messages } => self.deliver(peer, messages).await,
+        }
+    }
+
+    async fn handshake(
+        &self,
+        peer: &NodeId,
+        mut info: crate::model::NodeInfo,
+        compute_applied: u64,
+    ) -> Response {
+        if let Some(existing) = self.inner.registry.get(peer)
+            && existing.membership == NodeMembership::Rejected
+        {
+            return Response::Refused {
+                reason: "this node was rejected by the orchestrator's operator".to_owned(),
+            };
+        }
+        info.node_id = peer.clone();
+        info.node_type = NodeType::Compute;
+        let default = if self.inner.config.auto_approve {
+            NodeMembership::Approved
+        } else {
+            NodeMembership::Pending
+        };
+        let state = self.inner.registry.connected(
+            NodeState {
+                info,
+                ..Default::default()
+            },
+            default,
+        );
+        let t = self.inner.tables;
+        let outbox = self.inner.outbox.clone();
+        let (peer_id, stored) = (peer.clone(), state.clone());
+        let applied = self
+            .inner
+            .store
+            .write(move |txn| {
+                txn.put(t.nodes, stored.info.node_id.as_str(), &stored)?;
+                outbox.last_applied(txn, &peer_id)
+            })
+            .await;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                return Response::Refused {
+                    reason: format!("orchestrator cannot store node state: {e}"),
+                };
+            }
+        };
+        tracing::info!(node_id = %peer, membership = state.membership.as_str(), "compute node connected");
+        self.inner
+            .outbox
+            .peer_connected(peer, compute_applied)
+            .await;
+        if state.membership == NodeMembership::Approved
+            && let Err(e) = self.enqueue_reevaluation_of_waiting_jobs().await
+        {
+            tracing::warn!(error = %e, "cannot re-evaluate queued jobs");
+        }
+        self.changed();
+        Response::Welcome {
+            orchestrator_id: self.inner.node_id.clone(),
+            last_applied_seq: applied,
+        }
+    }
+
+    /// Marks a node disconnected (connection closed or heartbeats stopped). Its executions stay: a node that
+    /// comes back delivers their results from its outbox.
+    pub(crate) async fn node_gone(&self, peer: &NodeId, why: &str) {
+        self.inner.outbox.peer_disconnected(peer).await;
+        let Some(state) = self.inner.registry.disconnected(peer, why) else {
+            return;
+        };
+        tracing::info!(node_id = %peer, reason = why, "compute node disconnected");
+        let t = self.inner.tables;
+        if let Err(e) = self
+            .inner
+            .store
+            .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state))
+            .await
+        {
+            tracing::warn!(node_id = %peer, error = %e, "cannot store node state");
+        }
+        self.changed();
+    }
+
+    async fn deliver(&self, peer: &NodeId, messages: Vec<Sequenced>) -> Response {
+        match self.inner.registry.get(peer) {
+            Some(n) if n.membership != NodeMembership::Rejected => {}
+            Some(_) => {
+                return Response::Refused {
+                    reason: "this node was rejected".to_owned(),
+                };
+            }
+            None => {
+                return Response::Refused {
+                    reason: "unknown node: handshake first".to_owned(),
+                };
+            }
+        }
+        let t = self.inner.tables;
+        let outbox = self.inner.outbox.clone();
+        let candidates = self.inner.registry.candidates();
+        let defaults = self.inner.config.job_defaults;
+        let backoff = self.inner.config.queue_backoff;
+        let peer_id = peer.clone();
+        let result = self
+            .inner
+            .store
+            .write(move |txn| {
+                let mut after = AfterCommit::default();
+                for Sequenced { seq, message } in messages {
+                    if outbox.accept_inbound(txn, &peer_id, seq)? {
+                        apply_report(
+                            txn,
+                            &t,
+                            &outbox,
+                            &peer_id,
+                            message,
+                            &candidates,
+                            &defaults,
+                            backoff,
+                            &mut after,
+                        )?;
+                    }
+                }
+                let last = outbox.last_applied(txn, &peer_id)?;
+                Ok((last, after))
+            })
+            .await;
+        match result {
+            Ok((last, after)) => {
+                self.after_commit(after);
+                Response::Ack {
+                    last_applied_seq: last,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node_id = %peer, error = %e, "cannot apply compute reports");
+                Response::Refused {
+                    reason: format!("orchestrator cannot apply reports now: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Writes an evaluation for every job waiting for nodes, and wakes the worker.
+    pub(crate) async fn enqueue_reevaluation_of_waiting_jobs(
+        &self,
+    ) -> Result<(), OrchestratorError> {
+        let t = self.inner.tables;
+        self.inner
+            .store
+            .write(move |txn| {
+                for (_, job) in txn.all(t.jobs)? {
+                    if job.state.state_type == JobStateType::Queued {
+                        let eval = Evaluation {
+                            id: EvaluationId::generate(),
+                            job_id: job.id.clone(),
+                            namespace: job.namespace.clone(),
+                            triggered_by: EvaluationTrigger::NodeUpdate,
+                            wait_until: 0,
+                            create_time: now_nanos(),
+                        };
+                        txn.put(t.evaluations, eval.id.as_str(), &eval)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        self.wake_evaluations();
+        Ok(())
+    }
+
+    /// Runs every evaluation that is due, one transaction each.
+    pub(crate) async fn run_due_evaluations(&self) -> Result<(), OrchestratorError> {
+        let t = self.inner.tables;
+        let now = now_nanos();
+        let due: Vec<Evaluation> = self
+            .inner
+            .store
+            .read(move |txn| {
+                Ok(txn
+                    .all(t.evaluations)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .filter(|e| e.wait_until <= now)
+                    .collect())
+            })
+            .await?;
+        for eval in due {
+            let outbox = self.inner.outbox.clone();
+            let candidates = self.inner.registry.candidates();
+            let defaults = self.inner.config.job_defaults;
+            let backoff = self.inner.config.queue_backoff;
+            let after = self
+                .inner
+                .store
+                .write(move |txn| {
+                    let mut after = AfterCommit::default();
+                    txn.delete(t.evaluations, eval.id.as_str())?;
+                    if let Some(mut job) = txn.get(t.jobs, eval.job_id.as_str())?
+                        && !job.state.state_type.is_terminal()
+                    {
+                        let execs = state::executions_of(txn, &t, &job.id)?;
+                        let decision =
+                            scheduler::plan(&job, &execs, &candidates, &defaults, now_nanos());
+                        apply_decision(
+                            txn, &t, &outbox, &mut job, &execs, decision, &eval.id, &defaults,
+                            backoff, &mut after,
+                        )?;
+                    }
+                    Ok(after)
+                })
+                .await?;
+            self.after_commit(after);
+        }
+        Ok(())
+    }
+}
+
+/// Applies one report from a compute node inside the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+fn apply_report(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    outbox: &crate::outbox::Outbox,
+    peer: &NodeId,
+    message: Message,
+    candidates: &[Candidate],
+    defaults: &scheduler::JobDefaults,
+    backoff: std::time::Duration,
+    after: &mut AfterCommit,
+) -> Result<(), StoreError> {
+    let (job_id, exec_id) = match &message {
+        Message::BidResult {
+            job_id,
+            execution_id,
+            ..
+        }
+        | Message::ExecutionProgress {
+            job_id,
+            execution_id,
+            ..
+        }
+        | Message::RunResult {
+            job_id,
+            execution_id,
+            ..
+        }
+        | Message::ComputeError {
+            job_id,
+            execution_id,
+            ..
+        } => (job_id.clone(), execution_id.clone()),
+        other => {
+            tracing::warn!(node_id = %peer, message = ?other, "ignoring a message meant for compute nodes");
+            return Ok(());
+        }
+    };
+    let key = state::exec_key(&job_id, &exec_id);
+    let Some(mut exec) = txn.get(t.executions, &key)? else {
+        tracing::warn!(node_id = %peer, execution_id = %exec_id, "report for an unknown execution ignored");
+        return Ok(());
+    };
+    if &exec.node_id != peer {
+        tracing::warn!(node_id = %peer, execution_id = %exec_id, "report from a node that does not own the execution ignored");
+        return Ok(());
+    }
+    let Some(mut job) = txn.get(t.jobs, job_id.as_str())? else {
+        return Ok(());
+    };
+    if exec.is_terminal() {
+        return Ok(());
+    }
+    let mut ended = false;
+    let event = match message {
+        Message::BidResult { accepted: true, .. } => {
+            exec.compute_state = State::new(ExecutionStateType::BidAccepted, "bid accepted");
+            Event::new(
+                "Exec Scanning",
+                format!("node {peer} accepted the execution"),
+            )
+            .with("NewState", "BidAccepted")
+        }
+        Message::BidResult {
+            accepted: false,
+            reason,
+            ..
+        } => {
+            exec.compute_state = State::new(ExecutionStateType::AskForBidRejected, reason.clone());
+            ended = true;
+            Event::new("Exec Scanning", format!("node {peer} declined: {reason}"))
+                .with("NewState", "AskForBidRejected")
+        }
+        Message::ExecutionProgress { state, event, .. } => {
+            exec.compute_state = State::new(state, event.message.clone());
+            event.with("NewState", state.name())
+        }
+        Message::RunResult {
+            published_result,
+            run_output,
+            ..
+        } => {
+            let code = run_output.exit_code;
+            exec.compute_state =
+                State::new(ExecutionStateType::Completed, format!("exit code {code}"));
+            exec.published_result = published_result;
+            exec.run_output = Some(run_output);
+            ended = true;
+            Event::new(
+                "Execution",
+                format!("execution completed with exit code {code}"),
+            )
+            .with("NewState", "Completed")
+        }
+        Message::ComputeError { state, error, .. } => {
+            exec.compute_state = State::new(state, error.clone());
+            exec.run_output
+                .get_or_insert_with(Default::default)
+                .error_msg = error.clone();
+            ended = true;
+            Event::new("Execution", format!("execution {}: {error}", state.name()))
+                .with("NewState", state.name())
+                .with("IsError", "true")
+                .with("FailsExecution", "true")
+        }
+        _ => return Ok(()),
+    };
+    state::save_execution(txn, t, &mut exec)?;
+    state::record(txn, t, &job, Some(&exec.id), event)?;
+    if ended {
+        let need = exec
+            .allocated_resources
+            .tasks
+            .values()
+            .next()
+            .copied()
+            .unwrap_or_default();
+        after.allocations.push((exec.node_id.clone(), need, true));
+        if !job.state.state_type.is_terminal() {
+            let execs = state::executions_of(txn, t, &job.id)?;
+            let decision = scheduler::plan(&job, &execs, candidates, defaults, now_nanos());
+            let eval_id = EvaluationId::generate();
+            apply_decision(
+                txn, t, outbox, &mut job, &execs, decision, &eval_id, defaults, backoff, after,
+            )?;
+        }
+    }
+    Ok(())
+}

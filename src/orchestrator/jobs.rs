@@ -1,0 +1,757 @@
+//! Job intake, queries, stopping, node administration, and applying scheduler decisions.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{
+    AllocatedResources, Evaluation, EvaluationId, EvaluationTrigger, Event, Execution,
+    ExecutionDesiredStateType, ExecutionId, ExecutionStateType, Job, JobHistory, JobId, JobState,
+    JobStateType, JobType, NodeId, NodeMembership, NodeState, Resources, SpecConfig, State,
+    now_nanos, spec, validate,
+};
+use crate::store::{Reader, StoreError, WriteTxn};
+use crate::transport::Message;
+
+use super::scheduler::{self, Decision, JobDefaults};
+use super::state::{self, Tables};
+use super::{Orchestrator, OrchestratorError};
+
+/// Meta keys under this prefix belong to the server.
+const RESERVED_META: &str = "bacalhau.org/";
+
+/// Answer to a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitResponse {
+    /// The job's id.
+    pub job_id: JobId,
+    /// The evaluation that scheduled it.
+    pub evaluation_id: EvaluationId,
+    /// Things the user should know (legacy forms converted, ignored fields).
+    pub warnings: Vec<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone)]
+pub struct JobListing {
+    /// The jobs.
+    pub items: Vec<Job>,
+    /// Token for the next page; empty when done.
+    pub next_token: String,
+}
+
+/// Which history records to return.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// Only records after this sequence number (the previous page's token).
+    pub after_seq: u64,
+    /// At most this many.
+    pub limit: usize,
+    /// `Some(true)` job-level only, `Some(false)` execution-level only.
+    pub job_level: Option<bool>,
+    /// Only this execution's records.
+    pub execution_id: Option<String>,
+}
+
+/// A page of history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The records.
+    pub items: Vec<JobHistory>,
+    /// Bacalhau's long-poll contract: non-empty until the job is terminal and nothing is left.
+    pub next_token: String,
+}
+
+/// What an operator does to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Let it receive work.
+    Approve,
+    /// Refuse it.
+    Reject,
+    /// Forget it.
+    Delete,
+}
+
+impl NodeAction {
+    /// Parses Bacalhau's action names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "approve" => Some(Self::Approve),
+            "reject" => Some(Self::Reject),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Effects of a transaction to carry out after it commits.
+#[derive(Debug, Default)]
+pub(crate) struct AfterCommit {
+    /// Peers with new outbox messages.
+    pub kick: Vec<NodeId>,
+    /// (node, resources, release) allocation changes.
+    pub allocations: Vec<(NodeId, Resources, bool)>,
+    /// Whether the evaluation worker should look again.
+    pub evaluate: bool,
+}
+
+impl Orchestrator {
+    pub(crate) fn after_commit(&self, after: AfterCommit) {
+        for (node, r, release) in &after.allocations {
+            self.inner.registry.allocate(node, r, *release);
+        }
+        for peer in &after.kick {
+            self.inner.outbox.kick(peer);
+        }
+        if after.evaluate {
+            self.wake_evaluations();
+        }
+        self.changed();
+    }
+
+    /// Validates, stores and schedules a job, all in one transaction.
+    pub async fn submit(
+        &self,
+        mut job: Job,
+        force: bool,
+    ) -> Result<SubmitResponse, OrchestratorError> {
+        let mut warnings = spec::normalize_legacy_wasm(&mut job);
+        validate::validate_submission(&job)?;
+        if job.tasks.len() > 1 {
+            warnings.push(format!(
+                "only the first task runs; {} others were dropped",
+                job.tasks.len() - 1
+            ));
+            job.tasks.truncate(1);
+        }
+        if !matches!(job.job_type, JobType::Batch) {
+            return Err(OrchestratorError::BadRequest(format!(
+                "job type {} is not supported yet (supported: batch)",
+                job.job_type
+            )));
+        }
+        if !job.id.as_str().is_empty() {
+            warnings.push(format!(
+                "the ID {} given in the spec was ignored; the server assigns ids",
+                job.id
+            ));
+        }
+        let now = now_nanos();
+        job.id = JobId::generate();
+        if job.namespace.trim().is_empty() {
+            job.namespace = "default".to_owned();
+        }
+        if job.name.trim().is_empty() {
+            job.name = job.id.to_string();
+        }
+        if job.count.is_none() {
+            job.count = Some(1);
+        }
+        let before = job.meta.len();
+        job.meta.retain(|k, _| !k.starts_with(RESERVED_META));
+        if job.meta.len() != before {
+            warnings.push(format!(
+                "meta keys starting with {RESERVED_META} are reserved and were removed"
+            ));
+        }
+        job.meta.insert(
+            "bacalhau.org/requester.id".into(),
+            self.inner.node_id.to_string(),
+        );
+        job.meta.insert(
+            "bacalhau.org/orchestrator.id".into(),
+            self.inner.node_id.to_string(),
+        );
+        job.state = JobState {
+            state_type: JobStateType::Pending,
+            message: String::new(),
+        };
+        job.version = 1;
+        job.revision = 0;
+        job.create_time = now;
+        job.modify_time = now;
+
+        let t = self.inner.tables;
+        let outbox = self.inner.outbox.clone();
+        let candidates = self.inner.registry.candidates();
+        let defaults = self.inner.config.job_defaults;
+        let backoff = self.inner.config.queue_backoff;
+        let eval_id = EvaluationId::generate();
+        let eval = eval_id.clone();
+        let (response_job, after) = self
+            .inner
+            .store
+            .write(move |txn| {
+                let name_key = state::name_key(&job.namespace, &job.name);
+                if let Some(existing_id) = txn.get(t.job_names, &name_key)? {
+                    let existing = txn.get(t.jobs, existing_id.as_str())?;
+                    let same = existing.as_ref().is_some_and(|e| e.tasks == job.tasks && e.count == job.count
+                        && e.constraints == job.constraints);
+                    let reason = if same && !force {
+                        format!("no changes detected for job {:?} ({existing_id}); submit with Force to run it again", job.name)
+                    } else {
+                        format!(
+                            "a job named {:?} already exists ({existing_id}); choose another name (updating jobs by name is not supported yet)",
+                            job.name
+                        )
+                    };
+                    return Err(StoreError::Aborted(reason));
+                }
+                txn.put(t.job_names, &name_key, &job.id)?;
+                state::record(txn, &t, &job, None, Event::new("Submission", "Job submitted"))?;
+                let mut after = AfterCommit::default();
+                let decision = scheduler::plan(&job, &[], &candidates, &defaults, now);
+                apply_decision(txn, &t, &outbox, &mut job, &[], decision, &eval, &defaults, backoff, &mut after)?;
+                Ok((job.id.clone(), after))
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Aborted(reason) => OrchestratorError::Conflict(reason),
+                other => OrchestratorError::Store(other),
+            })?;
+        self.after_commit(after);
+        tracing::info!(job_id = %response_job, "job submitted");
+        Ok(SubmitResponse {
+            job_id: response_job,
+            evaluation_id: eval_id,
+            warnings,
+        })
+    }
+
+    /// Finds a job by id, name (in `namespace`) or unique id prefix.
+    pub async fn job(&self, id: &str, namespace: &str) -> Result<Job, OrchestratorError> {
+        let t = self.inner.tables;
+        let (key, ns) = (id.to_owned(), namespace.to_owned());
+        self.inner
+            .store
+            .read(move |txn| resolve(txn, &t, &key, &ns))
+            .await?
+            .ok_or_else(|| OrchestratorError::NotFound {
+                kind: "job",
+                id: id.to_owned(),
+            })
+    }
+
+    /// A page of jobs in `namespace` (`*` = all). The token is the offset of the next page.
+    pub async fn list_jobs(
+        &self,
+        namespace: &str,
+        limit: usize,
+        token: &str,
+        reverse: bool,
+    ) -> Result<JobListing, OrchestratorError> {
+        let offset = if token.is_empty() {
+            0
+        } else {
+            token.parse::<usize>().map_err(|_| {
+                OrchestratorError::BadRequest(format!("next_token {token:?} is not valid"))
+            })?
+        };
+        let t = self.inner.tables;
+        let ns = namespace.to_owned();
+        let limit = if limit == 0 { 100 } else { limit.min(1000) };
+        let (items, next) = self
+            .inner
+            .store
+            .read(move |txn| list(txn, &t, &ns, limit, offset, reverse))
+            .await?;
+        Ok(JobListing {
+            items,
+            next_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        })
+    }
+
+    /// A job's executions, oldest first.
+    pub async fn executions(
+        &self,
+        id: &str,
+        namespace: &str,
+    ) -> Result<Vec<Execution>, OrchestratorError> {
+        let job = self.job(id, namespace).await?;
+        let t = self.inner.tables;
+        Ok(self
+            .inner
+            .store
+            .read(move |txn| state::executions_of(txn, &t, &job.id))
+            .await?)
+    }
+
+    /// A page of a job's history.
+    pub async fn history(
+        &self,
+        id: &str,
+        namespace: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, OrchestratorError> {
+        let job = self.job(id, namespace).await?;
+        let t = self.inner.tables;
+        let limit = if filter.limit == 0 {
+            100
+        } else {
+            filter.limit.min(1000)
+        };
+        let job_id = job.id.clone();
+        let (all, highest) = self
+            .inner
+            .store
+            .read(move |txn| {
+                let after = format!("{job_id}/{:020}", filter.after_seq);
+                let records: Vec<JobHistory> = txn
+                    .prefix(t.history, &format!("{job_id}/"))?
+                    .into_iter()
+                    .filter(|(k, _)| k.as_str() > after.as_str())
+                    .map(|(_, h)| h)
+                    .collect();
+                let highest = records
+                    .last()
+                    .map(|h| h.seq_num)
+                    .unwrap_or(filter.after_seq);
+                let records: Vec<JobHistory> = records
+                    .into_iter()
+                    .filter(|h| match filter.job_level {
+                        Some(true) => h.execution_id.is_none(),
+                        Some(false) => h.execution_id.is_some(),
+                        None => true,
+                    })
+                    .filter(|h| {
+                        filter.execution_id.as_deref().is_none_or(|x| {
+                            h.execution_id
+                                .as_ref()
+                                .is_some_and(|e| e.as_str().starts_with(x))
+                        })
+                    })
+                    .collect();
+                Ok((records, highest))
+            })
+            .await?;
+        let more = all.len() > limit;
+        let items: Vec<JobHistory> = all.into_iter().take(limit).collect();
+        let last_seq = if more {
+            items.last().map(|h| h.seq_num).unwrap_or(highest)
+        } else {
+            highest
+        };
+        let next_token = if more || !job.state.state_type.is_terminal() {
+            last_seq.to_string()
+        } else {
+            String::new()
+        };
+        Ok(HistoryPage { items, next_token })
+    }
+
+    /// Published results of a job's completed executions.
+    pub async fn results(
+        &self,
+        id: &str,
+        namespace: &str,
+    ) -> Result<Vec<SpecConfig>, OrchestratorError> {
+        Ok(results(&self.executions(id, namespace).await?))
+    }
+
+    /// Stops a job: its active executions are cancelled. Returns the evaluation id (empty when it was already
+    /// stopped).
+    pub async fn stop(
+        &self,
+        id: &str,
+        namespace: &str,
+        reason: &str,
+    ) -> Result<String, OrchestratorError> {
+        let job = self.job(id, namespace).await?;
+        match job.state.state_type {
+            JobStateType::Stopped => return Ok(String::new()),
+            s if s.is_terminal() => {
+                return Err(OrchestratorError::Conflict(format!(
+                    "job {} is already {s} and cannot be stopped",
+                    job.id
+                )));
+            }
+            _ => {}
+        }
+        let t = self.inner.tables;
+        let outbox = self.inner.outbox.clone();
+        let reason = if reason.trim().is_empty() {
+            "stopped by user".to_owned()
+        } else {
+            reason.to_owned()
+        };
+        let eval_id = EvaluationId::generate();
+        let job_id = job.id.clone();
+        let after = self
+            .inner
+            .store
+            .write(move |txn| {
+                let mut after = AfterCommit::default();
+                let Some(mut job) = txn.get(t.jobs, job_id.as_str())? else {
+                    return Ok(after);
+                };
+                if job.state.state_type.is_terminal() {
+                    return Ok(after);
+                }
+                for mut e in state::executions_of(txn, &t, &job.id)? {
+                    if e.is_terminal()
+                        || e.desired_state.state_type == ExecutionDesiredStateType::Stopped
+                    {
+                        continue;
+                    }
+                    e.desired_state =
+                        State::new(ExecutionDesiredStateType::Stopped, reason.clone());
+                    state::save_execution(txn, &t, &mut e)?;
+                    outbox.enqueue(
+                        txn,
+                        &e.node_id,
+                        Message::CancelExecution {
+                            execution_id: e.id.clone(),
+                            reason: reason.clone(),
+                        },
+                    )?;
+                    after.kick.push(e.node_id.clone());
+                }
+                let previous = job.state.state_type;
+                job.state = JobState {
+                    state_type: JobStateType::Stopped,
+                    message: reason.clone(),
+                };
+                state::record(
+                    txn,
+                    &t,
+                    &job,
+                    None,
+                    Event::new("State Update", format!("job Stopped: {reason}"))
+                        .with("NewState", "Stopped")
+                        .with("PreviousState", previous.to_string()),
+                )?;
+                state::save_job(txn, &t, &mut job)?;
+                Ok(after)
+            })
+            .await?;
+        self.after_commit(after);
+        Ok(eval_id.to_string())
+    }
+
+    /// Every known node.
+    pub fn nodes(&self) -> Vec<NodeState> {
+        self.inner.registry.all()
+    }
+
+    /// A node by id or unique id prefix.
+    pub fn node(&self, id: &str) -> Result<NodeState, OrchestratorError> {
+        let nodes = self.inner.registry.all();
+        if let Some(n) = nodes.iter().find(|n| n.info.node_id.as_str() == id) {
+            return Ok(n.clone());
+        }
+        let matches: Vec<&NodeState> = nodes
+            .iter()
+            .filter(|n| n.info.node_id.as_str().starts_with(id))
+            .collect();
+        match matches.as_slice() {
+            [one] if !id.is_empty() => Ok((*one).clone()),
+            [] | [_] => Err(OrchestratorError::NotFound {
+                kind: "node",
+                id: id.to_owned(),
+            }),
+            _ => Err(OrchestratorError::BadRequest(format!(
+                "node id prefix {id:?} matches {} nodes",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// Approves, rejects or deletes a node.
+    pub async fn update_node(
+        &self,
+        id: &str,
+        action: NodeAction,
+    ) -> Result<NodeState, OrchestratorError> {
+        let node = self.node(id)?;
+        let node_id = node.info.node_id.clone();
+        let t = self.inner.tables;
+        let updated = match membership_for(action) {
+            Some(m) => {
+                if node.membership == m {
+                    return Err(OrchestratorError::Conflict(format!(
+                        "node {node_id} is already {}",
+                        m.as_str()
+                    )));
+                }
+                let state = self
+                    .inner
+                    .registry
+                    .set_membership(&node_id, m)
+                    .ok_or_else(|| OrchestratorError::NotFound {
+                        kind: "node",
+                        id: id.to_owned(),
+                    })?;
+                let s = state.clone();
+                self.inner
+                    .store
+                    .write(move |txn| txn.put(t.nodes, s.info.node_id.as_str(), &s))
+                    .await?;
+                state
+            }
+            None => {
+                let state = self.inner.registry.remove(&node_id).ok_or_else(|| {
+                    OrchestratorError::NotFound {
+                        kind: "node",
+                        id: id.to_owned(),
+                    }
+                })?;
+                let key = node_id.to_string();
+                self.inner
+                    .store
+                    .write(move |txn| txn.delete(t.nodes, &key).map(|_| ()))
+                    .await?;
+                state
+            }
+        };
+        tracing::info!(node_id = %node_id, action = ?action, "node membership changed");
+        if action == NodeAction::Approve {
+            self.enqueue_reevaluation_of_waiting_jobs().await?;
+        }
+        self.changed();
+        Ok(updated)
+    }
+}
+
+/// Finds a job by exact id, then by name in the namespace, then by unique id prefix.
+pub(crate) fn resolve(
+    txn: &impl Reader,
+    t: &Tables,
+    id: &str,
+    namespace: &str,
+) -> Result<Option<Job>, StoreError> {
+    if let Some(job) = txn.get(t.jobs, id)? {
+        return Ok(Some(job));
+    }
+    if let Some(job_id) = txn.get(t.job_names, &state::name_key(namespace, id))? {
+        return txn.get(t.jobs, job_id.as_str());
+    }
+    if id.len() >= 4 {
+        let matches = txn.prefix(t.jobs, id)?;
+        if matches.len() == 1 {
+            return Ok(matches.into_iter().next().map(|(_, j)| j));
+        }
+    }
+    Ok(None)
+}
+
+/// Reloads nodes and the resources their active executions hold (start-up).
+pub(crate) fn load_registry(
+    txn: &impl Reader,
+    t: &Tables,
+    defaults: &JobDefaults,
+) -> Result<(Vec<NodeState>, HashMap<NodeId, Resources>), StoreError> {
+    let nodes: Vec<NodeState> = txn.all(t.nodes)?.into_iter().map(|(_, n)| n).collect();
+    let mut allocated: HashMap<NodeId, Resources> = HashMap::new();
+    for (_, e) in txn.all(t.executions)? {
+        if !e.is_terminal() && e.desired_state.state_type != ExecutionDesiredStateType::Stopped {
+            let r = e
+                .allocated_resources
+                .tasks
+                .values()
+                .next()
+                .copied()
+                .unwrap_or(Resources {
+                    cpu: defaults.cpu,
+                    memory: defaults.memory,
+                    ..Default::default()
+                });
+            let slot = allocated.entry(e.node_id.clone()).or_default();
+            *slot = slot.add(&r);
+        }
+    }
+    Ok((nodes, allocated))
+}
+
+/// Applies a scheduler decision to `job` inside the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply_decision(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    outbox: &crate::outbox::Outbox,
+    job: &mut Job,
+    executions: &[Execution],
+    decision: Decision,
+    eval_id: &EvaluationId,
+    defaults: &JobDefaults,
+    queue_backoff: std::time::Duration,
+    after: &mut AfterCommit,
+) -> Result<(), StoreError> {
+    let place = match &decision {
+        Decision::Run { place } | Decision::Wait { place, .. } => place.clone(),
+        _ => vec![],
+    };
+    let need = scheduler::job_resources(job, defaults);
+    let task_name = job.task().map(|t| t.name.clone()).unwrap_or_default();
+    for (partition, node) in place {
+        let now = now_nanos();
+        let mut exec = Execution {
+            id: ExecutionId::generate(),
+            namespace: job.namespace.clone(),
+            eval_id: eval_id.clone(),
+            name: job.name.clone(),
+            node_id: node.clone(),
+            job_id: job.id.clone(),
+            job: None,
+            job_version: job.version,
+            allocated_resources: AllocatedResources {
+                tasks: BTreeMap::from([(task_name.clone(), need)]),
+            },
+            desired_state: State::new(ExecutionDesiredStateType::Running, "execution approved"),
+            compute_state: State::new(ExecutionStateType::AskForBid, "bid requested"),
+            partition_index: partition,
+            create_time: now,
+            ..Default::default()
+        };
+        state::save_execution(txn, t, &mut exec)?;
+        let mut snapshot = exec.clone();
+        snapshot.job = Some(job.clone());
+        outbox.enqueue(
+            txn,
+            &node,
+            Message::AskForBid {
+                execution: Box::new(snapshot),
+                accept_directly: true,
+            },
+        )?;
+        state::record(
+            txn,
+            t,
+            job,
+            Some(&exec.id),
+            Event::new(
+                "Scheduling",
+                format!(
+                    "execution {} placed on node {node} (partition {partition})",
+                    exec.id
+                ),
+            )
+            .with("NewState", "AskForBid"),
+        )?;
+        after.kick.push(node.clone());
+        after.allocations.push((node, need, false));
+    }
+    let new_state = match &decision {
+        Decision::Complete => Some((JobStateType::Completed, String::new())),
+        Decision::Fail { reason } => Some((JobStateType::Failed, reason.clone())),
+        Decision::Run { .. } if !job.state.state_type.is_terminal() => {
+            Some((JobStateType::Running, String::new()))
+        }
+        Decision::Wait { place, reason } => {
+            let active = executions.iter().any(|e| !e.is_terminal()) || !place.is_empty();
+            let eval = Evaluation {
+                id: EvaluationId::generate(),
+                job_id: job.id.clone(),
+                namespace: job.namespace.clone(),
+                triggered_by: EvaluationTrigger::Queue,
+                wait_until: now_nanos()
+                    + i64::try_from(queue_backoff.as_nanos()).unwrap_or(i64::MAX),
+                create_time: now_nanos(),
+            };
+            txn.put(t.evaluations, eval.id.as_str(), &eval)?;
+            state::record(
+                txn,
+                t,
+                job,
+                None,
+                Event::new("Queueing", format!("job queued: {reason}")),
+            )?;
+            Some((
+                if active {
+                    JobStateType::Running
+                } else {
+                    JobStateType::Queued
+                },
+                reason.clone(),
+            ))
+        }
+        _ => None,
+    };
+    if let Decision::Fail { reason } = &decision {
+        // The job cannot finish: stop what still runs.
+        for e in executions.iter().filter(|e| !e.is_terminal()) {
+            let mut e = e.clone();
+            e.desired_state = State::new(ExecutionDesiredStateType::Stopped, "job failed");
+            state::save_execution(txn, t, &mut e)?;
+            outbox.enqueue(
+                txn,
+                &e.node_id,
+                Message::CancelExecution {
+                    execution_id: e.id.clone(),
+                    reason: reason.clone(),
+                },
+            )?;
+            after.kick.push(e.node_id.clone());
+        }
+    }
+    if let Some((new, message)) = new_state
+        && (job.state.state_type != new || job.state.message != message)
+    {
+        let previous = job.state.state_type;
+        job.state = JobState {
+            state_type: new,
+            message: message.clone(),
+        };
+        let text = if message.is_empty() {
+            format!("job {new}")
+        } else {
+            format!("job {new}: {message}")
+        };
+        let mut event = Event::new("State Update", text)
+            .with("NewState", new.to_string())
+            .with("PreviousState", previous.to_string());
+        if new == JobStateType::Failed {
+            event = event.with("IsError", "true");
+        }
+        state::record(txn, t, job, None, event)?;
+    }
+    state::save_job(txn, t, job)
+}
+
+/// Lists jobs newest first (or oldest first with `reverse`), offset-paged.
+pub(crate) fn list(
+    txn: &impl Reader,
+    t: &Tables,
+    namespace: &str,
+    limit: usize,
+    offset: usize,
+    reverse: bool,
+) -> Result<(Vec<Job>, Option<usize>), StoreError> {
+    let mut jobs: Vec<Job> = txn
+        .all(t.jobs)?
+        .into_iter()
+        .map(|(_, j)| j)
+        .filter(|j| namespace == "*" || j.namespace == namespace)
+        .collect();
+    jobs.sort_by(|a, b| {
+        b.create_time
+            .cmp(&a.create_time)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    if reverse {
+        jobs.reverse();
+    }
+    let total = jobs.len();
+    let items: Vec<Job> = jobs.into_iter().skip(offset).take(limit).collect();
+    let next = (offset + items.len() < total).then_some(offset + items.len());
+    Ok((items, next))
+}
+
+/// Results of a job's completed executions.
+pub(crate) fn results(execs: &[Execution]) -> Vec<SpecConfig> {
+    execs
+        .iter()
+        .filter(|e| {
+            e.compute_state.state_type == ExecutionStateType::Completed
+                && !e.published_result.is_empty()
+        })
+        .map(|e| e.published_result.clone())
+        .collect()
+}
+
+/// Marks the job's membership change for a node.
+pub(crate) fn membership_for(action: NodeAction) -> Option<NodeMembership> {
+    match action {
+        NodeAction::Approve => Some(NodeMembership::Approved),
+        NodeAction::Reject => Some(NodeMembership::Rejected),
+        NodeAction::Delete => None,
+    }
+}

@@ -1,0 +1,255 @@
+//! The orchestrator (Bacalhau's "requester"): accepts jobs, schedules them on compute nodes, tracks executions
+//! and node membership.
+//!
+//! It owns the `orchestrator.*` tables. Every state change (a job submitted, an execution placed, a compute
+//! node's report applied) is one write transaction that also appends the job's history and queues the
+//! messages the change causes in the durable [`Outbox`]. The scheduler is a pure function run inside that
+//! transaction, so a plan is never half applied. Compute nodes are reached only through [`transport`]
+//! messages, in a hybrid node too.
+//!
+//! [`transport`]: crate::transport
+
+mod events;
+mod jobs;
+mod registry;
+pub mod scheduler;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::model::{NodeId, ValidationErrors};
+use crate::outbox::{self, Delivery, Outbox};
+use crate::store::{Store, StoreError};
+use crate::transport::{Client, Event};
+
+pub use jobs::{HistoryFilter, HistoryPage, JobListing, NodeAction, SubmitResponse};
+pub use scheduler::JobDefaults;
+
+use registry::Registry;
+use state::Tables;
+
+/// Orchestrator settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// New compute nodes are approved without an operator (`false`: they wait in PENDING for `cod node approve`).
+    pub auto_approve: bool,
+    /// A connected node silent this long is marked disconnected.
+    pub disconnect_timeout: Duration,
+    /// How often timers (disconnects, queued jobs) are checked.
+    pub housekeeping_interval: Duration,
+    /// How long a queued job waits before it is evaluated again.
+    pub queue_backoff: Duration,
+    /// Resources for tasks that do not state them.
+    pub job_defaults: JobDefaults,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            auto_approve: true,
+            disconnect_timeout: Duration::from_secs(60),
+            housekeeping_interval: Duration::from_secs(5),
+            queue_backoff: Duration::from_secs(10),
+            job_defaults: JobDefaults::default(),
+        }
+    }
+}
+
+/// Something the orchestrator refused or failed to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The job spec is invalid; every problem is listed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// The request is malformed in a way that is not a spec field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing with that id or name.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// `job`, `node`, `execution`.
+        kind: &'static str,
+        /// What was asked for.
+        id: String,
+    },
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The state database failed.
+    #[error("orchestrator state operation failed")]
+    Store(#[from] StoreError),
+}
+
+/// Shared state of the orchestrator.
+#[derive(Debug)]
+struct Inner {
+    /// This node's id (goes into job Meta and Welcome answers).
+    node_id: NodeId,
+    store: Store,
+    tables: Tables,
+    registry: Registry,
+    /// Durable messages to compute nodes.
+    outbox: Outbox,
+    config: Config,
+    /// Bumped after every committed change, so long-polls and waiters wake without polling the store.
+    changes: watch::Sender<u64>,
+    /// Wakes the evaluation worker (queued jobs, node joins). Bounded: one pending wake-up is enough.
+    evaluate: mpsc::Sender<()>,
+}
+
+/// Cloneable handle used by the API.
+#[derive(Debug, Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+/// The orchestrator's tasks; spawn [`Runner::run`].
+#[derive(Debug)]
+pub struct Runner {
+    orchestrator: Orchestrator,
+    events: mpsc::Receiver<Event>,
+    delivery: Delivery,
+    evaluate_rx: mpsc::Receiver<()>,
+}
+
+impl Orchestrator {
+    /// Opens the orchestrator's state and reloads known nodes. `events` are the transport's events for this
+    /// role.
+    pub fn new(
+        store: Store,
+        client: Client,
+        events: mpsc::Receiver<Event>,
+        config: Config,
+    ) -> Result<(Orchestrator, Runner), OrchestratorError> {
+        let tables = Tables::open(&store)?;
+        let (outbox, delivery) = Outbox::new(
+            &store,
+            client.clone(),
+            outbox::Tables {
+                messages: "orchestrator.outbox",
+                counters: "orchestrator.outbox_counters",
+            },
+        )?;
+        let registry = Registry::default();
+        let (nodes, allocated) =
+            store.read_sync(|txn| jobs::load_registry(txn, &tables, &config.job_defaults))?;
+        info!(nodes = nodes.len(), "orchestrator state loaded");
+        registry.load(nodes, allocated);
+        let (evaluate, evaluate_rx) = mpsc::channel(1);
+        let inner = Inner {
+            node_id: client.local_id().clone(),
+            store,
+            tables,
+            registry,
+            outbox,
+            config,
+            changes: watch::channel(0).0,
+            evaluate,
+        };
+        let orchestrator = Orchestrator {
+            inner: Arc::new(inner),
+        };
+        let runner = Runner {
+            orchestrator: orchestrator.clone(),
+            events,
+            delivery,
+            evaluate_rx,
+        };
+        Ok((orchestrator, runner))
+    }
+
+    /// A receiver that changes after every committed state change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// This orchestrator's node id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node_id
+    }
+
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn wake_evaluations(&self) {
+        let _ = self.inner.evaluate.try_send(());
+    }
+}
+
+impl Runner {
+    /// Runs the orchestrator until `shutdown`: transport events, outbox delivery, evaluations, housekeeping.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Runner {
+            orchestrator,
+            mut events,
+            delivery,
+            mut evaluate_rx,
+        } = self;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(delivery.run(shutdown.child_token()));
+        // Evaluations left from before a restart (queued jobs) run now.
+        orchestrator.wake_evaluations();
+        let mut housekeeping =
+            tokio::time::interval(orchestrator.inner.config.housekeeping_interval);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Requests are handled concurrently (a Deliver costs a commit) but each peer sends its next batch only
+        // after the previous answer, so per-peer order holds. Bounded by the number of connected peers.
+        let mut requests = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = events.recv() => match event {
+                    None => break,
+                    Some(Event::Request { peer, request, reply }) => {
+                        let o = orchestrator.clone();
+                        requests.spawn(async move {
+                            let response = o.handle_request(&peer, request).await;
+                            let _ = reply.send(response);
+                        });
+                    }
+                    Some(Event::PeerConnected(peer)) => {
+                        tracing::debug!(peer = %peer, "peer connected; waiting for its handshake");
+                    }
+                    Some(Event::PeerDisconnected(peer)) => {
+                        orchestrator.node_gone(&peer, "connection closed").await;
+                    }
+                },
+                Some(()) = evaluate_rx.recv() => {
+                    if let Err(e) = orchestrator.run_due_evaluations().await {
+                        warn!(error = %e, "evaluations failed; will retry");
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    orchestrator.housekeeping().await;
+                }
+                Some(done) = requests.join_next(), if !requests.is_empty() => {
+                    if let Err(e) = done { warn!(error = %e, "request handler failed"); }
+                }
+            }
+        }
+        requests.shutdown().await;
+        tasks.shutdown().await;
+    }
+}
+
+impl Orchestrator {
+    async fn housekeeping(&self) {
+        for id in self
+            .inner
+            .registry
+            .silent_for(self.inner.config.disconnect_timeout)
+        {
+            self.node_gone(&id, "heartbeats stopped").await;
+        }
+        if let Err(e) = self.run_due_evaluations().await {
+            warn!(error = %e, "evaluations failed; will retry");
+        }
+    }
+}

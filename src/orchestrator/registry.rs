@@ -1,0 +1,161 @@
+//! The node registry: every compute node the orchestrator knows, its admission and link state, and the
+//! resources its active executions hold. Kept in memory (heartbeats are frequent and need no fsync) and
+//! written to the `nodes` table on every admission or connection change, so a restarted orchestrator still
+//! knows which nodes it approved or rejected.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::model::{NodeConnection, NodeId, NodeMembership, NodeState, Resources, now_rfc3339};
+
+use super::scheduler::Candidate;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    state: NodeState,
+    allocated: Resources,
+    /// Monotonic time of the last sign of life, for the disconnect timeout.
+    last_seen: std::time::Instant,
+}
+
+/// Shared, in-memory registry. A std mutex: it is never held across an `.await`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Registry {
+    inner: Arc<Mutex<HashMap<NodeId, Entry>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Entry>> {
+        // A panic while holding this lock aborts the process (panic = abort in release), so poisoning only
+        // happens in tests; recover the data rather than cascade.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads persisted nodes at start-up, all disconnected until they handshake again.
+    pub fn load(&self, nodes: Vec<NodeState>, allocated: HashMap<NodeId, Resources>) {
+        let mut map = self.lock();
+        for mut n in nodes {
+            n.connection = NodeConnection::Disconnected;
+            n.connection_state.status = NodeConnection::Disconnected;
+            let id = n.info.node_id.clone();
+            let alloc = allocated.get(&id).copied().unwrap_or_default();
+            map.insert(
+                id,
+                Entry {
+                    state: n,
+                    allocated: alloc,
+                    last_seen: std::time::Instant::now(),
+                },
+            );
+        }
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<NodeState> {
+        self.lock().get(id).map(|e| e.state.clone())
+    }
+
+    pub fn all(&self) -> Vec<NodeState> {
+        let mut v: Vec<NodeState> = self.lock().values().map(|e| e.state.clone()).collect();
+        v.sort_by(|a, b| a.info.node_id.cmp(&b.info.node_id));
+        v
+    }
+
+    /// Candidates for the scheduler (every known node; the scheduler filters and explains).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut v: Vec<Candidate> = self
+            .lock()
+            .values()
+            .map(|e| Candidate {
+                node: e.state.clone(),
+                allocated: e.allocated,
+            })
+            .collect();
+        v.sort_by(|a, b| a.node.info.node_id.cmp(&b.node.info.node_id));
+        v
+    }
+
+    /// Records a node's (re)connection with its description; returns the stored state.
+    pub fn connected(&self, mut state: NodeState, default_membership: NodeMembership) -> NodeState {
+        let mut map = self.lock();
+        let id = state.info.node_id.clone();
+        let now = now_rfc3339();
+        let previous = map.get(&id);
+        state.membership = previous
+            .map(|p| p.state.membership)
+            .unwrap_or(default_membership);
+        state.connection = NodeConnection::Connected;
+        state.connection_state.status = NodeConnection::Connected;
+        state.connection_state.connected_since = now.clone();
+        state.connection_state.last_heartbeat = now;
+        let allocated = previous.map(|p| p.allocated).unwrap_or_default();
+        map.insert(
+            id,
+            Entry {
+                state: state.clone(),
+                allocated,
+                last_seen: std::time::Instant::now(),
+            },
+        );
+        state
+    }
+
+    /// Records a heartbeat; false if the node is unknown (it must handshake first).
+    pub fn heartbeat(&self, id: &NodeId, available: Resources) -> bool {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(id) else {
+            return false;
+        };
+        e.last_seen = std::time::Instant::now();
+        e.state.connection_state.last_heartbeat = now_rfc3339();
+        e.state.info.compute_node_info.available_capacity = available;
+        e.state.connection == NodeConnection::Connected
+    }
+
+    /// Marks a node disconnected; returns its state if it was connected.
+    pub fn disconnected(&self, id: &NodeId, why: &str) -> Option<NodeState> {
+        let mut map = self.lock();
+        let e = map.get_mut(id)?;
+        if e.state.connection == NodeConnection::Disconnected {
+            return None;
+        }
+        e.state.connection = NodeConnection::Disconnected;
+        e.state.connection_state.status = NodeConnection::Disconnected;
+        e.state.connection_state.disconnected_since = now_rfc3339();
+        e.state.connection_state.last_error = why.to_owned();
+        Some(e.state.clone())
+    }
+
+    /// Nodes connected but silent for longer than `timeout`.
+    pub fn silent_for(&self, timeout: std::time::Duration) -> Vec<NodeId> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| {
+                e.state.connection == NodeConnection::Connected && e.last_seen.elapsed() > timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Sets a node's membership; returns the new state.
+    pub fn set_membership(&self, id: &NodeId, membership: NodeMembership) -> Option<NodeState> {
+        let mut map = self.lock();
+        let e = map.get_mut(id)?;
+        e.state.membership = membership;
+        Some(e.state.clone())
+    }
+
+    pub fn remove(&self, id: &NodeId) -> Option<NodeState> {
+        self.lock().remove(id).map(|e| e.state)
+    }
+
+    /// Adds (or, with `release`, returns) resources held by an execution on `id`.
+    pub fn allocate(&self, id: &NodeId, r: &Resources, release: bool) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.allocated = if release {
+                e.allocated.saturating_sub(r)
+            } else {
+                e.allocated.add(r)
+            };
+        }
+    }
+}

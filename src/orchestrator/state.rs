@@ -1,0 +1,110 @@
+//! The orchestrator's tables and the small helpers that keep their keys consistent.
+//!
+//! Keys: `jobs` by job id; `job_names` by `<namespace>/<name>`; `executions` by `<job id>/<execution id>` (a
+//! prefix scan lists a job's executions, and compute messages carry both ids); `history` by
+//! `<job id>/<seq:020>`; `evaluations` by evaluation id; `nodes` by node id; `counters` for history sequence
+//! numbers (`hist/<job id>`).
+
+use crate::model::{
+    Evaluation, Event, Execution, ExecutionId, HistoryType, Job, JobHistory, JobId, NodeState,
+    now_nanos,
+};
+use crate::store::{Reader, Store, StoreError, Table, WriteTxn};
+
+/// The orchestrator's tables.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tables {
+    pub jobs: Table<Job>,
+    pub job_names: Table<JobId>,
+    pub executions: Table<Execution>,
+    pub history: Table<JobHistory>,
+    pub evaluations: Table<Evaluation>,
+    pub nodes: Table<NodeState>,
+    pub counters: Table<u64>,
+}
+
+impl Tables {
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            jobs: store.table("orchestrator.jobs")?,
+            job_names: store.table("orchestrator.job_names")?,
+            executions: store.table("orchestrator.executions")?,
+            history: store.table("orchestrator.history")?,
+            evaluations: store.table("orchestrator.evaluations")?,
+            nodes: store.table("orchestrator.nodes")?,
+            counters: store.table("orchestrator.counters")?,
+        })
+    }
+}
+
+pub(crate) fn name_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+pub(crate) fn exec_key(job: &JobId, exec: &ExecutionId) -> String {
+    format!("{job}/{exec}")
+}
+
+/// A job's executions, oldest first by creation time.
+pub(crate) fn executions_of(
+    txn: &impl Reader,
+    t: &Tables,
+    job: &JobId,
+) -> Result<Vec<Execution>, StoreError> {
+    let mut execs: Vec<Execution> = txn
+        .prefix(t.executions, &format!("{job}/"))?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    execs.sort_by_key(|e| e.create_time);
+    Ok(execs)
+}
+
+/// Appends a history record for `job` (and `execution`, for execution-level events).
+pub(crate) fn record(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    job: &Job,
+    execution: Option<&ExecutionId>,
+    event: Event,
+) -> Result<(), StoreError> {
+    let counter = format!("hist/{}", job.id);
+    let seq = txn.get(t.counters, &counter)?.unwrap_or(0) + 1;
+    txn.put(t.counters, &counter, &seq)?;
+    let entry = JobHistory {
+        seq_num: seq,
+        kind: if execution.is_some() {
+            HistoryType::ExecutionLevel
+        } else {
+            HistoryType::JobLevel
+        },
+        job_id: job.id.clone(),
+        job_version: job.version,
+        execution_id: execution.cloned(),
+        time: event.timestamp.clone(),
+        event,
+    };
+    txn.put(t.history, &format!("{}/{seq:020}", job.id), &entry)
+}
+
+/// Stores `job` with its revision bumped.
+pub(crate) fn save_job(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    job: &mut Job,
+) -> Result<(), StoreError> {
+    job.revision += 1;
+    job.modify_time = now_nanos();
+    txn.put(t.jobs, job.id.as_str(), job)
+}
+
+/// Stores `exec` with its revision bumped.
+pub(crate) fn save_execution(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    exec: &mut Execution,
+) -> Result<(), StoreError> {
+    exec.revision += 1;
+    exec.modify_time = now_nanos();
+    txn.put(t.executions, &exec_key(&exec.job_id, &exec.id), exec)
+}
