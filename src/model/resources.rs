@@ -132,6 +132,45 @@ pub fn parse_gpu(s: &str) -> Result<u64, QuantityError> {
     })
 }
 
+/// Resources a task gets when its spec leaves them out. Small on purpose: edge boards have little memory, and
+/// Bacalhau's big defaults kept nodes from starting at all (bacalhau#4214, #3017).
+#[derive(Debug, Clone, Copy)]
+pub struct JobDefaults {
+    /// CPU cores.
+    pub cpu: f64,
+    /// Memory bytes.
+    pub memory: u64,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            cpu: 0.1,
+            memory: 64 * 1000 * 1000,
+        }
+    }
+}
+
+/// The resources one execution of `job` needs (validated specs parse; bad values count as defaults).
+pub fn job_resources(job: &super::Job, defaults: &JobDefaults) -> Resources {
+    let Some(task) = job.task() else {
+        return Resources::default();
+    };
+    let r = &task.resources;
+    Resources {
+        cpu: parse_cpu(&r.cpu)
+            .ok()
+            .filter(|_| !r.cpu.is_empty())
+            .unwrap_or(defaults.cpu),
+        memory: parse_bytes("memory", &r.memory)
+            .ok()
+            .filter(|_| !r.memory.is_empty())
+            .unwrap_or(defaults.memory),
+        disk: parse_bytes("disk", &r.disk).unwrap_or(0),
+        gpu: parse_gpu(&r.gpu).unwrap_or(0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

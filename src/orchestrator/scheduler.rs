@@ -10,49 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use crate::model::resources::{JobDefaults, job_resources};
 use crate::model::{
     Execution, ExecutionDesiredStateType, ExecutionStateType, InputSpec, Job, NodeConnection,
-    NodeId, NodeMembership, NodeState, PublisherSpec, Resources, constraint, resources,
+    NodeId, NodeMembership, NodeState, PublisherSpec, Resources, constraint,
 };
-
-/// Resources a task gets when its spec leaves them out. Small on purpose: edge boards have little memory, and
-/// Bacalhau's big defaults kept nodes from starting at all (bacalhau#4214, #3017).
-#[derive(Debug, Clone, Copy)]
-pub struct JobDefaults {
-    /// CPU cores.
-    pub cpu: f64,
-    /// Memory bytes.
-    pub memory: u64,
-}
-
-impl Default for JobDefaults {
-    fn default() -> Self {
-        Self {
-            cpu: 0.1,
-            memory: 64 * 1000 * 1000,
-        }
-    }
-}
-
-/// The resources one execution of `job` needs (validated specs parse; bad values count as defaults).
-pub fn job_resources(job: &Job, defaults: &JobDefaults) -> Resources {
-    let Some(task) = job.task() else {
-        return Resources::default();
-    };
-    let r = &task.resources;
-    Resources {
-        cpu: resources::parse_cpu(&r.cpu)
-            .ok()
-            .filter(|_| !r.cpu.is_empty())
-            .unwrap_or(defaults.cpu),
-        memory: resources::parse_bytes("memory", &r.memory)
-            .ok()
-            .filter(|_| !r.memory.is_empty())
-            .unwrap_or(defaults.memory),
-        disk: resources::parse_bytes("disk", &r.disk).unwrap_or(0),
-        gpu: resources::parse_gpu(&r.gpu).unwrap_or(0),
-    }
-}
 
 /// A node the scheduler may use, with what is already allocated on it.
 #[derive(Debug, Clone)]

@@ -1,0 +1,360 @@
+//! The compute node: bids on executions, runs them (inputs → executor → publisher) and reports back.
+//!
+//! It owns the `compute.*` tables. Accepting an execution, and finishing it, are each one transaction that
+//! also queues the report for the orchestrator in the durable outbox; a node that is offline keeps working
+//! and delivers its reports when the link returns. Executions accepted before a crash are started again on
+//! start-up (at-least-once: a job may run twice, its result is reported once per accepted execution).
+//! Executions run as tasks of this module; CPU-bound engines use their own threads (see [`crate::executor`]).
+
+mod backends;
+mod bidder;
+mod runner;
+mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::model::resources::JobDefaults;
+use crate::model::{
+    BuildVersionInfo, ComputeNodeInfo, ExecutionId, NodeId, NodeInfo, NodeType, Resources,
+    node::go_arch,
+};
+use crate::outbox::{self, Delivery, Outbox};
+use crate::store::{Reader, Store, StoreError};
+use crate::transport::{Client, Event, Request, Response};
+
+pub use backends::Backends;
+pub use state::{LocalExecution, LocalState};
+
+use bidder::Capacity;
+use state::Tables;
+
+/// Compute settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's name (label `name`).
+    pub name: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Resources this node gives to jobs.
+    pub capacity: Resources,
+    /// Largest single job.
+    pub max_job: Resources,
+    /// How often heartbeats are sent.
+    pub heartbeat_interval: Duration,
+    /// Where executions keep their files.
+    pub work_dir: PathBuf,
+    /// Cap on stdout and on stderr of one execution.
+    pub max_output_bytes: u64,
+    /// Execution timeout for tasks that set none (`None`: unlimited).
+    pub default_timeout: Option<Duration>,
+    /// Resources for tasks that do not state them.
+    pub job_defaults: JobDefaults,
+    /// Address published in NodeInfo.
+    pub address: String,
+}
+
+/// Something the compute node failed to do (not a job failure: those are reports).
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// The state database failed.
+    #[error("compute state operation failed")]
+    Store(#[from] StoreError),
+    /// The work dir cannot be created.
+    #[error("cannot create the work dir {path:?}")]
+    WorkDir {
+        /// The dir.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared state.
+#[derive(Debug)]
+struct Inner {
+    node_id: NodeId,
+    store: Store,
+    tables: Tables,
+    outbox: Outbox,
+    backends: Backends,
+    config: Config,
+    capacity: Capacity,
+    client: Client,
+    /// Cancellation handles of running executions.
+    running: Mutex<HashMap<ExecutionId, CancellationToken>>,
+    /// Executions to start (from accepted bids); bounded by what the bidder accepted.
+    start: mpsc::UnboundedSender<ExecutionId>,
+}
+
+/// Cloneable handle.
+#[derive(Debug, Clone)]
+pub struct Compute {
+    inner: Arc<Inner>,
+}
+
+/// The compute node's tasks; spawn [`Runner::run`].
+#[derive(Debug)]
+pub struct Runner {
+    compute: Compute,
+    events: mpsc::Receiver<Event>,
+    delivery: Delivery,
+    start_rx: mpsc::UnboundedReceiver<ExecutionId>,
+}
+
+impl Compute {
+    /// Opens the compute state. `events` and `client` are this role's transport side.
+    pub fn new(
+        store: Store,
+        client: Client,
+        events: mpsc::Receiver<Event>,
+        backends: Backends,
+        config: Config,
+    ) -> Result<(Compute, Runner), ComputeError> {
+        std::fs::create_dir_all(&config.work_dir).map_err(|source| ComputeError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
+        let tables = Tables::open(&store)?;
+        let (outbox, delivery) = Outbox::new(
+            &store,
+            client.clone(),
+            outbox::Tables {
+                messages: "compute.outbox",
+                counters: "compute.outbox_counters",
+            },
+        )?;
+        let capacity = Capacity::new(config.capacity);
+        // The start queue is unbounded, but every entry is an execution this node already accepted within its
+        // capacity (or recovered from its own table), so its length is bounded by the node's job slots.
+        let (start, start_rx) = mpsc::unbounded_channel();
+        let inner = Inner {
+            node_id: client.local_id().clone(),
+            store,
+            tables,
+            outbox,
+            backends,
+            capacity,
+            config,
+            client,
+            running: Mutex::new(HashMap::new()),
+            start,
+        };
+        let compute = Compute {
+            inner: Arc::new(inner),
+        };
+        Ok((
+            compute.clone(),
+            Runner {
+                compute,
+                events,
+                delivery,
+                start_rx,
+            },
+        ))
+    }
+
+    /// This node's description, as sent to orchestrators.
+    pub fn node_info(&self) -> NodeInfo {
+        let c = &self.inner.config;
+        let mut labels = c.labels.clone();
+        labels.insert("os_type".into(), std::env::consts::OS.into());
+        labels.insert("os_arch".into(), go_arch().into());
+        labels.insert("name".into(), c.name.clone());
+        NodeInfo {
+            node_id: self.inner.node_id.clone(),
+            node_type: NodeType::Compute,
+            labels,
+            supported_protocols: vec![crate::transport::protocol::PROTOCOL_NAME.to_owned()],
+            compute_node_info: ComputeNodeInfo {
+                execution_engines: self.inner.backends.engine_names(),
+                publishers: self.inner.backends.publisher_names(),
+                storage_sources: self.inner.backends.source_names(),
+                max_capacity: c.capacity,
+                queue_capacity: Resources::default(),
+                available_capacity: self.inner.capacity.available(),
+                max_job_requirements: c.max_job,
+                running_executions: self.running_count(),
+                enqueued_executions: 0,
+                address: c.address.clone(),
+            },
+            bacalhau_version: BuildVersionInfo::current(),
+        }
+    }
+
+    fn running_count(&self) -> u64 {
+        self.inner
+            .running
+            .lock()
+            .map(|r| r.len() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Executions this node knows (for the agent API and tests).
+    pub async fn executions(&self) -> Result<Vec<LocalExecution>, ComputeError> {
+        let t = self.inner.tables;
+        Ok(self
+            .inner
+            .store
+            .read(move |txn| Ok(txn.all(t.executions)?.into_iter().map(|(_, e)| e).collect()))
+            .await?)
+    }
+}
+
+impl Runner {
+    /// Runs until `shutdown`: handshakes and heartbeats, applying orchestrator messages, running executions.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Runner {
+            compute,
+            mut events,
+            delivery,
+            mut start_rx,
+        } = self;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(delivery.run(shutdown.child_token()));
+        if let Err(e) = compute.recover().await {
+            warn!(error = %e, "cannot resume executions from before the restart");
+        }
+        let mut executions = JoinSet::new();
+        let mut handshakes = JoinSet::new();
+        let mut orchestrators: HashSet<NodeId> = HashSet::new();
+        let mut welcomed: HashSet<NodeId> = HashSet::new();
+        let mut heartbeat = tokio::time::interval(compute.inner.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut requests = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = events.recv() => match event {
+                    None => break,
+                    Some(Event::PeerConnected(peer)) => {
+                        orchestrators.insert(peer.clone());
+                        handshakes.spawn(compute.clone().handshake(peer));
+                    }
+                    Some(Event::PeerDisconnected(peer)) => {
+                        orchestrators.remove(&peer);
+                        welcomed.remove(&peer);
+                        compute.inner.outbox.peer_disconnected(&peer).await;
+                        info!(orchestrator = %peer, "orchestrator disconnected; working offline");
+                    }
+                    Some(Event::Request { peer, request, reply }) => {
+                        let c = compute.clone();
+                        requests.spawn(async move {
+                            let response = c.handle_request(&peer, request).await;
+                            let _ = reply.send(response);
+                        });
+                    }
+                },
+                Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                    if let Ok((peer, ok)) = done && ok && orchestrators.contains(&peer) {
+                        welcomed.insert(peer);
+                    }
+                }
+                Some(id) = start_rx.recv() => {
+                    let c = compute.clone();
+                    executions.spawn(async move { c.execute(id).await });
+                }
+                Some(done) = executions.join_next(), if !executions.is_empty() => {
+                    if let Err(e) = done { warn!(error = %e, "execution task failed"); }
+                }
+                Some(done) = requests.join_next(), if !requests.is_empty() => {
+                    if let Err(e) = done { warn!(error = %e, "request handler failed"); }
+                }
+                _ = heartbeat.tick() => {
+                    for peer in orchestrators.iter() {
+                        if welcomed.contains(peer) {
+                            let c = compute.clone();
+                            let p = peer.clone();
+                            handshakes.spawn(async move { c.heartbeat(p).await });
+                        } else if !handshakes.is_empty() {
+                            // A handshake is in flight.
+                        } else {
+                            handshakes.spawn(compute.clone().handshake(peer.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        // Stop running executions; they are resumed on the next start.
+        for token in compute
+            .inner
+            .running
+            .lock()
+            .map(|r| r.values().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            token.cancel();
+        }
+        executions.shutdown().await;
+        requests.shutdown().await;
+        tasks.shutdown().await;
+    }
+}
+
+impl Compute {
+    /// Introduces this node to an orchestrator and resumes delivery from what it has applied.
+    async fn handshake(self, peer: NodeId) -> (NodeId, bool) {
+        let t = self.inner.outbox.clone();
+        let p = peer.clone();
+        let applied = match self
+            .inner
+            .store
+            .read(move |txn| t.last_applied(txn, &p))
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot read delivery state");
+                return (peer, false);
+            }
+        };
+        let request = Request::Handshake {
+            info: self.node_info(),
+            last_applied_seq: applied,
+        };
+        match self.inner.client.request(&peer, request).await {
+            Ok(Response::Welcome {
+                last_applied_seq, ..
+            }) => {
+                info!(orchestrator = %peer, "connected to orchestrator");
+                self.inner
+                    .outbox
+                    .peer_connected(&peer, last_applied_seq)
+                    .await;
+                (peer, true)
+            }
+            Ok(Response::Refused { reason }) => {
+                warn!(orchestrator = %peer, %reason, "orchestrator refused this node");
+                (peer, false)
+            }
+            Ok(other) => {
+                warn!(orchestrator = %peer, answer = ?other, "unexpected handshake answer");
+                (peer, false)
+            }
+            Err(e) => {
+                warn!(orchestrator = %peer, error = %e, "handshake failed; will retry");
+                (peer, false)
+            }
+        }
+    }
+
+    async fn heartbeat(self, peer: NodeId) -> (NodeId, bool) {
+        let request = Request::Heartbeat {
+            available: self.inner.capacity.available(),
+            running: self.running_count(),
+        };
+        match self.inner.client.request(&peer, request).await {
+            Ok(Response::Ack { .. }) => (peer, true),
+            Ok(Response::Refused { .. }) => self.handshake(peer).await,
+            _ => (peer, true),
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! Applying the orchestrator's messages and running accepted executions.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::executor::{FailureReason, Limits, OutputDir, PreparedInput, RunContext, RunOutcome};
+use crate::model::{
+    EngineSpec, Event, Execution, ExecutionId, ExecutionStateType, InputSpec, NodeId,
+    PublisherSpec, RunCommandResult, SpecConfig,
+};
+use crate::publisher::PublishTarget;
+use crate::store::{Reader, StoreError, WriteTxn};
+use crate::transport::{Message, Request, Response, Sequenced};
+
+use super::Compute;
+use super::bidder::{decide, execution_resources};
+use super::state::{LocalExecution, LocalState};
+
+/// RunOutput keeps this much of stdout and of stderr (Bacalhau's 2 KB).
+const RUN_OUTPUT_BYTES: usize = 2048;
+
+/// What a transaction decided to do once committed.
+#[derive(Debug, Default)]
+struct AfterCommit {
+    start: Vec<ExecutionId>,
+    cancel: Vec<ExecutionId>,
+    release: Vec<crate::model::Resources>,
+    kick: Vec<NodeId>,
+}
+
+/// How an execution ended, for its report.
+enum Ending {
+    Completed {
+        published: SpecConfig,
+        output: RunCommandResult,
+    },
+    Failed {
+        state: ExecutionStateType,
+        error: String,
+    },
+}
+
+impl Compute {
+    pub(super) async fn handle_request(&self, peer: &NodeId, request: Request) -> Response {
+        match request {
+            Request::Deliver { messages } => self.deliver(peer, messages).await,
+            _ => Response::Refused {
+                reason: "compute nodes accept only Deliver requests".to_owned(),
+            },
+        }
+    }
+
+    async fn deliver(&self, peer: &NodeId, messages: Vec<Sequenced>) -> Response {
+        let inner = self.inner.clone();
+        let peer_id = peer.clone();
+        let result = self
+            .inner
+            .store
+            .write(move |txn| {
+                let mut after = AfterCommit::default();
+                for Sequenced { seq, message } in messages {
+                    if inner.outbox.accept_inbound(txn, &peer_id, seq)? {
+                        apply(&inner, txn, &peer_id, message, &mut after)?;
+                    }
+                }
+                Ok((inner.outbox.last_applied(txn, &peer_id)?, after))
+            })
+            .await;
+        match result {
+            Ok((last, after)) => {
+                self.after_commit(after);
+                Response::Ack {
+                    last_applied_seq: last,
+                }
+            }
+            Err(e) => {
+                warn!(orchestrator = %peer, error = %e, "cannot apply orchestrator messages");
+                Response::Refused {
+                    reason: format!("compute node cannot apply messages now: {e}"),
+                }
+            }
+        }
+    }
+
+    fn after_commit(&self, after: AfterCommit) {
+        for r in &after.release {
+            self.inner.capacity.release(r);
+        }
+        for peer in &after.kick {
+            self.inner.outbox.kick(peer);
+        }
+        for id in after.cancel {
+            if let Some(token) = self
+                .inner
+                .running
+                .lock()
+                .ok()
+                .and_then(|r| r.get(&id).cloned())
+            {
+                token.cancel();
+            }
+        }
+        for id in after.start {
+            let _ = self.inner.start.send(id);
+        }
+    }
+
+    /// Starts again every execution that was running when the node stopped.
+    pub(super) async fn recover(&self) -> Result<(), StoreError> {
+        let t = self.inner.tables;
+        let pending: Vec<LocalExecution> = self
+            .inner
+            .store
+            .read(move |txn| {
+                Ok(txn
+                    .all(t.executions)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .filter(|e| e.state == LocalState::Running)
+                    .collect())
+            })
+            .await?;
+        for e in pending {
+            info!(execution_id = %e.execution.id, "resuming an execution accepted before the restart");
+            self.inner.capacity.force_reserve(&execution_resources(
+                &e.execution,
+                &self.inner.config.job_defaults,
+            ));
+            let _ = self.inner.start.send(e.execution.id.clone());
+        }
+        Ok(())
+    }
+
+    /// Runs one accepted execution to its report.
+    pub(super) async fn execute(&self, id: ExecutionId) {
+        let t = self.inner.tables;
+        let key = id.to_string();
+        let record = match self
+            .inner
+            .store
+            .read(move |txn| txn.get(t.executions, &key))
+            .await
+        {
+            Ok(Some(r)) if r.state == LocalState::Running => r,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(execution_id = %id, error = %e, "cannot load execution");
+                return;
+            }
+        };
+        let cancel = CancellationToken::new();
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(id.clone(), cancel.clone());
+        }
+        let span = info_span!("execution", execution_id = %id, job_id = %record.execution.job_id);
+        let ending = self
+            .run_pipeline(&record.execution, cancel)
+            .instrument(span.clone())
+            .await;
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.remove(&id);
+        }
+        let _enter = span.enter();
+        self.finish(record, ending).await;
+    }
+
+    async fn run_pipeline(&self, execution: &Execution, cancel: CancellationToken) -> Ending {
+        let dir = self.inner.config.work_dir.join(execution.id.as_str());
+        let ending = self.run_in(execution, &dir, cancel).await;
+        // Inputs and the packed result are no longer needed; the publisher holds its own copy.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        ending
+    }
+
+    async fn run_in(&self, execution: &Execution, dir: &Path, cancel: CancellationToken) -> Ending {
+        let failed = |error: String| Ending::Failed {
+            state: ExecutionStateType::Failed,
+            error,
+        };
+        let Some(job) = execution.job.as_ref() else {
+            return failed("execution carries no job".into());
+        };
+        let Some(task) = job.task() else {
+            return failed("job has no task".into());
+        };
+        let engine = match EngineSpec::parse(&task.engine, "Engine") {
+            Ok(e) => e,
+            Err(e) => return failed(e.to_string()),
+        };
+        let Some(executor) = engine
+            .kind()
+            .and_then(|k| self.inner.backends.executors.get(&k))
+            .cloned()
+        else {
+            return failed(format!(
+                "engine {:?} is not supported by this node",
+                task.engine.kind
+            ));
+        };
+        // A retry after a restart starts from a clean directory.
+        let _ = tokio::fs::remove_dir_all(dir).await;
+        let result_dir = dir.join("result");
+        let mut outputs = Vec::new();
+        for rp in &task.result_paths {
+            let host_dir = result_dir.join(&rp.name);
+            if let Err(e) = tokio::fs::create_dir_all(&host_dir).await {
+                return failed(format!("cannot create output folder {}: {e}", rp.name));
+            }
+            outputs.push(OutputDir {
+                name: rp.name.clone(),
+                path: rp.path.clone(),
+                host_dir,
+            });
+        }
+        if let Err(e) = tokio::fs::create_dir_all(&result_dir).await {
+            return failed(format!("cannot create the result folder: {e}"));
+        }
+        let mut inputs = Vec::new();
+        for (i, input) in task.input_sources.iter().enumerate() {
+            let spec = match InputSpec::parse(&input.source, &format!("InputSources[{i}]")) {
+                Ok(s) => s,
+                Err(e) => return failed(e.to_string()),
+            };
+            let Some(source) = spec
+                .kind()
+                .and_then(|k| self.inner.backends.sources.get(&k))
+                .cloned()
+            else {
+                return failed(format!(
+                    "input type {:?} is not supported by this node",
+                    spec.type_name()
+                ));
+            };
+            let scratch = dir.join("inputs").join(i.to_string());
+            if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
+                return failed(format!("cannot create input folder: {e}"));
+            }
+            let prepared = tokio::select! {
+                r = source.prepare(&spec, &scratch) => r,
+                _ = cancel.cancelled() => {
+                    return Ending::Failed { state: ExecutionStateType::Cancelled, error: "execution was cancelled".into() };
+                }
+            };
+            match prepared {
+                Ok(v) => inputs.push(PreparedInput {
+                    target: input.target.clone(),
+                    host_path: v.host_path,
+                    read_only: v.read_only,
+                }),
+                Err(e) => return failed(format!("preparing input {} failed: {e}", input.target)),
+            }
+        }
+        let mut env: BTreeMap<String, String> = task.env.clone();
+        env.insert("BACALHAU_EXECUTION_ID".into(), execution.id.to_string());
+        env.insert("BACALHAU_JOB_ID".into(), execution.job_id.to_string());
+        env.insert("BACALHAU_JOB_TYPE".into(), job.job_type.to_string());
+        env.insert(
+            "BACALHAU_PARTITION_INDEX".into(),
+            execution.partition_index.to_string(),
+        );
+        env.insert(
+            "BACALHAU_PARTITION_COUNT".into(),
+            job.effective_count().to_string(),
+        );
+        env.insert("BACALHAU_NODE_ID".into(), self.inner.node_id.to_string());
+        let need = execution_resources(execution, &self.inner.config.job_defaults);
+        let timeout = match task.timeouts.execution_timeout {
+            n if n > 0 => Some(Duration::from_secs(u64::try_from(n).unwrap_or(u64::MAX))),
+            _ => self.inner.config.default_timeout,
+        };
+        let stdout_path = result_dir.join("stdout");
+        let stderr_path = result_dir.join("stderr");
+        let ctx = RunContext {
+            execution_id: execution.id.clone(),
+            job_id: execution.job_id.clone(),
+            engine,
+            env,
+            inputs,
+            outputs,
+            stdout_path: stdout_path.clone(),
+            stderr_path: stderr_path.clone(),
+            limits: Limits {
+                memory_bytes: (need.memory > 0).then_some(need.memory),
+                timeout,
+                max_output_bytes: self.inner.config.max_output_bytes,
+            },
+            network: task.network.kind.clone(),
+        };
+        info!("execution started");
+        let outcome = match executor.run(ctx, cancel).await {
+            Ok(o) => o,
+            Err(e) => return failed(e.to_string()),
+        };
+        let (code, truncated) = match outcome {
+            RunOutcome::Exited {
+                code,
+                output_truncated,
+            } => (code, output_truncated),
+            RunOutcome::Failed(FailureReason::Cancelled) => {
+                return Ending::Failed {
+                    state: ExecutionStateType::Cancelled,
+                    error: FailureReason::Cancelled.to_string(),
+                };
+            }
+            RunOutcome::Failed(reason) => return failed(reason.to_string()),
+        };
+        if let Err(e) = tokio::fs::write(result_dir.join("exitCode"), code.to_string()).await {
+            return failed(format!("cannot write exitCode: {e}"));
+        }
+        let mut output = RunCommandResult {
+            exit_code: code,
+            ..Default::default()
+        };
+        (output.stdout, output.stdout_truncated) = head(&stdout_path);
+        (output.stderr, output.stderr_truncated) = head(&stderr_path);
+        if truncated {
+            output.error_msg = format!(
+                "output was cut at {} bytes per stream",
+                self.inner.config.max_output_bytes
+            );
+        }
+        let published = match PublisherSpec::parse(&task.publisher) {
+            None => SpecConfig::default(),
+            Some(spec) => {
+                let Some(publisher) = spec
+                    .kind()
+                    .and_then(|k| self.inner.backends.publishers.get(&k))
+                    .cloned()
+                else {
+                    return failed(format!(
+                        "publisher {:?} is not supported by this node",
+                        spec.type_name()
+                    ));
+                };
+                let target = PublishTarget {
+                    execution_id: execution.id.clone(),
+                    job_id: execution.job_id.clone(),
+                    node_id: self.inner.node_id.clone(),
+                };
+                match publisher.publish(&target, &result_dir).await {
+                    Ok(r) => r,
+                    Err(e) => return failed(format!("publishing the result failed: {e}")),
+                }
+            }
+        };
+        info!(exit_code = code, "execution completed");
+        Ending::Completed { published, output }
+    }
+
+    /// Records the ending and queues its report, in one transaction.
+    async fn finish(&self, record: LocalExecution, ending: Ending) {
+        let t = self.inner.tables;
+        let outbox = self.inner.outbox.clone();
+        let need = execution_resources(&record.execution, &self.inner.config.job_defaults);
+        let orchestrator = record.orchestrator.clone();
+        let result = self
+            .inner
+            .store
+            .write(move |txn| {
+                let mut rec = record;
+                let e = &rec.execution;
+                let message = match ending {
+                    Ending::Completed { published, output } => {
+                        rec.state = LocalState::Completed;
+                        Message::RunResult {
+                            execution_id: e.id.clone(),
+                            job_id: e.job_id.clone(),
+                            published_result: published,
+                            run_output: output,
+                        }
+                    }
+                    Ending::Failed { state, error } => {
+                        rec.state = LocalState::Failed;
+                        Message::ComputeError {
+                            execution_id: e.id.clone(),
+                            job_id: e.job_id.clone(),
+                            state,
+                            error,
+                        }
+                    }
+                };
+                outbox.enqueue(txn, &rec.orchestrator, message)?;
+                // The job snapshot (possibly an inline module) is no longer needed.
+                rec.execution.job = None;
+                txn.put(t.executions, rec.execution.id.as_str(), &rec)
+            })
+            .await;
+        self.inner.capacity.release(&need);
+        match result {
+            Ok(()) => self.inner.outbox.kick(&orchestrator),
+            Err(e) => {
+                warn!(error = %e, "cannot record the end of an execution; it will run again after a restart")
+            }
+        }
+    }
+}
+
+/// The first [`RUN_OUTPUT_BYTES`] of a file as text, and whether there was more.
+fn head(path: &PathBuf) -> (String, bool) {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (String::new(), false);
+    };
+    let mut buf = vec![0u8; RUN_OUTPUT_BYTES + 1];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    let truncated = n > RUN_OUTPUT_BYTES;
+    buf.truncate(n.min(RUN_OUTPUT_BYTES));
+    (String::from_utf8_lossy(&buf).into_owned(), truncated)
+}
+
+/// Applies one orchestrator message inside the delivery transaction.
+fn apply(
+    inner: &super::Inner,
+    txn: &mut WriteTxn<'_, '_>,
+    orchestrator: &NodeId,
+    message: Message,
+    after: &mut AfterCommit,
+) -> Result<(), StoreError> {
+    let t = inner.tables;
+    match message {
+        Message::AskForBid {
+            execution,
+            accept_directly,
+        } => {
+            if txn.get(t.executions, execution.id.as_str())?.is_some() {
+                return Ok(());
+            }
+            let need = execution_resources(&execution, &inner.config.job_defaults);
+            let verdict = decide(&inner.backends, &execution)
+                .and_then(|()| inner.capacity.try_reserve(&need));
+            let (id, job_id) = (execution.id.clone(), execution.job_id.clone());
+            match verdict {
+                Err(reason) => {
+                    info!(execution_id = %id, %reason, "bid declined");
+                    inner.outbox.enqueue(
+                        txn,
+                        orchestrator,
+                        Message::BidResult {
+                            execution_id: id,
+                            job_id,
+                            accepted: false,
+                            reason,
+                        },
+                    )?;
+                }
+                Ok(()) => {
+                    let state = if accept_directly {
+                        LocalState::Running
+                    } else {
+                        LocalState::Bid
+                    };
+                    let record = LocalExecution {
+                        execution: *execution,
+                        orchestrator: orchestrator.clone(),
+                        state,
+                        attempts: 1,
+                    };
+                    txn.put(t.executions, id.as_str(), &record)?;
+                    inner.outbox.enqueue(
+                        txn,
+                        orchestrator,
+                        Message::BidResult {
+                            execution_id: id.clone(),
+                            job_id: job_id.clone(),
+                            accepted: true,
+                            reason: String::new(),
+                        },
+                    )?;
+                    if accept_directly {
+                        inner.outbox.enqueue(
+                            txn,
+                            orchestrator,
+                            Message::ExecutionProgress {
+                                execution_id: id.clone(),
+                                job_id,
+                                state: ExecutionStateType::Running,
+                                event: Event::new(
+                                    "Running Execution",
+                                    format!("running on node {}", inner.node_id),
+                                ),
+                            },
+                        )?;
+                        after.start.push(id);
+                    }
+                }
+            }
+            after.kick.push(orchestrator.clone());
+        }
+        Message::BidAccepted { execution_id } => {
+            if let Some(mut rec) = txn.get(t.executions, execution_id.as_str())?
+                && rec.state == LocalState::Bid
+            {
+                rec.state = LocalState::Running;
+                txn.put(t.executions, execution_id.as_str(), &rec)?;
+                inner.outbox.enqueue(
+                    txn,
+                    orchestrator,
+                    Message::ExecutionProgress {
+                        execution_id: execution_id.clone(),
+                        job_id: rec.execution.job_id.clone(),
+                        state: ExecutionStateType::Running,
+                        event: Event::new(
+                            "Running Execution",
+                            format!("running on node {}", inner.node_id),
+                        ),
+                    },
+                )?;
+                after.start.push(execution_id);
+                after.kick.push(orchestrator.clone());
+            }
+        }
+        Message::BidRejected { execution_id, .. } => {
+            if let Some(rec) = txn.get(t.executions, execution_id.as_str())?
+                && rec.state == LocalState::Bid
+            {
+                txn.delete(t.executions, execution_id.as_str())?;
+                after.release.push(execution_resources(
+                    &rec.execution,
+                    &inner.config.job_defaults,
+                ));
+            }
+        }
+        Message::CancelExecution {
+            execution_id,
+            reason,
+        } => {
+            let Some(mut rec) = txn.get(t.executions, execution_id.as_str())? else {
+                return Ok(());
+            };
+            match rec.state {
+                LocalState::Running
+                    if inner
+                        .running
+                        .lock()
+                        .map(|r| r.contains_key(&execution_id))
+                        .unwrap_or(false) =>
+                {
+                    // The run task sees the cancellation and reports Cancelled itself.
+                    after.cancel.push(execution_id);
+                }
+                LocalState::Bid | LocalState::Running => {
+                    rec.state = LocalState::Failed;
+                    rec.execution.job = None;
+                    txn.put(t.executions, execution_id.as_str(), &rec)?;
+                    inner.outbox.enqueue(
+                        txn,
+                        orchestrator,
+                        Message::ComputeError {
+                            execution_id,
+                            job_id: rec.execution.job_id.clone(),
+                            state: ExecutionStateType::Cancelled,
+                            error: format!("cancelled: {reason}"),
+                        },
+                    )?;
+                    after.release.push(execution_resources(
+                        &rec.execution,
+                        &inner.config.job_defaults,
+                    ));
+                    after.kick.push(orchestrator.clone());
+                }
+                LocalState::Completed | LocalState::Failed => {}
+            }
+        }
+        other => warn!(message = ?other, "ignoring a message meant for orchestrators"),
+    }
+    Ok(())
+}
