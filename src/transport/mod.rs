@@ -116,6 +116,7 @@ pub enum TransportError {
 }
 
 mod client;
+mod codec;
 mod event_loop;
 mod identity;
 
