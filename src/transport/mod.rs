@@ -115,6 +115,7 @@ pub enum TransportError {
     },
 }
 
+mod behaviour;
 mod client;
 mod codec;
 mod event_loop;
@@ -128,6 +129,12 @@ pub use identity::load_or_create_identity;
 pub use identity::Identity;
 
 /// Builds the transport. Nothing runs until [`EventLoop::run`] is spawned.
-pub fn new(identity: Identity, config: Config) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
+///
+/// Call it inside a Tokio runtime: listening binds its sockets right away, so a taken port or a bad address
+/// fails here ([`TransportError::Listen`], [`TransportError::BadAddress`]) rather than later.
+pub fn new(
+    identity: Identity,
+    config: Config,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
     event_loop::build(identity, config)
 }
