@@ -1,23 +1,1372 @@
-//! STUB: replaced by the transport implementation.
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+//! The task that owns the libp2p `Swarm`: it turns swarm events into [`Event`]s, client [`Command`]s into
+//! swarm calls, keeps compute nodes dialing their orchestrators, and carries in-process requests between the
+//! two halves of a hybrid node.
+//!
+//! Invariants: nothing here blocks or awaits inside a handler, so one slow consumer never stalls the swarm
+//! (which would also stall pings and time out every connection). Everything queued is bounded:
+//! - events go through a bounded channel; when it is full they wait in a small overflow queue, and inbound
+//!   requests beyond [`OVERFLOW_LIMIT`] are refused (the peer sees a failed request and resends from its
+//!   outbox), while connection events, which must not be lost, are queued up to [`OVERFLOW_HARD_LIMIT`];
+//! - answers awaited from consumers are dropped after the request timeout (the peer has given up by then);
+//! - each orchestrator address has at most one dial or redial timer in flight.
 
-use super::{Client, Config, Event, Identity, TransportError};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, trace, warn};
+
+use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
+use super::client::{Command, Origin};
+use super::{Client, Config, Event, Identity, Request, Response, TransportError};
+use crate::model::NodeId;
+
+/// Capacity of each event channel (the node's and the in-process peer's).
+const EVENT_CAPACITY: usize = 1024;
+
+/// Capacity of the command channel; clients wait for room when the loop falls behind.
+const COMMAND_CAPACITY: usize = 256;
+
+/// Inbound requests held back while a full event channel drains; beyond this they are refused.
+const OVERFLOW_LIMIT: usize = 256;
+
+/// Events of any kind held back while a full event channel drains. Only connection events can get past
+/// [`OVERFLOW_LIMIT`]; reaching this means the consumer is stuck, and the loop drops events (logged as errors)
+/// rather than grow without bound.
+const OVERFLOW_HARD_LIMIT: usize = 4 * EVENT_CAPACITY;
+
+/// The shortest redial delay, whatever the config says.
+const BACKOFF_FLOOR: Duration = Duration::from_millis(10);
+
+/// A pending answer from a consumer: the libp2p channel to answer on, if the answer is for a remote peer.
+type ReplyFuture = BoxFuture<'static, Option<(ResponseChannel<Response>, Response)>>;
 
 /// Owns the swarm; run it on its own task.
-#[derive(Debug)]
-pub struct EventLoop {}
+pub struct EventLoop {
+    /// The libp2p node. Only this loop touches it (no `Mutex<Swarm>`).
+    swarm: Swarm<Behaviour>,
+    /// Our own id; also the id of the in-process peer.
+    local_id: NodeId,
+    /// Commands from every [`Client`] (the node's and the in-process peer's).
+    commands: mpsc::Receiver<Command>,
+    /// False once every client is gone, so the loop stops polling a closed channel but keeps serving peers.
+    commands_open: bool,
+    /// The node's event stream.
+    main: EventSink,
+    /// The in-process peer, if one is attached.
+    attached: Option<Attachment>,
+    /// Generation of the last attachment, so stale in-process handles are told apart.
+    last_generation: u64,
+    /// Orchestrator addresses this node keeps a connection to (empty on orchestrators).
+    targets: Vec<DialTarget>,
+    /// Redial timers, each yielding the index of its target in `targets`.
+    redials: FuturesUnordered<BoxFuture<'static, usize>>,
+    /// Outbound requests awaiting an answer from the network.
+    outbound: HashMap<OutboundRequestId, PendingOutbound>,
+    /// Answers awaited from consumers (each bounded by `request_timeout`).
+    replies: FuturesUnordered<ReplyFuture>,
+    /// Publishes the current listen addresses to every [`Client`].
+    listen_addrs: watch::Sender<Vec<String>>,
+    /// How long a consumer may take to answer an in-process or inbound request.
+    request_timeout: Duration,
+    /// First redial delay.
+    min_backoff: Duration,
+    /// Longest redial delay.
+    max_backoff: Duration,
+}
 
-impl EventLoop {
-    /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
-        shutdown.cancelled().await;
+/// An outbound request's caller.
+struct PendingOutbound {
+    /// The receiver, for the error message.
+    peer: NodeId,
+    /// Where the answer goes.
+    reply: oneshot::Sender<Result<Response, TransportError>>,
+}
+
+/// The in-process peer of a hybrid node.
+struct Attachment {
+    /// Which attachment this is (see [`Origin::Local`]).
+    generation: u64,
+    /// Its event stream.
+    sink: EventSink,
+}
+
+/// One orchestrator address a compute node keeps dialing.
+struct DialTarget {
+    /// The address without its `/p2p/<id>` suffix.
+    addr: Multiaddr,
+    /// The expected peer, when the configured address named one; the dial then fails on a different key.
+    peer: Option<PeerId>,
+    /// Where this target stands.
+    state: TargetState,
+    /// The delay before the next redial; doubles per failure up to `max_backoff`, reset on success.
+    backoff: Duration,
+}
+
+/// The dial state of a [`DialTarget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TargetState {
+    /// A redial timer is pending.
+    Waiting,
+    /// A dial is under way on this connection.
+    Dialing(ConnectionId),
+    /// Connected on this connection; redial when it closes.
+    Connected(ConnectionId),
+}
+
+/// A bounded event channel plus the overflow queue that keeps the loop from awaiting a slow consumer.
+struct EventSink {
+    /// The consumer's channel.
+    tx: mpsc::Sender<Event>,
+    /// Events waiting for room in `tx`, in order (anything new queues behind them to keep the order).
+    overflow: VecDeque<Event>,
+    /// Names the stream in logs.
+    name: &'static str,
+}
+
+// === impl EventSink ===
+
+impl EventSink {
+    fn new(tx: mpsc::Sender<Event>, name: &'static str) -> Self {
+        Self {
+            tx,
+            overflow: VecDeque::new(),
+            name,
+        }
+    }
+
+    /// Queues `event` without waiting. Refused requests are dropped, which drops their reply sender: the
+    /// requester sees a failure.
+    fn emit(&mut self, event: Event) {
+        let event = if self.overflow.is_empty() {
+            match self.tx.try_send(event) {
+                Ok(()) => return,
+                Err(TrySendError::Closed(event)) => {
+                    trace!(
+                        stream = self.name,
+                        kind = event_kind(&event),
+                        "event stream closed; dropping event"
+                    );
+                    return;
+                }
+                Err(TrySendError::Full(event)) => event,
+            }
+        } else {
+            event
+        };
+        let is_request = matches!(event, Event::Request { .. });
+        if is_request && self.overflow.len() >= OVERFLOW_LIMIT {
+            warn!(
+                stream = self.name,
+                "event consumer is behind; refusing an inbound request"
+            );
+            return;
+        }
+        if self.overflow.len() >= OVERFLOW_HARD_LIMIT {
+            error!(
+                stream = self.name,
+                kind = event_kind(&event),
+                "event consumer is stuck; dropping an event"
+            );
+            return;
+        }
+        self.overflow.push_back(event);
+    }
+
+    /// Moves the oldest held-back event into the channel once there is room (`permit`).
+    fn flush_one(&mut self, permit: Result<mpsc::OwnedPermit<Event>, mpsc::error::SendError<()>>) {
+        match permit {
+            Ok(permit) => {
+                if let Some(event) = self.overflow.pop_front() {
+                    permit.send(event);
+                }
+            }
+            // The consumer is gone; nobody will read these.
+            Err(_) => self.overflow.clear(),
+        }
     }
 }
 
+<<<<<<< HEAD
 pub(super) fn build(
     _identity: Identity,
     _config: Config,
 ) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
     Err(TransportError::ShutDown)
+=======
+// === impl DialTarget ===
+
+impl DialTarget {
+    /// Parses a configured orchestrator address, splitting off its `/p2p/<id>`.
+    fn parse(text: &str, min_backoff: Duration) -> Result<Self, TransportError> {
+        let mut addr = parse_tcp_addr(text, true)?;
+        let peer = match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => {
+                addr.pop();
+                Some(peer)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            addr,
+            peer,
+            state: TargetState::Waiting,
+            backoff: min_backoff,
+        })
+    }
+
+    /// The address as configured, for logs.
+    fn display_addr(&self) -> Multiaddr {
+        match self.peer {
+            Some(peer) => self.addr.clone().with(Protocol::P2p(peer)),
+            None => self.addr.clone(),
+        }
+    }
+}
+
+/// Parses `text` as an `/ip4|ip6/<host>/tcp/<port>` multiaddr (plus `/p2p/<id>` when `allow_peer`): the only
+/// transport compiled in. Refusing anything else here, at startup, beats failing every dial later.
+fn parse_tcp_addr(text: &str, allow_peer: bool) -> Result<Multiaddr, TransportError> {
+    let bad = |reason: String| TransportError::BadAddress {
+        addr: text.to_owned(),
+        reason,
+    };
+    let addr: Multiaddr = text.parse().map_err(|e| bad(format!("{e}")))?;
+    let mut parts = addr.iter();
+    let ip_ok = matches!(parts.next(), Some(Protocol::Ip4(_) | Protocol::Ip6(_)));
+    let tcp_ok = matches!(parts.next(), Some(Protocol::Tcp(_)));
+    let rest_ok = match parts.next() {
+        None => true,
+        Some(Protocol::P2p(_)) => allow_peer && parts.next().is_none(),
+        Some(_) => false,
+    };
+    if ip_ok && tcp_ok && rest_ok {
+        Ok(addr)
+    } else if allow_peer {
+        Err(bad("expected /ip4|ip6/<address>/tcp/<port>[/p2p/<peer id>] (DNS is not supported by this build)".into()))
+    } else {
+        Err(bad(
+            "expected /ip4|ip6/<address>/tcp/<port> (DNS is not supported by this build)".into(),
+        ))
+    }
+}
+
+/// Fails if another socket already listens on `addr`'s IPv4 address and port.
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on its listeners, so a second `cod` on the same port would bind without
+/// error and the kernel would split connections between the two processes. A plain bind (std sets only
+/// `SO_REUSEADDR`, which tolerates TIME_WAIT leftovers but not a live listener) catches that first. Port 0
+/// needs no check, and IPv6 is skipped: std cannot make a v6-only probe socket, and a dual-stack probe would
+/// clash with unrelated IPv4 listeners.
+fn ensure_port_free(text: &str, addr: &Multiaddr) -> Result<(), TransportError> {
+    let mut parts = addr.iter();
+    if let (Some(Protocol::Ip4(ip)), Some(Protocol::Tcp(port))) = (parts.next(), parts.next())
+        && port != 0
+    {
+        // The probe is dropped at once; the window until libp2p binds is a few instructions at startup.
+        std::net::TcpListener::bind((ip, port)).map_err(|e| TransportError::Listen {
+            addr: text.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Builds the swarm, starts listening, and wires the client, event stream and loop together.
+///
+/// Must run inside a Tokio runtime: listening binds its sockets right away, so a taken port is reported here
+/// as [`TransportError::Listen`] rather than later.
+pub(super) fn build(
+    identity: Identity,
+    config: Config,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
+    let listen = config
+        .listen
+        .iter()
+        .map(|text| parse_tcp_addr(text, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let targets = config
+        .orchestrators
+        .iter()
+        .map(|text| DialTarget::parse(text, config.min_backoff.max(BACKOFF_FLOOR)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let request_timeout = config.request_timeout;
+    let tcp_config = tcp::Config::default().nodelay(true);
+    let builder = SwarmBuilder::with_existing_identity(identity.keypair().clone())
+        .with_tokio()
+        .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+        .map_err(|e| TransportError::Identity {
+            path: identity.path().to_owned(),
+            reason: format!("cannot derive the noise handshake key: {e}"),
+        })?;
+    // Our behaviour constructor cannot fail (the error type is Infallible).
+    let Ok(builder) = builder.with_behaviour(|key| Behaviour::new(key, request_timeout));
+    let mut swarm = builder
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+
+    for (text, addr) in config.listen.iter().zip(listen) {
+        ensure_port_free(text, &addr)?;
+        swarm.listen_on(addr).map_err(|e| TransportError::Listen {
+            addr: text.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+
+    let local_id = identity.node_id();
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
+    let (listen_tx, listen_rx) = watch::channel(Vec::new());
+    let listen_spec: Arc<str> = config.listen.join(",").into();
+    let client = Client::new(
+        local_id.clone(),
+        command_tx,
+        listen_rx,
+        listen_spec,
+        request_timeout,
+    );
+    let event_loop = EventLoop {
+        swarm,
+        local_id,
+        commands: command_rx,
+        commands_open: true,
+        main: EventSink::new(event_tx, "node"),
+        attached: None,
+        last_generation: 0,
+        targets,
+        redials: FuturesUnordered::new(),
+        outbound: HashMap::new(),
+        replies: FuturesUnordered::new(),
+        listen_addrs: listen_tx,
+        request_timeout,
+        // A zero backoff would never grow and would redial in a tight loop.
+        min_backoff: config.min_backoff.max(BACKOFF_FLOOR),
+        max_backoff: config.max_backoff.max(BACKOFF_FLOOR),
+    };
+    Ok((client, event_rx, event_loop))
+}
+
+// === impl EventLoop ===
+
+impl EventLoop {
+    /// Runs until `shutdown` is cancelled. Dropping the swarm on return closes every connection; pending
+    /// client calls then fail with [`TransportError::ShutDown`].
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        for idx in 0..self.targets.len() {
+            self.dial(idx);
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv(), if self.commands_open => match command {
+                    Some(command) => self.on_command(command),
+                    None => self.commands_open = false,
+                },
+                Some(done) = self.replies.next(), if !self.replies.is_empty() => {
+                    if let Some((channel, response)) = done {
+                        self.send_response(channel, response);
+                    }
+                }
+                Some(idx) = self.redials.next(), if !self.redials.is_empty() => self.dial(idx),
+                permit = self.main.tx.clone().reserve_owned(), if !self.main.overflow.is_empty() => {
+                    self.main.flush_one(permit);
+                }
+                permit = reserve_attached(self.attached.as_ref()),
+                    if self.attached.as_ref().is_some_and(|a| !a.sink.overflow.is_empty()) =>
+                {
+                    if let Some(attached) = self.attached.as_mut() {
+                        attached.sink.flush_one(permit);
+                    }
+                }
+                () = attached_closed(self.attached.as_ref()), if self.attached.is_some() => self.detach(),
+            }
+        }
+        info!(peer = %self.local_id, "transport stopped");
+    }
+
+    /// Dials target `idx` (first dial or a redial after its timer fired).
+    fn dial(&mut self, idx: usize) {
+        let Some(target) = self.targets.get_mut(idx) else {
+            return;
+        };
+        if target.state != TargetState::Waiting {
+            return;
+        }
+        let opts = match target.peer {
+            // `Always`: the target keeps its own connection even if the peer is reachable some other way, so
+            // its close (and thus its redial) is tracked by connection id.
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![target.addr.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+            None => DialOpts::unknown_peer_id()
+                .address(target.addr.clone())
+                .build(),
+        };
+        let connection_id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                debug!(addr = %target.display_addr(), "dialing orchestrator");
+                target.state = TargetState::Dialing(connection_id);
+            }
+            Err(e) => {
+                let delay = self.schedule_redial(idx);
+                warn!(addr = %self.targets[idx].display_addr(), error = %e, retry_in = ?delay, "cannot dial orchestrator");
+            }
+        }
+    }
+
+    /// Starts target `idx`'s redial timer and doubles its backoff; returns the delay.
+    fn schedule_redial(&mut self, idx: usize) -> Duration {
+        let max_backoff = self.max_backoff;
+        let target = &mut self.targets[idx];
+        let delay = target.backoff;
+        target.backoff = target.backoff.saturating_mul(2).min(max_backoff);
+        target.state = TargetState::Waiting;
+        self.redials.push(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            idx
+        }));
+        delay
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let address = self.with_local_peer(address);
+                info!(addr = %address, "listening");
+                let text = address.to_string();
+                self.listen_addrs.send_if_modified(|addrs| {
+                    let new = !addrs.contains(&text);
+                    if new {
+                        addrs.push(text);
+                    }
+                    new
+                });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let address = self.with_local_peer(address);
+                info!(addr = %address, "no longer listening");
+                self.forget_listen_addr(&address);
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                if let Err(e) = reason {
+                    warn!(error = %e, "listener closed");
+                }
+                for address in addresses {
+                    let address = self.with_local_peer(address);
+                    self.forget_listen_addr(&address);
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!(error = %error, "listener error"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                if let Some(target) = self
+                    .targets
+                    .iter_mut()
+                    .find(|t| t.state == TargetState::Dialing(connection_id))
+                {
+                    target.state = TargetState::Connected(connection_id);
+                    target.backoff = self.min_backoff;
+                }
+                if num_established.get() == 1 {
+                    info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    self.main.emit(Event::PeerConnected(node_id(&peer_id)));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if let Some(idx) = self
+                    .targets
+                    .iter()
+                    .position(|t| t.state == TargetState::Connected(connection_id))
+                {
+                    let delay = self.schedule_redial(idx);
+                    info!(peer = %peer_id, retry_in = ?delay, "connection to orchestrator closed; redialing");
+                }
+                if num_established == 0 {
+                    match cause {
+                        Some(e) => info!(peer = %peer_id, cause = %e, "peer disconnected"),
+                        None => info!(peer = %peer_id, "peer disconnected"),
+                    }
+                    self.main.emit(Event::PeerDisconnected(node_id(&peer_id)));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some(idx) = self
+                    .targets
+                    .iter()
+                    .position(|t| t.state == TargetState::Dialing(connection_id))
+                {
+                    let delay = self.schedule_redial(idx);
+                    warn!(
+                        addr = %self.targets[idx].display_addr(),
+                        error = %error,
+                        retry_in = ?delay,
+                        "cannot connect to orchestrator"
+                    );
+                } else {
+                    debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                debug!(addr = %send_back_addr, error = %error, "incoming connection failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RequestResponse(event)) => {
+                self.on_request_response(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            })) => match result {
+                Ok(rtt) => trace!(peer = %peer, rtt = ?rtt, "ping"),
+                // A peer without ping is odd but harmless; keep the connection.
+                Err(ping::Failure::Unsupported) => {
+                    debug!(peer = %peer, "peer does not support ping")
+                }
+                // A silent NAT drop or dead link: close now so a compute node redials instead of waiting for
+                // the idle timeout.
+                Err(e) => {
+                    warn!(peer = %peer, error = %e, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocol_version != IDENTIFY_PROTOCOL {
+                    warn!(peer = %peer_id, protocol = %info.protocol_version, "peer speaks a different protocol");
+                }
+                debug!(peer = %peer_id, agent = %info.agent_version, "peer identified");
+            }
+            other => trace!(event = ?other, "swarm event"),
+        }
+    }
+
+    /// `address` with our `/p2p/<id>` appended, the form other nodes dial.
+    fn with_local_peer(&self, address: Multiaddr) -> Multiaddr {
+        address
+            .with_p2p(*self.swarm.local_peer_id())
+            .unwrap_or_else(|a| a)
+    }
+
+    fn forget_listen_addr(&mut self, address: &Multiaddr) {
+        let text = address.to_string();
+        self.listen_addrs.send_if_modified(|addrs| {
+            let before = addrs.len();
+            addrs.retain(|a| *a != text);
+            addrs.len() != before
+        });
+    }
+
+    fn on_request_response(&mut self, event: request_response::Event<Request, Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    debug!(peer = %peer, request_id = %request_id, kind = request_kind(&request), "inbound request");
+                    let (reply, answer) = oneshot::channel();
+                    self.main.emit(Event::Request {
+                        peer: node_id(&peer),
+                        request,
+                        reply,
+                    });
+                    let timeout = self.request_timeout;
+                    self.replies.push(Box::pin(async move {
+                        match tokio::time::timeout(timeout, answer).await {
+                            Ok(Ok(response)) => Some((channel, response)),
+                            // Dropping `channel` without answering makes the peer see a failed request.
+                            Ok(Err(_)) => {
+                                debug!(peer = %peer, request_id = %request_id, "request dropped unanswered");
+                                None
+                            }
+                            Err(_) => {
+                                debug!(peer = %peer, request_id = %request_id, "request not answered in time");
+                                None
+                            }
+                        }
+                    }));
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    debug!(peer = %peer, request_id = %request_id, "response received");
+                    if let Some(pending) = self.outbound.remove(&request_id) {
+                        // The caller may have given up (cancelled); the answer is then discarded.
+                        let _ = pending.reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(peer = %peer, request_id = %request_id, error = %error, "outbound request failed");
+                if let Some(pending) = self.outbound.remove(&request_id) {
+                    let failure = TransportError::RequestFailed {
+                        peer: pending.peer,
+                        reason: error.to_string(),
+                    };
+                    let _ = pending.reply.send(Err(failure));
+                }
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(peer = %peer, request_id = %request_id, error = %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent {
+                peer, request_id, ..
+            } => {
+                trace!(peer = %peer, request_id = %request_id, "response sent");
+            }
+        }
+    }
+
+    fn send_response(&mut self, channel: ResponseChannel<Response>, response: Response) {
+        if self
+            .swarm
+            .behaviour_mut()
+            .request_response
+            .send_response(channel, response)
+            .is_err()
+        {
+            debug!("peer went away before the answer could be sent");
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                origin,
+                peer,
+                request,
+                reply,
+            } => self.route_request(origin, peer, *request, reply),
+            Command::AttachLocal { reply } => self.attach(reply),
+        }
+    }
+
+    /// Sends a client's request to the network or across the in-process link.
+    fn route_request(
+        &mut self,
+        origin: Origin,
+        peer: NodeId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, TransportError>>,
+    ) {
+        let not_connected = |peer| Err(TransportError::NotConnected { peer });
+        match origin {
+            // The in-process peer only ever talks to the node it is attached to, whatever id it names.
+            Origin::Local { generation } => {
+                if self
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.generation == generation)
+                {
+                    let sink = &mut self.main;
+                    deliver_local(
+                        sink,
+                        &self.replies,
+                        &self.local_id,
+                        self.request_timeout,
+                        request,
+                        reply,
+                    );
+                } else {
+                    let _ = reply.send(not_connected(peer));
+                }
+            }
+            Origin::Network if peer == self.local_id => match self.attached.as_mut() {
+                Some(attached) => {
+                    let sink = &mut attached.sink;
+                    deliver_local(
+                        sink,
+                        &self.replies,
+                        &self.local_id,
+                        self.request_timeout,
+                        request,
+                        reply,
+                    );
+                }
+                None => {
+                    let _ = reply.send(not_connected(peer));
+                }
+            },
+            Origin::Network => {
+                // Compute nodes are reached over the connection they opened; never dial an unknown peer.
+                let connected = peer
+                    .as_str()
+                    .parse::<PeerId>()
+                    .ok()
+                    .filter(|p| self.swarm.is_connected(p));
+                let Some(peer_id) = connected else {
+                    let _ = reply.send(not_connected(peer));
+                    return;
+                };
+                let kind = request_kind(&request);
+                let request_id = self
+                    .swarm
+                    .behaviour_mut()
+                    .request_response
+                    .send_request(&peer_id, request);
+                debug!(peer = %peer_id, request_id = %request_id, kind, "outbound request");
+                self.outbound
+                    .insert(request_id, PendingOutbound { peer, reply });
+            }
+        }
+    }
+
+    /// Attaches a new in-process peer, replacing any previous one.
+    fn attach(&mut self, reply: oneshot::Sender<(u64, mpsc::Receiver<Event>)>) {
+        let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
+        let generation = self.last_generation + 1;
+        let mut sink = EventSink::new(tx, "in-process peer");
+        sink.emit(Event::PeerConnected(self.local_id.clone()));
+        if reply.send((generation, rx)).is_err() {
+            // The caller gave up; attach nothing.
+            return;
+        }
+        self.last_generation = generation;
+        if self
+            .attached
+            .replace(Attachment { generation, sink })
+            .is_some()
+        {
+            self.main
+                .emit(Event::PeerDisconnected(self.local_id.clone()));
+        }
+        info!(peer = %self.local_id, "in-process peer attached");
+        self.main.emit(Event::PeerConnected(self.local_id.clone()));
+    }
+
+    /// The in-process peer dropped its event stream: it is gone.
+    fn detach(&mut self) {
+        self.attached = None;
+        info!(peer = %self.local_id, "in-process peer detached");
+        self.main
+            .emit(Event::PeerDisconnected(self.local_id.clone()));
+    }
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("local_id", &self.local_id)
+            .field(
+                "targets",
+                &self
+                    .targets
+                    .iter()
+                    .map(DialTarget::display_addr)
+                    .collect::<Vec<_>>(),
+            )
+            .field("attached", &self.attached.is_some())
+            .field("outbound", &self.outbound.len())
+            .field("replies", &self.replies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Delivers an in-process request on `sink` and relays the consumer's answer (or its absence) to `reply`.
+fn deliver_local(
+    sink: &mut EventSink,
+    replies: &FuturesUnordered<ReplyFuture>,
+    local_id: &NodeId,
+    timeout: Duration,
+    request: Request,
+    reply: oneshot::Sender<Result<Response, TransportError>>,
+) {
+    debug!(peer = %local_id, kind = request_kind(&request), stream = sink.name, "in-process request");
+    let (event_reply, answer) = oneshot::channel();
+    sink.emit(Event::Request {
+        peer: local_id.clone(),
+        request,
+        reply: event_reply,
+    });
+    let peer = local_id.clone();
+    replies.push(Box::pin(async move {
+        let result = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(TransportError::RequestFailed {
+                peer,
+                reason: "the receiver dropped the request without answering".into(),
+            }),
+            Err(_) => Err(TransportError::RequestFailed {
+                peer,
+                reason: format!("no answer within {timeout:?}"),
+            }),
+        };
+        // The caller may have given up (cancelled); the answer is then discarded.
+        let _ = reply.send(result);
+        None
+    }));
+}
+
+/// Waits for room in the in-process peer's channel (never resolves without an attachment).
+async fn reserve_attached(
+    attached: Option<&Attachment>,
+) -> Result<mpsc::OwnedPermit<Event>, mpsc::error::SendError<()>> {
+    match attached {
+        Some(a) => a.sink.tx.clone().reserve_owned().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the in-process peer drops its event stream (never without an attachment).
+async fn attached_closed(attached: Option<&Attachment>) {
+    match attached {
+        Some(a) => a.sink.tx.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn node_id(peer: &PeerId) -> NodeId {
+    NodeId::from(peer.to_string())
+}
+
+/// The request's variant name, for logs (bodies are never logged above trace).
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Handshake { .. } => "handshake",
+        Request::Heartbeat { .. } => "heartbeat",
+        Request::UpdateInfo { .. } => "update_info",
+        Request::Deliver { .. } => "deliver",
+    }
+}
+
+/// The event's variant name, for logs.
+fn event_kind(event: &Event) -> &'static str {
+    match event {
+        Event::PeerConnected(_) => "peer_connected",
+        Event::PeerDisconnected(_) => "peer_disconnected",
+        Event::Request { .. } => "request",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::model::{ExecutionId, Resources};
+    use crate::transport::{Message, Sequenced};
+
+    /// How long any single expected thing may take before the test fails.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn config() -> Config {
+        Config {
+            listen: Vec::new(),
+            orchestrators: Vec::new(),
+            request_timeout: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn listening() -> Config {
+        Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            ..config()
+        }
+    }
+
+    /// A running transport.
+    struct Node {
+        client: Client,
+        events: mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    impl Node {
+        fn start(identity: Identity, config: Config) -> Self {
+            let (client, events, event_loop) = build(identity, config).expect("transport builds");
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(event_loop.run(shutdown.clone()));
+            Self {
+                client,
+                events,
+                shutdown,
+                task,
+            }
+        }
+
+        fn id(&self) -> NodeId {
+            self.client.local_id().clone()
+        }
+
+        async fn next_event(&mut self) -> Event {
+            next_event(&mut self.events).await
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(DEADLINE, self.task)
+                .await
+                .expect("loop stops in time")
+                .expect("loop ran");
+        }
+    }
+
+    async fn next_event(events: &mut mpsc::Receiver<Event>) -> Event {
+        tokio::time::timeout(DEADLINE, events.recv())
+            .await
+            .expect("event before the deadline")
+            .expect("stream open")
+    }
+
+    /// Waits for a request on `events` and answers it with `response`, returning what was asked and by whom.
+    async fn answer_next(
+        events: &mut mpsc::Receiver<Event>,
+        response: Response,
+    ) -> (NodeId, Request) {
+        match next_event(events).await {
+            Event::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                reply.send(response).expect("requester waits");
+                (peer, request)
+            }
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    fn heartbeat() -> Request {
+        Request::Heartbeat {
+            available: Resources::default(),
+            running: 2,
+        }
+    }
+
+    fn deliver(seq: u64) -> Request {
+        Request::Deliver {
+            messages: vec![Sequenced {
+                seq,
+                message: Message::BidAccepted {
+                    execution_id: ExecutionId::generate(),
+                },
+            }],
+        }
+    }
+
+    fn assert_connected(event: Event, peer: &NodeId) {
+        assert!(
+            matches!(&event, Event::PeerConnected(p) if p == peer),
+            "expected {peer} to connect, got {event:?}"
+        );
+    }
+
+    fn assert_disconnected(event: Event, peer: &NodeId) {
+        assert!(
+            matches!(&event, Event::PeerDisconnected(p) if p == peer),
+            "expected {peer} to disconnect, got {event:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_event_stream_keeps_order_and_refuses_excess_requests() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut sink = EventSink::new(tx, "test");
+        let peer = Identity::generate().node_id();
+        sink.emit(Event::PeerConnected(peer.clone()));
+        let mut answers = Vec::new();
+        for _ in 0..=OVERFLOW_LIMIT {
+            let (reply, answer) = oneshot::channel();
+            answers.push(answer);
+            sink.emit(Event::Request {
+                peer: peer.clone(),
+                request: heartbeat(),
+                reply,
+            });
+        }
+        // Connection events are never refused, even past the request limit.
+        sink.emit(Event::PeerDisconnected(peer.clone()));
+        assert_eq!(sink.overflow.len(), OVERFLOW_LIMIT + 1);
+        let refused = answers.pop().expect("one answer per request");
+        assert!(
+            refused.await.is_err(),
+            "the request over the limit was dropped"
+        );
+
+        assert_connected(next_event(&mut rx).await, &peer);
+        let mut requests = 0;
+        while !sink.overflow.is_empty() {
+            sink.flush_one(sink.tx.clone().reserve_owned().await);
+            match next_event(&mut rx).await {
+                Event::Request { .. } => requests += 1,
+                other => {
+                    assert_eq!(
+                        requests, OVERFLOW_LIMIT,
+                        "all requests came before {other:?}"
+                    );
+                    assert_disconnected(other, &peer);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn compute_dials_and_both_sides_exchange_requests() {
+        let mut orchestrator = Node::start(Identity::generate(), listening());
+        let orchestrator_id = orchestrator.id();
+        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
+        assert!(addrs[0].starts_with("/ip4/127.0.0.1/tcp/"), "{addrs:?}");
+        assert!(
+            addrs[0].ends_with(&format!("/p2p/{}", orchestrator_id)),
+            "{addrs:?}"
+        );
+
+        let compute_config = Config {
+            orchestrators: vec![addrs[0].clone()],
+            ..config()
+        };
+        let mut compute = Node::start(Identity::generate(), compute_config);
+        let compute_id = compute.id();
+        assert_connected(compute.next_event().await, &orchestrator_id);
+        assert_connected(orchestrator.next_event().await, &compute_id);
+        assert_eq!(
+            compute.client.listen_addrs().await.expect("no listeners"),
+            Vec::<String>::new()
+        );
+
+        // Compute → orchestrator.
+        let (response, (peer, request)) = tokio::join!(
+            compute.client.request(&orchestrator_id, heartbeat()),
+            answer_next(
+                &mut orchestrator.events,
+                Response::Ack {
+                    last_applied_seq: 0
+                }
+            ),
+        );
+        assert_eq!(
+            response.expect("answered"),
+            Response::Ack {
+                last_applied_seq: 0
+            }
+        );
+        assert_eq!((peer, request), (compute_id.clone(), heartbeat()));
+
+        // Orchestrator → compute, over the connection the compute node opened.
+        let (response, (peer, request)) = tokio::join!(
+            orchestrator.client.request(&compute_id, deliver(1)),
+            answer_next(
+                &mut compute.events,
+                Response::Ack {
+                    last_applied_seq: 1
+                }
+            ),
+        );
+        assert_eq!(
+            response.expect("answered"),
+            Response::Ack {
+                last_applied_seq: 1
+            }
+        );
+        assert_eq!(peer, orchestrator_id);
+        assert!(matches!(request, Request::Deliver { .. }));
+
+        // An unanswered request fails on the requesting side instead of hanging.
+        let (response, ()) = tokio::join!(
+            compute.client.request(&orchestrator_id, heartbeat()),
+            async {
+                match orchestrator.next_event().await {
+                    Event::Request { reply, .. } => drop(reply),
+                    other => panic!("expected a request, got {other:?}"),
+                }
+            }
+        );
+        assert!(
+            matches!(response, Err(TransportError::RequestFailed { .. })),
+            "{response:?}"
+        );
+
+        compute.stop().await;
+        assert_disconnected(orchestrator.next_event().await, &compute_id);
+        orchestrator.stop().await;
+    }
+
+    #[tokio::test]
+    async fn compute_reconnects_after_the_orchestrator_restarts() {
+        let identity = Identity::generate();
+        let mut orchestrator = Node::start(identity.clone(), listening());
+        let orchestrator_id = orchestrator.id();
+        let addr = orchestrator
+            .client
+            .listen_addrs()
+            .await
+            .expect("listening")
+            .remove(0);
+        let mut compute = Node::start(
+            Identity::generate(),
+            Config {
+                orchestrators: vec![addr.clone()],
+                ..config()
+            },
+        );
+        assert_connected(compute.next_event().await, &orchestrator_id);
+        assert_connected(orchestrator.next_event().await, &compute.id());
+
+        orchestrator.stop().await;
+        assert_disconnected(compute.next_event().await, &orchestrator_id);
+
+        // Same key, same port: the compute node's redial timer finds it without any help.
+        let port_addr = addr
+            .split("/p2p/")
+            .next()
+            .expect("has an address part")
+            .to_owned();
+        let mut orchestrator = Node::start(
+            identity,
+            Config {
+                listen: vec![port_addr],
+                ..config()
+            },
+        );
+        assert_connected(compute.next_event().await, &orchestrator_id);
+        assert_connected(orchestrator.next_event().await, &compute.id());
+
+        let (response, _) = tokio::join!(
+            compute.client.request(&orchestrator_id, heartbeat()),
+            answer_next(
+                &mut orchestrator.events,
+                Response::Ack {
+                    last_applied_seq: 0
+                }
+            ),
+        );
+        assert_eq!(
+            response.expect("answered"),
+            Response::Ack {
+                last_applied_seq: 0
+            }
+        );
+        compute.stop().await;
+        orchestrator.stop().await;
+    }
+
+    #[tokio::test]
+    async fn attached_local_peer_talks_both_ways_without_sockets() {
+        let mut node = Node::start(Identity::generate(), config());
+        let id = node.id();
+        let (local, mut local_events) = node.client.attach_local().await.expect("attaches");
+        assert_eq!(local.local_id(), &id);
+        assert_connected(next_event(&mut local_events).await, &id);
+        assert_connected(node.next_event().await, &id);
+
+        // In-process compute half → the node's own stream.
+        let (response, (peer, request)) = tokio::join!(
+            local.request(&id, heartbeat()),
+            answer_next(
+                &mut node.events,
+                Response::Ack {
+                    last_applied_seq: 0
+                }
+            ),
+        );
+        assert_eq!(
+            response.expect("answered"),
+            Response::Ack {
+                last_applied_seq: 0
+            }
+        );
+        assert_eq!((peer, request), (id.clone(), heartbeat()));
+
+        // The node → its in-process half.
+        let (response, (peer, request)) = tokio::join!(
+            node.client.request(&id, deliver(4)),
+            answer_next(
+                &mut local_events,
+                Response::Ack {
+                    last_applied_seq: 4
+                }
+            ),
+        );
+        assert_eq!(
+            response.expect("answered"),
+            Response::Ack {
+                last_applied_seq: 4
+            }
+        );
+        assert_eq!(peer, id);
+        assert!(matches!(request, Request::Deliver { .. }));
+
+        // A dropped reply is a failed request, as over the network.
+        let (response, ()) = tokio::join!(local.request(&id, heartbeat()), async {
+            match node.next_event().await {
+                Event::Request { reply, .. } => drop(reply),
+                other => panic!("expected a request, got {other:?}"),
+            }
+        });
+        assert!(
+            matches!(response, Err(TransportError::RequestFailed { .. })),
+            "{response:?}"
+        );
+
+        // Dropping the in-process stream detaches it.
+        drop(local_events);
+        assert_disconnected(node.next_event().await, &id);
+        let response = node.client.request(&id, heartbeat()).await;
+        assert!(
+            matches!(response, Err(TransportError::NotConnected { .. })),
+            "{response:?}"
+        );
+        let response = local.request(&id, heartbeat()).await;
+        assert!(
+            matches!(response, Err(TransportError::NotConnected { .. })),
+            "{response:?}"
+        );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn requests_to_unconnected_peers_fail_fast() {
+        let node = Node::start(Identity::generate(), config());
+        for peer in [
+            Identity::generate().node_id(),
+            NodeId::from("not-a-peer-id".to_owned()),
+            node.id(),
+        ] {
+            let response = node.client.request(&peer, heartbeat()).await;
+            assert!(
+                matches!(&response, Err(TransportError::NotConnected { peer: p }) if *p == peer),
+                "{response:?}"
+            );
+        }
+        let client = node.client.clone();
+        node.stop().await;
+        let response = client
+            .request(&Identity::generate().node_id(), heartbeat())
+            .await;
+        assert!(
+            matches!(response, Err(TransportError::ShutDown)),
+            "{response:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_fail_at_build_time() {
+        for addr in [
+            "not a multiaddr",
+            "/dns4/example.com/tcp/1235",
+            "/ip4/127.0.0.1/udp/1235",
+        ] {
+            let err = build(
+                Identity::generate(),
+                Config {
+                    orchestrators: vec![addr.into()],
+                    ..config()
+                },
+            )
+            .expect_err("bad orchestrator address");
+            assert!(
+                matches!(&err, TransportError::BadAddress { addr: a, .. } if a == addr),
+                "{err}"
+            );
+        }
+        let with_peer = format!(
+            "/ip4/127.0.0.1/tcp/1235/p2p/{}",
+            Identity::generate().node_id()
+        );
+        assert!(
+            build(
+                Identity::generate(),
+                Config {
+                    orchestrators: vec![with_peer.clone()],
+                    ..config()
+                }
+            )
+            .is_ok()
+        );
+        let err = build(
+            Identity::generate(),
+            Config {
+                listen: vec![with_peer],
+                ..config()
+            },
+        )
+        .expect_err("p2p");
+        assert!(matches!(err, TransportError::BadAddress { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_fails_at_build_time() {
+        let node = Node::start(Identity::generate(), listening());
+        let addr = node
+            .client
+            .listen_addrs()
+            .await
+            .expect("listening")
+            .remove(0);
+        let port_addr = addr
+            .split("/p2p/")
+            .next()
+            .expect("has an address part")
+            .to_owned();
+        let err = build(
+            Identity::generate(),
+            Config {
+                listen: vec![port_addr.clone()],
+                ..config()
+            },
+        )
+        .expect_err("port taken");
+        assert!(
+            matches!(&err, TransportError::Listen { addr: a, .. } if *a == port_addr),
+            "{err}"
+        );
+        node.stop().await;
+    }
+>>>>>>> transport
 }

@@ -115,7 +115,9 @@ pub enum TransportError {
     },
 }
 
+mod behaviour;
 mod client;
+mod codec;
 mod event_loop;
 mod identity;
 
@@ -127,6 +129,9 @@ pub use identity::load_or_create_identity;
 pub use identity::Identity;
 
 /// Builds the transport. Nothing runs until [`EventLoop::run`] is spawned.
+///
+/// Call it inside a Tokio runtime: listening binds its sockets right away, so a taken port or a bad address
+/// fails here ([`TransportError::Listen`], [`TransportError::BadAddress`]) rather than later.
 pub fn new(
     identity: Identity,
     config: Config,
