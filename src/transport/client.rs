@@ -88,8 +88,6 @@ impl Client {
     }
 
     /// Sends `request` to `peer` and waits for its answer.
-<<<<<<< HEAD
-=======
     ///
     /// Fails fast with [`TransportError::NotConnected`] when no connection to `peer` exists: the transport
     /// never dials compute nodes, it answers over the connections they opened. The wait is bounded by the
@@ -97,16 +95,11 @@ impl Client {
     ///
     /// Cancel-safety: dropping the future after the request left does not recall it; the peer may still
     /// apply it, and its answer is discarded. Durable messages are safe to resend (sequence numbers).
->>>>>>> transport
     pub async fn request(
         &self,
         peer: &NodeId,
         request: Request,
     ) -> Result<Response, TransportError> {
-<<<<<<< HEAD
-        let _ = (peer, request);
-        Err(TransportError::ShutDown)
-=======
         let (reply, answer) = oneshot::channel();
         let command = Command::Request {
             origin: self.origin,
@@ -119,7 +112,6 @@ impl Client {
             .await
             .map_err(|_| TransportError::ShutDown)?;
         answer.await.map_err(|_| TransportError::ShutDown)?
->>>>>>> transport
     }
 
     /// The addresses other nodes can dial, each ending in `/p2p/<id>`.

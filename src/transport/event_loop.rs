@@ -199,13 +199,6 @@ impl EventSink {
     }
 }
 
-<<<<<<< HEAD
-pub(super) fn build(
-    _identity: Identity,
-    _config: Config,
-) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), TransportError> {
-    Err(TransportError::ShutDown)
-=======
 // === impl DialTarget ===
 
 impl DialTarget {
@@ -1368,5 +1361,4 @@ mod tests {
         );
         node.stop().await;
     }
->>>>>>> transport
 }

@@ -76,12 +76,6 @@ impl fmt::Debug for Identity {
 ///
 /// This does blocking file I/O on a file of a few dozen bytes; call it during startup, not on a hot path.
 pub fn load_or_create_identity(path: &Path) -> Result<Identity, TransportError> {
-<<<<<<< HEAD
-    Err(TransportError::Identity {
-        path: path.to_owned(),
-        reason: "stub".into(),
-    })
-=======
     let err = |reason: String| TransportError::Identity {
         path: path.to_owned(),
         reason,
@@ -219,5 +213,4 @@ mod tests {
         assert!(text.contains(id.node_id().as_str()));
         assert!(!text.contains("secret"));
     }
->>>>>>> transport
 }
