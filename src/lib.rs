@@ -25,7 +25,10 @@
 //! only `main` and `cli` reach `node`.
 
 pub mod compute;
+pub mod api;
+pub mod node;
 pub mod executor;
+pub mod config;
 pub mod model;
 pub mod orchestrator;
 pub mod outbox;

@@ -1,0 +1,471 @@
+//! The node's configuration: one root [`Config`] made of per-component parts, loaded once and validated
+//! before the store is opened or a port is bound.
+//!
+//! Precedence, lowest first: built-in defaults (small, for edge boards) < config file (`--config`, YAML or
+//! JSON, keys matched case-insensitively) < `COD_*` environment variables < command-line flags. Components
+//! receive their part by value; there is no global config.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Resources, ci, resources};
+
+/// Which roles this node plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roles {
+    /// Accepts and schedules jobs.
+    pub orchestrator: bool,
+    /// Runs jobs.
+    pub compute: bool,
+}
+
+/// The whole configuration, as a file may state it. Durations and sizes are strings (`"15s"`, `"512MiB"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// State, identity key, executions and published results live here.
+    #[serde(rename = "DataDir")]
+    pub data_dir: PathBuf,
+    /// Roles (both = hybrid, the default).
+    #[serde(rename = "Roles")]
+    pub roles: Roles,
+    /// REST API.
+    #[serde(rename = "API")]
+    pub api: ApiConfig,
+    /// libp2p.
+    #[serde(rename = "Transport")]
+    pub transport: TransportConfig,
+    /// Orchestrator role.
+    #[serde(rename = "Orchestrator")]
+    pub orchestrator: OrchestratorConfig,
+    /// Compute role.
+    #[serde(rename = "Compute")]
+    pub compute: ComputeConfig,
+    /// LMDB.
+    #[serde(rename = "Store")]
+    pub store: StoreConfig,
+    /// Log filter (`info`, `cod=debug`, …).
+    #[serde(rename = "LogLevel")]
+    pub log_level: String,
+}
+
+/// REST API settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Listen host.
+    #[serde(rename = "Host")]
+    pub host: String,
+    /// Listen port (0 = pick one; see the ready file).
+    #[serde(rename = "Port")]
+    pub port: u16,
+}
+
+/// Transport settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransportConfig {
+    /// Multiaddrs an orchestrator listens on.
+    #[serde(rename = "Listen")]
+    pub listen: Vec<String>,
+    /// Orchestrator multiaddrs a compute node dials.
+    #[serde(rename = "Orchestrators")]
+    pub orchestrators: Vec<String>,
+}
+
+/// Orchestrator settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorConfig {
+    /// New nodes wait for `cod node approve` when true.
+    #[serde(rename = "ManualApproval")]
+    pub manual_approval: bool,
+    /// A node silent this long is disconnected.
+    #[serde(rename = "DisconnectTimeout")]
+    pub disconnect_timeout: String,
+    /// Timer period.
+    #[serde(rename = "HousekeepingInterval")]
+    pub housekeeping_interval: String,
+    /// Delay before a queued job is evaluated again.
+    #[serde(rename = "QueueBackoff")]
+    pub queue_backoff: String,
+    /// CPU for tasks that state none.
+    #[serde(rename = "DefaultCPU")]
+    pub default_cpu: String,
+    /// Memory for tasks that state none.
+    #[serde(rename = "DefaultMemory")]
+    pub default_memory: String,
+}
+
+/// Compute settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ComputeConfig {
+    /// Node name (label `name`); defaults to the host name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Operator labels.
+    #[serde(rename = "Labels")]
+    pub labels: BTreeMap<String, String>,
+    /// CPU given to jobs (cores; empty = 80 % of the machine).
+    #[serde(rename = "CPU")]
+    pub cpu: String,
+    /// Memory given to jobs (empty = 80 % of the machine).
+    #[serde(rename = "Memory")]
+    pub memory: String,
+    /// Host paths jobs may mount (`PATH[:ro|:rw]`, globs `/*`, `/**`).
+    #[serde(rename = "AllowListedLocalPaths")]
+    pub allow_listed_local_paths: Vec<String>,
+    /// Heartbeat period.
+    #[serde(rename = "HeartbeatInterval")]
+    pub heartbeat_interval: String,
+    /// Concurrent WASM executions.
+    #[serde(rename = "WasmSlots")]
+    pub wasm_slots: usize,
+    /// Cap on stdout and on stderr.
+    #[serde(rename = "MaxOutput")]
+    pub max_output: String,
+    /// Timeout for tasks that set none (empty = none).
+    #[serde(rename = "DefaultExecutionTimeout")]
+    pub default_execution_timeout: String,
+    /// Local publisher: address put in result URLs.
+    #[serde(rename = "PublisherAddress")]
+    pub publisher_address: String,
+    /// Local publisher: port (0 = pick).
+    #[serde(rename = "PublisherPort")]
+    pub publisher_port: u16,
+    /// Local publisher: listen host.
+    #[serde(rename = "PublisherListen")]
+    pub publisher_listen: String,
+}
+
+/// Store settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// LMDB map size.
+    #[serde(rename = "MapSize")]
+    pub map_size: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            roles: Roles { orchestrator: true, compute: true },
+            api: ApiConfig::default(),
+            transport: TransportConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
+            compute: ComputeConfig::default(),
+            store: StoreConfig::default(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { host: "0.0.0.0".into(), port: 1234 }
+    }
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self { listen: vec!["/ip4/0.0.0.0/tcp/1235".into()], orchestrators: vec![] }
+    }
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            manual_approval: false,
+            disconnect_timeout: "60s".into(),
+            housekeeping_interval: "5s".into(),
+            queue_backoff: "10s".into(),
+            default_cpu: "100m".into(),
+            default_memory: "64MiB".into(),
+        }
+    }
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            labels: BTreeMap::new(),
+            cpu: String::new(),
+            memory: String::new(),
+            allow_listed_local_paths: vec![],
+            heartbeat_interval: "15s".into(),
+            wasm_slots: 0,
+            max_output: "1GiB".into(),
+            default_execution_timeout: String::new(),
+            publisher_address: "127.0.0.1".into(),
+            publisher_port: 6001,
+            publisher_listen: "0.0.0.0".into(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { map_size: "1GiB".into() }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home).join(".cod"),
+        _ => PathBuf::from("/var/lib/cod"),
+    }
+}
+
+/// A configuration problem, naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read or parsed.
+    #[error("config file {path:?}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A value is invalid.
+    #[error("{key} = {value:?} (from {source_name}): {reason}")]
+    Invalid {
+        /// The key (`Compute.HeartbeatInterval`).
+        key: &'static str,
+        /// The value.
+        value: String,
+        /// `default`, the file, `COD_…` or `--flag`.
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Reads a config file (YAML or JSON, keys case-insensitive) over the defaults.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
+    let value = ci::parse_document(&text).map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
+    ci::from_value(value).map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// Applies `COD_*` variables read through `env` (a lookup, so tests need not touch the process environment).
+pub fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+    let mut applied = Vec::new();
+    let mut take = |key: &'static str| {
+        let v = env(key)?;
+        applied.push((key, v.clone()));
+        Some(v)
+    };
+    if let Some(v) = take("COD_DATA_DIR") {
+        config.data_dir = v.into();
+    }
+    if let Some(v) = take("COD_API_HOST") {
+        config.api.host = v;
+    }
+    if let Some(v) = take("COD_API_PORT")
+        && let Ok(p) = v.parse()
+    {
+        config.api.port = p;
+    }
+    if let Some(v) = take("COD_LISTEN") {
+        config.transport.listen = split_list(&v);
+    }
+    if let Some(v) = take("COD_ORCHESTRATORS") {
+        config.transport.orchestrators = split_list(&v);
+    }
+    if let Some(v) = take("COD_LABELS") {
+        config.compute.labels.extend(parse_labels(&v));
+    }
+    if let Some(v) = take("COD_ALLOW_LISTED_LOCAL_PATHS") {
+        config.compute.allow_listed_local_paths = split_list(&v);
+    }
+    if let Some(v) = take("COD_LOG") {
+        config.log_level = v;
+    }
+    applied
+}
+
+/// Splits `a,b,c` into trimmed non-empty items.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()
+}
+
+/// Parses `k=v,k2=v2`.
+pub fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    split_list(s)
+        .into_iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .collect()
+}
+
+fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| ConfigError::Invalid {
+        key,
+        value: value.to_owned(),
+        source_name: "configuration".into(),
+        reason: format!("not a duration like \"15s\" or \"2m\": {e}"),
+    })
+}
+
+fn bytes(key: &'static str, value: &str) -> Result<u64, ConfigError> {
+    resources::parse_bytes("size", value).map_err(|e| ConfigError::Invalid {
+        key,
+        value: value.to_owned(),
+        source_name: "configuration".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Everything validated and converted, ready for the components.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The config as given (for `cod config show` and `/agent/config`).
+    pub raw: Config,
+    /// Orchestrator part.
+    pub orchestrator: crate::orchestrator::Config,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Capacity for jobs.
+    pub capacity: Resources,
+    /// Output cap.
+    pub max_output_bytes: u64,
+    /// Default execution timeout.
+    pub default_timeout: Option<Duration>,
+    /// LMDB map size.
+    pub map_size: usize,
+    /// WASM worker threads.
+    pub wasm_slots: usize,
+    /// Node name.
+    pub name: String,
+}
+
+impl Config {
+    /// Checks every value and converts units; reports the first bad key.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        if !self.roles.orchestrator && !self.roles.compute {
+            return Err(ConfigError::Invalid {
+                key: "Roles",
+                value: "none".into(),
+                source_name: "configuration".into(),
+                reason: "a node needs at least one role".into(),
+            });
+        }
+        if self.roles.compute && !self.roles.orchestrator && self.transport.orchestrators.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "Transport.Orchestrators",
+                value: String::new(),
+                source_name: "configuration".into(),
+                reason: "a compute-only node needs --orchestrators <multiaddr>".into(),
+            });
+        }
+        let o = &self.orchestrator;
+        let default_cpu = resources::parse_cpu(&o.default_cpu).map_err(|e| ConfigError::Invalid {
+            key: "Orchestrator.DefaultCPU",
+            value: o.default_cpu.clone(),
+            source_name: "configuration".into(),
+            reason: e.to_string(),
+        })?;
+        let orchestrator = crate::orchestrator::Config {
+            auto_approve: !o.manual_approval,
+            disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
+            housekeeping_interval: duration("Orchestrator.HousekeepingInterval", &o.housekeeping_interval)?,
+            queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
+            job_defaults: crate::model::resources::JobDefaults {
+                cpu: default_cpu,
+                memory: bytes("Orchestrator.DefaultMemory", &o.default_memory)?,
+            },
+        };
+        let c = &self.compute;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let cpu = if c.cpu.is_empty() {
+            cores * 0.8
+        } else {
+            resources::parse_cpu(&c.cpu).map_err(|e| ConfigError::Invalid {
+                key: "Compute.CPU",
+                value: c.cpu.clone(),
+                source_name: "configuration".into(),
+                reason: e.to_string(),
+            })?
+        };
+        let memory = if c.memory.is_empty() {
+            total_memory().map(|m| m / 10 * 8).unwrap_or(512 << 20)
+        } else {
+            bytes("Compute.Memory", &c.memory)?
+        };
+        let default_timeout = if c.default_execution_timeout.is_empty() {
+            None
+        } else {
+            Some(duration("Compute.DefaultExecutionTimeout", &c.default_execution_timeout)?)
+        };
+        let map_size = usize::try_from(bytes("Store.MapSize", &self.store.map_size)?).unwrap_or(usize::MAX);
+        let name = if c.name.is_empty() {
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "cod".into())
+        } else {
+            c.name.clone()
+        };
+        Ok(Resolved {
+            raw: self.clone(),
+            orchestrator,
+            heartbeat_interval: duration("Compute.HeartbeatInterval", &c.heartbeat_interval)?,
+            capacity: Resources { cpu, memory, disk: 0, gpu: 0 },
+            max_output_bytes: bytes("Compute.MaxOutput", &c.max_output)?,
+            default_timeout,
+            map_size,
+            wasm_slots: if c.wasm_slots == 0 { cores.max(1.0) as usize } else { c.wasm_slots },
+            name,
+        })
+    }
+}
+
+/// Total memory of the machine (or of the cgroup, when that is smaller), from /proc.
+fn total_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut total = kb * 1024;
+    for limit_file in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
+        if let Ok(text) = std::fs::read_to_string(limit_file)
+            && let Ok(limit) = text.trim().parse::<u64>()
+        {
+            total = total.min(limit);
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "api: {port: 9999, host: 127.0.0.1}\ncompute: {labels: {zone: north}}\n").expect("write");
+        let mut c = load_file(&path).expect("loads");
+        assert_eq!(c.api.port, 9999);
+        assert_eq!(c.compute.heartbeat_interval, "15s", "defaults fill what the file leaves out");
+        apply_env(&mut c, |k| (k == "COD_API_PORT").then(|| "7777".to_owned()));
+        assert_eq!(c.api.port, 7777);
+        assert_eq!(c.compute.labels.get("zone").map(String::as_str), Some("north"));
+        c.resolve().expect("valid");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let mut c = Config::default();
+        c.compute.heartbeat_interval = "soon".into();
+        let err = c.resolve().expect_err("invalid").to_string();
+        assert!(err.contains("Compute.HeartbeatInterval"), "{err}");
+        let mut c = Config::default();
+        c.roles.orchestrator = false;
+        assert!(c.resolve().expect_err("needs orchestrators").to_string().contains("--orchestrators"));
+    }
+}

@@ -1,0 +1,214 @@
+//! The composition root: turns a validated configuration into a running node. Components are built in
+//! dependency order (store → identity → transport → orchestrator / compute → API), one log line each, and
+//! every long-lived task lives in the node's `JoinSet`. Shutdown: cancel, drain with a grace period, then the
+//! store closes when the last handle drops.
+
+mod backends;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::compute::{self, Compute};
+use crate::config::Resolved;
+use crate::orchestrator::Orchestrator;
+use crate::store::{self, Store};
+use crate::transport;
+
+/// The node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A configuration value is unusable (exit 64).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The state database.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The transport.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    /// The orchestrator.
+    #[error(transparent)]
+    Orchestrator(#[from] crate::orchestrator::OrchestratorError),
+    /// The compute role.
+    #[error(transparent)]
+    Compute(#[from] compute::ComputeError),
+    /// A backend.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// The API listener.
+    #[error("cannot listen for the API on {addr}")]
+    ApiBind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ready file.
+    #[error("cannot write the ready file {path:?}")]
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a started node tells the world (written to `--ready-file` once every listener is up).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyInfo {
+    /// The node id (libp2p peer id).
+    pub node_id: String,
+    /// The API's bound address.
+    pub api: SocketAddr,
+    /// Multiaddrs compute nodes can dial (orchestrators).
+    pub p2p: Vec<String>,
+    /// Base URL of the local publisher (compute nodes).
+    pub publisher: Option<String>,
+    /// The process id.
+    pub pid: u32,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+    /// Where it listens.
+    pub ready: ReadyInfo,
+}
+
+/// Builds and starts every component of the node.
+pub async fn start(config: Resolved, ready_file: Option<PathBuf>, shutdown: CancellationToken) -> Result<Node, NodeError> {
+    let raw = &config.raw;
+    let mut tasks = JoinSet::new();
+    let store = Store::open(&raw.data_dir.join("state"), &store::Config { map_size: config.map_size })?;
+    info!(data_dir = %raw.data_dir.display(), "state database open");
+    let identity = transport::load_or_create_identity(&raw.data_dir.join("identity.key"))?;
+    let node_id = identity.node_id();
+    info!(node_id = %node_id, "identity loaded");
+    let hybrid = raw.roles.orchestrator && raw.roles.compute;
+    let transport_config = transport::Config {
+        listen: if raw.roles.orchestrator { raw.transport.listen.clone() } else { vec![] },
+        orchestrators: if raw.roles.compute && !raw.roles.orchestrator { raw.transport.orchestrators.clone() } else { vec![] },
+        ..transport::Config::default()
+    };
+    let (client, events, event_loop) = transport::new(identity, transport_config)?;
+    tasks.spawn(event_loop.run(shutdown.child_token()));
+    let p2p = if raw.roles.orchestrator { client.listen_addrs().await? } else { vec![] };
+    info!(listen = ?p2p, "transport started");
+
+    let mut main_events = Some(events);
+    let orchestrator = if raw.roles.orchestrator {
+        let events = main_events.take().ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
+        let (orchestrator, runner) = Orchestrator::new(store.clone(), client.clone(), events, config.orchestrator.clone())?;
+        tasks.spawn(runner.run(shutdown.child_token()));
+        info!(auto_approve = config.orchestrator.auto_approve, "orchestrator started");
+        Some(orchestrator)
+    } else {
+        None
+    };
+
+    let mut publisher = None;
+    let compute = if raw.roles.compute {
+        let (compute_client, compute_events) = if hybrid {
+            client.attach_local().await?
+        } else {
+            let events = main_events.take().ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
+            (client.clone(), events)
+        };
+        let (backends, server, url_base) = backends::build(&config, shutdown.child_token()).await?;
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                warn!(error = %e, "local publisher server stopped");
+            }
+        });
+        publisher = Some(url_base);
+        let compute_config = compute::Config {
+            name: config.name.clone(),
+            labels: raw.compute.labels.clone(),
+            capacity: config.capacity,
+            max_job: config.capacity,
+            heartbeat_interval: config.heartbeat_interval,
+            work_dir: raw.data_dir.join("executions"),
+            max_output_bytes: config.max_output_bytes,
+            default_timeout: config.default_timeout,
+            job_defaults: config.orchestrator.job_defaults,
+            address: raw.compute.publisher_address.clone(),
+        };
+        let (compute, runner) = Compute::new(store.clone(), compute_client, compute_events, backends, compute_config)?;
+        tasks.spawn(runner.run(shutdown.child_token()));
+        info!(engines = ?compute.node_info().compute_node_info.execution_engines, "compute started");
+        Some(compute)
+    } else {
+        None
+    };
+
+    let api_addr = format!("{}:{}", raw.api.host, raw.api.port);
+    let listener = tokio::net::TcpListener::bind(&api_addr)
+        .await
+        .map_err(|source| NodeError::ApiBind { addr: api_addr.clone(), source })?;
+    let api_bound = listener.local_addr().map_err(|source| NodeError::ApiBind { addr: api_addr, source })?;
+    let info_source = compute.clone();
+    let orchestrator_id = node_id.clone();
+    let node_info: Arc<dyn Fn() -> crate::model::NodeInfo + Send + Sync> = Arc::new(move || match &info_source {
+        Some(c) => c.node_info(),
+        None => crate::model::NodeInfo {
+            node_id: orchestrator_id.clone(),
+            node_type: crate::model::NodeType::Requester,
+            bacalhau_version: crate::model::BuildVersionInfo::current(),
+            ..Default::default()
+        },
+    });
+    let state = ApiState {
+        orchestrator,
+        compute,
+        node_info,
+        config: serde_json::to_value(raw).unwrap_or_default(),
+    };
+    let api_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(e) = api::serve(listener, state, api_shutdown).await {
+            warn!(error = %e, "API server stopped");
+        }
+    });
+    info!(addr = %api_bound, "API listening");
+
+    let ready = ReadyInfo { node_id: node_id.to_string(), api: api_bound, p2p, publisher, pid: std::process::id() };
+    if let Some(path) = ready_file {
+        write_ready(&path, &ready)?;
+    }
+    info!(node_id = %node_id, "node ready");
+    Ok(Node { tasks, shutdown, ready })
+}
+
+fn write_ready(path: &std::path::Path, ready: &ReadyInfo) -> Result<(), NodeError> {
+    let err = |source| NodeError::ReadyFile { path: path.to_owned(), source };
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec_pretty(ready).map_err(|e| err(std::io::Error::other(e)))?;
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+impl Node {
+    /// Waits for the shutdown signal, then stops every task within `grace`.
+    pub async fn run(mut self, grace: Duration) {
+        self.shutdown.cancelled().await;
+        info!("shutting down");
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            warn!("tasks did not stop within the grace period; aborting them");
+            self.tasks.shutdown().await;
+        }
+        info!("stopped");
+    }
+}

@@ -1,0 +1,114 @@
+//! One orchestrator and two compute nodes, each its own process, talking libp2p over loopback.
+
+use serde_json::{Value, json};
+
+use crate::fixtures::HELLO;
+use crate::harness::{Cod, DEADLINE, state, wasm_job, wait_until};
+
+pub fn orchestrator(name: &str, extra: &[&str]) -> Cod {
+    let mut args = vec!["--orchestrator"];
+    args.extend_from_slice(extra);
+    Cod::start(name, &args)
+}
+
+pub fn compute(name: &str, orch: &Cod, extra: &[&str]) -> Cod {
+    let addr = orch.p2p.first().expect("orchestrator listens").clone();
+    let mut args = vec!["--compute", "--orchestrators", addr.as_str()];
+    args.extend_from_slice(extra);
+    Cod::start(name, &args)
+}
+
+fn connected_nodes(orch: &Cod) -> Vec<Value> {
+    let (_, body) = orch.get("/api/v1/orchestrator/nodes");
+    body["Nodes"]
+        .as_array()
+        .map(|n| n.iter().filter(|n| n["Connection"] == "CONNECTED").cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn jobs_spread_over_compute_nodes_by_count_and_constraints() {
+    let orch = orchestrator("orch", &[]);
+    let a = compute("compute-a", &orch, &["--labels", "zone=north,tier=1"]);
+    let b = compute("compute-b", &orch, &["--labels", "zone=south,tier=2"]);
+    let nodes = wait_until("two compute nodes connected", DEADLINE, || {
+        let n = connected_nodes(&orch);
+        (n.len() == 2).then_some(n)
+    });
+    for n in &nodes {
+        assert_eq!(n["Membership"], "APPROVED");
+        assert!(n["Info"]["ComputeNodeInfo"]["ExecutionEngines"].as_array().is_some_and(|e| e.contains(&json!("wasm"))));
+    }
+
+    // Count 2 → one execution on each node.
+    let mut job = wasm_job(HELLO, json!({}));
+    job["Count"] = json!(2);
+    let body = orch.wait_terminal(&orch.submit(job), DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+    let mut ran_on: Vec<String> =
+        body["Executions"]["Items"].as_array().expect("execs").iter().map(|e| e["NodeID"].as_str().unwrap_or("").to_owned()).collect();
+    ran_on.sort();
+    let mut expected = vec![a.node_id.clone(), b.node_id.clone()];
+    expected.sort();
+    assert_eq!(ran_on, expected);
+
+    // A hard constraint picks the node with the label.
+    let mut job = wasm_job(HELLO, json!({}));
+    job["Constraints"] = json!([{"Key": "zone", "Operator": "=", "Values": ["south"]}]);
+    let body = orch.wait_terminal(&orch.submit(job), DEADLINE);
+    assert_eq!(state(&body), "Completed");
+    assert_eq!(body["Executions"]["Items"][0]["NodeID"], b.node_id.as_str());
+
+    // No node matches: fails at once (QueueTimeout 0) naming every node's reason.
+    let mut job = wasm_job(HELLO, json!({}));
+    job["Constraints"] = json!([{"Key": "tier", "Operator": "gt", "Values": ["5"]}]);
+    let body = orch.wait_terminal(&orch.submit(job), DEADLINE);
+    assert_eq!(state(&body), "Failed");
+    let msg = body["Job"]["State"]["Message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&a.node_id) && msg.contains(&b.node_id), "{msg}");
+}
+
+#[test]
+fn a_declined_or_failed_execution_is_retried_on_another_node() {
+    let data = tempfile::tempdir().expect("tmp");
+    std::fs::write(data.path().join("in.txt"), "x").expect("write");
+    let allowed = format!("{}:ro", data.path().display());
+    let orch = orchestrator("orch-retry", &[]);
+    // Only b may read the directory; the scheduler cannot know, so whichever node it asks first and
+    // declines, the job must end on b.
+    let a = compute("retry-a", &orch, &[]);
+    let b = compute("retry-b", &orch, &["--allow-listed-local-paths", &allowed]);
+    wait_until("two nodes", DEADLINE, || (connected_nodes(&orch).len() == 2).then_some(()));
+    for _ in 0..2 {
+        let input = json!([{"Target": "/data", "Source": {"Type": "local", "Params": {"SourcePath": data.path().display().to_string()}}}]);
+        let body = orch.wait_terminal(&orch.submit(wasm_job(HELLO, json!({"InputSources": input}))), DEADLINE);
+        assert_eq!(state(&body), "Completed", "{body:#}");
+        let execs = body["Executions"]["Items"].as_array().expect("execs");
+        let done: Vec<&Value> = execs.iter().filter(|e| e["ComputeState"]["StateType"] == 9).collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0]["NodeID"], b.node_id.as_str());
+        for e in execs.iter().filter(|e| e["NodeID"] == a.node_id.as_str()) {
+            assert_eq!(e["ComputeState"]["StateType"], 4, "a declined (AskForBidRejected): {e:#}");
+            assert!(e["ComputeState"]["Message"].as_str().unwrap_or_default().contains("not allowed"), "{e:#}");
+        }
+    }
+}
+
+#[test]
+fn manual_approval_holds_work_until_the_operator_approves() {
+    let orch = orchestrator("orch-approval", &["--manual-approval"]);
+    let node = compute("pending", &orch, &[]);
+    let pending = wait_until("node registered", DEADLINE, || {
+        let (_, body) = orch.get("/api/v1/orchestrator/nodes");
+        body["Nodes"].as_array().and_then(|n| n.first().cloned())
+    });
+    assert_eq!(pending["Membership"], "PENDING");
+    let mut job = wasm_job(HELLO, json!({"Timeouts": {"QueueTimeout": 120}}));
+    job["Name"] = json!("waits-for-approval");
+    let id = orch.submit(job);
+    wait_until("job queued", DEADLINE, || (state(&orch.job(&id)) == "Queued").then_some(()));
+    let out = orch.cli_ok(&["node", "approve", &node.node_id]);
+    assert!(!out.is_empty() || out.is_empty());
+    let body = orch.wait_terminal(&id, DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+}

@@ -1,0 +1,8 @@
+//! Process-level tests: real `cod` processes on loopback, driven through the REST API and the CLI.
+
+mod cli;
+mod cluster;
+mod durability;
+mod fixtures;
+mod harness;
+mod hybrid;
