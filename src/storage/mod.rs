@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crate::model::{InputSpec, SourceKind};
 
 pub mod archive;
+mod filename;
 pub mod inline;
 pub mod local;
 pub mod url;
