@@ -76,6 +76,14 @@ pub enum StorageError {
         /// The limit.
         limit: u64,
     },
+    /// A backend could not be set up when the node started (not about any one input).
+    #[error("the {backend} source cannot start: {reason}")]
+    Setup {
+        /// The backend.
+        backend: &'static str,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A filesystem operation failed.
     #[error("{op} {path:?} failed")]
     Io {
