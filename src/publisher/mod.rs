@@ -36,6 +36,35 @@ pub enum PublisherError {
         #[source]
         source: std::io::Error,
     },
+    /// The local publisher's listener could not be bound.
+    #[error("binding the local publisher to {addr} failed; pick a free port or another listen address")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local publisher's HTTP server stopped with an error.
+    #[error("the local publisher's server on {addr} failed")]
+    Serve {
+        /// The bound address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A filesystem operation outside packing failed (preparing the publisher's directory).
+    #[error("{op} {path:?} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The spec cannot be handled by this publisher.
     #[error("publisher {kind} cannot publish this result: {reason}")]
     Unsupported {

@@ -8,6 +8,8 @@ use async_trait::async_trait;
 
 use crate::model::{InputSpec, SourceKind};
 
+pub mod archive;
+mod filename;
 pub mod inline;
 pub mod local;
 pub mod url;
@@ -75,6 +77,14 @@ pub enum StorageError {
         what: String,
         /// The limit.
         limit: u64,
+    },
+    /// A backend could not be set up when the node started (not about any one input).
+    #[error("the {backend} source cannot start: {reason}")]
+    Setup {
+        /// The backend.
+        backend: &'static str,
+        /// Why, and what to do.
+        reason: String,
     },
     /// A filesystem operation failed.
     #[error("{op} {path:?} failed")]
