@@ -288,9 +288,18 @@ fn prefix_in<V: DeserializeOwned>(
         source,
     };
     let mut out = Vec::new();
-    for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)?.take(limit) {
-        let (k, v) = item.map_err(lmdb)?;
-        out.push((k.to_owned(), decode(table.name, k, v)?));
+    // LMDB rejects a zero-length key (MDB_BAD_VALSIZE), and heed's prefix search positions the cursor with
+    // the prefix as a key, so a whole-table scan must not be an empty prefix search.
+    if prefix.is_empty() {
+        for item in table.db.iter(txn).map_err(lmdb)?.take(limit) {
+            let (k, v) = item.map_err(lmdb)?;
+            out.push((k.to_owned(), decode(table.name, k, v)?));
+        }
+    } else {
+        for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)?.take(limit) {
+            let (k, v) = item.map_err(lmdb)?;
+            out.push((k.to_owned(), decode(table.name, k, v)?));
+        }
     }
     Ok(out)
 }
@@ -467,5 +476,23 @@ mod tests {
             .expect("delete");
         assert_eq!(removed, 2);
         assert_eq!(store.read(move |txn| txn.count(t)).await.expect("count"), 2);
+    }
+
+    #[tokio::test]
+    async fn whole_table_scans_work_empty_and_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Config::default()).expect("open");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        let empty = store.read(move |txn| txn.all(t)).await.expect("scan empty");
+        assert!(empty.is_empty());
+        store
+            .write(move |txn| {
+                txn.put(t, "b", &2)?;
+                txn.put(t, "a", &1)
+            })
+            .await
+            .expect("write");
+        let all = store.read(move |txn| txn.all(t)).await.expect("scan");
+        assert_eq!(all, vec![("a".to_owned(), 1), ("b".to_owned(), 2)]);
     }
 }
