@@ -24,6 +24,7 @@
 //! and `compute` use them through handles and traits; `api` uses orchestrator handles; `node` wires everything;
 //! only `main` and `cli` reach `node`.
 
+pub mod api;
 pub mod compute;
 pub mod executor;
 pub mod model;
