@@ -7,8 +7,8 @@
 //!
 //! Layout: [`request`] holds what every request goes through (request id, version headers, one tracing span,
 //! query and path extraction), [`error`] the error body, and one file per endpoint group: [`jobs`]
-//! (`/api/v1/orchestrator/jobs…`), [`agent`] (`/api/v1/agent/…` plus the legacy redirects and the retired
-//! `/api/v1/requester` API).
+//! (`/api/v1/orchestrator/jobs…`), [`nodes`] (`/api/v1/orchestrator/nodes…`), [`agent`] (`/api/v1/agent/…`
+//! plus the legacy redirects and the retired `/api/v1/requester` API).
 //!
 //! Requests are decoded case-insensitively ([`crate::model::ci`]), as Go's decoder does, and unknown keys are
 //! ignored. Responses use Bacalhau's PascalCase keys, plus lower-case twins where the Python 1.4.1 client reads
@@ -17,6 +17,7 @@
 mod agent;
 mod error;
 mod jobs;
+mod nodes;
 mod request;
 #[cfg(test)]
 mod testing;
@@ -115,7 +116,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/jobs/{id}", get(jobs::get).delete(jobs::stop))
         .route("/jobs/{id}/history", get(jobs::history))
         .route("/jobs/{id}/executions", get(jobs::executions))
-        .route("/jobs/{id}/results", get(jobs::results));
+        .route("/jobs/{id}/results", get(jobs::results))
+        .route("/nodes", get(nodes::list).post(nodes::update_from_body))
+        .route("/nodes/{id}", get(nodes::get).put(nodes::update));
     Router::new()
         .nest("/api/v1/orchestrator", orchestrator)
         .merge(agent::routes())
