@@ -61,6 +61,11 @@ impl HttpError {
         self
     }
 
+    /// The human message.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The `APIError` body.
     pub(crate) fn body(&self, request_id: &str) -> Value {
         let mut body = json!({

@@ -6,7 +6,7 @@
 //! error to a status and a stable Bacalhau `Code`).
 //!
 //! Layout: [`request`] holds what every request goes through (request id, version headers, one tracing span,
-//! query and path extraction), [`error`] the error body, and one file per endpoint group: [`jobs`]
+//! query and path extraction), [`error`] the error body, and one file per endpoint group: [`jobs`] and [`logs`]
 //! (`/api/v1/orchestrator/jobs…`), [`nodes`] (`/api/v1/orchestrator/nodes…`), [`agent`] (`/api/v1/agent/…`
 //! plus the legacy redirects and the retired `/api/v1/requester` API).
 //!
@@ -17,6 +17,7 @@
 mod agent;
 mod error;
 mod jobs;
+mod logs;
 mod nodes;
 mod request;
 #[cfg(test)]
@@ -76,15 +77,18 @@ pub enum ApiError {
     },
 }
 
-/// What handlers share.
+/// What handlers share: the node's handles plus the server's shutdown signal, which ends long-lived
+/// streams (`logs?follow=true`) so graceful shutdown does not wait for them.
 #[derive(Debug)]
 struct Shared {
     state: ApiState,
+    shutdown: CancellationToken,
 }
 
 type AppState = Arc<Shared>;
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then lets open requests finish.
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets open requests finish (log streams
+/// are closed with 1001 "going away").
 ///
 /// # Errors
 /// [`ApiError::Serve`] when accepting connections fails.
@@ -98,16 +102,21 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "an unknown address".to_owned());
     info!(addr = %addr, "API listening");
-    let app = router(state);
+    let app = build(state, shutdown.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(|source| ApiError::Serve { addr, source })
 }
 
-/// The API's routes, for tests and embedding.
+/// The API's routes, for tests and embedding. Streams opened through it end only when their client leaves
+/// or their job ends; [`serve`] also ends them on shutdown.
 pub fn router(state: ApiState) -> Router {
-    let shared: AppState = Arc::new(Shared { state });
+    build(state, CancellationToken::new())
+}
+
+fn build(state: ApiState, shutdown: CancellationToken) -> Router {
+    let shared: AppState = Arc::new(Shared { state, shutdown });
     let orchestrator = Router::new()
         .route(
             "/jobs",
@@ -117,6 +126,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/jobs/{id}/history", get(jobs::history))
         .route("/jobs/{id}/executions", get(jobs::executions))
         .route("/jobs/{id}/results", get(jobs::results))
+        .route("/jobs/{id}/logs", get(logs::logs))
         .route("/nodes", get(nodes::list).post(nodes::update_from_body))
         .route("/nodes/{id}", get(nodes::get).put(nodes::update));
     Router::new()
