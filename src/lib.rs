@@ -24,8 +24,8 @@
 //! and `compute` use them through handles and traits; `api` uses orchestrator handles; `node` wires everything;
 //! only `main` and `cli` reach `node`.
 
-pub mod compute;
 pub mod api;
+pub mod compute;
 pub mod node;
 pub mod executor;
 pub mod config;

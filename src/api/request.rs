@@ -1,0 +1,372 @@
+//! What every request goes through: the context middleware (request id, version and CORS headers, one
+//! tracing span) and the extractors that turn query strings, paths and bodies into values or a 400 that names
+//! the problem.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::model::{BuildVersionInfo, ci};
+use crate::orchestrator::Orchestrator;
+
+use super::AppState;
+use super::error::HttpError;
+
+/// Request id header, echoed or created (Bacalhau's echo server does the same).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Version header that Bacalhau's clients send and its servers echo.
+const X_GIT_VERSION: HeaderName = HeaderName::from_static("x-bacalhau-git-version");
+const X_GIT_COMMIT: HeaderName = HeaderName::from_static("x-bacalhau-git-commit");
+const X_BUILD_OS: HeaderName = HeaderName::from_static("x-bacalhau-build-os");
+const X_ARCH: HeaderName = HeaderName::from_static("x-bacalhau-arch");
+/// A client-chosen request id longer than this is replaced: ids end up in logs.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Version headers sent on every response; computed once because they never change.
+static VERSION_HEADERS: LazyLock<Vec<(HeaderName, HeaderValue)>> = LazyLock::new(|| {
+    let v = BuildVersionInfo::current();
+    [
+        (X_GIT_VERSION, v.git_version),
+        (X_GIT_COMMIT, v.git_commit),
+        (X_BUILD_OS, v.goos),
+        (X_ARCH, v.goarch),
+    ]
+    .into_iter()
+    .filter(|(_, value)| !value.is_empty())
+    .filter_map(|(name, value)| HeaderValue::from_str(&value).ok().map(|v| (name, v)))
+    .collect()
+});
+
+/// Middleware around every request: assigns the request id, opens the request's span, answers CORS
+/// preflights, renders error bodies with the id, and sets the response headers.
+pub(crate) async fn context(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= MAX_REQUEST_ID)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::debug_span!(
+        "api_request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %id,
+    );
+    async move {
+        let started = Instant::now();
+        let preflight = req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let mut response = if preflight {
+            preflight_response(req.headers())
+        } else {
+            next.run(req).await
+        };
+        if let Some(err) = response.extensions_mut().remove::<HttpError>()
+            && let Ok(body) = serde_json::to_vec(&err.body(&id))
+        {
+            // Same status and headers; only the body gains the request id.
+            *response.body_mut() = axum::body::Body::from(body);
+        }
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            headers.insert(X_REQUEST_ID, value);
+        }
+        for (name, value) in VERSION_HEADERS.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "request served"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Browsers ask before cross-origin PUT/DELETE; the API is open to any origin (as Bacalhau's).
+fn preflight_response(request: &HeaderMap) -> Response {
+    let allow_headers = request
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, PUT, POST, DELETE, OPTIONS"),
+            ),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers),
+        ],
+    )
+        .into_response()
+}
+
+/// True when the client named its version in `X-Bacalhau-Git-Version` and it is older than
+/// `major.minor`. Clients that send no (or an unreadable) version get the current shapes.
+pub(crate) fn client_older_than(headers: &HeaderMap, major: u64, minor: u64) -> bool {
+    let Some(version) = headers.get(&X_GIT_VERSION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut parts = version.trim().trim_start_matches('v').split('.');
+    let number = |p: Option<&str>| -> Option<u64> {
+        let digits: String = p?.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (number(parts.next()), number(parts.next())) {
+        (Some(ma), Some(mi)) => (ma, mi) < (major, minor),
+        _ => false,
+    }
+}
+
+// === Query parameters ===
+
+/// The query string as ordered pairs, so repeated keys (`labels`) survive and every bad value gets a 400
+/// that names its parameter.
+#[derive(Debug, Default)]
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The first value of the first of `names` present (Bacalhau and its Python client spell some names
+    /// differently: `filter-approval` / `filter_approval`).
+    pub(crate) fn get(&self, names: &[&str]) -> Option<&str> {
+        names.iter().find_map(|name| {
+            self.0
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        })
+    }
+
+    /// The first non-blank value of `name`, trimmed.
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
+        self.get(&[name]).map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    /// Every non-blank value of `name`.
+    pub(crate) fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == name && !v.trim().is_empty())
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A boolean in Go's `strconv.ParseBool` forms; absent or blank → `false`.
+    pub(crate) fn flag(&self, name: &str) -> Result<bool, HttpError> {
+        match self.text(name) {
+            None => Ok(false),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(other) => Err(HttpError::bad_request(format!(
+                "query parameter {name}={other:?} is not a boolean (use true or false)"
+            ))),
+        }
+    }
+
+    /// A non-negative integer; absent or blank → `None`.
+    pub(crate) fn number(&self, name: &str) -> Result<Option<u64>, HttpError> {
+        self.text(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    HttpError::bad_request(format!(
+                        "query parameter {name}={v:?} is not a non-negative integer"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// `limit` as a count; 0 or absent means the endpoint's default.
+    pub(crate) fn limit(&self) -> Result<usize, HttpError> {
+        Ok(self
+            .number("limit")?
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .unwrap_or(0))
+    }
+
+    /// `namespace`, defaulting to `default`.
+    pub(crate) fn namespace(&self) -> &str {
+        self.text("namespace").unwrap_or("default")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map(|Query(pairs)| Params(pairs))
+            .map_err(|e| HttpError::bad_request(format!("query string: {}", e.body_text())))
+    }
+}
+
+/// Offset paging for lists the orchestrator returns whole: the token is the offset of the next page.
+pub(crate) fn page<T>(
+    items: Vec<T>,
+    limit: usize,
+    token: Option<&str>,
+) -> Result<(Vec<T>, String), HttpError> {
+    let offset = match token {
+        None => 0,
+        Some(t) => t.parse::<usize>().map_err(|_| {
+            HttpError::bad_request(format!(
+                "next_token {t:?} is not a token this server issued"
+            ))
+        })?,
+    };
+    let total = items.len();
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    let items: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
+    let end = offset.saturating_add(items.len());
+    let next = if end < total {
+        end.to_string()
+    } else {
+        String::new()
+    };
+    Ok((items, next))
+}
+
+// === Paths and bodies ===
+
+/// The `{id}` path segment.
+#[derive(Debug)]
+pub(crate) struct PathId(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| PathId(id))
+            .map_err(|e| HttpError::bad_request(format!("path: {}", e.body_text())))
+    }
+}
+
+/// The raw body, within the body limit.
+#[derive(Debug)]
+pub(crate) struct Body {
+    /// The `Content-Type`, to tell YAML from JSON.
+    content_type: String,
+    bytes: Bytes,
+}
+
+impl Body {
+    /// Decodes the body case-insensitively into `T` (`what` names it in errors). An empty body is `None`.
+    pub(crate) fn decode<T: DeserializeOwned>(&self, what: &str) -> Result<Option<T>, HttpError> {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let value = if self.content_type.contains("yaml") {
+            let text = std::str::from_utf8(&self.bytes).map_err(|e| {
+                HttpError::bad_request(format!("request body is not UTF-8 text: {e}"))
+            })?;
+            ci::parse_document(text)
+                .map_err(|e| HttpError::bad_request(format!("request body: {e}")))?
+        } else {
+            serde_json::from_slice(&self.bytes).map_err(|e| {
+                HttpError::bad_request(format!("request body is not valid JSON: {e}"))
+            })?
+        };
+        ci::from_value(value)
+            .map(Some)
+            .map_err(|e| HttpError::bad_request(format!("request body is not a valid {what}: {e}")))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                HttpError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BadRequest",
+                    format!(
+                        "request body is larger than the {} MiB limit",
+                        super::BODY_LIMIT / (1024 * 1024)
+                    ),
+                )
+            } else {
+                HttpError::new(
+                    e.status(),
+                    "BadRequest",
+                    format!("request body: {}", e.body_text()),
+                )
+            }
+        })?;
+        Ok(Body {
+            content_type,
+            bytes,
+        })
+    }
+}
+
+// === The orchestrator ===
+
+/// The orchestrator handle; a node without one answers 404 for every orchestrator endpoint.
+#[derive(Debug)]
+pub(crate) struct Orch(pub(crate) Orchestrator);
+
+impl FromRequestParts<AppState> for Orch {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
+        state.state.orchestrator.clone().map(Orch).ok_or_else(|| {
+            HttpError::not_found("this node is not an orchestrator").with_hint(
+                "send job and node requests to an orchestrator's API (cod serve --orchestrator)",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_clients_are_recognised_by_their_version_header() {
+        let mut h = HeaderMap::new();
+        assert!(!client_older_than(&h, 1, 5));
+        h.insert(X_GIT_VERSION, HeaderValue::from_static("v1.4.1"));
+        assert!(client_older_than(&h, 1, 5));
+        h.insert(X_GIT_VERSION, HeaderValue::from_static("v1.5.0-rc2"));
+        assert!(!client_older_than(&h, 1, 5));
+        h.insert(X_GIT_VERSION, HeaderValue::from_static("garbage"));
+        assert!(!client_older_than(&h, 1, 5));
+    }
+
+    #[test]
+    fn offset_pages_end_with_an_empty_token() {
+        let (first, token) = page(vec![1, 2, 3], 2, None).expect("page");
+        assert_eq!((first, token.as_str()), (vec![1, 2], "2"));
+        let (rest, token) = page(vec![1, 2, 3], 2, Some("2")).expect("page");
+        assert_eq!((rest, token.as_str()), (vec![3], ""));
+        assert!(page(vec![1], 1, Some("x")).is_err());
+    }
+}
