@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::model::{InputSpec, SourceKind};
 
+pub mod archive;
 pub mod inline;
 pub mod local;
 pub mod url;
