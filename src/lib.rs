@@ -29,3 +29,4 @@ pub mod transport;
 pub mod executor;
 pub mod storage;
 pub mod publisher;
+pub mod cli;
