@@ -15,9 +15,12 @@ use argh::FromArgs;
 
 pub mod agent;
 pub mod client;
+pub mod job;
 pub mod node;
 pub mod output;
 pub mod serve;
+pub mod spec_file;
+pub mod wait;
 
 use client::{ApiAddress, ApiClient};
 use output::OutputFormat;
@@ -45,6 +48,8 @@ pub struct Cli {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 pub enum Command {
+    /// `cod job …`
+    Job(job::JobArgs),
     /// `cod node …`
     Node(node::NodeArgs),
     /// `cod agent …`
@@ -121,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     match command {
         Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Success),
+        Command::Job(args) => job::run(&context()?, args).await,
         Command::Node(args) => node::run(&context()?, args)
             .await
             .map(|()| Outcome::Success),
