@@ -15,7 +15,7 @@ use super::output::{
 };
 use super::spec_file::{parse_spec, read_spec};
 use super::wait::{RunOptions, submit};
-use super::{Context, Outcome};
+use super::{Context, Outcome, results};
 use crate::model::{Execution, ExecutionStateType, HistoryType, Job, JobHistory, JobType};
 
 /// Page size when collecting every page of a list (the server's default for history).
@@ -50,6 +50,8 @@ pub enum JobCommand {
     Logs(LogsArgs),
     /// `job stop`
     Stop(StopArgs),
+    /// `job get`
+    Get(results::GetArgs),
 }
 
 /// submit a job spec (YAML or JSON) and, by default, wait for it to finish
@@ -188,6 +190,7 @@ pub async fn run(ctx: &Context, args: JobArgs) -> anyhow::Result<Outcome> {
         JobCommand::Executions(a) => executions(ctx, a).await.map(|()| Outcome::Success),
         JobCommand::Logs(a) => logs(ctx, a).await.map(|()| Outcome::Success),
         JobCommand::Stop(a) => stop(ctx, a).await.map(|()| Outcome::Success),
+        JobCommand::Get(a) => results::get(ctx, a).await.map(|()| Outcome::Success),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod client;
 pub mod job;
 pub mod node;
 pub mod output;
+pub mod results;
 pub mod serve;
 pub mod spec_file;
 pub mod wait;
