@@ -15,6 +15,7 @@ use argh::FromArgs;
 
 pub mod agent;
 pub mod client;
+pub mod input;
 pub mod job;
 pub mod node;
 pub mod output;
@@ -22,6 +23,7 @@ pub mod results;
 pub mod serve;
 pub mod spec_file;
 pub mod wait;
+pub mod wasm;
 
 use client::{ApiAddress, ApiClient};
 use output::OutputFormat;
@@ -51,6 +53,8 @@ pub struct Cli {
 pub enum Command {
     /// `cod job …`
     Job(job::JobArgs),
+    /// `cod wasm …`
+    Wasm(wasm::WasmArgs),
     /// `cod node …`
     Node(node::NodeArgs),
     /// `cod agent …`
@@ -128,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match command {
         Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Success),
         Command::Job(args) => job::run(&context()?, args).await,
+        Command::Wasm(args) => wasm::run(&context()?, args).await,
         Command::Node(args) => node::run(&context()?, args)
             .await
             .map(|()| Outcome::Success),
