@@ -145,6 +145,17 @@ pub enum ClientError {
         /// The innermost cause (`Connection refused (os error 111)`).
         reason: String,
     },
+    /// A published result's server (the compute node's local publisher, say) does not answer.
+    #[error(
+        "cannot reach {url} ({reason}): the node that published this result must be reachable from here \
+         (for the local publisher, check the address the compute node advertises)"
+    )]
+    ResultUnreachable {
+        /// The result URL.
+        url: String,
+        /// The innermost cause.
+        reason: String,
+    },
     /// The API answered with an error.
     #[error("{}", api_error_text(.status, .code, .message, .hint))]
     Api {
@@ -771,8 +782,8 @@ impl ApiClient {
         })?;
         let unreachable = |e: reqwest::Error| {
             if e.is_connect() {
-                ClientError::Unreachable {
-                    base: url.to_owned(),
+                ClientError::ResultUnreachable {
+                    url: url.to_owned(),
                     reason: root_cause(&e),
                 }
             } else if e.is_timeout() {
