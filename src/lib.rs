@@ -36,3 +36,4 @@ pub mod publisher;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod cli;

@@ -1,1 +1,94 @@
-fn main() {}
+//! The `cod` binary: parse the command line, set up TLS, logging and the runtime, run, map the exit code.
+//! Everything else lives in the library ([`cod::cli`] for the commands).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use argh::FromArgs;
+use cod::cli::{self, Cli, Outcome, UsageError};
+use tracing_subscriber::EnvFilter;
+
+/// The process exit codes, in one place.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// Everything worked, or stdout was closed early (`cod job list | head`).
+    Ok = 0,
+    /// The command failed.
+    Error = 1,
+    /// The command worked, but the job it waited for failed or was stopped.
+    JobFailed = 2,
+    /// The command line makes no sense (EX_USAGE, as linkerd uses for bad config).
+    Usage = 64,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Usage lines say `cod`, not the install path.
+    let cli = match Cli::from_args(&["cod"], &args) {
+        Ok(cli) => cli,
+        Err(early) => {
+            // `--help` is an early exit too: to stdout with success.
+            return if early.status.is_ok() {
+                let _ = writeln!(std::io::stdout(), "{}", early.output);
+                ExitCode::from(Exit::Ok as u8)
+            } else {
+                let _ = writeln!(std::io::stderr(), "{}", early.output);
+                ExitCode::from(Exit::Usage as u8)
+            };
+        }
+    };
+    // reqwest is built without a bundled crypto provider; install ring before any client exists. An error means
+    // one is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    init_tracing(if cli.is_serve() { "info" } else { "warn" });
+
+    let exit = match build_runtime(cli.is_serve()).and_then(|rt| rt.block_on(cli::run(cli))) {
+        Ok(Outcome::Success) => Exit::Ok,
+        Ok(Outcome::JobFailed) => Exit::JobFailed,
+        Err(e) if is_broken_pipe(&e) => Exit::Ok,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            if e.chain().any(|c| c.is::<UsageError>()) {
+                Exit::Usage
+            } else {
+                Exit::Error
+            }
+        }
+    };
+    ExitCode::from(exit as u8)
+}
+
+/// Logs go to stderr at `default` level unless `COD_LOG` (or `RUST_LOG`) says otherwise.
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_env("COD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Client commands make one request at a time, so one thread is enough and starts fastest. `serve` gets a
+/// multi-threaded runtime; sizing it for the board (workers, blocking threads) is the node module's call.
+fn build_runtime(serve: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if serve {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// True when the failure is stdout closing under us, which is how `| head` ends a command: not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

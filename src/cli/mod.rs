@@ -1,0 +1,186 @@
+//! The `cod` command line: the argh command tree and its dispatcher.
+//!
+//! Every command except `serve` is a client of a running node's HTTP API (Bacalhau's `/api/v1` shapes) and
+//! never opens the store, as garage's CLI does. Results go to stdout, diagnostics to stderr. Errors are
+//! `anyhow` with context naming the job, node or path; `main` prints the chain once. A failed *job* is not an
+//! error of the CLI: it is reported as [`Outcome::JobFailed`], which `main` maps to its own exit code.
+//!
+//! argh has no global options after a subcommand, so `--api-host`/`--api-port` go before the command
+//! (`cod --api-port 2345 job list`), while `--output` is accepted both there and on each command that prints
+//! data (`cod job list --output json`); the command's own flag wins.
+
+use std::fmt;
+
+use argh::FromArgs;
+
+pub mod agent;
+pub mod client;
+pub mod input;
+pub mod job;
+pub mod node;
+pub mod output;
+pub mod results;
+pub mod serve;
+pub mod spec_file;
+pub mod wait;
+pub mod wasm;
+
+use client::{ApiAddress, ApiClient};
+use output::OutputFormat;
+
+/// cod: a Bacalhau-compatible orchestrator, edge compute node and CLI in one binary.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    /// host of the Cod API (default: $COD_API_HOST, $BACALHAU_API_HOST, 127.0.0.1)
+    #[argh(option)]
+    pub api_host: Option<String>,
+    /// port of the Cod API (default: $COD_API_PORT, $BACALHAU_API_PORT, 1234)
+    #[argh(option)]
+    pub api_port: Option<u16>,
+    /// output format for commands that print data: table (default), json or yaml
+    #[argh(option)]
+    pub output: Option<OutputFormat>,
+    /// the command to run
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+// Parsed once at startup, so the size difference between variants costs nothing; argh cannot box them.
+#[allow(clippy::large_enum_variant)]
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    /// `cod job …`
+    Job(job::JobArgs),
+    /// `cod wasm …`
+    Wasm(wasm::WasmArgs),
+    /// `cod node …`
+    Node(node::NodeArgs),
+    /// `cod agent …`
+    Agent(agent::AgentArgs),
+    /// `cod version`
+    Version(agent::VersionArgs),
+    /// `cod serve`
+    Serve(serve::ServeArgs),
+}
+
+/// How a command ended when it did not fail itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything worked (including a job that completed).
+    Success,
+    /// The command worked, but the job it waited for failed or was stopped.
+    JobFailed,
+}
+
+/// A command line that parsed but makes no sense (a bad `-i` value, conflicting flags, a malformed
+/// `COD_API_PORT`). `main` maps it to exit code 64 (EX_USAGE), like argh's own parse errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    /// A usage error with this message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}
+
+impl Cli {
+    /// True for `cod serve`, which runs the node (multi-threaded runtime, info-level logs) instead of calling
+    /// one.
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}
+
+/// What every client command gets: the API client and the output format chosen at the top level.
+#[derive(Debug)]
+pub struct Context {
+    /// The API of the node the command talks to.
+    pub client: ApiClient,
+    /// `--output` given before the command; a command's own `--output` overrides it.
+    pub output: Option<OutputFormat>,
+}
+
+impl Context {
+    /// The output format for a command whose own `--output` is `own`.
+    pub fn format(&self, own: Option<OutputFormat>) -> OutputFormat {
+        own.or(self.output).unwrap_or_default()
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let Cli {
+        api_host,
+        api_port,
+        output,
+        command,
+    } = cli;
+    // Built only for client commands: `serve` must not fail on a malformed `COD_API_PORT` meant for clients.
+    let context = || -> anyhow::Result<Context> {
+        let address = ApiAddress::resolve(api_host.as_deref(), api_port, |name| {
+            std::env::var(name).ok()
+        })?;
+        Ok(Context {
+            client: ApiClient::new(&address)?,
+            output,
+        })
+    };
+    match command {
+        Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Success),
+        Command::Job(args) => job::run(&context()?, args).await,
+        Command::Wasm(args) => wasm::run(&context()?, args).await,
+        Command::Node(args) => node::run(&context()?, args)
+            .await
+            .map(|()| Outcome::Success),
+        Command::Agent(args) => agent::run(&context()?, args)
+            .await
+            .map(|()| Outcome::Success),
+        Command::Version(args) => agent::version(&context()?, args)
+            .await
+            .map(|()| Outcome::Success),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, argh::EarlyExit> {
+        Cli::from_args(&["cod"], args)
+    }
+
+    #[test]
+    fn parses_global_options_before_the_command() {
+        let cli =
+            parse(&["--api-port", "2345", "--output", "json", "node", "list"]).expect("parses");
+        assert_eq!(cli.api_port, Some(2345));
+        assert_eq!(cli.output, Some(OutputFormat::Json));
+        assert!(matches!(cli.command, Command::Node(_)));
+        assert!(!cli.is_serve());
+    }
+
+    #[test]
+    fn serve_is_recognised() {
+        assert!(parse(&["serve"]).expect("parses").is_serve());
+    }
+
+    #[test]
+    fn command_output_flag_overrides_the_global_one() {
+        let ctx = Context {
+            client: ApiClient::new(&ApiAddress::resolve(None, None, |_| None).expect("default"))
+                .expect("client"),
+            output: Some(OutputFormat::Yaml),
+        };
+        assert_eq!(ctx.format(Some(OutputFormat::Json)), OutputFormat::Json);
+        assert_eq!(ctx.format(None), OutputFormat::Yaml);
+    }
+
+    #[test]
+    fn rejects_unknown_output_format() {
+        assert!(parse(&["--output", "xml", "version"]).is_err());
+    }
+}
