@@ -75,7 +75,11 @@ fn init_tracing(default: &str) {
 /// multi-threaded runtime; sizing it for the board (workers, blocking threads) is the node module's call.
 fn build_runtime(serve: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = if serve {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        // Blocking threads carry LMDB transactions and file I/O; tokio's default of 512 would let a burst
+        // reserve far more stacks than a 512 MiB board can spare.
+        b.max_blocking_threads(32).thread_name("cod-worker");
+        b
     } else {
         tokio::runtime::Builder::new_current_thread()
     };

@@ -1,14 +1,181 @@
-//! `cod serve`: runs a node. Placeholder; the node engineer replaces this file.
+//! `cod serve`: runs a node. With neither `--orchestrator` nor `--compute` it runs both roles in one process
+//! (the embedded default: one command, a working single-device system).
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
 use argh::FromArgs;
+use tokio_util::sync::CancellationToken;
 
-/// run a Cod node (orchestrator and/or compute)
-#[derive(FromArgs, Debug)]
+use super::UsageError;
+use crate::config::{self, Config};
+
+/// run a Cod node (orchestrator, compute, or both)
+#[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "serve")]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// run the orchestrator role (with --compute too: hybrid)
+    #[argh(switch)]
+    pub orchestrator: bool,
+    /// run the compute role
+    #[argh(switch)]
+    pub compute: bool,
+    /// config file (YAML or JSON); flags and COD_* variables override it
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// data directory (default ~/.cod)
+    #[argh(option)]
+    pub data_dir: Option<PathBuf>,
+    /// REST API listen host (default 0.0.0.0)
+    #[argh(option)]
+    pub api_host: Option<String>,
+    /// REST API listen port (default 1234; 0 picks one)
+    #[argh(option)]
+    pub api_port: Option<u16>,
+    /// libp2p listen multiaddr(s) of an orchestrator, comma-separated (default /ip4/0.0.0.0/tcp/1235)
+    #[argh(option)]
+    pub listen: Option<String>,
+    /// orchestrator multiaddr(s) a compute node dials, comma-separated
+    #[argh(option)]
+    pub orchestrators: Option<String>,
+    /// node labels, k=v,k2=v2
+    #[argh(option)]
+    pub labels: Option<String>,
+    /// host paths jobs may mount: PATH[:ro|:rw], comma-separated
+    #[argh(option)]
+    pub allow_listed_local_paths: Option<String>,
+    /// new compute nodes wait for `cod node approve`
+    #[argh(switch)]
+    pub manual_approval: bool,
+    /// host put in local-publisher result URLs (default 127.0.0.1)
+    #[argh(option)]
+    pub publisher_address: Option<String>,
+    /// local publisher port (default 6001; 0 picks one)
+    #[argh(option)]
+    pub publisher_port: Option<u16>,
+    /// heartbeat period of a compute node (default 15s)
+    #[argh(option)]
+    pub heartbeat_interval: Option<String>,
+    /// a silent node is disconnected after this (default 60s)
+    #[argh(option)]
+    pub disconnect_timeout: Option<String>,
+    /// concurrent WASM executions (default: one per core)
+    #[argh(option)]
+    pub wasm_slots: Option<usize>,
+    /// CPU given to jobs, e.g. 1.5 (default 80% of the cores)
+    #[argh(option)]
+    pub cpu: Option<String>,
+    /// memory given to jobs, e.g. 512MiB (default 80% of the machine)
+    #[argh(option)]
+    pub memory: Option<String>,
+    /// node name (default: the host name)
+    #[argh(option)]
+    pub name: Option<String>,
+    /// write the node's bound addresses here (JSON) once every listener is up
+    #[argh(option)]
+    pub ready_file: Option<PathBuf>,
+}
 
-/// Runs the node until shutdown.
+impl ServeArgs {
+    /// Overlays the flags on `config` (flags win over file and environment).
+    pub fn apply(&self, config: &mut Config) {
+        if self.orchestrator || self.compute {
+            config.roles = config::Roles { orchestrator: self.orchestrator, compute: self.compute };
+        }
+        let set = |dst: &mut String, v: &Option<String>| {
+            if let Some(v) = v {
+                dst.clone_from(v);
+            }
+        };
+        if let Some(d) = &self.data_dir {
+            config.data_dir.clone_from(d);
+        }
+        set(&mut config.api.host, &self.api_host);
+        if let Some(p) = self.api_port {
+            config.api.port = p;
+        }
+        if let Some(l) = &self.listen {
+            config.transport.listen = config::split_list(l);
+        }
+        if let Some(o) = &self.orchestrators {
+            config.transport.orchestrators = config::split_list(o);
+        }
+        if let Some(l) = &self.labels {
+            config.compute.labels.extend(config::parse_labels(l));
+        }
+        if let Some(p) = &self.allow_listed_local_paths {
+            config.compute.allow_listed_local_paths = config::split_list(p);
+        }
+        if self.manual_approval {
+            config.orchestrator.manual_approval = true;
+        }
+        set(&mut config.compute.publisher_address, &self.publisher_address);
+        if let Some(p) = self.publisher_port {
+            config.compute.publisher_port = p;
+        }
+        set(&mut config.compute.heartbeat_interval, &self.heartbeat_interval);
+        set(&mut config.orchestrator.disconnect_timeout, &self.disconnect_timeout);
+        if let Some(s) = self.wasm_slots {
+            config.compute.wasm_slots = s;
+        }
+        set(&mut config.compute.cpu, &self.cpu);
+        set(&mut config.compute.memory, &self.memory);
+        set(&mut config.compute.name, &self.name);
+    }
+}
+
+/// Loads the configuration (defaults < file < COD_* < flags), validates it, runs the node until SIGINT or
+/// SIGTERM, then shuts it down with a grace period.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("serve is not wired yet")
+    let mut config = match &args.config {
+        Some(path) => config::load_file(path).map_err(|e| UsageError::new(e.to_string()))?,
+        None => Config::default(),
+    };
+    config::apply_env(&mut config, |k| std::env::var(k).ok());
+    args.apply(&mut config);
+    let resolved = config.resolve().map_err(|e| UsageError::new(e.to_string()))?;
+    let shutdown = CancellationToken::new();
+    let node = crate::node::start(resolved, args.ready_file.clone(), shutdown.clone())
+        .await
+        .context("starting the node")?;
+    tokio::spawn(stop_on_signal(shutdown));
+    node.run(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_pick_roles() {
+        let mut c = Config::default();
+        c.api.port = 9;
+        let args = ServeArgs {
+            compute: true,
+            api_port: Some(0),
+            orchestrators: Some("/ip4/127.0.0.1/tcp/1235".into()),
+            labels: Some("zone=north".into()),
+            ..Default::default()
+        };
+        args.apply(&mut c);
+        assert_eq!(c.api.port, 0);
+        assert_eq!(c.roles, config::Roles { orchestrator: false, compute: true });
+        assert_eq!(c.compute.labels.get("zone").map(String::as_str), Some("north"));
+        c.resolve().expect("valid");
+    }
 }
