@@ -1,4 +1,6 @@
 //! STUB: replaced by the wasm executor implementation.
+
+mod fs;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
