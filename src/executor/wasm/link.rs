@@ -107,15 +107,17 @@ impl<'a> Loader<'a> {
             return Ok(*instance);
         }
         let what = role.as_str();
+        // Messages name the module as the guest sees it, however the spec or import wrote it.
+        let path = &format!("/{key}");
         if self.loading.contains(&key) {
             return Err(LoadError::Invalid(format!(
-                "{what} /{key} imports itself (cycle: /{} -> /{key})",
+                "{what} {path} imports itself (cycle: /{} -> {path})",
                 self.loading.join(" -> /")
             )));
         }
         if self.instances.len() + self.loading.len() >= MAX_MODULES {
             return Err(LoadError::Invalid(format!(
-                "{what} /{key} is one module too many: a run loads at most {MAX_MODULES}"
+                "{what} {path} is one module too many: a run loads at most {MAX_MODULES}"
             )));
         }
         let bytes = self

@@ -679,6 +679,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_import_cycle_is_an_invalid_program() {
+        let main = r#"(module (import "b.wasm" "f" (func)) (func (export "_start")))"#;
+        let b = r#"(module (import "main.wasm" "_start" (func)) (func (export "f")))"#;
+        let mut job = Job::new(main, &[]);
+        job.module("/b.wasm", &wat::parse_str(b).unwrap());
+        let outcome = job.run(&executor(1)).await;
+        let message = invalid_program(&outcome);
+        assert!(
+            message.ends_with("(cycle: /main.wasm -> /b.wasm -> /main.wasm)"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
     async fn two_slots_run_two_jobs_at_once() {
         let exec = executor(2);
         // The first job sleeps until cancelled; it is queued first, so it holds a worker.
