@@ -716,14 +716,8 @@ impl WasiDir for MountDir {
         let Some(dest) = dest_dir.as_any().downcast_ref::<MountDir>() else {
             // The destination is a directory the guest opened inside a mount; only that mount's
             // own directory type can rename into it.
-            return match self.resolve(path)? {
-                Resolved::Mount { mount, rest, .. } => match mount.dir_inside(&rest) {
-                    Some(dir) => dir.rename(&rest, dest_dir, dest_path).await,
-                    None => Err(Errno::Busy.into()),
-                },
-                Resolved::Virtual(_) => Err(read_only()),
-                Resolved::Missing { .. } => Err(Error::not_found()),
-            };
+            let (_, dir, from) = movable(self.resolve(path)?)?;
+            return dir.rename(&from, dest_dir, dest_path).await;
         };
         let (dir, from, to) = same_mount_dir(self.resolve(path)?, dest.resolve(dest_path)?)?;
         dir.rename(&from, dir, &to).await
@@ -736,14 +730,8 @@ impl WasiDir for MountDir {
         target_path: &str,
     ) -> Result<(), Error> {
         let Some(dest) = target_dir.as_any().downcast_ref::<MountDir>() else {
-            return match self.resolve(path)? {
-                Resolved::Mount { mount, rest, .. } => match mount.dir_inside(&rest) {
-                    Some(dir) => dir.hard_link(&rest, target_dir, target_path).await,
-                    None => Err(Error::perm()),
-                },
-                Resolved::Virtual(_) => Err(Error::perm()),
-                Resolved::Missing { .. } => Err(Error::not_found()),
-            };
+            let (_, dir, from) = movable(self.resolve(path)?)?;
+            return dir.hard_link(&from, target_dir, target_path).await;
         };
         let (dir, from, to) = same_mount_dir(self.resolve(path)?, dest.resolve(target_path)?)?;
         dir.hard_link(&from, dir, &to).await
@@ -779,23 +767,29 @@ impl WasiDir for MountDir {
     }
 }
 
+/// The source of a rename or link: the directory mount `from` leads strictly inside, its index,
+/// and the path inside it. Mount points, file inputs and virtual directories are not the guest's
+/// to move.
+fn movable(from: Resolved<'_>) -> Result<(usize, &dyn WasiDir, String), Error> {
+    match from {
+        Resolved::Missing { .. } => Err(Error::not_found()),
+        Resolved::Virtual(_) => Err(Errno::Busy.into()),
+        Resolved::Mount {
+            index, mount, rest, ..
+        } => match mount.dir_inside(&rest) {
+            Some(dir) => Ok((index, dir, rest)),
+            None => Err(Errno::Busy.into()),
+        },
+    }
+}
+
 /// For a rename or link between two paths of the table: the one directory mount holding both,
 /// with both paths inside it. Moving between mounts is `EXDEV`, as between file systems.
 fn same_mount_dir<'a>(
     from: Resolved<'a>,
     to: Resolved<'a>,
 ) -> Result<(&'a dyn WasiDir, String, String), Error> {
-    let (index, dir, from) = match from {
-        Resolved::Missing { .. } => return Err(Error::not_found()),
-        Resolved::Virtual(_) => return Err(Errno::Busy.into()),
-        Resolved::Mount {
-            index, mount, rest, ..
-        } => match mount.dir_inside(&rest) {
-            Some(dir) => (index, dir, rest),
-            // A mount point, or a file input, is not the guest's to move.
-            None => return Err(Errno::Busy.into()),
-        },
-    };
+    let (index, dir, from) = movable(from)?;
     match to {
         Resolved::Mount {
             index: same, rest, ..
