@@ -67,8 +67,19 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
         if let Ok(text) = std::fs::read_to_string(&ready)
             && let Ok(v) = serde_json::from_str::<Value>(&text)
         {
-            let p2p = v["p2p"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-            return Node { child, api: format!("http://{}", v["api"].as_str().expect("api")), p2p };
+            let p2p = v["p2p"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Node {
+                child,
+                api: format!("http://{}", v["api"].as_str().expect("api")),
+                p2p,
+            };
         }
         assert!(Instant::now() < deadline, "{name} did not start");
         std::thread::sleep(Duration::from_millis(10));
@@ -92,7 +103,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn fsync_ms(dir: &Path) -> (f64, f64) {
     let path = dir.join("fsync.probe");
-    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path).expect("probe");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("probe");
     let block = vec![7u8; 4096];
     let mut times = Vec::new();
     for i in 0..200u64 {
@@ -112,17 +128,38 @@ fn main() {
     let client = reqwest::blocking::Client::new();
     let mut out = std::io::stdout().lock();
 
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_cod")).map(|m| m.len()).unwrap_or(0);
-    writeln!(out, "binary size (bench profile = release, stripped): {:.2} MiB", size as f64 / 1048576.0).ok();
+    let size = std::fs::metadata(env!("CARGO_BIN_EXE_cod"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "binary size (bench profile = release, stripped): {:.2} MiB",
+        size as f64 / 1048576.0
+    )
+    .ok();
 
     // Idle RSS of a connected compute node, beside its orchestrator's.
     {
         let orch = start(dir, "orch", &["--orchestrator"]);
         let addr = orch.p2p.first().expect("p2p").clone();
-        let compute = start(dir, "compute", &["--compute", "--orchestrators", &addr, "--heartbeat-interval", "1s"]);
+        let compute = start(
+            dir,
+            "compute",
+            &[
+                "--compute",
+                "--orchestrators",
+                &addr,
+                "--heartbeat-interval",
+                "1s",
+            ],
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let nodes: Value = client.get(format!("{}/api/v1/orchestrator/nodes", orch.api)).send().and_then(|r| r.json()).unwrap_or(Value::Null);
+            let nodes: Value = client
+                .get(format!("{}/api/v1/orchestrator/nodes", orch.api))
+                .send()
+                .and_then(|r| r.json())
+                .unwrap_or(Value::Null);
             if nodes["Nodes"][0]["Connection"] == "CONNECTED" {
                 break;
             }
@@ -139,7 +176,10 @@ fn main() {
     let node = start(dir, "hybrid", &[]);
     let module = wat::parse_str(HELLO).expect("wat");
     use base64::Engine;
-    let url = format!("data:application/wasm;base64,{}", base64::engine::general_purpose::STANDARD.encode(module));
+    let url = format!(
+        "data:application/wasm;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(module)
+    );
     let job = json!({"Job": {"Type": "batch", "Tasks": [{"Name": "main",
         "Engine": {"Type": "wasm", "Params": {"EntryModule": "/main.wasm"}},
         "InputSources": [{"Target": "/main.wasm", "Source": {"Type": "inline", "Params": {"URL": url}}}],
@@ -147,10 +187,19 @@ fn main() {
     let mut latencies = Vec::new();
     for i in 0..(JOBS + 5) {
         let t = Instant::now();
-        let r: Value = client.put(format!("{}/api/v1/orchestrator/jobs", node.api)).json(&job).send().and_then(|r| r.json()).expect("submit");
+        let r: Value = client
+            .put(format!("{}/api/v1/orchestrator/jobs", node.api))
+            .json(&job)
+            .send()
+            .and_then(|r| r.json())
+            .expect("submit");
         let id = r["JobID"].as_str().expect("JobID").to_owned();
         loop {
-            let j: Value = client.get(format!("{}/api/v1/orchestrator/jobs/{id}", node.api)).send().and_then(|r| r.json()).expect("get");
+            let j: Value = client
+                .get(format!("{}/api/v1/orchestrator/jobs/{id}", node.api))
+                .send()
+                .and_then(|r| r.json())
+                .expect("get");
             match j["Job"]["State"]["StateType"].as_str() {
                 Some("Completed") => break,
                 Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
@@ -165,6 +214,10 @@ fn main() {
     latencies.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     let (f50, f99) = fsync_ms(dir);
-    writeln!(out, "hello-WASM submit -> Completed over {JOBS} jobs: p50 {p50:.2} ms, p99 {p99:.2} ms").ok();
+    writeln!(
+        out,
+        "hello-WASM submit -> Completed over {JOBS} jobs: p50 {p50:.2} ms, p99 {p99:.2} ms"
+    )
+    .ok();
     writeln!(out, "this disk's fdatasync: p50 {f50:.3} ms, p99 {f99:.3} ms -> target p50 <= {:.2} ms ({:.1}x fsync measured)", 3.0 * f50, p50 / f50).ok();
 }

@@ -155,7 +155,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: default_data_dir(),
-            roles: Roles { orchestrator: true, compute: true },
+            roles: Roles {
+                orchestrator: true,
+                compute: true,
+            },
             api: ApiConfig::default(),
             transport: TransportConfig::default(),
             orchestrator: OrchestratorConfig::default(),
@@ -168,13 +171,19 @@ impl Default for Config {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 1234 }
+        Self {
+            host: "0.0.0.0".into(),
+            port: 1234,
+        }
     }
 }
 
 impl Default for TransportConfig {
     fn default() -> Self {
-        Self { listen: vec!["/ip4/0.0.0.0/tcp/1235".into()], orchestrators: vec![] }
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/1235".into()],
+            orchestrators: vec![],
+        }
     }
 }
 
@@ -212,7 +221,9 @@ impl Default for ComputeConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { map_size: "1GiB".into() }
+        Self {
+            map_size: "1GiB".into(),
+        }
     }
 }
 
@@ -250,14 +261,25 @@ pub enum ConfigError {
 
 /// Reads a config file (YAML or JSON, keys case-insensitive) over the defaults.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
-    let value = ci::parse_document(&text).map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
-    ci::from_value(value).map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let value = ci::parse_document(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    ci::from_value(value).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Applies `COD_*` variables read through `env` (a lookup, so tests need not touch the process environment).
-pub fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+pub fn apply_env(
+    config: &mut Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, String)> {
     let mut applied = Vec::new();
     let mut take = |key: &'static str| {
         let v = env(key)?;
@@ -295,14 +317,21 @@ pub fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> V
 
 /// Splits `a,b,c` into trimmed non-empty items.
 pub fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Parses `k=v,k2=v2`.
 pub fn parse_labels(s: &str) -> BTreeMap<String, String> {
     split_list(s)
         .into_iter()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        })
         .collect()
 }
 
@@ -358,7 +387,8 @@ impl Config {
                 reason: "a node needs at least one role".into(),
             });
         }
-        if self.roles.compute && !self.roles.orchestrator && self.transport.orchestrators.is_empty() {
+        if self.roles.compute && !self.roles.orchestrator && self.transport.orchestrators.is_empty()
+        {
             return Err(ConfigError::Invalid {
                 key: "Transport.Orchestrators",
                 value: String::new(),
@@ -367,16 +397,20 @@ impl Config {
             });
         }
         let o = &self.orchestrator;
-        let default_cpu = resources::parse_cpu(&o.default_cpu).map_err(|e| ConfigError::Invalid {
-            key: "Orchestrator.DefaultCPU",
-            value: o.default_cpu.clone(),
-            source_name: "configuration".into(),
-            reason: e.to_string(),
-        })?;
+        let default_cpu =
+            resources::parse_cpu(&o.default_cpu).map_err(|e| ConfigError::Invalid {
+                key: "Orchestrator.DefaultCPU",
+                value: o.default_cpu.clone(),
+                source_name: "configuration".into(),
+                reason: e.to_string(),
+            })?;
         let orchestrator = crate::orchestrator::Config {
             auto_approve: !o.manual_approval,
             disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
-            housekeeping_interval: duration("Orchestrator.HousekeepingInterval", &o.housekeeping_interval)?,
+            housekeeping_interval: duration(
+                "Orchestrator.HousekeepingInterval",
+                &o.housekeeping_interval,
+            )?,
             queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
             job_defaults: crate::model::resources::JobDefaults {
                 cpu: default_cpu,
@@ -384,7 +418,9 @@ impl Config {
             },
         };
         let c = &self.compute;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
         let cpu = if c.cpu.is_empty() {
             cores * 0.8
         } else {
@@ -403,11 +439,17 @@ impl Config {
         let default_timeout = if c.default_execution_timeout.is_empty() {
             None
         } else {
-            Some(duration("Compute.DefaultExecutionTimeout", &c.default_execution_timeout)?)
+            Some(duration(
+                "Compute.DefaultExecutionTimeout",
+                &c.default_execution_timeout,
+            )?)
         };
-        let map_size = usize::try_from(bytes("Store.MapSize", &self.store.map_size)?).unwrap_or(usize::MAX);
+        let map_size =
+            usize::try_from(bytes("Store.MapSize", &self.store.map_size)?).unwrap_or(usize::MAX);
         let name = if c.name.is_empty() {
-            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "cod".into())
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "cod".into())
         } else {
             c.name.clone()
         };
@@ -415,11 +457,20 @@ impl Config {
             raw: self.clone(),
             orchestrator,
             heartbeat_interval: duration("Compute.HeartbeatInterval", &c.heartbeat_interval)?,
-            capacity: Resources { cpu, memory, disk: 0, gpu: 0 },
+            capacity: Resources {
+                cpu,
+                memory,
+                disk: 0,
+                gpu: 0,
+            },
             max_output_bytes: bytes("Compute.MaxOutput", &c.max_output)?,
             default_timeout,
             map_size,
-            wasm_slots: if c.wasm_slots == 0 { cores.max(1.0) as usize } else { c.wasm_slots },
+            wasm_slots: if c.wasm_slots == 0 {
+                cores.max(1.0) as usize
+            } else {
+                c.wasm_slots
+            },
             name,
         })
     }
@@ -428,9 +479,18 @@ impl Config {
 /// Total memory of the machine (or of the cgroup, when that is smaller), from /proc.
 fn total_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     let mut total = kb * 1024;
-    for limit_file in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
+    for limit_file in [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ] {
         if let Ok(text) = std::fs::read_to_string(limit_file)
             && let Ok(limit) = text.trim().parse::<u64>()
         {
@@ -448,13 +508,23 @@ mod tests {
     fn file_then_env_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "api: {port: 9999, host: 127.0.0.1}\ncompute: {labels: {zone: north}}\n").expect("write");
+        std::fs::write(
+            &path,
+            "api: {port: 9999, host: 127.0.0.1}\ncompute: {labels: {zone: north}}\n",
+        )
+        .expect("write");
         let mut c = load_file(&path).expect("loads");
         assert_eq!(c.api.port, 9999);
-        assert_eq!(c.compute.heartbeat_interval, "15s", "defaults fill what the file leaves out");
+        assert_eq!(
+            c.compute.heartbeat_interval, "15s",
+            "defaults fill what the file leaves out"
+        );
         apply_env(&mut c, |k| (k == "COD_API_PORT").then(|| "7777".to_owned()));
         assert_eq!(c.api.port, 7777);
-        assert_eq!(c.compute.labels.get("zone").map(String::as_str), Some("north"));
+        assert_eq!(
+            c.compute.labels.get("zone").map(String::as_str),
+            Some("north")
+        );
         c.resolve().expect("valid");
     }
 
@@ -466,6 +536,11 @@ mod tests {
         assert!(err.contains("Compute.HeartbeatInterval"), "{err}");
         let mut c = Config::default();
         c.roles.orchestrator = false;
-        assert!(c.resolve().expect_err("needs orchestrators").to_string().contains("--orchestrators"));
+        assert!(
+            c.resolve()
+                .expect_err("needs orchestrators")
+                .to_string()
+                .contains("--orchestrators")
+        );
     }
 }

@@ -25,15 +25,15 @@
 //! only `main` and `cli` reach `node`.
 
 pub mod api;
+pub mod cli;
 pub mod compute;
-pub mod node;
-pub mod executor;
 pub mod config;
+pub mod executor;
 pub mod model;
+pub mod node;
 pub mod orchestrator;
 pub mod outbox;
 pub mod publisher;
 pub mod storage;
 pub mod store;
 pub mod transport;
-pub mod cli;

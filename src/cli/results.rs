@@ -184,8 +184,12 @@ fn unpack(archive: &Path, target: &Path) -> anyhow::Result<()> {
     let file = fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     // Results are untrusted (a job chose their contents): the shared unpacker refuses anything that would
     // land outside `target`, and caps the unpacked size.
-    crate::storage::archive::unpack_tar_gz(std::io::BufReader::new(file), target, RESULT_UNPACK_LIMIT)
-        .with_context(|| format!("unpacking {}", archive.display()))?;
+    crate::storage::archive::unpack_tar_gz(
+        std::io::BufReader::new(file),
+        target,
+        RESULT_UNPACK_LIMIT,
+    )
+    .with_context(|| format!("unpacking {}", archive.display()))?;
     fs::remove_file(archive).with_context(|| format!("removing {}", archive.display()))
 }
 

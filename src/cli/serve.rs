@@ -81,7 +81,10 @@ impl ServeArgs {
     /// Overlays the flags on `config` (flags win over file and environment).
     pub fn apply(&self, config: &mut Config) {
         if self.orchestrator || self.compute {
-            config.roles = config::Roles { orchestrator: self.orchestrator, compute: self.compute };
+            config.roles = config::Roles {
+                orchestrator: self.orchestrator,
+                compute: self.compute,
+            };
         }
         let set = |dst: &mut String, v: &Option<String>| {
             if let Some(v) = v {
@@ -110,12 +113,21 @@ impl ServeArgs {
         if self.manual_approval {
             config.orchestrator.manual_approval = true;
         }
-        set(&mut config.compute.publisher_address, &self.publisher_address);
+        set(
+            &mut config.compute.publisher_address,
+            &self.publisher_address,
+        );
         if let Some(p) = self.publisher_port {
             config.compute.publisher_port = p;
         }
-        set(&mut config.compute.heartbeat_interval, &self.heartbeat_interval);
-        set(&mut config.orchestrator.disconnect_timeout, &self.disconnect_timeout);
+        set(
+            &mut config.compute.heartbeat_interval,
+            &self.heartbeat_interval,
+        );
+        set(
+            &mut config.orchestrator.disconnect_timeout,
+            &self.disconnect_timeout,
+        );
         if let Some(s) = self.wasm_slots {
             config.compute.wasm_slots = s;
         }
@@ -134,7 +146,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     config::apply_env(&mut config, |k| std::env::var(k).ok());
     args.apply(&mut config);
-    let resolved = config.resolve().map_err(|e| UsageError::new(e.to_string()))?;
+    let resolved = config
+        .resolve()
+        .map_err(|e| UsageError::new(e.to_string()))?;
     let shutdown = CancellationToken::new();
     let node = crate::node::start(resolved, args.ready_file.clone(), shutdown.clone())
         .await
@@ -146,7 +160,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };
@@ -174,8 +191,17 @@ mod tests {
         };
         args.apply(&mut c);
         assert_eq!(c.api.port, 0);
-        assert_eq!(c.roles, config::Roles { orchestrator: false, compute: true });
-        assert_eq!(c.compute.labels.get("zone").map(String::as_str), Some("north"));
+        assert_eq!(
+            c.roles,
+            config::Roles {
+                orchestrator: false,
+                compute: true
+            }
+        );
+        assert_eq!(
+            c.compute.labels.get("zone").map(String::as_str),
+            Some("north")
+        );
         c.resolve().expect("valid");
     }
 }

@@ -23,18 +23,23 @@ pub(super) async fn build(
     let c = &config.raw.compute;
     let allow = LocalSourceConfig::parse(&c.allow_listed_local_paths)
         .map_err(|e| NodeError::Config(format!("Compute.AllowListedLocalPaths: {e}")))?;
-    let url = UrlSource::new(UrlSourceConfig::default()).map_err(|e| NodeError::Backend(e.to_string()))?;
+    let url = UrlSource::new(UrlSourceConfig::default())
+        .map_err(|e| NodeError::Backend(e.to_string()))?;
     let publisher_config = LocalPublisherConfig {
         dir: config.raw.data_dir.join("results"),
         address: c.publisher_address.clone(),
         port: c.publisher_port,
         listen_host: c.publisher_listen.clone(),
     };
-    let (local_publisher, server) =
-        LocalPublisher::start(publisher_config, shutdown).await.map_err(|e| NodeError::Backend(e.to_string()))?;
+    let (local_publisher, server) = LocalPublisher::start(publisher_config, shutdown)
+        .await
+        .map_err(|e| NodeError::Backend(e.to_string()))?;
     let url_base = local_publisher.url_base().to_owned();
     let backends = Backends::default()
-        .with_executor(Arc::new(WasmExecutor::new(WasmConfig { slots: config.wasm_slots, ..WasmConfig::default() })))
+        .with_executor(Arc::new(WasmExecutor::new(WasmConfig {
+            slots: config.wasm_slots,
+            ..WasmConfig::default()
+        })))
         .with_source(Arc::new(InlineSource::new(InlineSourceConfig::default())))
         .with_source(Arc::new(LocalSource::new(allow)))
         .with_source(Arc::new(url))

@@ -88,31 +88,62 @@ pub struct Node {
 }
 
 /// Builds and starts every component of the node.
-pub async fn start(config: Resolved, ready_file: Option<PathBuf>, shutdown: CancellationToken) -> Result<Node, NodeError> {
+pub async fn start(
+    config: Resolved,
+    ready_file: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<Node, NodeError> {
     let raw = &config.raw;
     let mut tasks = JoinSet::new();
-    let store = Store::open(&raw.data_dir.join("state"), &store::Config { map_size: config.map_size })?;
+    let store = Store::open(
+        &raw.data_dir.join("state"),
+        &store::Config {
+            map_size: config.map_size,
+        },
+    )?;
     info!(data_dir = %raw.data_dir.display(), "state database open");
     let identity = transport::load_or_create_identity(&raw.data_dir.join("identity.key"))?;
     let node_id = identity.node_id();
     info!(node_id = %node_id, "identity loaded");
     let hybrid = raw.roles.orchestrator && raw.roles.compute;
     let transport_config = transport::Config {
-        listen: if raw.roles.orchestrator { raw.transport.listen.clone() } else { vec![] },
-        orchestrators: if raw.roles.compute && !raw.roles.orchestrator { raw.transport.orchestrators.clone() } else { vec![] },
+        listen: if raw.roles.orchestrator {
+            raw.transport.listen.clone()
+        } else {
+            vec![]
+        },
+        orchestrators: if raw.roles.compute && !raw.roles.orchestrator {
+            raw.transport.orchestrators.clone()
+        } else {
+            vec![]
+        },
         ..transport::Config::default()
     };
     let (client, events, event_loop) = transport::new(identity, transport_config)?;
     tasks.spawn(event_loop.run(shutdown.child_token()));
-    let p2p = if raw.roles.orchestrator { client.listen_addrs().await? } else { vec![] };
+    let p2p = if raw.roles.orchestrator {
+        client.listen_addrs().await?
+    } else {
+        vec![]
+    };
     info!(listen = ?p2p, "transport started");
 
     let mut main_events = Some(events);
     let orchestrator = if raw.roles.orchestrator {
-        let events = main_events.take().ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
-        let (orchestrator, runner) = Orchestrator::new(store.clone(), client.clone(), events, config.orchestrator.clone())?;
+        let events = main_events
+            .take()
+            .ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
+        let (orchestrator, runner) = Orchestrator::new(
+            store.clone(),
+            client.clone(),
+            events,
+            config.orchestrator.clone(),
+        )?;
         tasks.spawn(runner.run(shutdown.child_token()));
-        info!(auto_approve = config.orchestrator.auto_approve, "orchestrator started");
+        info!(
+            auto_approve = config.orchestrator.auto_approve,
+            "orchestrator started"
+        );
         Some(orchestrator)
     } else {
         None
@@ -123,7 +154,9 @@ pub async fn start(config: Resolved, ready_file: Option<PathBuf>, shutdown: Canc
         let (compute_client, compute_events) = if hybrid {
             client.attach_local().await?
         } else {
-            let events = main_events.take().ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
+            let events = main_events
+                .take()
+                .ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
             (client.clone(), events)
         };
         let (backends, server, url_base) = backends::build(&config, shutdown.child_token()).await?;
@@ -145,7 +178,13 @@ pub async fn start(config: Resolved, ready_file: Option<PathBuf>, shutdown: Canc
             job_defaults: config.orchestrator.job_defaults,
             address: raw.compute.publisher_address.clone(),
         };
-        let (compute, runner) = Compute::new(store.clone(), compute_client, compute_events, backends, compute_config)?;
+        let (compute, runner) = Compute::new(
+            store.clone(),
+            compute_client,
+            compute_events,
+            backends,
+            compute_config,
+        )?;
         tasks.spawn(runner.run(shutdown.child_token()));
         info!(engines = ?compute.node_info().compute_node_info.execution_engines, "compute started");
         Some(compute)
@@ -156,19 +195,26 @@ pub async fn start(config: Resolved, ready_file: Option<PathBuf>, shutdown: Canc
     let api_addr = format!("{}:{}", raw.api.host, raw.api.port);
     let listener = tokio::net::TcpListener::bind(&api_addr)
         .await
-        .map_err(|source| NodeError::ApiBind { addr: api_addr.clone(), source })?;
-    let api_bound = listener.local_addr().map_err(|source| NodeError::ApiBind { addr: api_addr, source })?;
+        .map_err(|source| NodeError::ApiBind {
+            addr: api_addr.clone(),
+            source,
+        })?;
+    let api_bound = listener.local_addr().map_err(|source| NodeError::ApiBind {
+        addr: api_addr,
+        source,
+    })?;
     let info_source = compute.clone();
     let orchestrator_id = node_id.clone();
-    let node_info: Arc<dyn Fn() -> crate::model::NodeInfo + Send + Sync> = Arc::new(move || match &info_source {
-        Some(c) => c.node_info(),
-        None => crate::model::NodeInfo {
-            node_id: orchestrator_id.clone(),
-            node_type: crate::model::NodeType::Requester,
-            bacalhau_version: crate::model::BuildVersionInfo::current(),
-            ..Default::default()
-        },
-    });
+    let node_info: Arc<dyn Fn() -> crate::model::NodeInfo + Send + Sync> =
+        Arc::new(move || match &info_source {
+            Some(c) => c.node_info(),
+            None => crate::model::NodeInfo {
+                node_id: orchestrator_id.clone(),
+                node_type: crate::model::NodeType::Requester,
+                bacalhau_version: crate::model::BuildVersionInfo::current(),
+                ..Default::default()
+            },
+        });
     let state = ApiState {
         orchestrator,
         compute,
@@ -183,16 +229,29 @@ pub async fn start(config: Resolved, ready_file: Option<PathBuf>, shutdown: Canc
     });
     info!(addr = %api_bound, "API listening");
 
-    let ready = ReadyInfo { node_id: node_id.to_string(), api: api_bound, p2p, publisher, pid: std::process::id() };
+    let ready = ReadyInfo {
+        node_id: node_id.to_string(),
+        api: api_bound,
+        p2p,
+        publisher,
+        pid: std::process::id(),
+    };
     if let Some(path) = ready_file {
         write_ready(&path, &ready)?;
     }
     info!(node_id = %node_id, "node ready");
-    Ok(Node { tasks, shutdown, ready })
+    Ok(Node {
+        tasks,
+        shutdown,
+        ready,
+    })
 }
 
 fn write_ready(path: &std::path::Path, ready: &ReadyInfo) -> Result<(), NodeError> {
-    let err = |source| NodeError::ReadyFile { path: path.to_owned(), source };
+    let err = |source| NodeError::ReadyFile {
+        path: path.to_owned(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(ready).map_err(|e| err(std::io::Error::other(e)))?;
     std::fs::write(&tmp, text).map_err(err)?;

@@ -37,7 +37,9 @@ pub enum PublisherError {
         source: std::io::Error,
     },
     /// The local publisher's listener could not be bound.
-    #[error("binding the local publisher to {addr} failed; pick a free port or another listen address")]
+    #[error(
+        "binding the local publisher to {addr} failed; pick a free port or another listen address"
+    )]
     Bind {
         /// The address asked for.
         addr: String,

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::fixtures::HELLO;
-use crate::harness::{Cod, DEADLINE, state, wasm_job, wait_until};
+use crate::harness::{Cod, DEADLINE, state, wait_until, wasm_job};
 
 pub fn orchestrator(name: &str, extra: &[&str]) -> Cod {
     let mut args = vec!["--orchestrator"];
@@ -22,7 +22,12 @@ fn connected_nodes(orch: &Cod) -> Vec<Value> {
     let (_, body) = orch.get("/api/v1/orchestrator/nodes");
     body["Nodes"]
         .as_array()
-        .map(|n| n.iter().filter(|n| n["Connection"] == "CONNECTED").cloned().collect())
+        .map(|n| {
+            n.iter()
+                .filter(|n| n["Connection"] == "CONNECTED")
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -37,7 +42,11 @@ fn jobs_spread_over_compute_nodes_by_count_and_constraints() {
     });
     for n in &nodes {
         assert_eq!(n["Membership"], "APPROVED");
-        assert!(n["Info"]["ComputeNodeInfo"]["ExecutionEngines"].as_array().is_some_and(|e| e.contains(&json!("wasm"))));
+        assert!(
+            n["Info"]["ComputeNodeInfo"]["ExecutionEngines"]
+                .as_array()
+                .is_some_and(|e| e.contains(&json!("wasm")))
+        );
     }
 
     // Count 2 → one execution on each node.
@@ -45,8 +54,12 @@ fn jobs_spread_over_compute_nodes_by_count_and_constraints() {
     job["Count"] = json!(2);
     let body = orch.wait_terminal(&orch.submit(job), DEADLINE);
     assert_eq!(state(&body), "Completed", "{body:#}");
-    let mut ran_on: Vec<String> =
-        body["Executions"]["Items"].as_array().expect("execs").iter().map(|e| e["NodeID"].as_str().unwrap_or("").to_owned()).collect();
+    let mut ran_on: Vec<String> = body["Executions"]["Items"]
+        .as_array()
+        .expect("execs")
+        .iter()
+        .map(|e| e["NodeID"].as_str().unwrap_or("").to_owned())
+        .collect();
     ran_on.sort();
     let mut expected = vec![a.node_id.clone(), b.node_id.clone()];
     expected.sort();
@@ -65,7 +78,10 @@ fn jobs_spread_over_compute_nodes_by_count_and_constraints() {
     let body = orch.wait_terminal(&orch.submit(job), DEADLINE);
     assert_eq!(state(&body), "Failed");
     let msg = body["Job"]["State"]["Message"].as_str().unwrap_or_default();
-    assert!(msg.contains(&a.node_id) && msg.contains(&b.node_id), "{msg}");
+    assert!(
+        msg.contains(&a.node_id) && msg.contains(&b.node_id),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -78,18 +94,35 @@ fn a_declined_or_failed_execution_is_retried_on_another_node() {
     // declines, the job must end on b.
     let a = compute("retry-a", &orch, &[]);
     let b = compute("retry-b", &orch, &["--allow-listed-local-paths", &allowed]);
-    wait_until("two nodes", DEADLINE, || (connected_nodes(&orch).len() == 2).then_some(()));
+    wait_until("two nodes", DEADLINE, || {
+        (connected_nodes(&orch).len() == 2).then_some(())
+    });
     for _ in 0..2 {
         let input = json!([{"Target": "/data", "Source": {"Type": "local", "Params": {"SourcePath": data.path().display().to_string()}}}]);
-        let body = orch.wait_terminal(&orch.submit(wasm_job(HELLO, json!({"InputSources": input}))), DEADLINE);
+        let body = orch.wait_terminal(
+            &orch.submit(wasm_job(HELLO, json!({"InputSources": input}))),
+            DEADLINE,
+        );
         assert_eq!(state(&body), "Completed", "{body:#}");
         let execs = body["Executions"]["Items"].as_array().expect("execs");
-        let done: Vec<&Value> = execs.iter().filter(|e| e["ComputeState"]["StateType"] == 9).collect();
+        let done: Vec<&Value> = execs
+            .iter()
+            .filter(|e| e["ComputeState"]["StateType"] == 9)
+            .collect();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0]["NodeID"], b.node_id.as_str());
         for e in execs.iter().filter(|e| e["NodeID"] == a.node_id.as_str()) {
-            assert_eq!(e["ComputeState"]["StateType"], 4, "a declined (AskForBidRejected): {e:#}");
-            assert!(e["ComputeState"]["Message"].as_str().unwrap_or_default().contains("not allowed"), "{e:#}");
+            assert_eq!(
+                e["ComputeState"]["StateType"], 4,
+                "a declined (AskForBidRejected): {e:#}"
+            );
+            assert!(
+                e["ComputeState"]["Message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("not allowed"),
+                "{e:#}"
+            );
         }
     }
 }
@@ -106,7 +139,9 @@ fn manual_approval_holds_work_until_the_operator_approves() {
     let mut job = wasm_job(HELLO, json!({"Timeouts": {"QueueTimeout": 120}}));
     job["Name"] = json!("waits-for-approval");
     let id = orch.submit(job);
-    wait_until("job queued", DEADLINE, || (state(&orch.job(&id)) == "Queued").then_some(()));
+    wait_until("job queued", DEADLINE, || {
+        (state(&orch.job(&id)) == "Queued").then_some(())
+    });
     let out = orch.cli_ok(&["node", "approve", &node.node_id]);
     assert!(!out.is_empty() || out.is_empty());
     let body = orch.wait_terminal(&id, DEADLINE);

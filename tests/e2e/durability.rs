@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::cluster::{compute, orchestrator};
 use crate::fixtures::{BUSY, HELLO};
-use crate::harness::{Cod, DEADLINE, free_port, state, wasm_job, wait_until};
+use crate::harness::{Cod, DEADLINE, free_port, state, wait_until, wasm_job};
 
 #[test]
 fn a_hybrid_node_killed_after_accepting_a_job_finishes_it_after_restart() {
@@ -29,12 +29,16 @@ fn results_finished_while_the_orchestrator_was_down_are_delivered_when_it_return
         (b["Nodes"][0]["Connection"] == "CONNECTED").then_some(())
     });
     let id = orch.submit(wasm_job(BUSY, json!({})));
-    wait_until("execution running", DEADLINE, || (orch.job(&id)["Executions"]["Items"][0]["ComputeState"]["StateType"] == 6).then_some(()));
+    wait_until("execution running", DEADLINE, || {
+        (orch.job(&id)["Executions"]["Items"][0]["ComputeState"]["StateType"] == 6).then_some(())
+    });
     orch.kill9();
     // The compute node finishes while its orchestrator is gone and keeps the report in its outbox.
-    wait_until("execution finished on the compute node", DEADLINE * 2, || {
-        node.log().contains("execution completed").then_some(())
-    });
+    wait_until(
+        "execution finished on the compute node",
+        DEADLINE * 2,
+        || node.log().contains("execution completed").then_some(()),
+    );
     orch.restart();
     let body = orch.wait_terminal(&id, DEADLINE);
     assert_eq!(state(&body), "Completed", "{body:#}");
@@ -50,7 +54,9 @@ fn a_compute_node_killed_mid_job_runs_it_again_after_restart() {
         (b["Nodes"][0]["Connection"] == "CONNECTED").then_some(())
     });
     let id = orch.submit(wasm_job(BUSY, json!({})));
-    wait_until("execution running", DEADLINE, || (orch.job(&id)["Executions"]["Items"][0]["ComputeState"]["StateType"] == 6).then_some(()));
+    wait_until("execution running", DEADLINE, || {
+        (orch.job(&id)["Executions"]["Items"][0]["ComputeState"]["StateType"] == 6).then_some(())
+    });
     node.restart();
     let body = orch.wait_terminal(&id, DEADLINE * 2);
     assert_eq!(state(&body), "Completed", "{body:#}");

@@ -18,7 +18,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut condition: impl FnMut() 
         if let Some(v) = condition() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -52,7 +55,10 @@ pub fn bin() -> &'static str {
 impl Cod {
     /// Starts `cod serve` with `extra` flags in a fresh temp dir.
     pub fn start(name: &str, extra: &[&str]) -> Cod {
-        let tmp = tempfile::Builder::new().prefix(&format!("cod-{name}-")).tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("cod-{name}-"))
+            .tempdir()
+            .expect("tempdir");
         let dir = tmp.path().to_owned();
         let mut cod = Cod {
             name: name.to_owned(),
@@ -71,7 +77,11 @@ impl Cod {
     fn spawn(&mut self) {
         let ready = self.dir.join("ready.json");
         let _ = std::fs::remove_file(&ready);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .expect("log");
         let mut args = vec![
             "serve".to_owned(),
             "--data-dir".into(),
@@ -101,7 +111,11 @@ impl Cod {
             .expect("spawn cod");
         self.child = Some(child);
         let info: Value = wait_until(&format!("{} ready file", self.name), DEADLINE, || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("{} exited early ({status}):\n{}", self.name, self.log());
             }
             let text = std::fs::read_to_string(&ready).ok()?;
@@ -109,7 +123,14 @@ impl Cod {
         });
         self.api = format!("http://{}", info["api"].as_str().expect("api"));
         self.node_id = info["node_id"].as_str().expect("node id").to_owned();
-        self.p2p = info["p2p"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+        self.p2p = info["p2p"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
     }
 
     /// Kills the process with SIGKILL (no clean shutdown).
@@ -161,13 +182,20 @@ impl Cod {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        let r = http().get(format!("{}{path}", self.api)).send().expect("GET");
+        let r = http()
+            .get(format!("{}{path}", self.api))
+            .send()
+            .expect("GET");
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
 
     pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = http().put(format!("{}{path}", self.api)).json(body).send().expect("PUT");
+        let r = http()
+            .put(format!("{}{path}", self.api))
+            .json(body)
+            .send()
+            .expect("PUT");
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
@@ -180,18 +208,29 @@ impl Cod {
     }
 
     pub fn job(&self, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/api/v1/orchestrator/jobs/{id}?include=executions,history"));
+        let (status, body) = self.get(&format!(
+            "/api/v1/orchestrator/jobs/{id}?include=executions,history"
+        ));
         assert_eq!(status, 200, "get job failed: {body}");
         body
     }
 
     /// Waits for the job to reach a terminal state and returns the GET job body.
     pub fn wait_terminal(&self, id: &str, timeout: Duration) -> Value {
-        wait_until(&format!("job {id} to finish on {}", self.name), timeout, || {
-            let body = self.job(id);
-            let state = body["Job"]["State"]["StateType"].as_str().unwrap_or("").to_owned();
-            ["Completed", "Failed", "Stopped"].contains(&state.as_str()).then_some(body)
-        })
+        wait_until(
+            &format!("job {id} to finish on {}", self.name),
+            timeout,
+            || {
+                let body = self.job(id);
+                let state = body["Job"]["State"]["StateType"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                ["Completed", "Failed", "Stopped"]
+                    .contains(&state.as_str())
+                    .then_some(body)
+            },
+        )
     }
 }
 
@@ -205,18 +244,27 @@ impl Drop for Cod {
 }
 
 pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 pub fn state(job: &Value) -> String {
-    job["Job"]["State"]["StateType"].as_str().unwrap_or_default().to_owned()
+    job["Job"]["State"]["StateType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A WASM module from text, as a base64 data: URL.
 pub fn wasm_data_url(wat: &str) -> String {
     use base64::Engine;
     let bytes = wat::parse_str(wat).expect("valid wat");
-    format!("data:application/wasm;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    format!(
+        "data:application/wasm;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 /// Writes a WASM module from text into `dir` and returns its path.
@@ -259,7 +307,12 @@ pub fn wasm_job(wat: &str, task_extra: Value) -> Value {
 pub fn fetch_result(result: &Value, dest: &Path) {
     let url = result["Params"]["URL"].as_str().expect("result URL");
     let mut body = Vec::new();
-    http().get(url).send().expect("download").read_to_end(&mut body).expect("read");
+    http()
+        .get(url)
+        .send()
+        .expect("download")
+        .read_to_end(&mut body)
+        .expect("read");
     let gz = flate2::read::GzDecoder::new(&body[..]);
     tar::Archive::new(gz).unpack(dest).expect("unpack");
 }

@@ -3,31 +3,49 @@
 use serde_json::json;
 
 use crate::fixtures::{ENDLESS, HELLO, MEMORY_BOMB};
-use crate::harness::{Cod, DEADLINE, fetch_result, state, wasm_job, wait_until};
+use crate::harness::{Cod, DEADLINE, fetch_result, state, wait_until, wasm_job};
 
 #[test]
 fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     let cod = Cod::start("hybrid", &[]);
-    let job = wasm_job(HELLO, json!({"Env": {"GREETING": "hi"}, "Engine": {"Params": {"Parameters": ["a", "b"]}}}));
+    let job = wasm_job(
+        HELLO,
+        json!({"Env": {"GREETING": "hi"}, "Engine": {"Params": {"Parameters": ["a", "b"]}}}),
+    );
     let id = cod.submit(job);
     let body = cod.wait_terminal(&id, DEADLINE);
     assert_eq!(state(&body), "Completed", "{body:#}");
     let execs = body["Executions"]["Items"].as_array().expect("executions");
     assert_eq!(execs.len(), 1);
     let e = &execs[0];
-    assert_eq!(e["ComputeState"]["StateType"], 9, "Completed is 9 in v1.6+ numbering");
+    assert_eq!(
+        e["ComputeState"]["StateType"], 9,
+        "Completed is 9 in v1.6+ numbering"
+    );
     assert_eq!(e["DesiredState"]["StateType"], 1);
     assert_eq!(e["NodeID"], cod.node_id.as_str());
     let stdout = e["RunOutput"]["Stdout"].as_str().expect("stdout");
     assert!(stdout.starts_with("hello a b\n"), "{stdout}");
     assert!(stdout.contains("GREETING=hi"), "{stdout}");
-    assert!(stdout.contains(&format!("BACALHAU_JOB_ID={id}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("BACALHAU_JOB_ID={id}")),
+        "{stdout}"
+    );
     assert_eq!(e["RunOutput"]["stderr"], "warn\n");
     assert_eq!(e["RunOutput"]["ExitCode"], 0);
 
     let history = body["History"]["Items"].as_array().expect("history");
-    let topics: Vec<&str> = history.iter().filter_map(|h| h["Event"]["Topic"].as_str()).collect();
-    for t in ["Submission", "Scheduling", "Running Execution", "Execution", "State Update"] {
+    let topics: Vec<&str> = history
+        .iter()
+        .filter_map(|h| h["Event"]["Topic"].as_str())
+        .collect();
+    for t in [
+        "Submission",
+        "Scheduling",
+        "Running Execution",
+        "Execution",
+        "State Update",
+    ] {
         assert!(topics.contains(&t), "missing {t} in {topics:?}");
     }
 
@@ -38,7 +56,9 @@ fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     assert_eq!(items[0]["Type"], "urlDownload");
     let dest = tempfile::tempdir().expect("tmp");
     fetch_result(&items[0], dest.path());
-    let read = |p: &str| std::fs::read_to_string(dest.path().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let read = |p: &str| {
+        std::fs::read_to_string(dest.path().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
     assert!(read("stdout").starts_with("hello a b\n"));
     assert_eq!(read("stderr"), "warn\n");
     assert_eq!(read("exitCode"), "0");
@@ -65,37 +85,78 @@ fn bad_jobs_fail_with_reasons_and_the_node_stays_healthy() {
     );
     assert_eq!(status, 400, "{body}");
     let message = body["Message"].as_str().unwrap_or_default();
-    for field in ["Tasks[0].Name", "Tasks[0].Engine.Params.EntryModule", "Tasks[0].Timeouts.ExecutionTimeout"] {
+    for field in [
+        "Tasks[0].Name",
+        "Tasks[0].Engine.Params.EntryModule",
+        "Tasks[0].Timeouts.ExecutionTimeout",
+    ] {
         assert!(message.contains(field), "{field} not named in {body}");
     }
     let (_, list) = cod.get("/api/v1/orchestrator/jobs");
-    assert_eq!(list["Items"].as_array().map(Vec::len), Some(0), "a rejected spec must not be stored");
+    assert_eq!(
+        list["Items"].as_array().map(Vec::len),
+        Some(0),
+        "a rejected spec must not be stored"
+    );
 
     // Unknown engine: accepted, then Failed with a reason naming it.
-    let id = cod.submit(json!({"Type": "batch", "Tasks": [{"Name": "main", "Engine": {"Type": "flibble"}}]}));
+    let id = cod.submit(
+        json!({"Type": "batch", "Tasks": [{"Name": "main", "Engine": {"Type": "flibble"}}]}),
+    );
     let body = cod.wait_terminal(&id, DEADLINE);
     assert_eq!(state(&body), "Failed");
-    assert!(body["Job"]["State"]["Message"].as_str().unwrap_or_default().contains("flibble"), "{body:#}");
+    assert!(
+        body["Job"]["State"]["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("flibble"),
+        "{body:#}"
+    );
 
     // Not a WASM module.
     let mut job = wasm_job(HELLO, json!({}));
-    job["Tasks"][0]["InputSources"][0]["Source"]["Params"]["URL"] = json!("data:application/wasm;base64,bm90IHdhc20=");
+    job["Tasks"][0]["InputSources"][0]["Source"]["Params"]["URL"] =
+        json!("data:application/wasm;base64,bm90IHdhc20=");
     let body = cod.wait_terminal(&cod.submit(job), DEADLINE);
     assert_eq!(state(&body), "Failed");
     let e = &body["Executions"]["Items"][0];
     assert_eq!(e["ComputeState"]["StateType"], 10, "{body:#}");
-    assert!(e["ComputeState"]["Message"].as_str().unwrap_or_default().contains("cannot run"), "{e:#}");
+    assert!(
+        e["ComputeState"]["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot run"),
+        "{e:#}"
+    );
 
     // Endless loop: stopped by its execution timeout.
-    let body = cod.wait_terminal(&cod.submit(wasm_job(ENDLESS, json!({"Timeouts": {"ExecutionTimeout": 1}}))), DEADLINE);
+    let body = cod.wait_terminal(
+        &cod.submit(wasm_job(
+            ENDLESS,
+            json!({"Timeouts": {"ExecutionTimeout": 1}}),
+        )),
+        DEADLINE,
+    );
     assert_eq!(state(&body), "Failed");
-    let msg = body["Executions"]["Items"][0]["ComputeState"]["Message"].as_str().unwrap_or_default().to_owned();
+    let msg = body["Executions"]["Items"][0]["ComputeState"]["Message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(msg.contains("timed out"), "{msg}");
 
     // Memory bomb: stopped by its memory limit.
-    let body = cod.wait_terminal(&cod.submit(wasm_job(MEMORY_BOMB, json!({"Resources": {"Memory": "4Mb"}}))), DEADLINE);
+    let body = cod.wait_terminal(
+        &cod.submit(wasm_job(
+            MEMORY_BOMB,
+            json!({"Resources": {"Memory": "4Mb"}}),
+        )),
+        DEADLINE,
+    );
     assert_eq!(state(&body), "Failed");
-    let msg = body["Executions"]["Items"][0]["ComputeState"]["Message"].as_str().unwrap_or_default().to_owned();
+    let msg = body["Executions"]["Items"][0]["ComputeState"]["Message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(msg.contains("memory"), "{msg}");
 
     // Still healthy: a good job runs.
@@ -133,13 +194,26 @@ fn local_inputs_need_the_allow_list_and_are_read_only() {
     let allowed = format!("{}:ro", data.path().display());
     let cod = Cod::start("local", &["--allow-listed-local-paths", &allowed]);
     let input = json!([{"Target": "/data", "Source": {"Type": "localDirectory", "Params": {"SourcePath": data.path().display().to_string()}}}]);
-    let body = cod.wait_terminal(&cod.submit(wasm_job(HELLO, json!({"InputSources": input}))), DEADLINE);
+    let body = cod.wait_terminal(
+        &cod.submit(wasm_job(HELLO, json!({"InputSources": input}))),
+        DEADLINE,
+    );
     assert_eq!(state(&body), "Completed", "{body:#}");
-    assert_eq!(std::fs::read_to_string(data.path().join("in.txt")).expect("read"), "payload");
-    assert!(!data.path().join("out.txt").exists(), "an input must not be writable");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("in.txt")).expect("read"),
+        "payload"
+    );
+    assert!(
+        !data.path().join("out.txt").exists(),
+        "an input must not be writable"
+    );
 
-    let outside = json!([{"Target": "/data", "Source": {"Type": "local", "Params": {"SourcePath": "/etc"}}}]);
-    let body = cod.wait_terminal(&cod.submit(wasm_job(HELLO, json!({"InputSources": outside}))), DEADLINE);
+    let outside =
+        json!([{"Target": "/data", "Source": {"Type": "local", "Params": {"SourcePath": "/etc"}}}]);
+    let body = cod.wait_terminal(
+        &cod.submit(wasm_job(HELLO, json!({"InputSources": outside}))),
+        DEADLINE,
+    );
     assert_eq!(state(&body), "Failed");
     let text = body.to_string();
     assert!(text.contains("not allowed"), "{body:#}");
