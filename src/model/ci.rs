@@ -49,17 +49,29 @@ fn visit_object<'de, V: Visitor<'de>>(
     fields: Option<&'static [&'static str]>,
     visitor: V,
 ) -> Result<V::Value, serde_json::Error> {
-    let entries = map.into_iter().map(move |(key, value)| {
-        let key = match fields {
-            Some(fields) => fields
-                .iter()
-                .find(|f| f.eq_ignore_ascii_case(&key))
-                .map(|f| (*f).to_owned())
-                .unwrap_or(key),
-            None => key,
-        };
-        (key, CiValue(value))
-    });
+    let field_of =
+        |key: &str| fields.and_then(|f| f.iter().find(|f| f.eq_ignore_ascii_case(key)).copied());
+    // Several keys may name one field (`Nodes` and the `nodes` twin some servers add for old clients). As in
+    // Go's decoder, an exact-case key wins; otherwise the last spelling does. serde would call it a duplicate.
+    let mut chosen: std::collections::HashMap<&'static str, String> =
+        std::collections::HashMap::new();
+    for key in map.keys() {
+        if let Some(field) = field_of(key) {
+            let exact = chosen.get(field).is_some_and(|k| k == field);
+            if !exact {
+                chosen.insert(field, key.clone());
+            }
+        }
+    }
+    let entries = map
+        .into_iter()
+        .filter_map(move |(key, value)| match field_of(&key) {
+            Some(field) if chosen.get(field) == Some(&key) => {
+                Some((field.to_owned(), CiValue(value)))
+            }
+            Some(_) => None,
+            None => Some((key, CiValue(value))),
+        });
     let mut de = MapDeserializer::new(entries);
     let out = visitor.visit_map(&mut de)?;
     de.end()?;
@@ -158,6 +170,16 @@ mod tests {
         assert_eq!(inner.id, "x");
         assert_eq!(inner.env.get("lower").map(String::as_str), Some("1"));
         assert_eq!(o.list[0].id, "y");
+    }
+
+    #[test]
+    fn an_exact_key_wins_over_its_case_twin() {
+        let v = serde_json::json!({"name": "twin", "Name": "exact", "Inner": null});
+        let o: Outer = from_value(v).expect("decodes despite the twin");
+        assert_eq!(o.name, "exact");
+        let v = serde_json::json!({"NAME": "first", "name": "last"});
+        let o: Outer = from_value(v).expect("decodes");
+        assert_eq!(o.name, "last");
     }
 
     #[test]

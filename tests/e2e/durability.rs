@@ -10,6 +10,7 @@ use crate::harness::{Cod, DEADLINE, free_port, state, wait_until, wasm_job};
 fn a_hybrid_node_killed_after_accepting_a_job_finishes_it_after_restart() {
     let mut cod = Cod::start("kill-hybrid", &[]);
     let id = cod.submit(wasm_job(BUSY, json!({})));
+    // Killed right after the submission was acknowledged: the job is durable, so it must finish.
     cod.restart();
     let body = cod.wait_terminal(&id, DEADLINE * 2);
     assert_eq!(state(&body), "Completed", "{body:#}");
@@ -57,7 +58,17 @@ fn a_compute_node_killed_mid_job_runs_it_again_after_restart() {
     wait_until("execution running", DEADLINE, || {
         (orch.job(&id)["Executions"]["Items"][0]["ComputeState"]["StateType"] == 6).then_some(())
     });
+    assert!(
+        !node.log().contains("execution completed"),
+        "the job must still be running when the node is killed"
+    );
     node.restart();
     let body = orch.wait_terminal(&id, DEADLINE * 2);
     assert_eq!(state(&body), "Completed", "{body:#}");
+    assert!(
+        node.log()
+            .contains("resuming an execution accepted before the restart"),
+        "{}",
+        node.log()
+    );
 }

@@ -244,6 +244,8 @@ impl Drop for Cod {
 }
 
 pub fn http() -> reqwest::blocking::Client {
+    // reqwest is built without a bundled crypto provider (as in the binary); plain HTTP still needs one set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
