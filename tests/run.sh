@@ -13,7 +13,20 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq "${need_apt[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
+python3 -m pip --version >/dev/null 2>&1 || {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq python3 python3-pip
+}
+# Bacalhau's own Python client, to prove API compatibility (its generated code needs these four at run time).
+python3 -c 'import bacalhau_apiclient, urllib3, six, certifi, dateutil' 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check \
+    bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check --break-system-packages \
+    bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil
 
 # Unit tests next to the code, then the process-level suite in tests/e2e (real cod processes on loopback).
 cargo test --locked --lib
 cargo test --locked --test e2e -- --test-threads 2
+# The e2e build left the binary in target/debug; Bacalhau's Python client talks to it.
+COD_BIN="$(pwd)/target/debug/cod" python3 tests/python/test_bacalhau_apiclient.py

@@ -82,9 +82,19 @@ pub(super) async fn submit(Orch(o): Orch, body: Body) -> Result<Json<PutJobRespo
     let request: PutJobRequest = body.decode("job submission")?.ok_or_else(|| {
         HttpError::bad_request("request body is empty; send {\"Job\": {…}, \"Force\": false}")
     })?;
-    let job = request.job.ok_or_else(|| {
-        HttpError::bad_request("request body has no Job; wrap the spec as {\"Job\": {…}}")
-    })?;
+    // A bare spec (what `cod job run` reads from a file) is accepted too, so `curl --data-binary @job.yaml`
+    // works; Bacalhau's envelope is the documented form.
+    let job = match request.job {
+        Some(job) => job,
+        None => match body.decode::<Job>("job spec")? {
+            Some(job) if !job.tasks.is_empty() => job,
+            _ => {
+                return Err(HttpError::bad_request(
+                    "request body has no Job; wrap the spec as {\"Job\": {…}}",
+                ));
+            }
+        },
+    };
     let answer = o.submit(job, request.force).await?;
     Ok(Json(PutJobResponse {
         job_id: answer.job_id,

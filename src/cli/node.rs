@@ -259,6 +259,9 @@ fn node_info_pairs(info: &NodeInfo) -> Vec<(&'static str, String)> {
         ("Labels", labels(info)),
         ("Protocols", info.supported_protocols.join(", ")),
     ];
+    if !info.listen_addresses.is_empty() {
+        pairs.push(("Listen", info.listen_addresses.join(", ")));
+    }
     if info.node_type == NodeType::Compute {
         pairs.extend([
             ("Engines", c.execution_engines.join(", ")),

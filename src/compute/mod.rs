@@ -187,6 +187,7 @@ impl Compute {
                 address: c.address.clone(),
             },
             bacalhau_version: BuildVersionInfo::current(),
+            listen_addresses: Vec::new(),
         }
     }
 

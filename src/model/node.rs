@@ -73,6 +73,14 @@ pub struct NodeInfo {
     /// The version string.
     #[serde(rename = "BacalhauVersion", default)]
     pub bacalhau_version: BuildVersionInfo,
+    /// libp2p multiaddrs other nodes can dial (orchestrators), each ending in `/p2p/<id>`. A Cod extension:
+    /// Bacalhau clients ignore unknown keys.
+    #[serde(
+        rename = "ListenAddresses",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub listen_addresses: Vec<String>,
 }
 
 /// Build information, Bacalhau's `BuildVersionInfo`.

@@ -127,6 +127,11 @@ fn wasm_run_then_get_describe_list_history_logs() {
 
     let nodes = cod.cli_ok(&["node", "list"]);
     assert!(nodes.contains(&cod.node_id[..8]), "{nodes}");
+    let agent_node = cod.cli_ok(&["agent", "node"]);
+    assert!(
+        agent_node.contains(&cod.node_id) && agent_node.contains("/p2p/"),
+        "{agent_node}"
+    );
     let version = cod.cli_ok(&["agent", "version"]);
     assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
     assert!(
