@@ -62,12 +62,18 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
         .stderr(Stdio::null())
         .spawn()
         .expect("start cod");
+    // Owned by `Node` at once, so every exit path (a panic included) kills and reaps it.
+    let mut node = Node {
+        child,
+        api: String::new(),
+        p2p: Vec::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(&ready)
             && let Ok(v) = serde_json::from_str::<Value>(&text)
         {
-            let p2p = v["p2p"]
+            node.p2p = v["p2p"]
                 .as_array()
                 .map(|a| {
                     a.iter()
@@ -75,11 +81,8 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
                         .collect()
                 })
                 .unwrap_or_default();
-            return Node {
-                child,
-                api: format!("http://{}", v["api"].as_str().expect("api")),
-                p2p,
-            };
+            node.api = format!("http://{}", v["api"].as_str().expect("api"));
+            return node;
         }
         assert!(Instant::now() < deadline, "{name} did not start");
         std::thread::sleep(Duration::from_millis(10));

@@ -249,7 +249,7 @@ impl Runner {
                     Some(Event::Request { peer, request, reply }) => {
                         let c = compute.clone();
                         requests.spawn(async move {
-                            let response = c.handle_request(&peer, request).await;
+                            let response = c.handle_request(&peer, *request).await;
                             let _ = reply.send(response);
                         });
                     }

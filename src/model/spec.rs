@@ -378,8 +378,9 @@ pub fn normalize_legacy_wasm(job: &mut Job) -> Vec<String> {
         };
         if let Some(k) = key(params, "EntryModule")
             && let Some(Value::Object(obj)) = params.get(&k).cloned()
+            && let Ok(mut input) = ci::from_value::<InputSource>(Value::Object(obj))
         {
-            if let Ok(mut input) = ci::from_value::<InputSource>(Value::Object(obj)) {
+            {
                 let target = "/wasm/entry.wasm".to_owned();
                 input.target = target.clone();
                 task.input_sources.push(input);

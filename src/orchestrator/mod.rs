@@ -210,7 +210,7 @@ impl Runner {
                     Some(Event::Request { peer, request, reply }) => {
                         let o = orchestrator.clone();
                         requests.spawn(async move {
-                            let response = o.handle_request(&peer, request).await;
+                            let response = o.handle_request(&peer, *request).await;
                             let _ = reply.send(response);
                         });
                     }

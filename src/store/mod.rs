@@ -254,11 +254,13 @@ pub trait Reader {
 }
 
 /// A read transaction.
+#[allow(missing_debug_implementations)] // wraps heed's transaction, which has no Debug
 pub struct ReadTxn<'a> {
     txn: &'a RoTxn<'a>,
 }
 
 /// A write transaction; committed by [`Store::write`] when the closure returns `Ok`.
+#[allow(missing_debug_implementations)] // wraps heed's transaction, which has no Debug
 pub struct WriteTxn<'a, 'e> {
     txn: &'a mut RwTxn<'e>,
 }

@@ -601,7 +601,7 @@ impl EventLoop {
                     let (reply, answer) = oneshot::channel();
                     self.main.emit(Event::Request {
                         peer: node_id(&peer),
-                        request,
+                        request: Box::new(request),
                         reply,
                     });
                     let timeout = self.request_timeout;
@@ -820,7 +820,7 @@ fn deliver_local(
     let (event_reply, answer) = oneshot::channel();
     sink.emit(Event::Request {
         peer: local_id.clone(),
-        request,
+        request: Box::new(request),
         reply: event_reply,
     });
     let peer = local_id.clone();
@@ -969,7 +969,7 @@ mod tests {
                 reply,
             } => {
                 reply.send(response).expect("requester waits");
-                (peer, request)
+                (peer, *request)
             }
             other => panic!("expected a request, got {other:?}"),
         }
@@ -1019,7 +1019,7 @@ mod tests {
             answers.push(answer);
             sink.emit(Event::Request {
                 peer: peer.clone(),
-                request: heartbeat(),
+                request: Box::new(heartbeat()),
                 reply,
             });
         }

@@ -63,7 +63,8 @@ pub enum Event {
         /// Who sent it.
         peer: NodeId,
         /// What.
-        request: Request,
+        /// Boxed: requests are large (a job snapshot) and events wait in bounded queues.
+        request: Box<Request>,
         /// Where the answer goes.
         reply: oneshot::Sender<Response>,
     },
