@@ -24,6 +24,21 @@
 //! and `compute` use them through handles and traits; `api` uses orchestrator handles; `node` wires everything;
 //! only `main` and `cli` reach `node`.
 
+#[cfg(not(any(feature = "orchestrator", feature = "compute")))]
+compile_error!("cod needs at least one role: enable the `orchestrator` or the `compute` feature");
+
+/// The Cargo features this binary was built with (shown by `cod version`).
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "orchestrator")]
+    "orchestrator",
+    #[cfg(feature = "compute")]
+    "compute",
+    #[cfg(feature = "executor-wasm")]
+    "executor-wasm",
+    #[cfg(feature = "storage-url")]
+    "storage-url",
+];
+
 pub mod api;
 pub mod cli;
 pub mod compute;

@@ -161,11 +161,12 @@ pub async fn version(ctx: &Context, args: VersionArgs) -> anyhow::Result<()> {
     match render_structured(&versions, ctx.format(args.output))? {
         Some(text) => emit(&text),
         None => {
-            let mut t = Table::new(&["client", "server"]);
+            let mut t = Table::new(&["client", "server", "client features"]);
             let server = versions.server.as_ref().map(|s| s.git_version.clone());
             t.row(vec![
                 versions.client.git_version.clone(),
                 server.unwrap_or_else(|| "-".to_owned()),
+                crate::FEATURES.join(","),
             ]);
             emit(&t.render())
         }

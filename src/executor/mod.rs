@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{EngineKind, EngineSpec, ExecutionId, JobId, NetworkType, Task};
 
+#[cfg(feature = "executor-wasm")]
 pub mod wasm;
 
 /// A prepared input, as the task will see it.

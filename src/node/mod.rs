@@ -94,6 +94,16 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Node, NodeError> {
     let raw = &config.raw;
+    if raw.roles.orchestrator && !cfg!(feature = "orchestrator") {
+        return Err(NodeError::Config(
+            "this cod was built without the `orchestrator` feature; run it with --compute".into(),
+        ));
+    }
+    if raw.roles.compute && !cfg!(feature = "compute") {
+        return Err(NodeError::Config(
+            "this cod was built without the `compute` feature; run it with --orchestrator".into(),
+        ));
+    }
     let mut tasks = JoinSet::new();
     let store = Store::open(
         &raw.data_dir.join("state"),

@@ -12,6 +12,7 @@ pub mod archive;
 mod filename;
 pub mod inline;
 pub mod local;
+#[cfg(feature = "storage-url")]
 pub mod url;
 
 /// A prepared input on the host.
