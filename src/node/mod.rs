@@ -215,8 +215,9 @@ pub async fn start(
     })?;
     let info_source = compute.clone();
     let orchestrator_id = node_id.clone();
-    let node_info: Arc<dyn Fn() -> crate::model::NodeInfo + Send + Sync> =
-        Arc::new(move || match &info_source {
+    let listen_addresses = p2p.clone();
+    let node_info: Arc<dyn Fn() -> crate::model::NodeInfo + Send + Sync> = Arc::new(move || {
+        let mut info = match &info_source {
             Some(c) => c.node_info(),
             None => crate::model::NodeInfo {
                 node_id: orchestrator_id.clone(),
@@ -224,7 +225,10 @@ pub async fn start(
                 bacalhau_version: crate::model::BuildVersionInfo::current(),
                 ..Default::default()
             },
-        });
+        };
+        info.listen_addresses.clone_from(&listen_addresses);
+        info
+    });
     let state = ApiState {
         orchestrator,
         compute,
