@@ -128,6 +128,8 @@ fn main() {
     // `cargo bench` passes flags like --bench; this harness takes none.
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
+    // reqwest is built without a bundled crypto provider; plain HTTP to loopback still needs one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::blocking::Client::new();
     let mut out = std::io::stdout().lock();
 
