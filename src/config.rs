@@ -3,7 +3,8 @@
 //!
 //! Precedence, lowest first: built-in defaults (small, for edge boards) < config file (`--config`, YAML or
 //! JSON, keys matched case-insensitively) < `COD_*` environment variables < command-line flags. Components
-//! receive their part by value; there is no global config.
+//! receive their part by value; there is no global config. Logging is not part of it: `COD_LOG` (a tracing
+//! filter such as `info,cod=debug`) is read before anything else so that configuration errors are logged too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,9 +48,6 @@ pub struct Config {
     /// LMDB.
     #[serde(rename = "Store")]
     pub store: StoreConfig,
-    /// Log filter (`info`, `cod=debug`, …).
-    #[serde(rename = "LogLevel")]
-    pub log_level: String,
 }
 
 /// REST API settings.
@@ -164,7 +162,6 @@ impl Default for Config {
             orchestrator: OrchestratorConfig::default(),
             compute: ComputeConfig::default(),
             store: StoreConfig::default(),
-            log_level: "info".into(),
         }
     }
 }
@@ -308,9 +305,6 @@ pub fn apply_env(
     }
     if let Some(v) = take("COD_ALLOW_LISTED_LOCAL_PATHS") {
         config.compute.allow_listed_local_paths = split_list(&v);
-    }
-    if let Some(v) = take("COD_LOG") {
-        config.log_level = v;
     }
     applied
 }
