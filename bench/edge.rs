@@ -89,11 +89,12 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `RssAnon`, `RssFile`).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -173,8 +174,17 @@ fn main() {
         }
         // Let start-up allocations settle into the idle state (heartbeats keep flowing).
         std::thread::sleep(Duration::from_secs(3));
-        let (c, o) = (rss_kib(compute.child.id()), rss_kib(orch.child.id()));
-        writeln!(out, "idle RSS, connected compute node: {:.2} MiB (target <= 5 MiB); its orchestrator: {:.2} MiB", c as f64 / 1024.0, o as f64 / 1024.0).ok();
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let (pid, opid) = (compute.child.id(), orch.child.id());
+        writeln!(
+            out,
+            "idle RSS, connected compute node: {:.2} MiB (target <= 5 MiB) = {:.2} MiB anonymous (heap, stacks) + {:.2} MiB file-backed (the executable and shared libraries, clean and reclaimable); its orchestrator: {:.2} MiB",
+            mib(status_kib(pid, "VmRSS")),
+            mib(status_kib(pid, "RssAnon")),
+            mib(status_kib(pid, "RssFile")),
+            mib(status_kib(opid, "VmRSS")),
+        )
+        .ok();
     }
 
     // Submit -> Completed on a hybrid node.

@@ -6,8 +6,15 @@
 //! sequence number. The receiver applies a message and records its sequence number in one transaction
 //! ([`Outbox::accept_inbound`]), so a replay (after a crash, a timeout or a reconnect) is skipped. This is what
 //! makes disconnected operation and crash recovery work: nothing is lost and nothing is applied twice.
+//!
+//! Acknowledged messages are not deleted in a transaction of their own: every commit costs an fsync and LMDB
+//! has one writer, so a delete per ack would put extra commits on every job's critical path. Delivery
+//! remembers how far each peer has acknowledged (in memory) and never sends those again; the entries are
+//! trimmed inside the next transaction that writes to this outbox anyway, or by a sweep every few seconds. If
+//! the process dies first, the entries are sent once more and the receiver skips them by sequence number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -23,6 +30,8 @@ use crate::transport::{Client, Message, Request, Response, Sequenced};
 const BATCH_MESSAGES: usize = 64;
 /// Delay before retrying a peer whose delivery failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often acknowledged messages are trimmed when no other write did it.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// Table names of one role's outbox (a hybrid node keeps two outboxes in one environment).
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +49,53 @@ pub struct Outbox {
     counters: Table<u64>,
     /// Wakes the delivery task; bounded, and a full channel only means a wake-up is already pending.
     commands: mpsc::Sender<Command>,
+    /// How far each peer has acknowledged, shared with [`Delivery`].
+    acked: Arc<Mutex<Acked>>,
+}
+
+/// Acknowledgements not yet trimmed from the table. A std mutex: held only for map updates, never across an
+/// `.await` or a transaction.
+#[derive(Debug, Default)]
+struct Acked {
+    /// Highest sequence number each peer has applied.
+    upto: HashMap<NodeId, u64>,
+    /// Peers whose acknowledged entries may still be in the table.
+    dirty: HashSet<NodeId>,
+}
+
+impl Acked {
+    fn record(&mut self, peer: &NodeId, seq: u64) {
+        let upto = self.upto.entry(peer.clone()).or_insert(0);
+        if seq > *upto {
+            *upto = seq;
+            self.dirty.insert(peer.clone());
+        }
+    }
+}
+
+fn lock(acked: &Mutex<Acked>) -> std::sync::MutexGuard<'_, Acked> {
+    // Poisoning needs a panic while holding the lock; release builds abort on panic, so recover in tests.
+    acked.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Deletes acknowledged entries of the dirty peers inside `txn`.
+fn trim(
+    txn: &mut WriteTxn<'_, '_>,
+    messages: Table<Message>,
+    acked: &Mutex<Acked>,
+) -> Result<(), StoreError> {
+    let work: Vec<(NodeId, u64)> = {
+        let mut a = lock(acked);
+        let dirty: Vec<NodeId> = a.dirty.drain().collect();
+        dirty
+            .into_iter()
+            .filter_map(|p| a.upto.get(&p).map(|u| (p, *u)))
+            .collect()
+    };
+    for (peer, upto) in work {
+        txn.delete_prefix_through(messages, &format!("{peer}/"), &message_key(&peer, upto))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -63,16 +119,19 @@ impl Outbox {
         let messages = store.table(tables.messages)?;
         let counters = store.table(tables.counters)?;
         let (tx, rx) = mpsc::channel(1024);
+        let acked = Arc::new(Mutex::new(Acked::default()));
         let outbox = Outbox {
             messages,
             counters,
             commands: tx,
+            acked: acked.clone(),
         };
         let delivery = Delivery {
             store: store.clone(),
             client,
             messages,
             commands: rx,
+            acked,
         };
         Ok((outbox, delivery))
     }
@@ -89,6 +148,7 @@ impl Outbox {
         let seq = txn.get(self.counters, &key)?.unwrap_or(0) + 1;
         txn.put(self.counters, &key, &seq)?;
         txn.put(self.messages, &message_key(peer, seq), &message)?;
+        trim(txn, self.messages, &self.acked)?;
         Ok(seq)
     }
 
@@ -112,11 +172,6 @@ impl Outbox {
     /// The highest sequence number applied from `peer`.
     pub fn last_applied(&self, txn: &impl Reader, peer: &NodeId) -> Result<u64, StoreError> {
         Ok(txn.get(self.counters, &format!("in/{peer}"))?.unwrap_or(0))
-    }
-
-    /// Messages still waiting for `peer` (for status and tests).
-    pub fn pending(&self, txn: &impl Reader, peer: &NodeId) -> Result<u64, StoreError> {
-        Ok(txn.prefix(self.messages, &format!("{peer}/"))?.len() as u64)
     }
 
     /// Wakes delivery for `peer` after new messages were committed.
@@ -151,6 +206,7 @@ pub struct Delivery {
     client: Client,
     messages: Table<Message>,
     commands: mpsc::Receiver<Command>,
+    acked: Arc<Mutex<Acked>>,
 }
 
 #[derive(Debug, Default)]
@@ -172,9 +228,19 @@ impl Delivery {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut peers: HashMap<NodeId, PeerState> = HashMap::new();
         let mut drains: JoinSet<DrainEnd> = JoinSet::new();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = sweep.tick() => {
+                    if !lock(&self.acked).dirty.is_empty() {
+                        let (messages, acked) = (self.messages, self.acked.clone());
+                        if let Err(e) = self.store.write(move |txn| trim(txn, messages, &acked)).await {
+                            warn!(error = %e, "cannot trim acknowledged outbox messages");
+                        }
+                    }
+                }
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::Kick(peer) => {
                         let state = peers.entry(peer.clone()).or_default();
@@ -186,9 +252,7 @@ impl Delivery {
                     Command::Connected(peer, applied) => {
                         let state = peers.entry(peer.clone()).or_default();
                         state.connected = true;
-                        if let Err(e) = self.forget_acked(&peer, applied).await {
-                            warn!(peer = %peer, error = %e, "cannot trim acknowledged outbox messages");
-                        }
+                        lock(&self.acked).record(&peer, applied);
                         if state.in_flight { state.dirty = true } else {
                             state.in_flight = true;
                             drains.spawn(self.drain(peer));
@@ -236,30 +300,21 @@ impl Delivery {
         drains.shutdown().await;
     }
 
-    async fn forget_acked(&self, peer: &NodeId, applied: u64) -> Result<(), StoreError> {
-        if applied == 0 {
-            return Ok(());
-        }
-        let (messages, prefix, last) = (
-            self.messages,
-            format!("{peer}/"),
-            message_key(peer, applied),
-        );
-        self.store
-            .write(move |txn| {
-                txn.delete_prefix_through(messages, &prefix, &last)
-                    .map(|_| ())
-            })
-            .await
-    }
-
     fn drain(&self, peer: NodeId) -> impl std::future::Future<Output = DrainEnd> + Send + 'static {
-        let (store, client, messages) = (self.store.clone(), self.client.clone(), self.messages);
+        let (store, client, messages, acked) = (
+            self.store.clone(),
+            self.client.clone(),
+            self.messages,
+            self.acked.clone(),
+        );
         async move {
             loop {
                 let prefix = format!("{peer}/");
+                // Entries up to the acknowledged sequence may still be in the table; never send them again.
+                let upto = lock(&acked).upto.get(&peer).copied().unwrap_or(0);
+                let after = message_key(&peer, upto);
                 let batch = match store
-                    .read(move |txn| txn.prefix_limit(messages, &prefix, BATCH_MESSAGES))
+                    .read(move |txn| txn.prefix_after(messages, &prefix, &after, BATCH_MESSAGES))
                     .await
                 {
                     Ok(b) => b,
@@ -283,18 +338,12 @@ impl Delivery {
                     .await
                 {
                     Ok(Response::Ack { last_applied_seq }) => {
-                        let acked = last_applied_seq.min(highest);
-                        let (prefix, last) = (format!("{peer}/"), message_key(&peer, acked));
-                        if let Err(e) = store
-                            .write(move |txn| txn.delete_prefix_through(messages, &prefix, &last))
-                            .await
-                        {
-                            return DrainEnd::Failed(peer, e.to_string());
-                        }
-                        if acked < highest {
+                        let applied = last_applied_seq.min(highest);
+                        lock(&acked).record(&peer, applied);
+                        if applied < highest {
                             return DrainEnd::Failed(
                                 peer,
-                                format!("peer applied only up to {acked}"),
+                                format!("peer applied only up to {applied}"),
                             );
                         }
                     }

@@ -238,11 +238,12 @@ pub trait Reader {
         table: Table<V>,
         prefix: &str,
     ) -> Result<Vec<(String, V)>, StoreError>;
-    /// At most `limit` `(key, value)` pairs whose key starts with `prefix`, in key order.
-    fn prefix_limit<V: DeserializeOwned>(
+    /// At most `limit` pairs whose key starts with `prefix` and sorts after `after`, in key order.
+    fn prefix_after<V: DeserializeOwned>(
         &self,
         table: Table<V>,
         prefix: &str,
+        after: &str,
         limit: usize,
     ) -> Result<Vec<(String, V)>, StoreError>;
     /// Every `(key, value)` of the table, in key order.
@@ -306,6 +307,31 @@ fn prefix_in<V: DeserializeOwned>(
     Ok(out)
 }
 
+fn prefix_after_in<V: DeserializeOwned>(
+    txn: &RoTxn<'_>,
+    table: Table<V>,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<(String, V)>, StoreError> {
+    use std::ops::Bound;
+    let lmdb = |source| StoreError::Lmdb {
+        op: "range scan",
+        table: table.name,
+        source,
+    };
+    let range = (Bound::Excluded(after), Bound::Unbounded);
+    let mut out = Vec::new();
+    for item in table.db.range(txn, &range).map_err(lmdb)? {
+        let (k, v) = item.map_err(lmdb)?;
+        if !k.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        out.push((k.to_owned(), decode(table.name, k, v)?));
+    }
+    Ok(out)
+}
+
 fn count_in<V>(txn: &RoTxn<'_>, table: Table<V>) -> Result<u64, StoreError> {
     table.db.len(txn).map_err(|source| StoreError::Lmdb {
         op: "count",
@@ -329,13 +355,14 @@ impl Reader for ReadTxn<'_> {
     ) -> Result<Vec<(String, V)>, StoreError> {
         prefix_in(self.txn, table, prefix, usize::MAX)
     }
-    fn prefix_limit<V: DeserializeOwned>(
+    fn prefix_after<V: DeserializeOwned>(
         &self,
         table: Table<V>,
         prefix: &str,
+        after: &str,
         limit: usize,
     ) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_in(self.txn, table, prefix, limit)
+        prefix_after_in(self.txn, table, prefix, after, limit)
     }
     fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
         count_in(self.txn, table)
@@ -357,13 +384,14 @@ impl Reader for WriteTxn<'_, '_> {
     ) -> Result<Vec<(String, V)>, StoreError> {
         prefix_in(self.txn, table, prefix, usize::MAX)
     }
-    fn prefix_limit<V: DeserializeOwned>(
+    fn prefix_after<V: DeserializeOwned>(
         &self,
         table: Table<V>,
         prefix: &str,
+        after: &str,
         limit: usize,
     ) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_in(self.txn, table, prefix, limit)
+        prefix_after_in(self.txn, table, prefix, after, limit)
     }
     fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
         count_in(self.txn, table)
@@ -478,6 +506,37 @@ mod tests {
             .expect("delete");
         assert_eq!(removed, 2);
         assert_eq!(store.read(move |txn| txn.count(t)).await.expect("count"), 2);
+    }
+
+    #[tokio::test]
+    async fn prefix_after_resumes_past_a_key_and_stays_in_the_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Config::default()).expect("open");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        store
+            .write(move |txn| {
+                for i in 1..=5u64 {
+                    txn.put(t, &format!("a/{i:020}"), &i)?;
+                }
+                txn.put(t, "b/1", &9)
+            })
+            .await
+            .expect("write");
+        let after = format!("a/{:020}", 2);
+        let got = store
+            .read(move |txn| txn.prefix_after(t, "a/", &after, 2))
+            .await
+            .expect("read");
+        assert_eq!(got.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![3, 4]);
+        let end = format!("a/{:020}", 5);
+        let none = store
+            .read(move |txn| txn.prefix_after(t, "a/", &end, 10))
+            .await
+            .expect("read");
+        assert!(
+            none.is_empty(),
+            "must not run into the next prefix: {none:?}"
+        );
     }
 
     #[tokio::test]
