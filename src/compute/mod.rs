@@ -92,7 +92,7 @@ struct Inner {
     /// Cancellation handles of running executions.
     running: Mutex<HashMap<ExecutionId, CancellationToken>>,
     /// Executions to start (from accepted bids); bounded by what the bidder accepted.
-    start: mpsc::UnboundedSender<ExecutionId>,
+    start: mpsc::UnboundedSender<runner::Work>,
 }
 
 /// Cloneable handle.
@@ -107,7 +107,7 @@ pub struct Runner {
     compute: Compute,
     events: mpsc::Receiver<Event>,
     delivery: Delivery,
-    start_rx: mpsc::UnboundedReceiver<ExecutionId>,
+    start_rx: mpsc::UnboundedReceiver<runner::Work>,
 }
 
 impl Compute {
@@ -259,9 +259,9 @@ impl Runner {
                         welcomed.insert(peer);
                     }
                 }
-                Some(id) = start_rx.recv() => {
+                Some(work) = start_rx.recv() => {
                     let c = compute.clone();
-                    executions.spawn(async move { c.execute(id).await });
+                    executions.spawn(async move { c.work(work).await });
                 }
                 Some(done) = executions.join_next(), if !executions.is_empty() => {
                     if let Err(e) = done { warn!(error = %e, "execution task failed"); }

@@ -33,8 +33,22 @@ struct AfterCommit {
     kick: Vec<NodeId>,
 }
 
+/// How long the compute node runs a freshly asked-for execution before acknowledging the request. A job that
+/// ends within it is accepted, started and finished in one transaction and one report (three commits on the
+/// job's critical path instead of five); a longer one is accepted first and finishes in the background. If
+/// the node dies inside the window nothing was acknowledged, and the orchestrator asks again.
+const SHORT_JOB: Duration = Duration::from_millis(20);
+
+/// Work for the runner's execution task set.
+pub(super) enum Work {
+    /// Run an accepted execution (loaded from the store).
+    Start(ExecutionId),
+    /// Wait for an execution already running and record its end.
+    Finish(Box<LocalExecution>, tokio::task::JoinHandle<Ending>),
+}
+
 /// How an execution ended, for its report.
-enum Ending {
+pub(super) enum Ending {
     Completed {
         published: SpecConfig,
         output: RunCommandResult,
@@ -55,7 +69,27 @@ impl Compute {
         }
     }
 
-    async fn deliver(&self, peer: &NodeId, messages: Vec<Sequenced>) -> Response {
+    async fn deliver(&self, peer: &NodeId, mut messages: Vec<Sequenced>) -> Response {
+        if let [
+            Sequenced {
+                message:
+                    Message::AskForBid {
+                        accept_directly: true,
+                        ..
+                    },
+                ..
+            },
+        ] = messages.as_slice()
+            && let Some(Sequenced {
+                seq,
+                message: Message::AskForBid { execution, .. },
+            }) = messages.pop()
+        {
+            match self.run_short(peer, seq, execution).await {
+                Ok(response) => return response,
+                Err(not_eligible) => messages.push(not_eligible),
+            }
+        }
         let inner = self.inner.clone();
         let peer_id = peer.clone();
         let result = self
@@ -106,7 +140,7 @@ impl Compute {
             }
         }
         for id in after.start {
-            let _ = self.inner.start.send(id);
+            let _ = self.inner.start.send(Work::Start(id));
         }
     }
 
@@ -131,9 +165,145 @@ impl Compute {
                 &e.execution,
                 &self.inner.config.job_defaults,
             ));
-            let _ = self.inner.start.send(e.execution.id.clone());
+            let _ = self.inner.start.send(Work::Start(e.execution.id.clone()));
         }
         Ok(())
+    }
+
+    /// Does one piece of runner work.
+    pub(super) async fn work(&self, work: Work) {
+        match work {
+            Work::Start(id) => self.execute(id).await,
+            Work::Finish(record, handle) => {
+                let ending = joined(handle.await);
+                self.forget_running(&record.execution.id);
+                self.finish(*record, ending).await;
+            }
+        }
+    }
+
+    fn forget_running(&self, id: &ExecutionId) {
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.remove(id);
+        }
+    }
+
+    /// The short-job path (see [`SHORT_JOB`]). `Err` gives the message back when it is not eligible (a
+    /// replay, already known, or a bid this node declines), for the ordinary path to handle.
+    async fn run_short(
+        &self,
+        peer: &NodeId,
+        seq: u64,
+        execution: Box<Execution>,
+    ) -> Result<Response, Sequenced> {
+        let give_back = |execution| Sequenced {
+            seq,
+            message: Message::AskForBid {
+                execution,
+                accept_directly: true,
+            },
+        };
+        let (t, outbox) = (self.inner.tables, self.inner.outbox.clone());
+        let (p, key) = (peer.clone(), execution.id.to_string());
+        let known = self
+            .inner
+            .store
+            .read(move |txn| {
+                Ok((
+                    outbox.last_applied(txn, &p)?,
+                    txn.get(t.executions, &key)?.is_some(),
+                ))
+            })
+            .await;
+        match known {
+            Ok((last, false)) if seq > last => {}
+            _ => return Err(give_back(execution)),
+        }
+        let need = execution_resources(&execution, &self.inner.config.job_defaults);
+        if decide(&self.inner.backends, &execution).is_err()
+            || self.inner.capacity.try_reserve(&need).is_err()
+        {
+            return Err(give_back(execution));
+        }
+        let id = execution.id.clone();
+        let cancel = CancellationToken::new();
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(id.clone(), cancel.clone());
+        }
+        let span = info_span!("execution", execution_id = %id, job_id = %execution.job_id);
+        let (me, snapshot) = (self.clone(), (*execution).clone());
+        let token = cancel.clone();
+        let mut handle =
+            tokio::spawn(async move { me.run_pipeline(&snapshot, token).await }.instrument(span));
+        let mut record = LocalExecution {
+            execution: *execution,
+            orchestrator: peer.clone(),
+            state: LocalState::Running,
+            attempts: 1,
+        };
+        let inner = self.inner.clone();
+        let peer_id = peer.clone();
+        match tokio::time::timeout(SHORT_JOB, &mut handle).await {
+            Ok(result) => {
+                let ending = joined(result);
+                self.forget_running(&id);
+                let outcome = self
+                    .inner
+                    .store
+                    .write(move |txn| {
+                        inner.outbox.accept_inbound(txn, &peer_id, seq)?;
+                        enqueue_accepted(&inner, txn, &record, true)?;
+                        let report = report(&mut record, ending);
+                        inner.outbox.enqueue(txn, &record.orchestrator, report)?;
+                        record.execution.job = None;
+                        txn.put(t.executions, record.execution.id.as_str(), &record)?;
+                        inner.outbox.last_applied(txn, &peer_id)
+                    })
+                    .await;
+                self.inner.capacity.release(&need);
+                Ok(self.acknowledge(peer, outcome))
+            }
+            Err(_still_running) => {
+                let stored = record.clone();
+                let outcome = self
+                    .inner
+                    .store
+                    .write(move |txn| {
+                        inner.outbox.accept_inbound(txn, &peer_id, seq)?;
+                        txn.put(t.executions, stored.execution.id.as_str(), &stored)?;
+                        enqueue_accepted(&inner, txn, &stored, true)?;
+                        inner.outbox.last_applied(txn, &peer_id)
+                    })
+                    .await;
+                if outcome.is_err() {
+                    // Not accepted after all: stop it; the orchestrator will ask again.
+                    cancel.cancel();
+                }
+                // Either way the run task is reaped (and, if accepted, reported) by the runner.
+                let _ = self
+                    .inner
+                    .start
+                    .send(Work::Finish(Box::new(record), handle));
+                Ok(self.acknowledge(peer, outcome))
+            }
+        }
+    }
+
+    fn acknowledge(&self, peer: &NodeId, outcome: Result<u64, StoreError>) -> Response {
+        match outcome {
+            Ok(last) => {
+                self.inner.outbox.kick(peer);
+                Response::Ack {
+                    last_applied_seq: last,
+                }
+            }
+            Err(e) => {
+                warn!(orchestrator = %peer, error = %e, "cannot record an execution");
+                Response::Refused {
+                    reason: format!("compute node cannot record the execution now: {e}"),
+                }
+            }
+        }
     }
 
     /// Runs one accepted execution to its report.
@@ -363,27 +533,7 @@ impl Compute {
             .store
             .write(move |txn| {
                 let mut rec = record;
-                let e = &rec.execution;
-                let message = match ending {
-                    Ending::Completed { published, output } => {
-                        rec.state = LocalState::Completed;
-                        Message::RunResult {
-                            execution_id: e.id.clone(),
-                            job_id: e.job_id.clone(),
-                            published_result: published,
-                            run_output: output,
-                        }
-                    }
-                    Ending::Failed { state, error } => {
-                        rec.state = LocalState::Failed;
-                        Message::ComputeError {
-                            execution_id: e.id.clone(),
-                            job_id: e.job_id.clone(),
-                            state,
-                            error,
-                        }
-                    }
-                };
+                let message = report(&mut rec, ending);
                 outbox.enqueue(txn, &rec.orchestrator, message)?;
                 // The job snapshot (possibly an inline module) is no longer needed.
                 rec.execution.job = None;
@@ -398,6 +548,69 @@ impl Compute {
             }
         }
     }
+}
+
+/// The ending of a run task; a task that panicked is a failed execution, not a failed node.
+fn joined(result: Result<Ending, tokio::task::JoinError>) -> Ending {
+    result.unwrap_or_else(|e| Ending::Failed {
+        state: ExecutionStateType::Failed,
+        error: format!("execution task failed: {e}"),
+    })
+}
+
+/// Sets the record's final state and returns the report for the orchestrator.
+fn report(rec: &mut LocalExecution, ending: Ending) -> Message {
+    let e = &rec.execution;
+    match ending {
+        Ending::Completed { published, output } => {
+            rec.state = LocalState::Completed;
+            Message::RunResult {
+                execution_id: e.id.clone(),
+                job_id: e.job_id.clone(),
+                published_result: published,
+                run_output: output,
+            }
+        }
+        Ending::Failed { state, error } => {
+            rec.state = LocalState::Failed;
+            Message::ComputeError {
+                execution_id: e.id.clone(),
+                job_id: e.job_id.clone(),
+                state,
+                error,
+            }
+        }
+    }
+}
+
+/// Queues the reports of an accepted bid: BidResult, and Running when it starts at once.
+fn enqueue_accepted(
+    inner: &super::Inner,
+    txn: &mut WriteTxn<'_, '_>,
+    rec: &LocalExecution,
+    started: bool,
+) -> Result<(), StoreError> {
+    let (id, job_id) = (rec.execution.id.clone(), rec.execution.job_id.clone());
+    let accepted = Message::BidResult {
+        execution_id: id.clone(),
+        job_id: job_id.clone(),
+        accepted: true,
+        reason: String::new(),
+    };
+    inner.outbox.enqueue(txn, &rec.orchestrator, accepted)?;
+    if started {
+        let running = Message::ExecutionProgress {
+            execution_id: id,
+            job_id,
+            state: ExecutionStateType::Running,
+            event: Event::new(
+                "Running Execution",
+                format!("running on node {}", inner.node_id),
+            ),
+        };
+        inner.outbox.enqueue(txn, &rec.orchestrator, running)?;
+    }
+    Ok(())
 }
 
 /// The first [`RUN_OUTPUT_BYTES`] of a file as text, and whether there was more.
@@ -466,30 +679,8 @@ fn apply(
                         attempts: 1,
                     };
                     txn.put(t.executions, id.as_str(), &record)?;
-                    inner.outbox.enqueue(
-                        txn,
-                        orchestrator,
-                        Message::BidResult {
-                            execution_id: id.clone(),
-                            job_id: job_id.clone(),
-                            accepted: true,
-                            reason: String::new(),
-                        },
-                    )?;
+                    enqueue_accepted(inner, txn, &record, accept_directly)?;
                     if accept_directly {
-                        inner.outbox.enqueue(
-                            txn,
-                            orchestrator,
-                            Message::ExecutionProgress {
-                                execution_id: id.clone(),
-                                job_id,
-                                state: ExecutionStateType::Running,
-                                event: Event::new(
-                                    "Running Execution",
-                                    format!("running on node {}", inner.node_id),
-                                ),
-                            },
-                        )?;
                         after.start.push(id);
                     }
                 }
