@@ -169,6 +169,23 @@ impl Outbox {
         Ok(true)
     }
 
+    /// Applies `messages` from `peer` in order inside the caller's transaction, skipping those applied before
+    /// (replays), and returns the highest sequence number applied, for the Ack.
+    pub fn apply_inbound(
+        &self,
+        txn: &mut WriteTxn<'_, '_>,
+        peer: &NodeId,
+        messages: Vec<Sequenced>,
+        mut apply: impl FnMut(&mut WriteTxn<'_, '_>, Message) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        for Sequenced { seq, message } in messages {
+            if self.accept_inbound(txn, peer, seq)? {
+                apply(txn, message)?;
+            }
+        }
+        self.last_applied(txn, peer)
+    }
+
     /// The highest sequence number applied from `peer`.
     pub fn last_applied(&self, txn: &impl Reader, peer: &NodeId) -> Result<u64, StoreError> {
         Ok(txn.get(self.counters, &format!("in/{peer}"))?.unwrap_or(0))

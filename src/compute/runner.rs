@@ -97,12 +97,13 @@ impl Compute {
             .store
             .write(move |txn| {
                 let mut after = AfterCommit::default();
-                for Sequenced { seq, message } in messages {
-                    if inner.outbox.accept_inbound(txn, &peer_id, seq)? {
-                        apply(&inner, txn, &peer_id, message, &mut after)?;
-                    }
-                }
-                Ok((inner.outbox.last_applied(txn, &peer_id)?, after))
+                let last =
+                    inner
+                        .outbox
+                        .apply_inbound(txn, &peer_id, messages, |txn, message| {
+                            apply(&inner, txn, &peer_id, message, &mut after)
+                        })?;
+                Ok((last, after))
             })
             .await;
         match result {

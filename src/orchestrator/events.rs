@@ -171,22 +171,19 @@ impl Orchestrator {
             .store
             .write(move |txn| {
                 let mut after = AfterCommit::default();
-                for Sequenced { seq, message } in messages {
-                    if outbox.accept_inbound(txn, &peer_id, seq)? {
-                        apply_report(
-                            txn,
-                            &t,
-                            &outbox,
-                            &peer_id,
-                            message,
-                            &candidates,
-                            &defaults,
-                            backoff,
-                            &mut after,
-                        )?;
-                    }
-                }
-                let last = outbox.last_applied(txn, &peer_id)?;
+                let last = outbox.apply_inbound(txn, &peer_id, messages, |txn, message| {
+                    apply_report(
+                        txn,
+                        &t,
+                        &outbox,
+                        &peer_id,
+                        message,
+                        &candidates,
+                        &defaults,
+                        backoff,
+                        &mut after,
+                    )
+                })?;
                 Ok((last, after))
             })
             .await;

@@ -386,24 +386,8 @@ impl Orchestrator {
                 if job.state.state_type.is_terminal() {
                     return Ok(after);
                 }
-                for mut e in state::executions_of(txn, &t, &job.id)? {
-                    if e.is_terminal()
-                        || e.desired_state.state_type == ExecutionDesiredStateType::Stopped
-                    {
-                        continue;
-                    }
-                    e.desired_state =
-                        State::new(ExecutionDesiredStateType::Stopped, reason.clone());
-                    state::save_execution(txn, &t, &mut e)?;
-                    outbox.enqueue(
-                        txn,
-                        &e.node_id,
-                        Message::CancelExecution {
-                            execution_id: e.id.clone(),
-                            reason: reason.clone(),
-                        },
-                    )?;
-                    after.kick.push(e.node_id.clone());
+                for e in state::executions_of(txn, &t, &job.id)? {
+                    stop_execution(txn, &t, &outbox, e, &reason, &reason, &mut after)?;
                 }
                 let previous = job.state.state_type;
                 job.state = JobState {
@@ -667,19 +651,8 @@ pub(crate) fn apply_decision(
     };
     if let Decision::Fail { reason } = &decision {
         // The job cannot finish: stop what still runs.
-        for e in executions.iter().filter(|e| !e.is_terminal()) {
-            let mut e = e.clone();
-            e.desired_state = State::new(ExecutionDesiredStateType::Stopped, "job failed");
-            state::save_execution(txn, t, &mut e)?;
-            outbox.enqueue(
-                txn,
-                &e.node_id,
-                Message::CancelExecution {
-                    execution_id: e.id.clone(),
-                    reason: reason.clone(),
-                },
-            )?;
-            after.kick.push(e.node_id.clone());
+        for e in executions {
+            stop_execution(txn, t, outbox, e.clone(), "job failed", reason, after)?;
         }
     }
     if let Some((new, message)) = new_state
@@ -704,6 +677,31 @@ pub(crate) fn apply_decision(
         state::record(txn, t, job, None, event)?;
     }
     state::save_job(txn, t, job)
+}
+
+/// Asks the node running `e` to stop it (unless it already ended or was asked): desired state Stopped
+/// (`why` says why) and a durable CancelExecution carrying `reason` for the node's report.
+fn stop_execution(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    outbox: &crate::outbox::Outbox,
+    mut e: Execution,
+    why: &str,
+    reason: &str,
+    after: &mut AfterCommit,
+) -> Result<(), StoreError> {
+    if e.is_terminal() || e.desired_state.state_type == ExecutionDesiredStateType::Stopped {
+        return Ok(());
+    }
+    e.desired_state = State::new(ExecutionDesiredStateType::Stopped, why);
+    state::save_execution(txn, t, &mut e)?;
+    let cancel = Message::CancelExecution {
+        execution_id: e.id.clone(),
+        reason: reason.to_owned(),
+    };
+    outbox.enqueue(txn, &e.node_id, cancel)?;
+    after.kick.push(e.node_id);
+    Ok(())
 }
 
 /// Lists jobs newest first (or oldest first with `reverse`), offset-paged.
