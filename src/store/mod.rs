@@ -283,7 +283,6 @@ fn prefix_in<V: DeserializeOwned>(
     txn: &RoTxn<'_>,
     table: Table<V>,
     prefix: &str,
-    limit: usize,
 ) -> Result<Vec<(String, V)>, StoreError> {
     let lmdb = |source| StoreError::Lmdb {
         op: "scan",
@@ -294,12 +293,12 @@ fn prefix_in<V: DeserializeOwned>(
     // LMDB rejects a zero-length key (MDB_BAD_VALSIZE), and heed's prefix search positions the cursor with
     // the prefix as a key, so a whole-table scan must not be an empty prefix search.
     if prefix.is_empty() {
-        for item in table.db.iter(txn).map_err(lmdb)?.take(limit) {
+        for item in table.db.iter(txn).map_err(lmdb)? {
             let (k, v) = item.map_err(lmdb)?;
             out.push((k.to_owned(), decode(table.name, k, v)?));
         }
     } else {
-        for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)?.take(limit) {
+        for item in table.db.prefix_iter(txn, prefix).map_err(lmdb)? {
             let (k, v) = item.map_err(lmdb)?;
             out.push((k.to_owned(), decode(table.name, k, v)?));
         }
@@ -340,63 +339,42 @@ fn count_in<V>(txn: &RoTxn<'_>, table: Table<V>) -> Result<u64, StoreError> {
     })
 }
 
-impl Reader for ReadTxn<'_> {
-    fn get<V: DeserializeOwned>(
-        &self,
-        table: Table<V>,
-        key: &str,
-    ) -> Result<Option<V>, StoreError> {
-        get_in(self.txn, table, key)
-    }
-    fn prefix<V: DeserializeOwned>(
-        &self,
-        table: Table<V>,
-        prefix: &str,
-    ) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_in(self.txn, table, prefix, usize::MAX)
-    }
-    fn prefix_after<V: DeserializeOwned>(
-        &self,
-        table: Table<V>,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_after_in(self.txn, table, prefix, after, limit)
-    }
-    fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
-        count_in(self.txn, table)
-    }
+/// Both transaction kinds read the same way; the macro keeps one copy of the delegation.
+macro_rules! impl_reader {
+    ($ty:ty) => {
+        impl Reader for $ty {
+            fn get<V: DeserializeOwned>(
+                &self,
+                table: Table<V>,
+                key: &str,
+            ) -> Result<Option<V>, StoreError> {
+                get_in(self.txn, table, key)
+            }
+            fn prefix<V: DeserializeOwned>(
+                &self,
+                table: Table<V>,
+                prefix: &str,
+            ) -> Result<Vec<(String, V)>, StoreError> {
+                prefix_in(self.txn, table, prefix)
+            }
+            fn prefix_after<V: DeserializeOwned>(
+                &self,
+                table: Table<V>,
+                prefix: &str,
+                after: &str,
+                limit: usize,
+            ) -> Result<Vec<(String, V)>, StoreError> {
+                prefix_after_in(self.txn, table, prefix, after, limit)
+            }
+            fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
+                count_in(self.txn, table)
+            }
+        }
+    };
 }
 
-impl Reader for WriteTxn<'_, '_> {
-    fn get<V: DeserializeOwned>(
-        &self,
-        table: Table<V>,
-        key: &str,
-    ) -> Result<Option<V>, StoreError> {
-        get_in(self.txn, table, key)
-    }
-    fn prefix<V: DeserializeOwned>(
-        &self,
-        table: Table<V>,
-        prefix: &str,
-    ) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_in(self.txn, table, prefix, usize::MAX)
-    }
-    fn prefix_after<V: DeserializeOwned>(
-        &self,
-        table: Table<V>,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, V)>, StoreError> {
-        prefix_after_in(self.txn, table, prefix, after, limit)
-    }
-    fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
-        count_in(self.txn, table)
-    }
-}
+impl_reader!(ReadTxn<'_>);
+impl_reader!(WriteTxn<'_, '_>);
 
 impl WriteTxn<'_, '_> {
     /// Stores `value` at `key`.
