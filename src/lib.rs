@@ -6,10 +6,13 @@
 //! - [`transport`]: libp2p request-response between orchestrators and compute nodes (versioned CBOR).
 //! - [`executor`], [`storage`], [`publisher`]: the extension points (engines, input sources, result
 //!   destinations), one trait each, one file per backend.
+//! - [`outbox`]: durable, acknowledged, sequence-numbered messages between the two roles.
 //! - [`orchestrator`]: job intake, scheduling, node registry, execution tracking.
 //! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher).
 //! - [`api`]: the Bacalhau v1 REST API.
 //! - [`node`]: the composition root that wires a node from its config.
+//! - [`config`]: the node's configuration (defaults < file < `COD_*` < flags), validated before start.
+//! - [`telemetry`]: logging and the panic hook.
 //! - [`cli`]: the `cod` command line.
 //!
 //! # The path of a job
@@ -51,4 +54,5 @@ pub mod outbox;
 pub mod publisher;
 pub mod storage;
 pub mod store;
+pub mod telemetry;
 pub mod transport;

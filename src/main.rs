@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use argh::FromArgs;
 use cod::cli::{self, Cli, Outcome, UsageError};
-use tracing_subscriber::EnvFilter;
 
 /// The process exit codes, in one place.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +41,7 @@ fn main() -> ExitCode {
     // reqwest is built without a bundled crypto provider; install ring before any client exists. An error means
     // one is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_tracing(if cli.is_serve() { "info" } else { "warn" });
+    cod::telemetry::init(if cli.is_serve() { "info" } else { "warn" });
 
     let exit = match build_runtime(cli.is_serve()).and_then(|rt| rt.block_on(cli::run(cli))) {
         Ok(Outcome::Success) => Exit::Ok,
@@ -58,24 +57,6 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(exit as u8)
-}
-
-/// Logs go to stderr at `default` level unless `COD_LOG` (or `RUST_LOG`) says otherwise. A panic is logged
-/// with the version before the process dies (release builds abort on panic: a half-dead node whose tasks
-/// panicked is worse than a restart by systemd).
-fn init_tracing(default: &str) {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!(version = env!("CARGO_PKG_VERSION"), "panic: {info}");
-        default_hook(info);
-    }));
-    let filter = EnvFilter::try_from_env("COD_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Client commands make one request at a time, so one thread is enough and starts fastest. `serve` gets a
