@@ -92,7 +92,9 @@ fn a_declined_or_failed_execution_is_retried_on_another_node() {
     let orch = orchestrator("orch-retry", &[]);
     // Only b may read the directory; the scheduler cannot know, so whichever node it asks first and
     // declines, the job must end on b.
-    let a = compute("retry-a", &orch, &[]);
+    // Node a dials the bare address (no /p2p/<id>): the orchestrator's identity is learnt on connect.
+    let bare = orch.p2p[0].split("/p2p/").next().expect("address").to_owned();
+    let a = Cod::start("retry-a", &["--compute", "--orchestrators", &bare]);
     let b = compute("retry-b", &orch, &["--allow-listed-local-paths", &allowed]);
     wait_until("two nodes", DEADLINE, || {
         (connected_nodes(&orch).len() == 2).then_some(())
@@ -142,8 +144,20 @@ fn manual_approval_holds_work_until_the_operator_approves() {
     wait_until("job queued", DEADLINE, || {
         (state(&orch.job(&id)) == "Queued").then_some(())
     });
-    let out = orch.cli_ok(&["node", "approve", &node.node_id]);
-    assert!(!out.is_empty() || out.is_empty());
+    orch.cli_ok(&["node", "approve", &node.node_id]);
     let body = orch.wait_terminal(&id, DEADLINE);
     assert_eq!(state(&body), "Completed", "{body:#}");
+
+    // Rejected: no more work, and the reason says so.
+    orch.cli_ok(&["node", "reject", &node.node_id, "-m", "decommissioned"]);
+    let listed = orch.cli_ok(&["node", "list", "--output", "json"]);
+    assert!(listed.contains("REJECTED"), "{listed}");
+    let body = orch.wait_terminal(&orch.submit(wasm_job(HELLO, json!({}))), DEADLINE);
+    assert_eq!(state(&body), "Failed");
+    assert!(body["Job"]["State"]["Message"].as_str().unwrap_or_default().contains("rejected"), "{body:#}");
+
+    // Deleted: forgotten by the orchestrator.
+    orch.cli_ok(&["node", "delete", &node.node_id]);
+    let (status, _) = orch.get(&format!("/api/v1/orchestrator/nodes/{}", node.node_id));
+    assert_eq!(status, 404);
 }
