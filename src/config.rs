@@ -401,10 +401,12 @@ impl Config {
         let orchestrator = crate::orchestrator::Config {
             auto_approve: !o.manual_approval,
             disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
+            // Disconnects are noticed on housekeeping ticks, so tick at least twice per timeout.
             housekeeping_interval: duration(
                 "Orchestrator.HousekeepingInterval",
                 &o.housekeeping_interval,
-            )?,
+            )?
+            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2),
             queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
             job_defaults: crate::model::resources::JobDefaults {
                 cpu: default_cpu,

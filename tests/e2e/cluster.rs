@@ -93,7 +93,11 @@ fn a_declined_or_failed_execution_is_retried_on_another_node() {
     // Only b may read the directory; the scheduler cannot know, so whichever node it asks first and
     // declines, the job must end on b.
     // Node a dials the bare address (no /p2p/<id>): the orchestrator's identity is learnt on connect.
-    let bare = orch.p2p[0].split("/p2p/").next().expect("address").to_owned();
+    let bare = orch.p2p[0]
+        .split("/p2p/")
+        .next()
+        .expect("address")
+        .to_owned();
     let a = Cod::start("retry-a", &["--compute", "--orchestrators", &bare]);
     let b = compute("retry-b", &orch, &["--allow-listed-local-paths", &allowed]);
     wait_until("two nodes", DEADLINE, || {
@@ -130,6 +134,36 @@ fn a_declined_or_failed_execution_is_retried_on_another_node() {
 }
 
 #[test]
+fn a_silent_node_is_marked_disconnected_and_rejoins_when_it_speaks_again() {
+    let orch = orchestrator("orch-silent", &["--disconnect-timeout", "1s"]);
+    let node = compute("silent", &orch, &["--heartbeat-interval", "200ms"]);
+    let connection = || {
+        let (_, body) = orch.get(&format!("/api/v1/orchestrator/nodes/{}", node.node_id));
+        body["Node"]["Connection"].as_str().map(str::to_owned)
+    };
+    wait_until("connected", DEADLINE, || {
+        (connection().as_deref() == Some("CONNECTED")).then_some(())
+    });
+    // Frozen: its TCP connection stays open, but heartbeats stop.
+    node.signal("STOP");
+    wait_until("marked disconnected", DEADLINE, || {
+        (connection().as_deref() == Some("DISCONNECTED")).then_some(())
+    });
+    let body = orch.wait_terminal(&orch.submit(wasm_job(HELLO, json!({}))), DEADLINE);
+    assert_eq!(
+        state(&body),
+        "Failed",
+        "no work goes to a disconnected node: {body:#}"
+    );
+    node.signal("CONT");
+    wait_until("connected again", DEADLINE, || {
+        (connection().as_deref() == Some("CONNECTED")).then_some(())
+    });
+    let body = orch.wait_terminal(&orch.submit(wasm_job(HELLO, json!({}))), DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+}
+
+#[test]
 fn manual_approval_holds_work_until_the_operator_approves() {
     let orch = orchestrator("orch-approval", &["--manual-approval"]);
     let node = compute("pending", &orch, &[]);
@@ -154,7 +188,13 @@ fn manual_approval_holds_work_until_the_operator_approves() {
     assert!(listed.contains("REJECTED"), "{listed}");
     let body = orch.wait_terminal(&orch.submit(wasm_job(HELLO, json!({}))), DEADLINE);
     assert_eq!(state(&body), "Failed");
-    assert!(body["Job"]["State"]["Message"].as_str().unwrap_or_default().contains("rejected"), "{body:#}");
+    assert!(
+        body["Job"]["State"]["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rejected"),
+        "{body:#}"
+    );
 
     // Deleted: forgotten by the orchestrator.
     orch.cli_ok(&["node", "delete", &node.node_id]);

@@ -94,9 +94,10 @@ impl Cod {
             "0".into(),
             "--ready-file".into(),
             ready.display().to_string(),
-            "--heartbeat-interval".into(),
-            "500ms".into(),
         ];
+        if !self.args.iter().any(|a| a == "--heartbeat-interval") {
+            args.extend(["--heartbeat-interval".into(), "500ms".into()]);
+        }
         if !self.args.iter().any(|a| a == "--listen") {
             args.extend(["--listen".into(), "/ip4/127.0.0.1/tcp/0".into()]);
         }
@@ -139,6 +140,16 @@ impl Cod {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends a signal to the process (`STOP` freezes it with its connections open: a silent node).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
     }
 
     /// Starts the process again on the same data dir and flags.
