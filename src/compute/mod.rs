@@ -27,7 +27,7 @@ use crate::model::{
     node::go_arch,
 };
 use crate::outbox::{self, Delivery, Outbox};
-use crate::store::{Reader, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::transport::{Client, Event, Request, Response};
 
 pub use backends::Backends;
@@ -197,16 +197,6 @@ impl Compute {
             .lock()
             .map(|r| r.len() as u64)
             .unwrap_or(0)
-    }
-
-    /// Executions this node knows (for the agent API and tests).
-    pub async fn executions(&self) -> Result<Vec<LocalExecution>, ComputeError> {
-        let t = self.inner.tables;
-        Ok(self
-            .inner
-            .store
-            .read(move |txn| Ok(txn.all(t.executions)?.into_iter().map(|(_, e)| e).collect()))
-            .await?)
     }
 }
 

@@ -175,14 +175,6 @@ impl Store {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// [`Store::write`] for code already on a blocking thread (start-up, tests).
-    pub fn write_sync<R>(
-        &self,
-        f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        Self::write_blocking(&self.env, f)
-    }
-
     /// [`Store::read`] for code already on a blocking thread.
     pub fn read_sync<R>(
         &self,
