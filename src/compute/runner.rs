@@ -262,7 +262,9 @@ impl Compute {
                     })
                     .await;
                 self.inner.capacity.release(&need);
-                Ok(self.acknowledge(peer, outcome))
+                let response = self.acknowledge(peer, outcome);
+                self.discard_work_dir(&id).await;
+                Ok(response)
             }
             Err(_still_running) => {
                 let stored = record.clone();
@@ -340,12 +342,20 @@ impl Compute {
         self.finish(record, ending).await;
     }
 
+    /// Runs the execution in its work dir. The dir is removed by [`Compute::discard_work_dir`] once the
+    /// ending is recorded: cleaning up is not on the path to the result.
     async fn run_pipeline(&self, execution: &Execution, cancel: CancellationToken) -> Ending {
-        let dir = self.inner.config.work_dir.join(execution.id.as_str());
-        let ending = self.run_in(execution, &dir, cancel).await;
-        // Inputs and the packed result are no longer needed; the publisher holds its own copy.
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        ending
+        let dir = self.work_dir(&execution.id);
+        self.run_in(execution, &dir, cancel).await
+    }
+
+    fn work_dir(&self, id: &ExecutionId) -> PathBuf {
+        self.inner.config.work_dir.join(id.as_str())
+    }
+
+    /// Removes an execution's inputs and result folder (the publisher keeps its own copy).
+    async fn discard_work_dir(&self, id: &ExecutionId) {
+        let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
     }
 
     async fn run_in(&self, execution: &Execution, dir: &Path, cancel: CancellationToken) -> Ending {
@@ -373,23 +383,39 @@ impl Compute {
                 task.engine.kind
             ));
         };
-        // A retry after a restart starts from a clean directory.
-        let _ = tokio::fs::remove_dir_all(dir).await;
         let result_dir = dir.join("result");
-        let mut outputs = Vec::new();
-        for rp in &task.result_paths {
-            let host_dir = result_dir.join(&rp.name);
-            if let Err(e) = tokio::fs::create_dir_all(&host_dir).await {
-                return failed(format!("cannot create output folder {}: {e}", rp.name));
-            }
-            outputs.push(OutputDir {
+        let outputs: Vec<OutputDir> = task
+            .result_paths
+            .iter()
+            .map(|rp| OutputDir {
                 name: rp.name.clone(),
                 path: rp.path.clone(),
-                host_dir,
-            });
-        }
-        if let Err(e) = tokio::fs::create_dir_all(&result_dir).await {
-            return failed(format!("cannot create the result folder: {e}"));
+                host_dir: result_dir.join(&rp.name),
+            })
+            .collect();
+        // Every folder of the execution in one trip to the blocking pool (each trip costs a thread hand-off on
+        // the job's critical path). A retry after a restart starts from a clean directory.
+        let mut folders: Vec<PathBuf> = outputs.iter().map(|o| o.host_dir.clone()).collect();
+        folders.push(result_dir.clone());
+        folders
+            .extend((0..task.input_sources.len()).map(|i| dir.join("inputs").join(i.to_string())));
+        let root = dir.to_owned();
+        let made = tokio::task::spawn_blocking(move || {
+            match std::fs::remove_dir_all(&root) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((root, e)),
+                _ => {}
+            }
+            folders
+                .iter()
+                .try_for_each(|f| std::fs::create_dir_all(f).map_err(|e| (f.clone(), e)))
+        })
+        .await;
+        match made {
+            Ok(Ok(())) => {}
+            Ok(Err((path, e))) => {
+                return failed(format!("cannot prepare the folder {}: {e}", path.display()));
+            }
+            Err(e) => return failed(format!("cannot prepare the execution's folders: {e}")),
         }
         let mut inputs = Vec::new();
         for (i, input) in task.input_sources.iter().enumerate() {
@@ -408,9 +434,6 @@ impl Compute {
                 ));
             };
             let scratch = dir.join("inputs").join(i.to_string());
-            if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
-                return failed(format!("cannot create input folder: {e}"));
-            }
             let prepared = tokio::select! {
                 r = source.prepare(&spec, &scratch) => r,
                 _ = cancel.cancelled() => {
@@ -480,15 +503,26 @@ impl Compute {
             }
             RunOutcome::Failed(reason) => return failed(reason.to_string()),
         };
-        if let Err(e) = tokio::fs::write(result_dir.join("exitCode"), code.to_string()).await {
-            return failed(format!("cannot write exitCode: {e}"));
-        }
+        // exitCode and the RunOutput heads in one blocking call (file I/O stays off the runtime's workers).
+        let exit_code_file = result_dir.join("exitCode");
+        let collected = tokio::task::spawn_blocking(move || {
+            std::fs::write(&exit_code_file, code.to_string())?;
+            Ok::<_, std::io::Error>((head(&stdout_path), head(&stderr_path)))
+        })
+        .await;
+        let ((stdout, stdout_truncated), (stderr, stderr_truncated)) = match collected {
+            Ok(Ok(heads)) => heads,
+            Ok(Err(e)) => return failed(format!("cannot write exitCode: {e}")),
+            Err(e) => return failed(format!("cannot collect the output: {e}")),
+        };
         let mut output = RunCommandResult {
             exit_code: code,
+            stdout,
+            stdout_truncated,
+            stderr,
+            stderr_truncated,
             ..Default::default()
         };
-        (output.stdout, output.stdout_truncated) = head(&stdout_path);
-        (output.stderr, output.stderr_truncated) = head(&stderr_path);
         if truncated {
             output.error_msg = format!(
                 "output was cut at {} bytes per stream",
@@ -529,6 +563,7 @@ impl Compute {
         let outbox = self.inner.outbox.clone();
         let need = execution_resources(&record.execution, &self.inner.config.job_defaults);
         let orchestrator = record.orchestrator.clone();
+        let id = record.execution.id.clone();
         let result = self
             .inner
             .store
@@ -548,6 +583,8 @@ impl Compute {
                 warn!(error = %e, "cannot record the end of an execution; it will run again after a restart")
             }
         }
+        // After the report is durable (and on its way): a rerun would start from a clean folder anyway.
+        self.discard_work_dir(&id).await;
     }
 }
 

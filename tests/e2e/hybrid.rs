@@ -63,6 +63,13 @@ fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     assert_eq!(read("stderr"), "warn\n");
     assert_eq!(read("exitCode"), "0");
     assert_eq!(read("outputs/out.txt"), "written\n");
+
+    // The execution's inputs and result folder are removed once the result is recorded and published.
+    let work = cod.dir.join("data/executions");
+    wait_until("work dir cleaned up", DEADLINE, || {
+        let left = std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0);
+        (left == 0).then_some(())
+    });
 }
 
 #[test]
