@@ -38,6 +38,8 @@ pub const FEATURES: &[&str] = &[
     "compute",
     #[cfg(feature = "executor-wasm")]
     "executor-wasm",
+    #[cfg(feature = "executor-oci")]
+    "executor-oci",
     #[cfg(feature = "storage-url")]
     "storage-url",
 ];
@@ -49,6 +51,8 @@ pub mod config;
 pub mod executor;
 pub mod model;
 pub mod node;
+#[cfg(feature = "executor-oci")]
+pub mod oci;
 pub mod orchestrator;
 pub mod outbox;
 pub mod publisher;

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# Containers: libseccomp for libcontainer's filter; a real registry, image tools and busybox for test images;
+# crun and runc as the peers the container benchmark compares against.
+for pkg in libseccomp-dev busybox-static umoci skopeo docker-registry crun runc; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

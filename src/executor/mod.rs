@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{EngineKind, EngineSpec, ExecutionId, JobId, NetworkType, Task};
 
+#[cfg(feature = "executor-oci")]
+pub mod oci;
 #[cfg(feature = "executor-wasm")]
 pub mod wasm;
 
