@@ -15,6 +15,7 @@ use argh::FromArgs;
 
 pub mod agent;
 pub mod client;
+pub mod docker;
 pub mod input;
 pub mod job;
 pub mod node;
@@ -22,6 +23,7 @@ pub mod output;
 pub mod results;
 pub mod serve;
 pub mod spec_file;
+pub mod task_flags;
 pub mod wait;
 pub mod wasm;
 
@@ -55,6 +57,8 @@ pub enum Command {
     Job(job::JobArgs),
     /// `cod wasm …`
     Wasm(wasm::WasmArgs),
+    /// `cod docker …`
+    Docker(docker::DockerArgs),
     /// `cod node …`
     Node(node::NodeArgs),
     /// `cod agent …`
@@ -133,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Success),
         Command::Job(args) => job::run(&context()?, args).await,
         Command::Wasm(args) => wasm::run(&context()?, args).await,
+        Command::Docker(args) => docker::run(&context()?, args).await,
         Command::Node(args) => node::run(&context()?, args)
             .await
             .map(|()| Outcome::Success),

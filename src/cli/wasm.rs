@@ -18,14 +18,13 @@ use argh::FromArgs;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::input::{parse_input, source_spec, split_target};
+use super::input::{source_spec, split_target};
 use super::output::{emit, to_yaml};
 use super::spec_file::{MAX_SPEC_BYTES, submission_document};
+use super::task_flags::{TaskFlags, build_job as build_task_job};
 use super::wait::{RunOptions, submit};
 use super::{Context, Outcome, UsageError};
-use crate::model::constraint::parse_selector;
-use crate::model::validate::validate_submission;
-use crate::model::{InputSource, Job, JobType, ResultPath, SpecConfig, Task};
+use crate::model::{InputSource, Job, SpecConfig};
 
 /// Where the entry module is mounted when sent inline.
 pub const MAIN_MODULE_TARGET: &str = "/main.wasm";
@@ -93,6 +92,12 @@ pub struct WasmRunArgs {
     /// where results go: local (default) or noop
     #[argh(option, short = 'p', default = "String::from(\"local\")")]
     pub publisher: String,
+    /// network mode: none (default for wasm), host, full, http or bridge
+    #[argh(option)]
+    pub network: Option<String>,
+    /// a domain the job may reach with --network http (repeatable)
+    #[argh(option)]
+    pub domain: Vec<String>,
     /// job name (resubmitting a name updates that job)
     #[argh(option)]
     pub name: Option<String>,
@@ -147,29 +152,6 @@ pub async fn run(ctx: &Context, args: WasmArgs) -> anyhow::Result<Outcome> {
     }
     let document = serde_json::to_value(&document).context("encoding the job spec")?;
     submit(ctx, document, &label, &opts).await
-}
-
-/// Parses `NAME=VALUE`.
-fn key_value(flag: &str, text: &str) -> Result<(String, String), UsageError> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(UsageError::new(format!(
-            "{flag} {text:?} must be NAME=VALUE"
-        ))),
-    }
-}
-
-/// Parses `-o NAME:/PATH`.
-fn result_path(text: &str) -> Result<ResultPath, UsageError> {
-    match text.split_once(':') {
-        Some((name, path)) if !name.trim().is_empty() && path.starts_with('/') => Ok(ResultPath {
-            name: name.trim().to_owned(),
-            path: path.to_owned(),
-        }),
-        _ => Err(UsageError::new(format!(
-            "-o {text:?} must be NAME:/PATH, e.g. outputs:/outputs"
-        ))),
-    }
 }
 
 /// A module given on the command line, as an input at `default_target` (or the `:TARGET` it names).
@@ -249,10 +231,6 @@ pub fn build_job(
         imports.push(Value::String(input.target.clone()));
         inputs.push(input);
     }
-    for value in &args.input {
-        inputs.push(parse_input(value)?);
-    }
-
     let mut params = json!({
         "EntryModule": entry_module,
         "Entrypoint": args.entry_point,
@@ -261,73 +239,34 @@ pub fn build_job(
     if !imports.is_empty() {
         params["ImportModules"] = Value::Array(imports);
     }
-    let publisher = match args.publisher.trim().to_ascii_lowercase().as_str() {
-        "local" => "local",
-        "noop" => "noop",
-        other => {
-            return Err(UsageError::new(format!(
-                "-p {other:?} is not supported (use local or noop)"
-            ))
-            .into());
-        }
+    let engine = SpecConfig {
+        kind: "wasm".into(),
+        params: params.as_object().cloned().unwrap_or_default(),
     };
-    let result_paths = if args.output.is_empty() {
-        vec![ResultPath {
-            name: "outputs".into(),
-            path: "/outputs".into(),
-        }]
-    } else {
-        args.output
-            .iter()
-            .map(|o| result_path(o))
-            .collect::<Result<_, _>>()?
-    };
-    let mut task = Task {
-        name: "main".into(),
-        engine: SpecConfig {
-            kind: "wasm".into(),
-            params: params.as_object().cloned().unwrap_or_default(),
-        },
-        publisher: SpecConfig {
-            kind: publisher.into(),
-            params: Map::new(),
-        },
-        input_sources: inputs,
-        result_paths,
-        ..Task::default()
-    };
-    for e in &args.env {
-        let (k, v) = key_value("-e", e)?;
-        task.env.insert(k, v);
-    }
-    task.resources.memory = args.memory.clone().unwrap_or_default();
-    task.resources.cpu = args.cpu.clone().unwrap_or_default();
-    task.resources.disk = args.disk.clone().unwrap_or_default();
-    task.timeouts.execution_timeout = args.timeout.unwrap_or(0);
-    task.timeouts.queue_timeout = args.queue_timeout.unwrap_or(0);
-
-    let mut job = Job {
-        name: args.name.clone().unwrap_or_default(),
-        job_type: JobType::Batch,
+    let flags = TaskFlags {
+        env: &args.env,
+        input: &args.input,
+        output: &args.output,
+        memory: args.memory.as_deref(),
+        cpu: args.cpu.as_deref(),
+        disk: args.disk.as_deref(),
+        timeout: args.timeout,
+        queue_timeout: args.queue_timeout,
+        publisher: &args.publisher,
+        network: args.network.as_deref(),
+        domains: &args.domain,
+        name: args.name.as_deref(),
         count: args.count,
-        tasks: vec![task],
-        ..Job::default()
+        labels: &args.labels,
+        constraints: args.constraints.as_deref(),
     };
-    for l in &args.labels {
-        let (k, v) = key_value("-l", l)?;
-        job.labels.insert(k, v);
-    }
-    if let Some(c) = &args.constraints {
-        job.constraints =
-            parse_selector(c).map_err(|e| UsageError::new(format!("--constraints {c:?}: {e}")))?;
-    }
-    validate_submission(&job).map_err(|e| UsageError::new(e.to_string()))?;
-    Ok(job)
+    build_task_job(engine, inputs, &flags)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{JobType, ResultPath};
 
     const MODULE: &[u8] = b"\0asm\x01\0\0\0";
 
