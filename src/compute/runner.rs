@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::executor::{FailureReason, Limits, OutputDir, PreparedInput, RunContext, RunOutcome};
+use crate::executor::{
+    FailureReason, Limits, OutputDir, PreparedInput, Progress, RunContext, RunOutcome,
+};
 use crate::model::{
     EngineSpec, Event, Execution, ExecutionId, ExecutionStateType, InputSpec, NodeId,
     PublisherSpec, RunCommandResult, SpecConfig,
@@ -43,8 +45,12 @@ const SHORT_JOB: Duration = Duration::from_millis(20);
 pub(super) enum Work {
     /// Run an accepted execution (loaded from the store).
     Start(ExecutionId),
-    /// Wait for an execution already running and record its end.
-    Finish(Box<LocalExecution>, tokio::task::JoinHandle<Ending>),
+    /// Wait for an execution already running (forwarding its progress) and record its end.
+    Finish(
+        Box<LocalExecution>,
+        tokio::task::JoinHandle<Ending>,
+        Progress,
+    ),
 }
 
 /// How an execution ended, for its report.
@@ -175,10 +181,10 @@ impl Compute {
     pub(super) async fn work(&self, work: Work) {
         match work {
             Work::Start(id) => self.execute(id).await,
-            Work::Finish(record, handle) => {
-                let ending = joined(handle.await);
+            Work::Finish(record, handle, progress) => {
+                let ending = joined(self.forwarding(&record, &progress, handle).await);
                 self.forget_running(&record.execution.id);
-                self.finish(*record, ending).await;
+                self.finish(*record, ending, progress.take()).await;
             }
         }
     }
@@ -233,9 +239,11 @@ impl Compute {
         }
         let span = info_span!("execution", execution_id = %id, job_id = %execution.job_id);
         let (me, snapshot) = (self.clone(), (*execution).clone());
-        let token = cancel.clone();
-        let mut handle =
-            tokio::spawn(async move { me.run_pipeline(&snapshot, token).await }.instrument(span));
+        let (token, progress) = (cancel.clone(), Progress::default());
+        let reporter = progress.clone();
+        let mut handle = tokio::spawn(
+            async move { me.run_pipeline(&snapshot, token, reporter).await }.instrument(span),
+        );
         let mut record = LocalExecution {
             execution: *execution,
             orchestrator: peer.clone(),
@@ -254,6 +262,7 @@ impl Compute {
                     .write(move |txn| {
                         inner.outbox.accept_inbound(txn, &peer_id, seq)?;
                         enqueue_accepted(&inner, txn, &record, true)?;
+                        enqueue_progress(&inner, txn, &record, progress.take())?;
                         let report = report(&mut record, ending);
                         inner.outbox.enqueue(txn, &record.orchestrator, report)?;
                         record.execution.job = None;
@@ -268,6 +277,7 @@ impl Compute {
             }
             Err(_still_running) => {
                 let stored = record.clone();
+                let reported = progress.clone();
                 let outcome = self
                     .inner
                     .store
@@ -275,6 +285,7 @@ impl Compute {
                         inner.outbox.accept_inbound(txn, &peer_id, seq)?;
                         txn.put(t.executions, stored.execution.id.as_str(), &stored)?;
                         enqueue_accepted(&inner, txn, &stored, true)?;
+                        enqueue_progress(&inner, txn, &stored, reported.take())?;
                         inner.outbox.last_applied(txn, &peer_id)
                     })
                     .await;
@@ -286,7 +297,7 @@ impl Compute {
                 let _ = self
                     .inner
                     .start
-                    .send(Work::Finish(Box::new(record), handle));
+                    .send(Work::Finish(Box::new(record), handle, progress));
                 Ok(self.acknowledge(peer, outcome))
             }
         }
@@ -331,22 +342,62 @@ impl Compute {
             running.insert(id.clone(), cancel.clone());
         }
         let span = info_span!("execution", execution_id = %id, job_id = %record.execution.job_id);
-        let ending = self
-            .run_pipeline(&record.execution, cancel)
-            .instrument(span.clone())
-            .await;
+        let progress = Progress::default();
+        let run = self
+            .run_pipeline(&record.execution, cancel, progress.clone())
+            .instrument(span.clone());
+        let ending = self.forwarding(&record, &progress, run).await;
         if let Ok(mut running) = self.inner.running.lock() {
             running.remove(&id);
         }
         let _enter = span.enter();
-        self.finish(record, ending).await;
+        self.finish(record, ending, progress.take()).await;
+    }
+
+    /// Awaits `run`, sending each milestone the executor reports meanwhile to the orchestrator (one small
+    /// transaction per burst; milestones are rare: an image pull, say). What is left when `run` ends goes out
+    /// with the report.
+    async fn forwarding<T>(
+        &self,
+        record: &LocalExecution,
+        progress: &Progress,
+        run: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut run => return out,
+                () = progress.changed() => {
+                    let events = progress.take();
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let (inner, rec) = (self.inner.clone(), record.clone());
+                    let written = self
+                        .inner
+                        .store
+                        .write(move |txn| enqueue_progress(&inner, txn, &rec, events))
+                        .await;
+                    match written {
+                        Ok(()) => self.inner.outbox.kick(&record.orchestrator),
+                        Err(e) => warn!(error = %e, "cannot record execution progress"),
+                    }
+                }
+            }
+        }
     }
 
     /// Runs the execution in its work dir. The dir is removed by [`Compute::discard_work_dir`] once the
     /// ending is recorded: cleaning up is not on the path to the result.
-    async fn run_pipeline(&self, execution: &Execution, cancel: CancellationToken) -> Ending {
+    async fn run_pipeline(
+        &self,
+        execution: &Execution,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Ending {
         let dir = self.work_dir(&execution.id);
-        self.run_in(execution, &dir, cancel).await
+        self.run_in(execution, &dir, cancel, progress).await
     }
 
     fn work_dir(&self, id: &ExecutionId) -> PathBuf {
@@ -358,7 +409,13 @@ impl Compute {
         let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
     }
 
-    async fn run_in(&self, execution: &Execution, dir: &Path, cancel: CancellationToken) -> Ending {
+    async fn run_in(
+        &self,
+        execution: &Execution,
+        dir: &Path,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Ending {
         let failed = |error: String| Ending::Failed {
             state: ExecutionStateType::Failed,
             error,
@@ -484,6 +541,7 @@ impl Compute {
                 max_output_bytes: self.inner.config.max_output_bytes,
             },
             network: task.network.kind.clone(),
+            progress,
         };
         info!("execution started");
         let outcome = match executor.run(ctx, cancel).await {
@@ -558,9 +616,8 @@ impl Compute {
     }
 
     /// Records the ending and queues its report, in one transaction.
-    async fn finish(&self, record: LocalExecution, ending: Ending) {
-        let t = self.inner.tables;
-        let outbox = self.inner.outbox.clone();
+    async fn finish(&self, record: LocalExecution, ending: Ending, progress: Vec<Event>) {
+        let (t, inner) = (self.inner.tables, self.inner.clone());
         let need = execution_resources(&record.execution, &self.inner.config.job_defaults);
         let orchestrator = record.orchestrator.clone();
         let id = record.execution.id.clone();
@@ -569,8 +626,9 @@ impl Compute {
             .store
             .write(move |txn| {
                 let mut rec = record;
+                enqueue_progress(&inner, txn, &rec, progress)?;
                 let message = report(&mut rec, ending);
-                outbox.enqueue(txn, &rec.orchestrator, message)?;
+                inner.outbox.enqueue(txn, &rec.orchestrator, message)?;
                 // The job snapshot (possibly an inline module) is no longer needed.
                 rec.execution.job = None;
                 txn.put(t.executions, rec.execution.id.as_str(), &rec)
@@ -647,6 +705,25 @@ fn enqueue_accepted(
             ),
         };
         inner.outbox.enqueue(txn, &rec.orchestrator, running)?;
+    }
+    Ok(())
+}
+
+/// Queues the executor's milestones as history events of the running execution.
+fn enqueue_progress(
+    inner: &super::Inner,
+    txn: &mut WriteTxn<'_, '_>,
+    rec: &LocalExecution,
+    events: Vec<Event>,
+) -> Result<(), StoreError> {
+    for event in events {
+        let message = Message::ExecutionProgress {
+            execution_id: rec.execution.id.clone(),
+            job_id: rec.execution.job_id.clone(),
+            state: ExecutionStateType::Running,
+            event,
+        };
+        inner.outbox.enqueue(txn, &rec.orchestrator, message)?;
     }
     Ok(())
 }

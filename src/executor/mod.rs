@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{EngineKind, EngineSpec, ExecutionId, JobId, NetworkType, Task};
+use crate::model::{EngineKind, EngineSpec, Event, ExecutionId, JobId, NetworkType, Task};
 
 #[cfg(feature = "executor-oci")]
 pub mod oci;
@@ -76,6 +77,41 @@ pub struct RunContext {
     pub limits: Limits,
     /// Network mode requested.
     pub network: NetworkType,
+    /// Where the executor reports milestones (an image pulled, say) for the job's history.
+    pub progress: Progress,
+}
+
+/// Milestones an executor reports while it works. The compute node forwards them to the orchestrator as
+/// history events of the running execution; reporting never blocks the executor.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<ProgressInner>);
+
+#[derive(Debug, Default)]
+struct ProgressInner {
+    events: Mutex<Vec<Event>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// Records a milestone under `topic` (Bacalhau's history topics, e.g. `Exec`).
+    pub fn report(&self, topic: &str, message: impl Into<String>) {
+        let event = Event::new(topic, message);
+        self.0
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+        // A stored permit wakes the next `changed` even when nobody waits right now.
+        self.0.changed.notify_one();
+    }
+    /// Takes the milestones not yet taken, oldest first.
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    /// Resolves when a milestone was reported since the last call.
+    pub async fn changed(&self) {
+        self.0.changed.notified().await;
+    }
 }
 
 /// Why a run failed (as opposed to exiting with a code).

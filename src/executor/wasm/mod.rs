@@ -243,6 +243,7 @@ mod tests {
                     max_output_bytes: 1 << 20,
                 },
                 network: NetworkType::None,
+                progress: crate::executor::Progress::default(),
             };
             let mut job = Job { dir, ctx };
             job.module("/main.wasm", &wat::parse_str(wat).unwrap());
