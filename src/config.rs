@@ -138,6 +138,104 @@ pub struct ComputeConfig {
     /// Local publisher: listen host.
     #[serde(rename = "PublisherListen")]
     pub publisher_listen: String,
+    /// Decline jobs that ask for any network (`Host`, `HTTP`, `Bridge`); they fail with the reason.
+    #[serde(rename = "RejectNetworkedJobs")]
+    pub reject_networked_jobs: bool,
+    /// The `docker` engine.
+    #[serde(rename = "Docker")]
+    pub docker: DockerConfig,
+}
+
+/// `docker` engine settings: registries, the image cache, and the sandbox's id range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DockerConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP. Loopback registries always are, as with Docker.
+    #[serde(rename = "InsecureRegistries")]
+    pub insecure_registries: Vec<String>,
+    /// Credentials by registry host (`ghcr.io`, `registry.lan:5000`; Docker Hub is `docker.io`).
+    #[serde(rename = "Credentials")]
+    pub credentials: BTreeMap<String, RegistryCredential>,
+    /// Disk for pulled images; least recently used ones go first when it is exceeded.
+    #[serde(rename = "ImageCacheSize")]
+    pub image_cache_size: String,
+    /// Host uid/gid that container root maps to (the user namespace's first id).
+    #[serde(rename = "IdMapBase")]
+    pub id_map_base: u32,
+    /// Number of ids in the container's user namespace.
+    #[serde(rename = "IdMapSize")]
+    pub id_map_size: u32,
+    /// Most processes per container (a fork bomb stops here).
+    #[serde(rename = "PidsLimit")]
+    pub pids_limit: u64,
+}
+
+/// How to log in to one registry: a user and password (Basic, or exchanged for a bearer token as the
+/// registry asks), or a bearer token as is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryCredential {
+    /// User name.
+    #[serde(rename = "Username")]
+    pub username: String,
+    /// Password.
+    #[serde(rename = "Password")]
+    pub password: Secret,
+    /// Bearer token (instead of a user and password).
+    #[serde(rename = "Token")]
+    pub token: Secret,
+}
+
+/// A value that must never be shown: `Debug` and serialization (`/api/v1/agent/config`, logs) print a
+/// placeholder; only [`Secret::expose`] gives the value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether it is empty (not set).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            insecure_registries: vec![],
+            credentials: BTreeMap::new(),
+            image_cache_size: "2GiB".into(),
+            // Above the ids a distribution hands out to people and services, and a full 16-bit range so images
+            // that use uids such as 65534 (nobody) work.
+            id_map_base: 100_000,
+            id_map_size: 65_536,
+            pids_limit: 1024,
+        }
+    }
 }
 
 /// Store settings.
@@ -212,6 +310,8 @@ impl Default for ComputeConfig {
             publisher_address: "127.0.0.1".into(),
             publisher_port: 6001,
             publisher_listen: "0.0.0.0".into(),
+            reject_networked_jobs: false,
+            docker: DockerConfig::default(),
         }
     }
 }
@@ -368,6 +468,8 @@ pub struct Resolved {
     pub wasm_slots: usize,
     /// Node name.
     pub name: String,
+    /// Image cache budget in bytes.
+    pub image_cache_bytes: u64,
 }
 
 impl Config {
@@ -468,6 +570,7 @@ impl Config {
                 c.wasm_slots
             },
             name,
+            image_cache_bytes: bytes("Compute.Docker.ImageCacheSize", &c.docker.image_cache_size)?,
         })
     }
 }
@@ -522,6 +625,24 @@ mod tests {
             Some("north")
         );
         c.resolve().expect("valid");
+    }
+
+    #[test]
+    fn registry_secrets_never_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "compute:\n  docker:\n    credentials:\n      registry.lan:5000: {username: ci, password: hunter2}\n",
+        )
+        .expect("write");
+        let c = load_file(&path).expect("loads");
+        let cred = &c.compute.docker.credentials["registry.lan:5000"];
+        assert_eq!(cred.password.expose(), "hunter2");
+        assert!(cred.token.is_empty());
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).expect("serializes"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::model::resources::{JobDefaults, job_resources};
-use crate::model::{EngineSpec, Execution, InputSpec, PublisherSpec, Resources};
+use crate::model::{EngineSpec, Execution, InputSpec, NetworkType, PublisherSpec, Resources};
 
 use super::backends::Backends;
 
@@ -64,9 +64,21 @@ pub(crate) fn execution_resources(e: &Execution, defaults: &JobDefaults) -> Reso
 }
 
 /// Decides a bid; `Err` carries the reason the user will see.
-pub(crate) fn decide(backends: &Backends, e: &Execution) -> Result<(), String> {
+pub(crate) fn decide(
+    backends: &Backends,
+    config: &super::Config,
+    e: &Execution,
+) -> Result<(), String> {
     let job = e.job.as_ref().ok_or("the request carries no job")?;
     let task = job.task().ok_or("the job has no task")?;
+    if config.reject_networked_jobs
+        && !matches!(task.network.kind, NetworkType::None | NetworkType::Default)
+    {
+        return Err(format!(
+            "this node does not run networked jobs (the job asks for network {}); use --network none",
+            task.network.kind.as_str()
+        ));
+    }
     let engine = EngineSpec::parse(&task.engine, "Engine").map_err(|e| e.to_string())?;
     let executor = engine
         .kind()

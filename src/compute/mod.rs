@@ -59,6 +59,8 @@ pub struct Config {
     pub job_defaults: JobDefaults,
     /// Address published in NodeInfo.
     pub address: String,
+    /// Decline jobs that ask for a network.
+    pub reject_networked_jobs: bool,
 }
 
 /// Something the compute node failed to do (not a job failure: those are reports).

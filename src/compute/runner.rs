@@ -227,7 +227,7 @@ impl Compute {
             _ => return Err(give_back(execution)),
         }
         let need = execution_resources(&execution, &self.inner.config.job_defaults);
-        if decide(&self.inner.backends, &execution).is_err()
+        if decide(&self.inner.backends, &self.inner.config, &execution).is_err()
             || self.inner.capacity.try_reserve(&need).is_err()
         {
             return Err(give_back(execution));
@@ -764,7 +764,7 @@ fn apply(
                 return Ok(());
             }
             let need = execution_resources(&execution, &inner.config.job_defaults);
-            let verdict = decide(&inner.backends, &execution)
+            let verdict = decide(&inner.backends, &inner.config, &execution)
                 .and_then(|()| inner.capacity.try_reserve(&need));
             let (id, job_id) = (execution.id.clone(), execution.job_id.clone());
             match verdict {

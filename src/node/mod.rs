@@ -187,6 +187,7 @@ pub async fn start(
             default_timeout: config.default_timeout,
             job_defaults: config.orchestrator.job_defaults,
             address: raw.compute.publisher_address.clone(),
+            reject_networked_jobs: raw.compute.reject_networked_jobs,
         };
         let (compute, runner) = Compute::new(
             store.clone(),
