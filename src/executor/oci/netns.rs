@@ -1,0 +1,110 @@
+//! Network namespaces the node makes for containers: one with only `lo`, up (Docker's `none`, where
+//! `localhost` still works), optionally with listening sockets the node opened inside it (the `HTTP` egress
+//! proxy). The container joins it by path; the node keeps it alive by holding its file.
+//!
+//! `unshare(CLONE_NEWNET)` changes the namespace of the calling *thread* only, so each namespace is made on a
+//! short-lived thread of its own and the node's other threads never notice.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+
+/// A network namespace held open by the node.
+#[derive(Debug)]
+pub struct NetNs {
+    file: File,
+}
+
+impl NetNs {
+    /// Makes a namespace with `lo` up, and runs `inside` in it (sockets it opens stay in the namespace).
+    pub fn create<T: Send + 'static>(
+        inside: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<(NetNs, T)> {
+        std::thread::Builder::new()
+            .name("cod-netns".into())
+            .spawn(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+                loopback_up()?;
+                let file = File::open("/proc/thread-self/ns/net")?;
+                let value = inside()?;
+                Ok((NetNs { file }, value))
+            })?
+            .join()
+            .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
+    }
+
+    /// A path that opens this namespace while the node holds it (for the runtime spec).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.file.as_raw_fd()
+        ))
+    }
+}
+
+/// Sets `lo` up with one RTM_NEWLINK request, and reads the kernel's acknowledgement.
+fn loopback_up() -> std::io::Result<()> {
+    let index = nix::net::if_::if_nametoindex("lo")?;
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    let mut request = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(link)),
+    );
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.finalize();
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.send(&bytes, 0)?;
+    let mut reply = vec![0u8; 4096];
+    let n = socket.recv(&mut &mut reply[..], 0)?;
+    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+        .map_err(|e| std::io::Error::other(format!("unreadable netlink reply: {e}")))?;
+    match answer.payload {
+        NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (CI runs as root); skipped with a note otherwise.
+    #[test]
+    fn namespace_has_only_a_working_loopback() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (ns, listener) =
+            NetNs::create(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("creates");
+        let port = listener.local_addr().expect("addr").port();
+        let mine = std::fs::read_link("/proc/thread-self/ns/net").expect("ns");
+        let theirs = std::fs::read_link(ns.path()).expect("held ns");
+        assert_ne!(mine, theirs, "a new namespace");
+        // Inside, loopback works: connect from a thread that joins it.
+        let path = ns.path();
+        let connected = std::thread::spawn(move || {
+            let f = File::open(path)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ())
+        })
+        .join()
+        .expect("thread");
+        connected.expect("lo is up inside");
+    }
+}
