@@ -535,8 +535,10 @@ impl Compute {
             outputs,
             stdout_path: stdout_path.clone(),
             stderr_path: stderr_path.clone(),
+            scratch_dir: dir.join("scratch"),
             limits: Limits {
                 memory_bytes: (need.memory > 0).then_some(need.memory),
+                cpu_millis: (need.cpu > 0.0).then(|| (need.cpu * 1000.0).round() as u64),
                 timeout,
                 max_output_bytes: self.inner.config.max_output_bytes,
             },

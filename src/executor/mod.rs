@@ -48,6 +48,9 @@ pub struct OutputDir {
 pub struct Limits {
     /// Memory cap in bytes (`Resources.Memory`), if any.
     pub memory_bytes: Option<u64>,
+    /// CPU cap in thousandths of a core (`Resources.CPU`, or the node's default for the job), if any.
+    /// Containers get it as a CFS quota; the WASM interpreter runs on one thread anyway.
+    pub cpu_millis: Option<u64>,
     /// Wall-clock limit (`Timeouts.ExecutionTimeout`), if any.
     pub timeout: Option<Duration>,
     /// Cap on each of stdout and stderr; output past it is dropped and the run is flagged.
@@ -73,6 +76,9 @@ pub struct RunContext {
     pub stdout_path: PathBuf,
     /// File receiving stderr.
     pub stderr_path: PathBuf,
+    /// A folder of the execution's own for the executor's files (not created: the executor makes it when it
+    /// needs it; removed with the execution).
+    pub scratch_dir: PathBuf,
     /// Limits.
     pub limits: Limits,
     /// Network mode requested.

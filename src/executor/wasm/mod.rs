@@ -237,8 +237,10 @@ mod tests {
                 outputs: Vec::new(),
                 stdout_path: dir.path().join("stdout"),
                 stderr_path: dir.path().join("stderr"),
+                scratch_dir: dir.path().to_owned(),
                 limits: Limits {
                     memory_bytes: None,
+                    cpu_millis: None,
                     timeout: None,
                     max_output_bytes: 1 << 20,
                 },
