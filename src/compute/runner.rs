@@ -542,7 +542,7 @@ impl Compute {
                 timeout,
                 max_output_bytes: self.inner.config.max_output_bytes,
             },
-            network: task.network.kind.clone(),
+            network: task.network.clone(),
             progress,
         };
         info!("execution started");

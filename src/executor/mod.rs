@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{EngineKind, EngineSpec, Event, ExecutionId, JobId, NetworkType, Task};
+use crate::model::{EngineKind, EngineSpec, Event, ExecutionId, JobId, NetworkConfig, Task};
 
 #[cfg(feature = "executor-oci")]
 pub mod oci;
@@ -82,7 +82,7 @@ pub struct RunContext {
     /// Limits.
     pub limits: Limits,
     /// Network mode requested.
-    pub network: NetworkType,
+    pub network: NetworkConfig,
     /// Where the executor reports milestones (an image pulled, say) for the job's history.
     pub progress: Progress,
 }

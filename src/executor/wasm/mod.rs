@@ -244,7 +244,10 @@ mod tests {
                     timeout: None,
                     max_output_bytes: 1 << 20,
                 },
-                network: NetworkType::None,
+                network: NetworkConfig {
+                    kind: NetworkType::None,
+                    domains: Vec::new(),
+                },
                 progress: crate::executor::Progress::default(),
             };
             let mut job = Job { dir, ctx };
