@@ -235,7 +235,15 @@ impl Unpacker {
             left: stream_cap,
             exceeded: false,
         };
-        let result = self.entries(&mut capped);
+        // The tar crate stops at the end-of-archive blocks; reading on to EOF lets a hashing reader (the
+        // caller's diff_id check) see the padding after them too.
+        let result = self.entries(&mut capped).and_then(|()| {
+            io::copy(&mut capped, &mut io::sink())
+                .map(drop)
+                .map_err(|err| {
+                    UnpackError::Corrupt(format!("reading past the end of the archive: {err}"))
+                })
+        });
         if capped.exceeded {
             return Err(UnpackError::TooLarge(format!(
                 "the tar stream is larger than {stream_cap} bytes"
@@ -412,7 +420,7 @@ impl Unpacker {
         self.tree
             .create(
                 &target,
-                &InodeType::CharacterDevice(std::fs::Permissions::from_mode(0), 0),
+                &InodeType::CharacterDevice(std::fs::Permissions::from_mode(0o000), 0),
             )
             .map_err(|source| entry_err(shown, "create whiteout", source))?;
         let meta = Meta {
@@ -1054,7 +1062,8 @@ pub(super) mod tests {
 
     #[test]
     fn hardlinks_must_name_an_entry_of_the_layer() {
-        let cases: [(&str, fn(&Sandbox) -> LayerTar); 4] = [
+        type Case = (&'static str, fn(&Sandbox) -> LayerTar);
+        let cases: [Case; 4] = [
             ("absolute host path", |sb| {
                 let secret = sb.outside().join("secret");
                 LayerTar::new().hardlink("h", secret.to_str().expect("utf-8"))
@@ -1287,6 +1296,32 @@ pub(super) mod tests {
         )
         .expect_err("missing");
         assert!(matches!(err, UnpackError::Dest { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_whole_stream_is_read_for_the_callers_hash() {
+        struct Counting<'a> {
+            data: &'a [u8],
+            read: usize,
+        }
+        impl Read for Counting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.data[self.read..].len().min(buf.len());
+                buf[..n].copy_from_slice(&self.data[self.read..self.read + n]);
+                self.read += n;
+                Ok(n)
+            }
+        }
+        let sb = Sandbox::new();
+        let mut tar = LayerTar::new().file("a", "x").finish();
+        // Tar writers pad to a record size; the hash covers the padding.
+        tar.resize(10_240 * 2, 0);
+        let mut reader = Counting {
+            data: &tar,
+            read: 0,
+        };
+        apply_layer(&mut reader, &sb.dest(), NO_SHIFT, LIMITS).expect("unpack");
+        assert_eq!(reader.read, tar.len());
     }
 
     #[test]
