@@ -30,6 +30,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -197,6 +198,9 @@ struct Inner {
     leases: Arc<Leases>,
     /// One GC at a time (an async lock: GC awaits LMDB and file removal while holding it).
     gc: tokio::sync::Mutex<()>,
+    /// The last use stamp given out: wall-clock milliseconds, but strictly increasing, so that two pulls in
+    /// the same millisecond still have an LRU order.
+    last_use: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +310,11 @@ impl ImageStore {
             .read(move |txn| Ok((txn.all(t.images)?, txn.all(t.layers)?)))
             .await
             .map_err(ImageStoreError::Index)?;
+        let last_use = images
+            .iter()
+            .map(|(_, i)| i.last_used_ms)
+            .max()
+            .unwrap_or(0);
         let sweep_paths = paths.clone();
         let stale = blocking("sweep", move || {
             sweep(&sweep_paths, &images, &layers, config.shift)
@@ -336,6 +345,7 @@ impl ImageStore {
                 locks: KeyedLocks::default(),
                 leases: Arc::new(Leases::default()),
                 gc: tokio::sync::Mutex::new(()),
+                last_use: AtomicU64::new(last_use),
             }),
         })
     }
@@ -402,14 +412,23 @@ impl ImageStore {
         let t = self.inner.tables;
         let key = tag_key(image, platform);
         let lookup_key = key.clone();
+        let pinned = image.digest().cloned();
+        let node_platform = platform.clone();
         let known: Option<ImageRecord> = self
             .inner
             .store
             .read(move |txn| {
-                let Some(tag) = txn.get(t.tags, &lookup_key)? else {
+                if let Some(tag) = txn.get(t.tags, &lookup_key)? {
+                    return txn.get(t.images, tag.digest.hex());
+                }
+                // A digest pinning a manifest this node already has (pulled under another name or by tag).
+                // An index digest is found through the tag table once pulled that way.
+                let Some(digest) = pinned else {
                     return Ok(None);
                 };
-                txn.get(t.images, tag.digest.hex())
+                Ok(txn
+                    .get(t.images, digest.hex())?
+                    .filter(|r| node_platform.runs(&r.platform)))
             })
             .await
             .map_err(index_err)?;
@@ -467,7 +486,7 @@ impl ImageStore {
 
         // Record the image before fetching layers: open and GC then see its blobs as wanted.
         record.reference = name.clone();
-        record.last_used_ms = now_ms();
+        record.last_used_ms = self.use_stamp();
         let to_store = record.clone();
         let missing: Vec<u64> = self
             .inner
@@ -519,6 +538,24 @@ impl ImageStore {
             took,
             lease,
         })
+    }
+
+    /// A strictly increasing wall-clock stamp for LRU order.
+    fn use_stamp(&self) -> u64 {
+        let now = now_ms();
+        let mut last = self.inner.last_use.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.inner.last_use.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
     }
 
     /// Makes layer `index` of `image` present (download + unpack unless already there) and returns its
