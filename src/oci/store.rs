@@ -741,13 +741,10 @@ impl ImageStore {
             if report.after_bytes <= budget_bytes {
                 break;
             }
-            let freed = self
-                .remove_layer(&layer.diff_id, &blobs, &layer_bytes)
+            let removed = self
+                .remove_layer(&layer.diff_id, Some(&layer.blob), &blobs, &layer_bytes)
                 .await?;
-            if let Some(freed) = freed {
-                report.after_bytes = report.after_bytes.saturating_sub(freed);
-                report.layers_removed += 1;
-            }
+            report.count(removed);
         }
 
         let mut by_age: Vec<&ImageRecord> = images.iter().map(|(_, i)| i).collect();
@@ -770,17 +767,11 @@ impl ImageStore {
                 if *n > 0 {
                     continue;
                 }
-                if let Some(freed) = self.remove_layer(&l.diff_id, &blobs, &layer_bytes).await? {
-                    report.after_bytes = report.after_bytes.saturating_sub(freed);
-                    report.layers_removed += 1;
-                }
-                // A blob left over from an interrupted pull of this image.
-                if let Some(size) = blobs.get(l.blob.digest.hex()) {
-                    let path = self.inner.paths.blob(&l.blob.digest);
-                    if tokio::fs::remove_file(&path).await.is_ok() {
-                        report.after_bytes = report.after_bytes.saturating_sub(*size);
-                    }
-                }
+                // The blob too: one left over from an interrupted pull of this image.
+                let removed = self
+                    .remove_layer(&l.diff_id, Some(&l.blob.digest), &blobs, &layer_bytes)
+                    .await?;
+                report.count(removed);
             }
         }
         if report.after_bytes > budget_bytes {
@@ -817,47 +808,69 @@ impl ImageStore {
             .map_err(ImageStoreError::Index)
     }
 
-    /// Deletes an unpacked layer unless a pull holds it or it is leased; returns the bytes freed.
+    /// Deletes an unpacked layer and its blob (either may be absent) unless a pull holds the layer or it is
+    /// leased. Both are deleted under the layer's lock, so an in-flight pull never loses a blob it just
+    /// downloaded.
     async fn remove_layer(
         &self,
         diff_id: &Digest,
+        blob: Option<&Digest>,
         blobs: &HashMap<String, u64>,
         layer_bytes: &HashMap<String, u64>,
-    ) -> Result<Option<u64>, ImageStoreError> {
+    ) -> Result<Removed, ImageStoreError> {
         let key = layer_key(diff_id);
         // Busy means a pull is working on it right now: it is in use.
         let Some(_lock) = self.inner.locks.try_lock(&key) else {
-            return Ok(None);
+            return Ok(Removed::default());
         };
         if self.inner.leases.is_leased(&key) {
-            return Ok(None);
+            return Ok(Removed::default());
         }
-        let t = self.inner.tables;
-        let hex = diff_id.hex().to_owned();
-        let record = self
-            .inner
-            .store
-            .write(move |txn| {
-                let record = txn.get(t.layers, &hex)?;
-                txn.delete(t.layers, &hex)?;
-                Ok(record)
-            })
-            .await
-            .map_err(ImageStoreError::Index)?;
-        let dir = self.inner.paths.layer(diff_id);
-        let tmp = self.inner.paths.tmp.clone();
-        blocking("layer removal", move || remove_tree_via(&dir, &tmp)).await??;
-        let mut freed = layer_bytes.get(diff_id.hex()).copied().unwrap_or(0);
-        if let Some(record) = record
-            && let Some(size) = blobs.get(record.blob.hex())
-            && tokio::fs::remove_file(self.inner.paths.blob(&record.blob))
+        let mut removed = Removed::default();
+        if let Some(bytes) = layer_bytes.get(diff_id.hex()) {
+            let t = self.inner.tables;
+            let hex = diff_id.hex().to_owned();
+            self.inner
+                .store
+                .write(move |txn| txn.delete(t.layers, &hex))
                 .await
-                .is_ok()
-        {
-            freed += size;
+                .map_err(ImageStoreError::Index)?;
+            let dir = self.inner.paths.layer(diff_id);
+            let tmp = self.inner.paths.tmp.clone();
+            blocking("layer removal", move || remove_tree_via(&dir, &tmp)).await??;
+            removed.layer = true;
+            removed.bytes += bytes;
         }
-        debug!(diff_id = %diff_id, freed, "layer removed");
-        Ok(Some(freed))
+        if let Some(blob) = blob
+            && let Some(size) = blobs.get(blob.hex())
+        {
+            let path = self.inner.paths.blob(blob);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => removed.bytes += size,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+        debug!(diff_id = %diff_id, freed = removed.bytes, "layer removed");
+        Ok(removed)
+    }
+}
+
+/// What one [`ImageStore::remove_layer`] freed.
+#[derive(Debug, Default)]
+struct Removed {
+    /// An unpacked layer was deleted.
+    layer: bool,
+    /// Bytes freed (layer and blob).
+    bytes: u64,
+}
+
+impl GcReport {
+    fn count(&mut self, removed: Removed) {
+        self.after_bytes = self.after_bytes.saturating_sub(removed.bytes);
+        if removed.layer {
+            self.layers_removed += 1;
+        }
     }
 }
 

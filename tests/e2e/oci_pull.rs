@@ -484,6 +484,18 @@ async fn busybox_pulls_by_tag_and_digest_then_from_the_cache() {
     assert_eq!(img.config.env, vec![busybox::ENV]);
     assert_eq!(img.config.cmd, vec![busybox::CMD]);
     let first = events.take();
+    for e in &first {
+        if let PullProgress::LayerUnpacked {
+            index,
+            entries,
+            bytes,
+            took,
+            ..
+        } = e
+        {
+            eprintln!("layer {index}: {entries} entries, {bytes} bytes, unpacked in {took:?}");
+        }
+    }
     assert!(downloads(&first) >= busybox::LAYERS, "{first:?}");
     assert_eq!(
         count(&first, |e| matches!(e, PullProgress::LayerUnpacked { .. })),
@@ -707,7 +719,13 @@ async fn a_hostile_layer_is_refused_and_writes_nothing_outside() {
         )
         .await
         .expect_err("hostile layer");
-    assert!(matches!(err, PullError::Unpack { .. }), "{err:?}");
+    let PullError::Unpack { source, .. } = &err else {
+        panic!("expected an unpack error, got {err:?}")
+    };
+    assert!(
+        source.to_string().contains("escaped-by-layer"),
+        "the error names the entry: {source}"
+    );
     for dir in [
         node.dir.path().to_owned(),
         node.oci(),
