@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-# Containers: libseccomp for libcontainer's filter; a real registry, image tools and busybox for test images;
+# Containers: libseccomp for libcontainer's filter; a real registry, image tools and busybox for test images
+# (apache2-utils: htpasswd, for the registry's basic-auth tests);
 # crun and runc as the peers the container benchmark compares against.
-for pkg in libseccomp-dev busybox-static umoci skopeo docker-registry crun runc; do
+for pkg in libseccomp-dev busybox-static umoci skopeo docker-registry apache2-utils crun runc; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

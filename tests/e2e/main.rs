@@ -6,3 +6,7 @@ mod durability;
 mod fixtures;
 mod harness;
 mod hybrid;
+#[cfg(feature = "executor-oci")]
+mod oci_pull;
+#[cfg(feature = "executor-oci")]
+mod registry;
