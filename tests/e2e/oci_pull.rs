@@ -1,9 +1,5 @@
 //! Pulling images from a real registry (Debian's docker-registry on loopback, plain HTTP): resolution, platform
 //! choice, authentication, verification, the cache, compression formats and GC.
-//!
-//! Tests marked `#[ignore = "needs apply_layer …"]` unpack layers, which needs `oci::unpack::apply_layer`
-//! from the `oci-unpack` branch; remove those attributes when both branches are merged. Everything that
-//! fails before unpacking (resolution, auth, digests, not found, missing platform) runs here.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -455,7 +451,6 @@ async fn docker_v2s2_and_zstd_images_resolve_with_their_compression() {
 // ---- Tests that unpack layers (need apply_layer from the oci-unpack branch). ----
 
 #[tokio::test]
-#[ignore = "needs apply_layer from the oci-unpack branch; remove after merging it"]
 async fn busybox_pulls_by_tag_and_digest_then_from_the_cache() {
     let mut reg = TestRegistry::start();
     let pushed = reg.push_busybox("busybox", "1.0", &PushOptions::default());
@@ -598,7 +593,6 @@ async fn busybox_pulls_by_tag_and_digest_then_from_the_cache() {
 }
 
 #[tokio::test]
-#[ignore = "needs apply_layer from the oci-unpack branch; remove after merging it"]
 async fn zstd_and_plain_layers_unpack_and_share_layers_with_gzip() {
     let reg = TestRegistry::start();
     let work = tempfile::tempdir().expect("tempdir");
@@ -667,7 +661,6 @@ async fn zstd_and_plain_layers_unpack_and_share_layers_with_gzip() {
 }
 
 #[tokio::test]
-#[ignore = "needs apply_layer from the oci-unpack branch; remove after merging it"]
 async fn a_diff_id_mismatch_fails_and_keeps_no_layer() {
     let reg = TestRegistry::start();
     let wrong = Digest::sha256_of(b"something else").to_string();
@@ -701,7 +694,6 @@ async fn a_diff_id_mismatch_fails_and_keeps_no_layer() {
 }
 
 #[tokio::test]
-#[ignore = "needs apply_layer from the oci-unpack branch; remove after merging it"]
 async fn a_hostile_layer_is_refused_and_writes_nothing_outside() {
     let reg = TestRegistry::start();
     let tar = TarBuilder::new()
@@ -738,7 +730,6 @@ async fn a_hostile_layer_is_refused_and_writes_nothing_outside() {
 }
 
 #[tokio::test]
-#[ignore = "needs apply_layer from the oci-unpack branch; remove after merging it"]
 async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
     let reg = TestRegistry::start();
     let pushed = reg.push_busybox("busybox", "c", &PushOptions::default());
@@ -767,7 +758,6 @@ async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
 }
 
 #[tokio::test]
-#[ignore = "needs apply_layer from the oci-unpack branch; remove after merging it"]
 async fn gc_evicts_least_recently_used_images_and_keeps_leased_ones() {
     let reg = TestRegistry::start();
     let big = |seed: u8| {
@@ -855,7 +845,6 @@ async fn gc_evicts_least_recently_used_images_and_keeps_leased_ones() {
 }
 
 #[tokio::test]
-#[ignore = "needs apply_layer from the oci-unpack branch; remove after merging it"]
 async fn a_reopened_store_keeps_complete_layers_and_drops_partial_ones() {
     let reg = TestRegistry::start();
     let pushed = reg.push_raw_image("reopen", "v1", &marker_image("kept"));
