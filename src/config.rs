@@ -168,6 +168,10 @@ pub struct DockerConfig {
     /// Most processes per container (a fork bomb stops here).
     #[serde(rename = "PidsLimit")]
     pub pids_limit: u64,
+    /// Let `HTTP` jobs reach allowed names that resolve to this node itself (off: a job listing `localhost`
+    /// must not reach the node's API).
+    #[serde(rename = "AllowLoopbackEgress")]
+    pub allow_loopback_egress: bool,
 }
 
 /// How to log in to one registry: a user and password (Basic, or exchanged for a bearer token as the
@@ -234,6 +238,7 @@ impl Default for DockerConfig {
             id_map_base: 100_000,
             id_map_size: 65_536,
             pids_limit: 1024,
+            allow_loopback_egress: false,
         }
     }
 }

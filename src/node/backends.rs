@@ -6,6 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compute::Backends;
 use crate::config::Resolved;
+use crate::model::NodeId;
+use crate::store::Store;
 #[cfg(feature = "executor-wasm")]
 use crate::executor::wasm::{WasmConfig, WasmExecutor};
 use crate::publisher::local::{LocalPublisher, LocalPublisherConfig, LocalPublisherServer};
@@ -20,6 +22,8 @@ use super::NodeError;
 /// The backends and the local publisher's HTTP server (to be spawned by the node).
 pub(super) async fn build(
     config: &Resolved,
+    store: &Store,
+    node_id: &NodeId,
     shutdown: CancellationToken,
 ) -> Result<(Backends, LocalPublisherServer, String), NodeError> {
     let c = &config.raw.compute;
@@ -56,10 +60,80 @@ pub(super) async fn build(
             .map_err(|e| NodeError::Backend(e.to_string()))?;
         backends = backends.with_source(Arc::new(url));
     }
+    #[cfg(feature = "executor-oci")]
+    if let Some(docker) = docker(config, store, node_id).await {
+        backends = backends.with_executor(Arc::new(docker));
+    }
+    #[cfg(not(feature = "executor-oci"))]
+    let _ = (store, node_id);
     if backends.executors.is_empty() {
         tracing::warn!(
             "this build has no execution engine; the compute role will decline every job"
         );
     }
     Ok((backends, server, url_base))
+}
+
+/// The `docker` engine, when this node can run containers: it needs root (cgroups, namespaces, mounts). A
+/// node that cannot still runs WASM jobs; NodeInfo tells the orchestrator which engines it has.
+#[cfg(feature = "executor-oci")]
+async fn docker(
+    config: &Resolved,
+    store: &Store,
+    node_id: &NodeId,
+) -> Option<crate::executor::oci::OciExecutor> {
+    use crate::executor::oci::{IdMap, OciConfig, OciExecutor};
+    use crate::oci::registry::{RegistryAuth, RegistryConfig};
+
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "the docker engine needs root (namespaces, cgroups, mounts); this node runs WASM jobs only"
+        );
+        return None;
+    }
+    let d = &config.raw.compute.docker;
+    let auths = d
+        .credentials
+        .iter()
+        .map(|(host, c)| {
+            let auth = if c.token.is_empty() {
+                RegistryAuth::Basic {
+                    username: c.username.clone(),
+                    password: c.password.expose().to_owned(),
+                }
+            } else {
+                RegistryAuth::Bearer {
+                    token: c.token.expose().to_owned(),
+                }
+            };
+            (host.clone(), auth)
+        })
+        .collect();
+    let data_dir = std::path::absolute(&config.raw.data_dir).unwrap_or(config.raw.data_dir.clone());
+    let oci = OciConfig {
+        work_dir: data_dir.join("executions"),
+        data_dir,
+        registry: RegistryConfig {
+            insecure: d.insecure_registries.clone(),
+            auths,
+            ..RegistryConfig::default()
+        },
+        cache_bytes: config.image_cache_bytes,
+        id_map: IdMap {
+            host_base: d.id_map_base,
+            size: d.id_map_size,
+        },
+        pids_limit: d.pids_limit,
+        // One cgroup parent per node: several nodes on one host (tests, a gateway running two) never share.
+        cgroup_root: format!("cod/{node_id}"),
+        allow_loopback_egress: d.allow_loopback_egress,
+        helper_exe: None,
+    };
+    match OciExecutor::start(oci, store).await {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "the docker engine is unavailable; this node runs WASM jobs only");
+            None
+        }
+    }
 }

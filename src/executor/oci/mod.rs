@@ -1,6 +1,15 @@
 //! The `docker` engine: OCI images from any registry ([`crate::oci`]), run through youki's libcontainer in a
-//! single-threaded helper process per container ([`runtime`]). (Glue: being implemented.)
+//! single-threaded helper process per container ([`runtime`]).
+//!
+//! - [`engine`]: the [`crate::executor::Executor`] for `docker` tasks (pull, root filesystem, network, run).
+//! - [`runtime`]: one container in, one exit out, through the helper process.
+//! - [`netns`]: network namespaces the node makes for containers.
+//! - [`egress`]: the `HTTP` network mode's allow-list proxy.
 
 pub mod egress;
+pub mod engine;
 pub mod netns;
 pub mod runtime;
+
+pub use engine::{OciConfig, OciExecutor, OciStartError};
+pub use runtime::IdMap;
