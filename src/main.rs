@@ -22,6 +22,14 @@ enum Exit {
 }
 
 fn main() -> ExitCode {
+    // The container helper (`cod __oci-shim ...`) must run before any thread, runtime or logging exists:
+    // libcontainer clones its caller, which is only safe single-threaded.
+    #[cfg(feature = "executor-oci")]
+    if let Some(code) =
+        cod::executor::oci::runtime::helper_main(&std::env::args_os().skip(1).collect::<Vec<_>>())
+    {
+        return code;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Usage lines say `cod`, not the install path.

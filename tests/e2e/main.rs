@@ -2,6 +2,8 @@
 
 mod cli;
 mod cluster;
+#[cfg(feature = "executor-oci")]
+mod container;
 mod durability;
 mod fixtures;
 mod harness;

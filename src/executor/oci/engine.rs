@@ -30,7 +30,8 @@ use super::runtime::{
 use crate::executor::{
     Executor, ExecutorError, FailureReason, Progress, RunContext, RunOutcome,
 };
-use crate::model::{DockerParams, EngineKind, EngineSpec, NetworkType, Task};
+use crate::model::spec::DockerParams;
+use crate::model::{EngineKind, EngineSpec, NetworkType, Task};
 use crate::oci::platform::Platform;
 use crate::oci::reference::ImageRef;
 use crate::oci::registry::{PullError, Registry, RegistryConfig};
@@ -388,9 +389,7 @@ impl OciExecutor {
             env.insert(k.to_owned(), v.to_owned());
         }
         env.extend(ctx.env.clone());
-        let cwd = params
-            .working_directory
-            .clone()
+        let cwd = Some(params.working_directory.clone())
             .filter(|w| !w.is_empty())
             .or_else(|| config.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".to_owned());

@@ -1,0 +1,392 @@
+//! The helper process: `cod __oci-shim <command> <argument>`, the only place libcontainer runs.
+//!
+//! libcontainer clones its caller without exec and runs Rust code in the child, which is only safe from a
+//! single-threaded process (youki-dev/youki#3011), and it `chdir()`s the whole process: so each container
+//! gets a fresh, single-threaded helper, started by [`super::ContainerRuntime`] through `tokio::process`.
+//! `main.rs` dispatches here before anything else runs (no runtime, no logging set-up, no threads).
+//!
+//! Commands (one JSON event per line on stdout, see [`Event`]):
+//! - `run <request.json>`: create and start the container, report `Started`, wait for its init, read the OOM
+//!   counter, delete the container, report `Finished` (or `Failed`). Any byte or EOF on stdin means "kill":
+//!   the node writes to it on timeout/cancel, and a node that dies closes it, so a container never outlives
+//!   its node by more than the kill.
+//! - `delete <json>`: force-delete one container and its cgroups (after a helper died).
+//! - `sweep <json>`: delete every container under a state root and every cgroup under a cgroup root.
+//!
+//! The helper logs with `tracing` to the file named in the request (`run`) or to stderr: libcontainer's real
+//! causes ("received unexpected message: OtherError(..)" hides them) are only there.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::network::link::LinkClient;
+use libcontainer::network::wrapper::create_network_client;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::EnvFilter;
+
+use super::cgroup::Layout;
+use super::sweep;
+
+/// What `run` needs; written by the node into the bundle dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct RunRequest {
+    /// Container id (also the state dir's and the cgroup's name).
+    pub id: String,
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+    /// The bundle (holds `config.json`).
+    pub bundle: PathBuf,
+    /// Files receiving the container's stdout and stderr (created if missing, appended to).
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// The helper's log file.
+    pub log: PathBuf,
+    /// `tracing` filter for that log.
+    pub log_filter: String,
+    /// The spec's `cgroupsPath`.
+    pub cgroups_path: String,
+    /// A network namespace to enter before creating the container.
+    pub netns: Option<PathBuf>,
+    /// Whether the container gets a new network namespace whose `lo` must be brought up.
+    pub loopback_up: bool,
+}
+
+/// What `delete` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct DeleteRequest {
+    pub id: String,
+    pub state_root: PathBuf,
+    pub cgroups_path: String,
+}
+
+/// What `sweep` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SweepRequest {
+    pub state_root: PathBuf,
+    pub cgroup_root: String,
+}
+
+/// How the container's init ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum InitEnd {
+    Code(i32),
+    Signal(i32),
+}
+
+/// One line of the helper's stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Event {
+    /// The container runs; `pid` is its init on the host.
+    Started { pid: i32 },
+    /// The init ended and the container was deleted (unless `cleanup_error`).
+    Finished {
+        end: InitEnd,
+        /// Processes the kernel killed for want of memory.
+        oom_kills: u64,
+        /// Whether the helper killed the init because the node asked (or went away).
+        killed: bool,
+        /// Why the container could not be deleted, if it could not.
+        cleanup_error: Option<String>,
+    },
+    /// Nothing ran: `stage` failed with `error` (the cleanup was attempted).
+    Failed { stage: String, error: String },
+    /// `delete` is done.
+    Deleted,
+    /// `sweep` removed this many containers.
+    Swept { count: usize },
+}
+
+/// The error chain of `e`, on one line.
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Writes one event line. A node that stopped listening is not our problem here: the kill pipe tells us
+/// what to do about it.
+fn emit(event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Entry point of the helper: `args` are the arguments after the hidden subcommand.
+pub(super) fn main(args: &[OsString]) -> ExitCode {
+    let command = args.first().and_then(|a| a.to_str());
+    let argument = args.get(1);
+    let result = match (command, argument) {
+        (Some("run"), Some(path)) => run_command(Path::new(path)),
+        (Some("delete"), Some(json)) => parse::<DeleteRequest>(json).and_then(|r| {
+            log_to_stderr();
+            delete(&r);
+            emit(&Event::Deleted);
+            Ok(())
+        }),
+        (Some("sweep"), Some(json)) => parse::<SweepRequest>(json).map(|r| {
+            log_to_stderr();
+            match sweep::sweep(&r.state_root, &r.cgroup_root) {
+                Ok(count) => emit(&Event::Swept { count }),
+                Err(error) => emit(&Event::Failed {
+                    stage: "sweep".to_owned(),
+                    error,
+                }),
+            }
+        }),
+        _ => Err(
+            "usage: cod __oci-shim run <request.json> | delete <json> | sweep <json>".to_owned(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "cod __oci-shim: {e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(json: &OsString) -> Result<T, String> {
+    let text = json.to_str().ok_or("request is not UTF-8")?;
+    serde_json::from_str(text).map_err(|e| format!("invalid request {text}: {e}"))
+}
+
+fn log_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .with_env_filter(EnvFilter::new("warn"))
+        .try_init();
+}
+
+fn run_command(path: &Path) -> Result<(), String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let req: RunRequest = serde_json::from_str(&text)
+        .map_err(|e| format!("invalid request {}: {e}", path.display()))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&req.log)
+        .map_err(|e| format!("opening log {}: {e}", req.log.display()))?;
+    // An `Arc<File>` writer takes no lock, so a clone made by libcontainer can never inherit a held one.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(Arc::new(log))
+        .with_ansi(false)
+        .with_env_filter(EnvFilter::new(&req.log_filter))
+        .try_init();
+    match run(&req) {
+        Ok(event) => emit(&event),
+        Err((stage, error)) => {
+            tracing::error!(id = %req.id, stage, %error, "container failed");
+            delete(&DeleteRequest {
+                id: req.id.clone(),
+                state_root: req.state_root.clone(),
+                cgroups_path: req.cgroups_path.clone(),
+            });
+            emit(&Event::Failed {
+                stage: stage.to_owned(),
+                error,
+            });
+        }
+    }
+    Ok(())
+}
+
+type Stage = (&'static str, String);
+
+fn at<E: std::error::Error>(stage: &'static str) -> impl FnOnce(E) -> Stage {
+    move |e| (stage, chain(&e))
+}
+
+fn open_output(path: &Path) -> Result<File, Stage> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ("open output", format!("{}: {e}", path.display())))
+}
+
+/// Creates, starts, waits for and deletes the container of `req`.
+fn run(req: &RunRequest) -> Result<Event, Stage> {
+    let stdin = File::open("/dev/null").map_err(at("open /dev/null"))?;
+    let stdout = open_output(&req.stdout)?;
+    let stderr = open_output(&req.stderr)?;
+    if let Some(netns) = &req.netns {
+        let ns =
+            File::open(netns).map_err(|e| ("join netns", format!("{}: {e}", netns.display())))?;
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| ("join netns", format!("{}: {e}", netns.display())))?;
+    }
+
+    let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
+        .with_root_path(&req.state_root)
+        .map_err(at("create"))?
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_init(&req.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(at("create"))?;
+    let pid = container
+        .pid()
+        .ok_or(("create", "libcontainer reported no init pid".to_owned()))?;
+    if req.loopback_up {
+        loopback_up(pid).map_err(|e| ("loopback", e))?;
+    }
+    container.start().map_err(at("start"))?;
+    emit(&Event::Started { pid: pid.as_raw() });
+    tracing::debug!(id = %req.id, %pid, "container started");
+
+    let (end, killed) = wait_for_init(pid).map_err(at("wait"))?;
+    let layout = Layout::detect().map_err(at("cgroup layout"))?;
+    let oom_kills = layout.oom_kills(&req.cgroups_path).unwrap_or_else(|e| {
+        tracing::warn!(id = %req.id, error = %e, "cannot read the OOM counter");
+        0
+    });
+    let cleanup_error = container.delete(true).err().map(|e| chain(&e));
+    if let Some(error) = &cleanup_error {
+        tracing::error!(id = %req.id, %error, "container delete failed");
+    }
+    Ok(Event::Finished {
+        end,
+        oom_kills,
+        killed,
+        cleanup_error,
+    })
+}
+
+/// Brings `lo` up in the new network namespace of init `pid`, which still waits for its start signal: a
+/// new netns starts with `lo` down, and programs talking to themselves over 127.0.0.1 expect it up (Docker
+/// does the same). libcontainer does not, so the helper enters the netns (it is root in the host's user
+/// namespace, which owns all others) and uses libcontainer's netlink client there.
+fn loopback_up(pid: Pid) -> Result<(), String> {
+    let path = format!("/proc/{pid}/ns/net");
+    let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| format!("entering {path}: {e}"))?;
+    // The netlink socket belongs to the netns it is created in: create it only now.
+    let mut links = LinkClient::new(create_network_client()).map_err(|e| chain(&e))?;
+    let lo = links
+        .get_by_name("lo")
+        .map_err(|e| format!("finding lo: {}", chain(&e)))?;
+    links
+        .set_up(lo.header.index)
+        .map_err(|e| format!("bringing lo up: {}", chain(&e)))
+}
+
+/// Waits for the container's init (our child: libcontainer clones it with `CLONE_PARENT`) while watching
+/// stdin, the node's kill pipe. Returns how the init ended and whether we killed it.
+///
+/// SIGCHLD and the termination signals are blocked and read through a signalfd only now, after the clone:
+/// a blocked mask would be inherited by the container's processes.
+fn wait_for_init(pid: Pid) -> nix::Result<(InitEnd, bool)> {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block()?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    let stdin = io::stdin();
+    let mut killed = false;
+    let stop = |killed: &mut bool| {
+        if !*killed {
+            // The init is our unreaped child, so its pid cannot have been reused. Killing a pid namespace's
+            // init makes the kernel kill every other process in it.
+            let _ = kill(pid, Signal::SIGKILL);
+            *killed = true;
+        }
+    };
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok((InitEnd::Code(code), killed)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Ok((InitEnd::Signal(signal as i32), killed));
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if !killed {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        let stdin_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if stdin_ready {
+            // Whatever arrived (a kill request or EOF), the answer is the same.
+            let mut buf = [0u8; 64];
+            let _ = stdin.lock().read(&mut buf);
+            stop(&mut killed);
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            if info.ssi_signo != Signal::SIGCHLD as u32 {
+                stop(&mut killed);
+            }
+        }
+    }
+}
+
+/// Force-deletes container `req.id`: through libcontainer if its state loads, then whatever is left of its
+/// cgroups and state dir. Failures are logged: the next sweep retries.
+pub(super) fn delete(req: &DeleteRequest) {
+    let dir = req.state_root.join(&req.id);
+    if dir.exists() {
+        match Container::load(dir.clone()) {
+            Ok(mut container) => {
+                if let Err(e) = container.delete(true) {
+                    tracing::warn!(id = %req.id, error = %chain(&e), "libcontainer delete failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(id = %req.id, error = %chain(&e), "cannot load container state")
+            }
+        }
+    }
+    match Layout::detect() {
+        Ok(layout) => {
+            if let Err(e) = layout.remove(&req.cgroups_path) {
+                tracing::error!(id = %req.id, error = %e, "cannot remove the container's cgroups");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot find the cgroup hierarchies"),
+    }
+    if let Err(e) = fs::remove_dir_all(&dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::error!(id = %req.id, dir = %dir.display(), error = %e, "cannot remove the state dir");
+        }
+    }
+}
