@@ -6,16 +6,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compute::Backends;
 use crate::config::Resolved;
-use crate::model::NodeId;
-use crate::store::Store;
 #[cfg(feature = "executor-wasm")]
 use crate::executor::wasm::{WasmConfig, WasmExecutor};
+use crate::model::NodeId;
 use crate::publisher::local::{LocalPublisher, LocalPublisherConfig, LocalPublisherServer};
 use crate::publisher::noop::NoopPublisher;
 use crate::storage::inline::{InlineSource, InlineSourceConfig};
 use crate::storage::local::{LocalSource, LocalSourceConfig};
 #[cfg(feature = "storage-url")]
 use crate::storage::url::{UrlSource, UrlSourceConfig};
+use crate::store::Store;
 
 use super::NodeError;
 

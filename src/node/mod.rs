@@ -169,7 +169,8 @@ pub async fn start(
                 .ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
             (client.clone(), events)
         };
-        let (backends, server, url_base) = backends::build(&config, &store, &node_id, shutdown.child_token()).await?;
+        let (backends, server, url_base) =
+            backends::build(&config, &store, &node_id, shutdown.child_token()).await?;
         tasks.spawn(async move {
             if let Err(e) = server.await {
                 warn!(error = %e, "local publisher server stopped");

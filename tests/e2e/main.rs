@@ -4,6 +4,8 @@ mod cli;
 mod cluster;
 #[cfg(feature = "executor-oci")]
 mod container;
+#[cfg(feature = "executor-oci")]
+mod docker;
 mod durability;
 mod fixtures;
 mod harness;

@@ -27,9 +27,7 @@ use super::netns::NetNs;
 use super::runtime::{
     BindMount, ContainerExit, ContainerNetwork, ContainerRuntime, ContainerSpec, IdMap,
 };
-use crate::executor::{
-    Executor, ExecutorError, FailureReason, Progress, RunContext, RunOutcome,
-};
+use crate::executor::{Executor, ExecutorError, FailureReason, Progress, RunContext, RunOutcome};
 use crate::model::spec::DockerParams;
 use crate::model::{EngineKind, EngineSpec, NetworkType, Task};
 use crate::oci::platform::Platform;
@@ -119,9 +117,11 @@ impl OciExecutor {
         )
         .await
         .map_err(|e| OciStartError::Images(e.to_string()))?;
-        let mut runtime =
-            ContainerRuntime::new(config.data_dir.join("containers"), config.cgroup_root.clone())
-                .map_err(|e| OciStartError::Runtime(e.to_string()))?;
+        let mut runtime = ContainerRuntime::new(
+            config.data_dir.join("containers"),
+            config.cgroup_root.clone(),
+        )
+        .map_err(|e| OciStartError::Runtime(e.to_string()))?;
         if let Some(exe) = &config.helper_exe {
             runtime = runtime.with_helper_exe(exe);
         }
@@ -133,7 +133,10 @@ impl OciExecutor {
         let work_dir = config.work_dir.clone();
         match tokio::task::spawn_blocking(move || crate::oci::rootfs::sweep(&work_dir)).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => warn!(mounts = n, "removed root filesystems left by a previous run"),
+            Ok(Ok(n)) => warn!(
+                mounts = n,
+                "removed root filesystems left by a previous run"
+            ),
             Ok(Err(e)) => warn!(error = %e, "cannot sweep root filesystems left by a previous run"),
             Err(e) => warn!(error = %e, "root filesystem sweep failed"),
         }
@@ -234,7 +237,7 @@ impl OciExecutor {
                 Ok(img)
             }
             Err(e) => {
-                let message = e.to_string();
+                let message = error_chain(&e);
                 if matches!(e, PullError::PlatformMissing { .. }) {
                     self.remember_unsupported(&image.to_string(), message.clone());
                 }
@@ -319,7 +322,9 @@ impl Executor for OciExecutor {
                 Err(e) => return setup(format!("cannot prepare the root filesystem: {e}")),
             }
         };
-        let outcome = self.run_in_rootfs(&ctx, params, &pulled, &rootfs, cancel).await;
+        let outcome = self
+            .run_in_rootfs(&ctx, params, &pulled, &rootfs, cancel)
+            .await;
         drop(pulled.lease);
         if let Err(e) = tokio::task::spawn_blocking(move || rootfs.release()).await {
             warn!(error = %e, "cannot release the root filesystem");
@@ -420,13 +425,12 @@ impl OciExecutor {
         let (network, _netns) = match &ctx.network.kind {
             NetworkType::Host => (ContainerNetwork::Host, None),
             NetworkType::Http => {
-                let allow = match AllowList::parse(
-                    &ctx.network.domains,
-                    self.config.allow_loopback_egress,
-                ) {
-                    Ok(a) => Arc::new(a),
-                    Err(m) => return RunOutcome::Failed(FailureReason::InvalidProgram(m)),
-                };
+                let allow =
+                    match AllowList::parse(&ctx.network.domains, self.config.allow_loopback_egress)
+                    {
+                        Ok(a) => Arc::new(a),
+                        Err(m) => return RunOutcome::Failed(FailureReason::InvalidProgram(m)),
+                    };
                 let made = tokio::task::spawn_blocking(|| {
                     NetNs::create(|| {
                         let l = std::net::TcpListener::bind(PROXY_ADDR)?;
@@ -446,22 +450,14 @@ impl OciExecutor {
                 };
                 egress::serve(listener, allow, stop_proxy.clone());
                 let proxy = format!("http://{PROXY_ADDR}");
+                // No NO_PROXY: every name, loopback included, goes through the allow-list.
                 for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                     env.insert(k.to_owned(), proxy.clone());
                 }
-                for k in ["NO_PROXY", "no_proxy"] {
-                    env.insert(k.to_owned(), "localhost,127.0.0.1,::1".to_owned());
-                }
                 (ContainerNetwork::Join(ns.path()), Some(ns))
             }
-            _ => {
-                // A namespace of our own rather than the runtime's, so that `lo` is up as with Docker.
-                match tokio::task::spawn_blocking(|| NetNs::create(|| Ok(()))).await {
-                    Ok(Ok((ns, ()))) => (ContainerNetwork::Join(ns.path()), Some(ns)),
-                    Ok(Err(e)) => return setup(format!("cannot create the job's network: {e}")),
-                    Err(e) => return setup(format!("cannot create the job's network: {e}")),
-                }
-            }
+            // The runtime's own empty namespace: only `lo`, and `/sys` shows only that.
+            _ => (ContainerNetwork::None, None),
         };
         let spec = ContainerSpec {
             id: container_id(ctx),
@@ -482,7 +478,7 @@ impl OciExecutor {
         };
         let exit = match self.runtime.run(spec, ctx.limits.timeout, cancel).await {
             Ok(e) => e,
-            Err(e) => return setup(e.to_string()),
+            Err(e) => return setup(error_chain(&e)),
         };
         let truncated = cap_output(
             &[ctx.stdout_path.clone(), ctx.stderr_path.clone()],
@@ -558,7 +554,9 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
             .ok()
             .and_then(|mut f| {
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut f, &mut s).ok().map(|_| s)
+                std::io::Read::read_to_string(&mut f, &mut s)
+                    .ok()
+                    .map(|_| s)
             })
             .unwrap_or_default()
     };
@@ -592,6 +590,21 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
         },
     };
     Ok((uid, gid))
+}
+
+/// An error and its causes in one line, skipping a cause whose text the message already contains.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
 }
 
 fn human_bytes(n: u64) -> String {
