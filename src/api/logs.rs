@@ -1,16 +1,20 @@
 //! `GET /jobs/{id}/logs`: a job's output as Bacalhau's log stream, over a WebSocket.
 //!
-//! Cod's v1 log source is each finished execution's `RunOutput`: the first bytes of stdout and stderr that the
-//! orchestrator keeps (the full output is in the published result). Each line becomes one JSON text frame
+//! Two sources: a running execution's output is read live from the compute node running it (through the
+//! orchestrator, over the node's own connection), and a finished execution's comes from its `RunOutput`, the
+//! first bytes of stdout and stderr that the orchestrator keeps (the full output is in the published result);
+//! what was already streamed live is not sent twice. Each line becomes one JSON text frame
 //! `{"value":{"Type":1,"Line":"…\n"},"error":""}` (`Type` 1 = stdout, 2 = stderr); a cut stream ends with a
-//! line saying so. With `follow=true` the stream stays open until the job is terminal, sending each
-//! execution's output as it finishes; waiting uses the orchestrator's change signal, never polling. The
-//! stream ends with close code 1000; a failure (unknown job) is one `{"value":null,"error":"…"}` frame first.
+//! line saying so. With `follow=true` the stream stays open until the job is terminal: job changes wake it
+//! through the orchestrator's change signal, and while an execution runs its node is asked for more output
+//! every [`LIVE_POLL`]. The stream ends with close code 1000; a failure (unknown job) is one
+//! `{"value":null,"error":"…"}` frame first.
 //!
 //! Clients that do not upgrade (the Python client does a plain GET) get the same frames as one JSON array.
 //! `tail` is accepted and has no effect: only the head of the output is kept.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -22,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Execution, ExecutionId, JobId};
+use crate::model::{Execution, ExecutionId, ExecutionStateType, JobId};
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 
 use super::AppState;
@@ -33,6 +37,8 @@ use super::request::{Orch, Params, PathId};
 const STDOUT: u8 = 1;
 /// `Type` of stderr lines.
 const STDERR: u8 = 2;
+/// How often a follower asks a running execution's node for more output.
+const LIVE_POLL: Duration = Duration::from_millis(250);
 
 /// One frame of the stream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -172,7 +178,43 @@ struct Follower {
     /// Subscribed before the first read, so no change between a read and the wait is missed.
     changes: watch::Receiver<u64>,
     sent: HashSet<ExecutionId>,
+    /// What was streamed of running executions.
+    live: HashMap<ExecutionId, Live>,
     done: bool,
+}
+
+/// A running execution's output as streamed so far, per stream (index 0 stdout, 1 stderr).
+#[derive(Debug, Clone, Default)]
+struct Live {
+    /// Bytes read from the node.
+    read: [u64; 2],
+    /// Bytes sent as frames (complete lines).
+    sent: [usize; 2],
+    /// The start of a line not yet complete.
+    partial: [Vec<u8>; 2],
+}
+
+impl Live {
+    /// Adds bytes read from the node; returns the frames of the lines they complete.
+    fn push(&mut self, stream: usize, bytes: &[u8]) -> Vec<LogFrame> {
+        self.read[stream] += bytes.len() as u64;
+        let pending = &mut self.partial[stream];
+        pending.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            self.sent[stream] += line.len();
+            frames.push(LogFrame::line(
+                kind_of(stream),
+                String::from_utf8_lossy(&line).into_owned(),
+            ));
+        }
+        frames
+    }
+}
+
+fn kind_of(stream: usize) -> u8 {
+    if stream == 0 { STDOUT } else { STDERR }
 }
 
 impl Follower {
@@ -192,11 +234,13 @@ impl Follower {
             follow,
             changes,
             sent: HashSet::new(),
+            live: HashMap::new(),
             done: false,
         }
     }
 
-    /// The frames of executions that finished since the last call, or `None` when the stream is over.
+    /// The frames of output since the last call (live lines of running executions, the rest of finished
+    /// ones), or `None` when the stream is over.
     ///
     /// Cancel-safe: state changes only after the last `.await`, so a cancelled call loses nothing.
     async fn next_batch(&mut self) -> Result<Option<Vec<LogFrame>>, OrchestratorError> {
@@ -211,15 +255,35 @@ impl Follower {
                 .orchestrator
                 .executions(job.id.as_str(), &self.namespace)
                 .await?;
+            // Live reads first (the awaits); nothing of `self` changes until they are all done.
+            let mut live_reads = Vec::new();
+            for e in &executions {
+                if self.wanted(e)
+                    && e.compute_state.state_type == ExecutionStateType::Running
+                    && !self.sent.contains(&e.id)
+                {
+                    let seen = self.live.get(&e.id).cloned().unwrap_or_default();
+                    let read = self
+                        .orchestrator
+                        .read_output(&e.node_id, &e.id, seen.read[0], seen.read[1])
+                        .await;
+                    live_reads.push((e.id.clone(), seen, read));
+                }
+            }
             self.job = job.id.to_string();
+            let running = !live_reads.is_empty();
             let mut frames = Vec::new();
+            for (id, mut seen, read) in live_reads {
+                if let Some((stdout, stderr, _)) = read {
+                    frames.extend(seen.push(0, &stdout));
+                    frames.extend(seen.push(1, &stderr));
+                }
+                self.live.insert(id, seen);
+            }
             for e in executions {
-                let wanted = self
-                    .execution_prefix
-                    .as_deref()
-                    .is_none_or(|p| e.id.as_str().starts_with(p));
-                if wanted && e.is_terminal() && !self.sent.contains(&e.id) {
-                    frames.extend(frames_of(&e, &job.id));
+                if self.wanted(&e) && e.is_terminal() && !self.sent.contains(&e.id) {
+                    let seen = self.live.remove(&e.id).unwrap_or_default();
+                    frames.extend(frames_of(&e, &job.id, &seen));
                     self.sent.insert(e.id);
                 }
             }
@@ -229,25 +293,52 @@ impl Follower {
             if !frames.is_empty() {
                 return Ok(Some(frames));
             }
-            if !self.done && self.changes.changed().await.is_err() {
+            if self.done {
+                continue;
+            }
+            if running {
+                // Output appears without a state change: ask again soon, or earlier on a change.
+                let _ = tokio::time::timeout(LIVE_POLL, self.changes.changed()).await;
+            } else if self.changes.changed().await.is_err() {
                 // The orchestrator is gone; nothing more will happen.
                 self.done = true;
             }
         }
     }
+
+    fn wanted(&self, e: &Execution) -> bool {
+        self.execution_prefix
+            .as_deref()
+            .is_none_or(|p| e.id.as_str().starts_with(p))
+    }
 }
 
-/// One execution's output as frames: stdout lines, then stderr lines.
-fn frames_of(e: &Execution, job: &JobId) -> Vec<LogFrame> {
+/// One finished execution's output as frames, stdout lines then stderr lines, less what `live` already sent.
+fn frames_of(e: &Execution, job: &JobId, live: &Live) -> Vec<LogFrame> {
     let Some(out) = &e.run_output else {
         return Vec::new();
     };
     let mut frames = Vec::new();
-    for (kind, name, text, truncated) in [
+    for (stream, (kind, name, text, truncated)) in [
         (STDOUT, "stdout", &out.stdout, out.stdout_truncated),
         (STDERR, "stderr", &out.stderr, out.stderr_truncated),
-    ] {
-        for line in text.split_inclusive('\n') {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sent = live.sent[stream];
+        if sent >= text.len() && sent > 0 {
+            // The live stream got past the kept head: only its unfinished last line is left to send.
+            let rest = String::from_utf8_lossy(&live.partial[stream]).into_owned();
+            if !rest.is_empty() {
+                frames.push(LogFrame::line(kind, format!("{rest}\n")));
+            }
+            continue;
+        }
+        let from = (sent..=text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        for line in text[from..].split_inclusive('\n') {
             let mut line = line.to_owned();
             if !line.ends_with('\n') {
                 line.push('\n');
@@ -291,6 +382,7 @@ mod tests {
         let frames = frames_of(
             &finished("a\nb", "oops\n", false),
             &JobId::from("j-1".to_owned()),
+            &Live::default(),
         );
         let lines: Vec<(u8, &str)> = frames
             .iter()
@@ -310,6 +402,7 @@ mod tests {
         let frames = frames_of(
             &finished("head\n", "", true),
             &JobId::from("j-9".to_owned()),
+            &Live::default(),
         );
         let last = frames
             .last()
@@ -321,10 +414,35 @@ mod tests {
     }
 
     #[test]
+    fn live_lines_are_sent_once() {
+        let mut live = Live::default();
+        let lines = |f: Vec<LogFrame>| -> Vec<String> {
+            f.into_iter()
+                .filter_map(|f| f.value.map(|v| v.line))
+                .collect()
+        };
+        assert_eq!(lines(live.push(0, b"one\ntw")), ["one\n"]);
+        assert_eq!(lines(live.push(0, b"o\nthr")), ["two\n"]);
+        assert_eq!(live.read[0], 11);
+        // Finished: the kept head repeats what was streamed; only the rest goes out.
+        let done = finished("one\ntwo\nthree\n", "", false);
+        assert_eq!(
+            lines(frames_of(&done, &JobId::default(), &live)),
+            ["three\n"]
+        );
+        // Streamed past the head (a long output): the unfinished line is all that is left.
+        let short_head = finished("one\n", "", true);
+        assert_eq!(
+            lines(frames_of(&short_head, &JobId::default(), &live)),
+            ["thr\n"]
+        );
+    }
+
+    #[test]
     fn executions_without_output_send_nothing() {
         let mut e = finished("x", "", false);
         e.run_output = None;
-        assert!(frames_of(&e, &JobId::default()).is_empty());
+        assert!(frames_of(&e, &JobId::default(), &Live::default()).is_empty());
     }
 }
 

@@ -25,6 +25,8 @@ use super::state::{LocalExecution, LocalState};
 
 /// RunOutput keeps this much of stdout and of stderr (Bacalhau's 2 KB).
 const RUN_OUTPUT_BYTES: usize = 2048;
+/// Most bytes of each stream one `ReadOutput` answer carries (a follower asks again for the rest).
+const OUTPUT_CHUNK: u64 = 64 * 1024;
 
 /// What a transaction decided to do once committed.
 #[derive(Debug, Default)]
@@ -69,8 +71,16 @@ impl Compute {
     pub(super) async fn handle_request(&self, peer: &NodeId, request: Request) -> Response {
         match request {
             Request::Deliver { messages } => self.deliver(peer, messages).await,
+            Request::ReadOutput {
+                execution_id,
+                stdout_offset,
+                stderr_offset,
+            } => {
+                self.read_output(&execution_id, stdout_offset, stderr_offset)
+                    .await
+            }
             _ => Response::Refused {
-                reason: "compute nodes accept only Deliver requests".to_owned(),
+                reason: "compute nodes accept only Deliver and ReadOutput requests".to_owned(),
             },
         }
     }
@@ -300,6 +310,37 @@ impl Compute {
                     .send(Work::Finish(Box::new(record), handle, progress));
                 Ok(self.acknowledge(peer, outcome))
             }
+        }
+    }
+
+    /// Live output of a running execution: up to [`OUTPUT_CHUNK`] bytes of each stream from the offsets.
+    async fn read_output(&self, id: &ExecutionId, stdout_at: u64, stderr_at: u64) -> Response {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .map(|r| r.contains_key(id))
+            .unwrap_or(false);
+        if !running {
+            return Response::Output {
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                running: false,
+            };
+        }
+        let result_dir = self.work_dir(id).join("result");
+        let read = tokio::task::spawn_blocking(move || {
+            (
+                read_from(&result_dir.join("stdout"), stdout_at),
+                read_from(&result_dir.join("stderr"), stderr_at),
+            )
+        })
+        .await;
+        let (stdout, stderr) = read.unwrap_or_default();
+        Response::Output {
+            stdout,
+            stderr,
+            running: true,
         }
     }
 
@@ -728,6 +769,19 @@ fn enqueue_progress(
         inner.outbox.enqueue(txn, &rec.orchestrator, message)?;
     }
     Ok(())
+}
+
+/// Up to [`OUTPUT_CHUNK`] bytes of `path` from `offset` (nothing if it is missing or shorter).
+fn read_from(path: &Path, offset: u64) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(offset)).is_ok() {
+        let _ = f.take(OUTPUT_CHUNK).read_to_end(&mut buf);
+    }
+    buf
 }
 
 /// The first [`RUN_OUTPUT_BYTES`] of a file as text, and whether there was more.

@@ -60,6 +60,33 @@ impl Orchestrator {
                 },
             },
             Request::Deliver { messages } => self.deliver(peer, messages).await,
+            Request::ReadOutput { .. } => Response::Refused {
+                reason: "orchestrators hold no execution output; ask the compute node".to_owned(),
+            },
+        }
+    }
+
+    /// What a running execution has written since the offsets, asked of the node running it: `None` when the
+    /// node cannot be reached (the follower simply asks again later).
+    pub(crate) async fn read_output(
+        &self,
+        node: &NodeId,
+        execution_id: &crate::model::ExecutionId,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Option<(Vec<u8>, Vec<u8>, bool)> {
+        let request = Request::ReadOutput {
+            execution_id: execution_id.clone(),
+            stdout_offset,
+            stderr_offset,
+        };
+        match self.inner.client.request(node, request).await {
+            Ok(Response::Output {
+                stdout,
+                stderr,
+                running,
+            }) => Some((stdout, stderr, running)),
+            _ => None,
         }
     }
 

@@ -101,6 +101,8 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// Wakes the evaluation worker (queued jobs, node joins). Bounded: one pending wake-up is enough.
     evaluate: mpsc::Sender<()>,
+    /// Asks compute nodes for what is not durable (live output).
+    client: Client,
 }
 
 /// Cloneable handle used by the API.
@@ -151,6 +153,7 @@ impl Orchestrator {
             config,
             changes: watch::channel(0).0,
             evaluate,
+            client,
         };
         let orchestrator = Orchestrator {
             inner: Arc::new(inner),

@@ -871,6 +871,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Heartbeat { .. } => "heartbeat",
         Request::UpdateInfo { .. } => "update_info",
         Request::Deliver { .. } => "deliver",
+        Request::ReadOutput { .. } => "read_output",
     }
 }
 

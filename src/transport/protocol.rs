@@ -59,6 +59,16 @@ pub enum Request {
         /// The messages.
         messages: Vec<Sequenced>,
     },
+    /// Orchestrator → compute: what a running execution has written so far, from these offsets (live logs;
+    /// not durable, simply asked again).
+    ReadOutput {
+        /// The execution.
+        execution_id: ExecutionId,
+        /// Bytes of stdout already seen.
+        stdout_offset: u64,
+        /// Bytes of stderr already seen.
+        stderr_offset: u64,
+    },
 }
 
 /// A durable message with its sender-assigned sequence number (the idempotency key).
@@ -160,6 +170,16 @@ pub enum Response {
     Ack {
         /// Highest sequence number applied (for Deliver; 0 otherwise).
         last_applied_seq: u64,
+    },
+    /// The answer to `ReadOutput`: the bytes from the offsets asked (a bounded chunk of each), and whether the
+    /// execution is still running on the node (when not, the bytes are empty: its result has the output).
+    Output {
+        /// More stdout.
+        stdout: Vec<u8>,
+        /// More stderr.
+        stderr: Vec<u8>,
+        /// Still running.
+        running: bool,
     },
     /// Refused (not approved, rejected, unknown node, unsupported version…). The reason is for the operator.
     Refused {

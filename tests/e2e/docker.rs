@@ -390,3 +390,90 @@ fn http_network_reaches_only_allowed_domains() {
     assert!(stdout(&body).contains("no-route"), "{body:#}");
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn job_logs_follow_streams_a_running_container() {
+    let registry = TestRegistry::start();
+    let image = registry.push_busybox("logs/busybox", "1", &PushOptions::default());
+    // Prints a line, then waits for the test to let it finish (a file the test creates in an input).
+    let gate = tempfile::tempdir().expect("tmp");
+    let allow = format!("{}:ro", gate.path().display());
+    let cod = node("docker-logs", &["--allow-listed-local-paths", &allow]);
+    let id = cod.submit(sh(
+        &image.reference,
+        "echo first line; echo to stderr >&2; while [ ! -e /gate/go ]; do sleep 0.1; done; echo last line",
+        json!({"InputSources": [{"Target": "/gate", "Source": {"Type": "localDirectory",
+                 "Params": {"SourcePath": gate.path().display().to_string()}}}],
+               "Timeouts": {"ExecutionTimeout": 120}}),
+    ));
+    let mut follower = std::process::Command::new(crate::harness::bin())
+        .args(["job", "logs", "--follow", &id])
+        .env("COD_API_HOST", "127.0.0.1")
+        .env("COD_API_PORT", cod.port())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cod job logs");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    wait_until("the running container's first line", DEADLINE, || {
+        seen.extend(rx.try_iter());
+        seen.iter().any(|l| l.contains("first line")).then_some(())
+    });
+    assert_eq!(
+        state(&cod.job(&id)),
+        "Running",
+        "the line came while the job ran"
+    );
+    std::fs::write(gate.path().join("go"), "").expect("open the gate");
+    let status = wait_until("the follower to end with the job", DEADLINE, || {
+        seen.extend(rx.try_iter());
+        follower.try_wait().ok().flatten()
+    });
+    seen.extend(rx.try_iter());
+    assert!(status.success(), "{seen:?}");
+    let first = seen.iter().filter(|l| l.contains("first line")).count();
+    assert_eq!(first, 1, "streamed once, not again at the end: {seen:?}");
+    assert!(seen.iter().any(|l| l.contains("last line")), "{seen:?}");
+}
+
+#[test]
+fn a_node_can_refuse_networked_jobs() {
+    let registry = TestRegistry::start();
+    let image = registry.push_busybox("policy/busybox", "1", &PushOptions::default());
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("cod.yaml");
+    std::fs::write(&config, "Compute:\n  RejectNetworkedJobs: true\n").expect("config");
+    let cod = node(
+        "docker-policy",
+        &["--config", &config.display().to_string()],
+    );
+    let id = cod.submit(sh(
+        &image.reference,
+        "echo online",
+        json!({"Network": {"Type": "Host"}}),
+    ));
+    let body = cod.wait_terminal(&id, DEADLINE);
+    assert_eq!(state(&body), "Failed", "{body:#}");
+    assert!(
+        failure(&body).contains("does not run networked jobs"),
+        "{}",
+        failure(&body)
+    );
+    // Jobs without a network still run.
+    let id = cod.submit(sh(&image.reference, "echo offline", json!({})));
+    let body = cod.wait_terminal(&id, DEADLINE);
+    assert_eq!(stdout(&body), "offline\n", "{body:#}");
+}
