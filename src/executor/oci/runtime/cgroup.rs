@@ -107,10 +107,10 @@ impl Layout {
             };
             for entry in entries {
                 let entry = entry?;
-                if entry.file_type()?.is_dir() {
-                    if let Some(name) = entry.file_name().to_str() {
-                        names.insert(name.to_owned());
-                    }
+                if entry.file_type()?.is_dir()
+                    && let Some(name) = entry.file_name().to_str()
+                {
+                    names.insert(name.to_owned());
                 }
             }
         }
