@@ -17,6 +17,20 @@
 //! `/dev/shm` tmpfs; bind mounts `nosuid,nodev`. cgroups at `/<cgroup_root>/<id>` in every hierarchy:
 //! memory (swap included, so it cannot swap around the limit), CPU quota, pids (1024 unless set).
 //!
+//! On cgroup v2, device rules would need libcontainer's eBPF support (`cgroupsv2_devices`, off: it needs
+//! libbpf); the user namespace already forbids creating device nodes, so a container reaches only the
+//! standard devices bound into its `/dev`.
+//!
+//! # Process model
+//! `run` writes `config.json` into the bundle and a request to `<state_root>/<id>.request.json`, then
+//! starts `cod __oci-shim run <request>` (see `helper`), which reports `Started` and `Finished` (or
+//! `Failed`) as JSON lines on its stdout. A byte or EOF on the helper's stdin makes it SIGKILL the
+//! container's init (the pid namespace takes every other process with it): that is how timeout and cancel
+//! stop a container, and why a node that dies takes its containers along. If the helper itself dies or
+//! hangs, `run` kills it and a fresh `cod __oci-shim delete` removes the leftovers (the helper's blocked
+//! clones, found by the request in their command line; the container; its cgroups and state). OOM is the
+//! cgroup's own `oom_kill` counter, read before the delete.
+//!
 //! # Never
 //! Calls libcontainer in this (multi-threaded) process: it clones its caller without exec, which deadlocks
 //! when another thread holds a lock (youki-dev/youki#3011). Leaves a container, a cgroup, a state dir or a
@@ -51,8 +65,9 @@ pub const HELPER_ARG: &str = "__oci-shim";
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// Default `tracing` filter of the helper's log file: libcontainer's errors and warnings (its real causes),
-/// without its per-container chatter, which would wear SD cards.
-pub const DEFAULT_HELPER_LOG_FILTER: &str = "warn";
+/// without per-container chatter, which would wear SD cards (libcgroups' v1 manager warns at every
+/// container about each controller the host lacks).
+pub const DEFAULT_HELPER_LOG_FILTER: &str = "warn,libcgroups::v1::manager=error";
 
 /// The helper's log, in the bundle dir. Read it when a container fails to start.
 pub const HELPER_LOG: &str = "helper.log";
