@@ -1,7 +1,8 @@
 //! The container runtime layer (`cod::executor::oci::runtime`) against the real kernel: busybox rootfs
 //! built from Debian's `busybox-static`, real libcontainer in the real helper (`cod __oci-shim`), real
-//! cgroups. Needs root (CI runs as root). Each test has its own state root and cgroup root, so tests run in
-//! parallel; each checks that nothing is left behind.
+//! cgroups. Needs root (CI runs as root) and, for the seccomp test's probe, a C compiler with a static libc
+//! (`cc`, libc6-dev). Each test has its own state root and cgroup root, so tests run in parallel; each
+//! checks that nothing is left behind.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -958,7 +959,6 @@ fn rejects_bad_specs_before_touching_anything() {
         ..spec
     };
     let err = fx.run_with(spec, None).expect_err("cannot start");
-    eprintln!("missing command: {err}");
     assert!(matches!(err, RuntimeError::Start { .. }), "{err}");
     assert!(err.to_string().contains("does-not-exist"), "{err}");
     fx.assert_clean();
