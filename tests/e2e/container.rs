@@ -1,7 +1,8 @@
 //! The container runtime layer (`cod::executor::oci::runtime`) against the real kernel: busybox rootfs
 //! built from Debian's `busybox-static`, real libcontainer in the real helper (`cod __oci-shim`), real
-//! cgroups. Needs root (CI runs as root). Each test has its own state root and cgroup root, so tests run in
-//! parallel; each checks that nothing is left behind.
+//! cgroups. Needs root (CI runs as root) and, for the seccomp test's probe, a C compiler with a static libc
+//! (`cc`, libc6-dev). Each test has its own state root and cgroup root, so tests run in parallel; each
+//! checks that nothing is left behind.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -179,12 +180,12 @@ impl Drop for Fixture {
             let _ = fs::remove_dir(mp.join(self.runtime.cgroup_root()));
         }
         if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
             eprintln!(
                 "fixture {} kept for inspection: {}",
                 self.name,
                 self.dir.path().display()
             );
-            let _ = self.dir.path();
         }
     }
 }
@@ -366,6 +367,43 @@ fn host_network_sees_the_nodes_interfaces() {
 }
 
 #[test]
+fn joins_a_prepared_network_namespace() {
+    let fx = Fixture::new("netjoin");
+    // A persistent netns bound to a file, with a marker address only it has (busybox on the host).
+    let ns = fx.path("netns");
+    fs::write(&ns, "").expect("touch");
+    let ns_arg = format!("--net={}", ns.display());
+    let ok = |args: &[&str]| {
+        let status = Command::new("/bin/busybox")
+            .args(args)
+            .status()
+            .expect("busybox");
+        assert!(status.success(), "busybox {args:?}");
+    };
+    ok(&["unshare", &ns_arg, "true"]);
+    ok(&[
+        "nsenter",
+        &ns_arg,
+        "/bin/busybox",
+        "ip",
+        "addr",
+        "add",
+        "10.77.0.1/32",
+        "dev",
+        "lo",
+    ]);
+    let mut spec = fx.spec("netjoin", "ip -o addr; ls /sys/class/net");
+    spec.network = ContainerNetwork::Join(ns.clone());
+    let result = fx.run_with(spec, Some(DEADLINE));
+    let _ = nix::mount::umount(&ns);
+    assert_eq!(result.expect("run"), ContainerExit::Exited { code: 0 });
+    fx.assert_clean();
+    let out = fs::read_to_string(fx.path("netjoin.out")).expect("stdout");
+    assert!(out.contains("10.77.0.1/32"), "{out}");
+    assert!(out.lines().any(|l| l == "lo"), "{out}");
+}
+
+#[test]
 fn memory_bomb_is_out_of_memory() {
     let fx = Fixture::new("oom");
     let mut spec = fx.spec("oom", "a=0123456789abcdef; while true; do a=$a$a; done");
@@ -439,13 +477,8 @@ fn cancel_stops_a_running_container_whose_cgroup_shows_the_limits() {
         let cancel = cancel.clone();
         async move { runtime.run(spec, None, cancel).await }
     });
-    // The container is up once its cgroup holds a process.
     let pids_dir = controller_dir(&fx, "cancel", "pids");
-    let pid: u32 = wait_until("the container's process", DEADLINE, || {
-        fs::read_to_string(pids_dir.join("cgroup.procs"))
-            .ok()
-            .and_then(|p| p.lines().next().and_then(|l| l.parse().ok()))
-    });
+    let pid = wait_for_exec(&fx, "cancel", "sleep");
     // Root inside, uid 100000 outside.
     let status = read(Path::new(&format!("/proc/{pid}/status")));
     let uid_line = status
@@ -631,6 +664,37 @@ fn capabilities_are_dockers_and_mount_is_denied() {
 }
 
 #[test]
+fn signals_are_neither_blocked_nor_ignored() {
+    let fx = Fixture::new("signals");
+    // The helper blocks SIGCHLD for itself and Rust ignores SIGPIPE in every binary it starts: neither may
+    // reach the container (`yes | head -1` must end). `cat` is the init itself, so no shell changes anything.
+    let mut spec = fx.spec("signals", "");
+    spec.args = vec!["cat".to_owned(), "/proc/self/status".to_owned()];
+    let (exit, out, _) = fx.run(spec);
+    assert_eq!(exit, ContainerExit::Exited { code: 0 });
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{k} missing"))
+            .to_owned()
+    };
+    assert_eq!(field("SigBlk:"), "0000000000000000");
+    // Whatever the node's own launcher ignores is inherited, as with any runtime; SIGPIPE must not be.
+    let ignored = u64::from_str_radix(&field("SigIgn:"), 16).expect("hex");
+    assert_eq!(
+        ignored & (1 << (13 - 1)),
+        0,
+        "SIGPIPE is ignored: {ignored:x}"
+    );
+    let (exit, out, _) = fx.run(fx.spec("pipe", "yes | head -1"));
+    assert_eq!(
+        (exit, out.as_str()),
+        (ContainerExit::Exited { code: 0 }, "y\n")
+    );
+}
+
+#[test]
 fn masked_and_readonly_paths_and_devices() {
     let fx = Fixture::new("masked");
     // Masked files read as empty inside; /proc/interrupts is world-readable and never empty on a host.
@@ -671,6 +735,70 @@ fn masked_and_readonly_paths_and_devices() {
     );
 }
 
+/// Where the runtime writes the helper request of container `id` (the sweep finds helpers by it).
+fn request_of(fx: &Fixture, id: &str) -> PathBuf {
+    fx.runtime.state_root().join(format!("{id}.request.json"))
+}
+
+/// Waits until container `id` runs its command (exec'd, so no longer a clone of the helper); its pid.
+fn wait_for_exec(fx: &Fixture, id: &str, command: &str) -> u32 {
+    let pids_dir = controller_dir(fx, id, "pids");
+    wait_until(&format!("{id} to run {command}"), DEADLINE, || {
+        let procs = fs::read_to_string(pids_dir.join("cgroup.procs")).ok()?;
+        procs
+            .lines()
+            .filter_map(|l| l.parse::<u32>().ok())
+            .find(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(command.as_bytes()))
+            })
+    })
+}
+
+/// The processes running the helper request `request`: the helper, and libcontainer's clones of it until
+/// they exec (live ones only, in pid order).
+fn processes_of(request: &Path) -> Vec<i32> {
+    let needle = request.to_string_lossy();
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            let live = !stat.contains(") Z ");
+            (live && String::from_utf8_lossy(&cmdline).contains(needle.as_ref())).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The parent of `pid`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+}
+
+/// The pid of the helper running `request`: the one of its processes whose parent is not another one.
+fn find_helper(request: &Path) -> nix::unistd::Pid {
+    let pids = processes_of(request);
+    let helper = pids
+        .iter()
+        .copied()
+        .find(|p| parent_of(*p).is_some_and(|pp| !pids.contains(&pp)))
+        .unwrap_or_else(|| panic!("no helper for {}", request.display()));
+    nix::unistd::Pid::from_raw(helper)
+}
+
+fn wait_dead(pid: u32) {
+    wait_until(&format!("process {pid} to die"), DEADLINE, || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // Gone, or a zombie waiting for the host's init to reap it.
+        (stat.is_none() || stat.is_some_and(|s| s.contains(") Z "))).then_some(())
+    });
+}
+
 #[test]
 fn sweep_removes_what_a_killed_helper_left() {
     let fx = Fixture::new("sweep");
@@ -681,18 +809,12 @@ fn sweep_removes_what_a_killed_helper_left() {
         .build()
         .expect("tokio");
     let spec = fx.spec("orphan", "sleep 1000");
-    let bundle = spec.bundle_dir.clone();
     node.spawn({
         let runtime = fx.runtime.clone();
         async move { runtime.run(spec, None, CancellationToken::new()).await }
     });
-    let pids_dir = controller_dir(&fx, "orphan", "pids");
-    let init: u32 = wait_until("the container's process", DEADLINE, || {
-        fs::read_to_string(pids_dir.join("cgroup.procs"))
-            .ok()
-            .and_then(|p| p.lines().next().and_then(|l| l.parse().ok()))
-    });
-    let helper = find_helper(&bundle);
+    let init = wait_for_exec(&fx, "orphan", "sleep");
+    let helper = find_helper(&request_of(&fx, "orphan"));
     // Stopped, the helper cannot act on its kill pipe closing when the node's runtime goes.
     nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     node.shutdown_background();
@@ -711,32 +833,112 @@ fn sweep_removes_what_a_killed_helper_left() {
     for dir in fx.cgroup_dirs("orphan") {
         assert!(!dir.exists(), "{} survived", dir.display());
     }
-    wait_until("the orphaned init to die", DEADLINE, || {
-        let stat = fs::read_to_string(format!("/proc/{init}/stat")).ok();
-        // Gone, or a zombie waiting for the host's init to reap it.
-        (stat.is_none() || stat.is_some_and(|s| s.contains(") Z "))).then_some(())
-    });
+    wait_dead(init);
     // A second sweep finds nothing.
     assert_eq!(fx.rt.block_on(fx.runtime.sweep()).expect("sweep"), 0);
 }
 
-/// The pid of the helper running the bundle `bundle` (found by its command line).
-fn find_helper(bundle: &Path) -> nix::unistd::Pid {
-    let needle = bundle.join("helper-request.json");
-    let needle = needle.to_string_lossy();
-    for entry in fs::read_dir("/proc").expect("/proc").filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("__oci-shim") && cmdline.contains(needle.as_ref()) {
-            return nix::unistd::Pid::from_raw(pid);
-        }
+fn spawn_run(
+    fx: &Fixture,
+    runtime: ContainerRuntime,
+    spec: ContainerSpec,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<Result<ContainerExit, RuntimeError>> {
+    fx.rt
+        .spawn(async move { runtime.run(spec, None, cancel).await })
+}
+
+#[test]
+fn a_dead_helper_is_reported_and_its_container_removed() {
+    let fx = Fixture::new("helperdied");
+    let task = spawn_run(
+        &fx,
+        fx.runtime.clone(),
+        fx.spec("victim", "sleep 1000"),
+        CancellationToken::new(),
+    );
+    let init = wait_for_exec(&fx, "victim", "sleep");
+    let helper = find_helper(&request_of(&fx, "victim"));
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    match fx.rt.block_on(task).expect("join") {
+        Err(RuntimeError::HelperDied { status, .. }) => assert!(status.contains("9"), "{status}"),
+        other => panic!("expected HelperDied, got {other:?}"),
     }
-    panic!("no helper for {}", bundle.display());
+    fx.assert_clean();
+    wait_dead(init);
+}
+
+#[test]
+fn a_helper_killed_while_creating_leaves_nothing() {
+    let fx = Fixture::new("midcreate");
+    // Kill the helper as soon as libcontainer has cloned it: a clone then waits forever for a uid map or a
+    // start signal that will never come, holding the helper's pipes, possibly outside any cgroup yet. The
+    // window is milliseconds wide, so some rounds miss it (and kill a running container's helper instead,
+    // which must be just as clean); enough rounds must hit it.
+    let mut hits = 0;
+    for round in 0..8 {
+        let id = format!("early{round}");
+        let request = request_of(&fx, &id);
+        let task = spawn_run(
+            &fx,
+            fx.runtime.clone(),
+            fx.spec(&id, "sleep 1000"),
+            CancellationToken::new(),
+        );
+        let pids_dir = controller_dir(&fx, &id, "pids");
+        let (helper, hit) = wait_until("a clone of the helper, or the container", DEADLINE, || {
+            let pids = processes_of(&request);
+            if pids.len() >= 2 {
+                return Some((find_helper(&request), true));
+            }
+            let running = fs::read_to_string(pids_dir.join("cgroup.procs")).is_ok_and(|p| {
+                p.lines().any(|pid| {
+                    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+                })
+            });
+            (running && !pids.is_empty()).then(|| (find_helper(&request), false))
+        });
+        nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+        hits += usize::from(hit);
+        let result = fx.rt.block_on(task).expect("join");
+        assert!(
+            matches!(result, Err(RuntimeError::HelperDied { .. })),
+            "{result:?}"
+        );
+        fx.assert_clean();
+        wait_until("the helper's clones to die", DEADLINE, || {
+            processes_of(&request).is_empty().then_some(())
+        });
+    }
+    assert!(
+        hits >= 2,
+        "only {hits} of 8 rounds caught the helper while creating"
+    );
+}
+
+#[test]
+fn a_stuck_helper_is_killed_after_the_grace() {
+    let fx = Fixture::new("stuck");
+    let runtime = fx
+        .runtime
+        .clone()
+        .with_kill_grace(Duration::from_millis(500));
+    let cancel = CancellationToken::new();
+    let task = spawn_run(&fx, runtime, fx.spec("stuck", "sleep 1000"), cancel.clone());
+    wait_for_exec(&fx, "stuck", "sleep");
+    let helper = find_helper(&request_of(&fx, "stuck"));
+    // A stopped helper cannot act on the kill request: only the grace ends this run.
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let started = Instant::now();
+    cancel.cancel();
+    let exit = fx.rt.block_on(task).expect("join").expect("run");
+    assert_eq!(exit, ContainerExit::Cancelled);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
+    fx.assert_clean();
 }
 
 #[test]

@@ -17,6 +17,20 @@
 //! `/dev/shm` tmpfs; bind mounts `nosuid,nodev`. cgroups at `/<cgroup_root>/<id>` in every hierarchy:
 //! memory (swap included, so it cannot swap around the limit), CPU quota, pids (1024 unless set).
 //!
+//! On cgroup v2, device rules would need libcontainer's eBPF support (`cgroupsv2_devices`, off: it needs
+//! libbpf); the user namespace already forbids creating device nodes, so a container reaches only the
+//! standard devices bound into its `/dev`.
+//!
+//! # Process model
+//! `run` writes `config.json` into the bundle and a request to `<state_root>/<id>.request.json`, then
+//! starts `cod __oci-shim run <request>` (see `helper`), which reports `Started` and `Finished` (or
+//! `Failed`) as JSON lines on its stdout. A byte or EOF on the helper's stdin makes it SIGKILL the
+//! container's init (the pid namespace takes every other process with it): that is how timeout and cancel
+//! stop a container, and why a node that dies takes its containers along. If the helper itself dies or
+//! hangs, `run` kills it and a fresh `cod __oci-shim delete` removes the leftovers (the helper's blocked
+//! clones, found by the request in their command line; the container; its cgroups and state). OOM is the
+//! cgroup's own `oom_kill` counter, read before the delete.
+//!
 //! # Never
 //! Calls libcontainer in this (multi-threaded) process: it clones its caller without exec, which deadlocks
 //! when another thread holds a lock (youki-dev/youki#3011). Leaves a container, a cgroup, a state dir or a
@@ -51,11 +65,30 @@ pub const HELPER_ARG: &str = "__oci-shim";
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// Default `tracing` filter of the helper's log file: libcontainer's errors and warnings (its real causes),
-/// without its per-container chatter, which would wear SD cards.
-pub const DEFAULT_HELPER_LOG_FILTER: &str = "warn";
+/// without per-container chatter, which would wear SD cards (libcgroups' v1 manager warns at every
+/// container about each controller the host lacks).
+pub const DEFAULT_HELPER_LOG_FILTER: &str = "warn,libcgroups::v1::manager=error";
 
 /// The helper's log, in the bundle dir. Read it when a container fails to start.
 pub const HELPER_LOG: &str = "helper.log";
+
+/// How long to wait for the rest of a dead helper's output (it is in the pipe already, or never comes).
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// The event in one line of helper output, if it is a final one (`Started` is logged, garbage warned of).
+fn final_event(id: &str, line: &str) -> Option<Event> {
+    match serde_json::from_str::<Event>(line) {
+        Ok(Event::Started { pid }) => {
+            tracing::debug!(container = %id, pid, "container started");
+            None
+        }
+        Ok(event) => Some(event),
+        Err(e) => {
+            tracing::warn!(container = %id, %line, error = %e, "unexpected helper output");
+            None
+        }
+    }
+}
 
 /// Smallest memory limit we accept: below it even a shell cannot start (Docker's minimum is 6 MB).
 pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
@@ -78,7 +111,7 @@ pub struct ContainerSpec {
     /// The root filesystem, prepared by the caller, owned by the mapped uids (see [`IdMap`]); every
     /// directory above it must let the mapped root through (`o+x`). Mounted read-only.
     pub rootfs: PathBuf,
-    /// A per-run directory for `config.json`, the helper's request and its log ([`HELPER_LOG`]). Created if
+    /// A per-run directory for `config.json` and the helper's log ([`HELPER_LOG`]). Created if
     /// missing; left in place (the caller removes it).
     pub bundle_dir: PathBuf,
     /// The command and its arguments (`args[0]` is looked up in the container's `PATH`).
@@ -198,12 +231,12 @@ pub enum RuntimeError {
     #[error("invalid container runtime settings: {0}")]
     InvalidConfig(String),
     /// A container with this id already has state under the state root.
-    #[error("container {id} already exists ({}): ids must be unique, or run the sweep after a crash", dir.display())]
+    #[error("container {id} already exists ({}): ids must be unique, or run the sweep after a crash", path.display())]
     Exists {
         /// The container.
         id: String,
-        /// Its state dir.
-        dir: PathBuf,
+        /// Its state dir or helper request.
+        path: PathBuf,
     },
     /// The mapped root user cannot reach a path the container needs.
     #[error(
@@ -309,7 +342,8 @@ fn details(log: &str) -> String {
 pub struct ContainerRuntime {
     /// The `cod` binary re-executed as the helper (the running one by default; tests point at the built one).
     helper_exe: PathBuf,
-    /// libcontainer's state dirs, one per live container; swept at start-up.
+    /// libcontainer's state dirs and our helper requests (`<id>.request.json`), one each per live
+    /// container; swept at start-up.
     state_root: PathBuf,
     /// Parent cgroup of every container (`/<cgroup_root>/<id>` in each hierarchy); swept at start-up.
     cgroup_root: String,
@@ -435,7 +469,7 @@ impl ContainerRuntime {
                 path: request.log.clone(),
                 source,
             })?;
-        let request_path = request.bundle.join("helper-request.json");
+        let request_path = helper::request_path(&self.state_root, &id);
         let mut child = Command::new(&self.helper_exe)
             .arg(HELPER_ARG)
             .arg("run")
@@ -454,7 +488,18 @@ impl ContainerRuntime {
                 source,
             })?;
         let outcome = self.supervise(&id, &mut child, deadline, &cancel).await;
+        if outcome.is_err() {
+            // We can no longer tell the helper anything: stop it, so that waiting for it cannot hang.
+            let _ = child.start_kill();
+        }
+        // Always reaped, whatever happened: no zombie outlives `run`.
         let status = child.wait().await;
+        // The helper is gone: its request is not needed any more (a delete below removes it too).
+        if let Err(e) = tokio::fs::remove_file(&request_path).await
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(container = %id, file = %request_path.display(), error = %e, "cannot remove the helper request");
+        }
         let (stop, end) = match outcome {
             Ok(x) => x,
             Err(e) => {
@@ -462,52 +507,53 @@ impl ContainerRuntime {
                 return Err(e);
             }
         };
-        match end {
-            Some(Event::Finished {
-                end,
-                oom_kills,
-                killed,
-                cleanup_error,
-            }) => {
+        match (end, stop) {
+            (
+                Some(Event::Finished {
+                    end,
+                    oom_kills,
+                    killed,
+                    cleanup_error,
+                }),
+                stop,
+            ) => {
                 if let Some(error) = cleanup_error {
                     tracing::warn!(container = %id, %error, "helper could not delete the container; retrying");
                     self.remove_leftovers(&id).await;
                 }
                 Ok(match (stop, end) {
+                    // Killed on our request: the init's status is our SIGKILL.
                     (Some(stop), _) if killed => stop,
                     _ if oom_kills > 0 => ContainerExit::OutOfMemory,
                     (_, InitEnd::Code(code)) => ContainerExit::Exited { code },
                     (_, InitEnd::Signal(signal)) => ContainerExit::Signaled { signal },
                 })
             }
-            // The helper already cleaned up after a failed create/start.
-            Some(Event::Failed { .. }) if stop.is_some() => {
-                Ok(stop.unwrap_or(ContainerExit::Cancelled))
-            }
-            Some(Event::Failed { stage, error }) => Err(RuntimeError::Start {
+            // Create or start failed after we had asked for a stop (our kill may be why): the stop is the
+            // outcome. The helper cleaned up either way.
+            (Some(Event::Failed { .. }), Some(stop)) => Ok(stop),
+            (Some(Event::Failed { stage, error }), None) => Err(RuntimeError::Start {
                 id,
                 stage,
                 error,
                 log: log_excerpt(&request.log, true),
             }),
-            _ => {
+            // The helper vanished (crashed, killed, or killed by us after the grace).
+            (_, stop) => {
                 self.remove_leftovers(&id).await;
-                match stop {
-                    Some(stop) => Ok(stop),
-                    None => Err(RuntimeError::HelperDied {
-                        id,
-                        status: describe(status),
-                        log: log_excerpt(&request.log, false),
-                    }),
-                }
+                stop.ok_or_else(|| RuntimeError::HelperDied {
+                    id,
+                    status: describe(status),
+                    log: log_excerpt(&request.log, false),
+                })
             }
         }
     }
 
     /// Follows the helper's events until its final one, asking it to kill the container at the deadline or
     /// on cancellation, and killing the helper itself if the container is not gone `kill_grace` later.
-    /// Returns why we stopped the container (if we did) and the final event (`None`: the helper vanished or
-    /// was killed).
+    /// Returns why we stopped the container (if we did) and the final event (`None`: the helper died
+    /// without one, or we killed it).
     async fn supervise(
         &self,
         id: &str,
@@ -515,6 +561,13 @@ impl ContainerRuntime {
         deadline: Option<Instant>,
         cancel: &CancellationToken,
     ) -> Result<(Option<ContainerExit>, Option<Event>), RuntimeError> {
+        /// What woke the loop up.
+        enum Step {
+            Line(io::Result<Option<String>>),
+            HelperExited,
+            Stop(ContainerExit),
+            GiveUp,
+        }
         let helper_err = |source: io::Error| RuntimeError::Helper {
             id: id.to_owned(),
             source,
@@ -523,6 +576,7 @@ impl ContainerRuntime {
             .stdout
             .take()
             .ok_or_else(|| helper_err(io::Error::other("helper stdout not captured")))?;
+        // Taken out of `child`, so that `child.wait()` does not close it (which would mean "kill").
         let mut stdin = child.stdin.take();
         let mut lines = BufReader::new(stdout).lines();
         let mut stop: Option<ContainerExit> = None;
@@ -530,40 +584,53 @@ impl ContainerRuntime {
         // A deadline that never comes, for disabled select branches (their futures are still built).
         let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         loop {
-            let reason = tokio::select! {
-                line = lines.next_line() => {
-                    match line.map_err(helper_err)? {
-                        None => return Ok((stop, None)),
-                        Some(line) => match serde_json::from_str::<Event>(&line) {
-                            Ok(Event::Started { pid }) => {
-                                tracing::debug!(container = %id, pid, "container started");
-                                continue;
-                            }
-                            Ok(event) => return Ok((stop, Some(event))),
-                            Err(e) => {
-                                tracing::warn!(container = %id, %line, error = %e, "unexpected helper output");
-                                continue;
-                            }
-                        },
+            // All branches are cancel-safe (`next_line`, `Child::wait`, timers, `cancelled`).
+            let step = tokio::select! {
+                line = lines.next_line() => Step::Line(line),
+                // Not only EOF: a clone of a dead helper, blocked inside libcontainer, keeps the pipe open.
+                _ = child.wait() => Step::HelperExited,
+                () = tokio::time::sleep_until(deadline.unwrap_or(never)), if stop.is_none() && deadline.is_some() => {
+                    Step::Stop(ContainerExit::TimedOut)
+                }
+                () = cancel.cancelled(), if stop.is_none() => Step::Stop(ContainerExit::Cancelled),
+                () = tokio::time::sleep_until(give_up.unwrap_or(never)), if give_up.is_some() => Step::GiveUp,
+            };
+            match step {
+                Step::Line(line) => match line.map_err(helper_err)? {
+                    None => return Ok((stop, None)),
+                    Some(line) => {
+                        if let Some(event) = final_event(id, &line) {
+                            return Ok((stop, Some(event)));
+                        }
+                    }
+                },
+                Step::HelperExited => {
+                    // Its last words, if any, are already in the pipe: read what is there, without waiting
+                    // for an EOF that a leftover clone may withhold.
+                    while let Ok(Ok(Some(line))) =
+                        tokio::time::timeout(DRAIN, lines.next_line()).await
+                    {
+                        if let Some(event) = final_event(id, &line) {
+                            return Ok((stop, Some(event)));
+                        }
+                    }
+                    return Ok((stop, None));
+                }
+                Step::Stop(reason) => {
+                    tracing::debug!(container = %id, %reason, "stopping the container");
+                    stop = Some(reason);
+                    give_up = Some(Instant::now() + self.kill_grace);
+                    if let Some(mut pipe) = stdin.take() {
+                        // EPIPE means the helper is already on its way out, which is what we want; dropping
+                        // the pipe afterwards closes it, which the helper reads as the same request.
+                        let _ = pipe.write_all(b"kill\n").await;
                     }
                 }
-                () = tokio::time::sleep_until(deadline.unwrap_or(never)), if stop.is_none() && deadline.is_some() => {
-                    ContainerExit::TimedOut
-                }
-                () = cancel.cancelled(), if stop.is_none() => ContainerExit::Cancelled,
-                () = tokio::time::sleep_until(give_up.unwrap_or(never)), if give_up.is_some() => {
+                Step::GiveUp => {
                     tracing::error!(container = %id, grace = ?self.kill_grace, "container did not die; killing its helper");
                     let _ = child.start_kill();
                     return Ok((stop, None));
                 }
-            };
-            tracing::debug!(container = %id, %reason, "stopping the container");
-            stop = Some(reason);
-            give_up = Some(Instant::now() + self.kill_grace);
-            if let Some(mut pipe) = stdin.take() {
-                // EPIPE means the helper is already on its way out, which is what we want; dropping the pipe
-                // afterwards closes it, which the helper reads as the same request.
-                let _ = pipe.write_all(b"kill\n").await;
             }
         }
     }
@@ -639,7 +706,7 @@ impl ContainerRuntime {
         let event = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Event>(l).ok())
-            .last();
+            .next_back();
         Ok((event, stderr))
     }
 
@@ -654,12 +721,16 @@ impl ContainerRuntime {
                 source,
             }
         };
-        let state_dir = self.state_root.join(id);
-        if state_dir.exists() {
-            return Err(RuntimeError::Exists {
-                id: id.clone(),
-                dir: state_dir,
-            });
+        for leftover in [
+            self.state_root.join(id),
+            helper::request_path(&self.state_root, id),
+        ] {
+            if leftover.exists() {
+                return Err(RuntimeError::Exists {
+                    id: id.clone(),
+                    path: leftover,
+                });
+            }
         }
         std::fs::create_dir_all(&self.state_root).map_err(prepare_err(&self.state_root))?;
         std::fs::create_dir_all(&spec.bundle_dir).map_err(prepare_err(&spec.bundle_dir))?;
@@ -700,7 +771,7 @@ impl ContainerRuntime {
                 ContainerNetwork::None | ContainerNetwork::Host => None,
             },
         };
-        let path = spec.bundle_dir.join("helper-request.json");
+        let path = helper::request_path(&self.state_root, id);
         let json = serde_json::to_vec_pretty(&request)
             .map_err(|e| prepare_err(&path)(io::Error::other(e)))?;
         std::fs::write(&path, json).map_err(prepare_err(&path))?;
@@ -799,21 +870,21 @@ impl ContainerSpec {
         {
             p.push("id map size must be at least 1 and stay within 32-bit ids".to_owned());
         }
-        if let Some((uid, gid)) = self.user {
-            if uid >= self.id_map.size || gid >= self.id_map.size {
-                p.push(format!(
-                    "user {uid}:{gid} is outside the id map (size {})",
-                    self.id_map.size
-                ));
-            }
+        if let Some((uid, gid)) = self.user
+            && (uid >= self.id_map.size || gid >= self.id_map.size)
+        {
+            p.push(format!(
+                "user {uid}:{gid} is outside the id map (size {})",
+                self.id_map.size
+            ));
         }
-        if let ContainerNetwork::Join(path) = &self.network {
-            if !path.is_absolute() {
-                p.push(format!(
-                    "network namespace {} must be an absolute path",
-                    path.display()
-                ));
-            }
+        if let ContainerNetwork::Join(path) = &self.network
+            && !path.is_absolute()
+        {
+            p.push(format!(
+                "network namespace {} must be an absolute path",
+                path.display()
+            ));
         }
         p
     }

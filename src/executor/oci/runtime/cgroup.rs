@@ -84,12 +84,21 @@ impl Layout {
         Ok(parse_oom_kill(&fs::read_to_string(file)?))
     }
 
-    /// Whether the memory controller accounts swap, so that `memory.swap` can be limited. On v1 the
-    /// `memsw` files exist only then; on v2 swap accounting is always compiled in and on unless the kernel
-    /// was booted with `swapaccount=0`, which we do not support.
+    /// Whether the memory controller accounts swap, so that `memory.swap` can be limited: the swap files
+    /// exist only then (v1: `memory.memsw.*` at the root; v2: `memory.swap.max` in every child with the
+    /// memory controller, the root having none). Unknown (no v2 child with memory yet) counts as yes, the
+    /// default of every kernel since 5.8.
     pub(super) fn swap_accounting(&self) -> bool {
         match self {
-            Layout::Unified(_) => true,
+            Layout::Unified(root) => fs::read_dir(root)
+                .ok()
+                .and_then(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .find(|p| p.join("memory.max").exists())
+                })
+                .is_none_or(|child| child.join("memory.swap.max").exists()),
             Layout::Legacy(_) => self
                 .memory_dir("")
                 .is_some_and(|d| d.join("memory.memsw.limit_in_bytes").exists()),
@@ -107,10 +116,10 @@ impl Layout {
             };
             for entry in entries {
                 let entry = entry?;
-                if entry.file_type()?.is_dir() {
-                    if let Some(name) = entry.file_name().to_str() {
-                        names.insert(name.to_owned());
-                    }
+                if entry.file_type()?.is_dir()
+                    && let Some(name) = entry.file_name().to_str()
+                {
+                    names.insert(name.to_owned());
                 }
             }
         }

@@ -10,7 +10,8 @@
 //!   counter, delete the container, report `Finished` (or `Failed`). Any byte or EOF on stdin means "kill":
 //!   the node writes to it on timeout/cancel, and a node that dies closes it, so a container never outlives
 //!   its node by more than the kill.
-//! - `delete <json>`: force-delete one container and its cgroups (after a helper died).
+//! - `delete <json>`: force-delete one container, its cgroups and its helper's leftovers (after a helper
+//!   died or hung).
 //! - `sweep <json>`: delete every container under a state root and every cgroup under a cgroup root.
 //!
 //! The helper logs with `tracing` to the file named in the request (`run`) or to stderr: libcontainer's real
@@ -139,11 +140,10 @@ pub(super) fn main(args: &[OsString]) -> ExitCode {
     let argument = args.get(1);
     let result = match (command, argument) {
         (Some("run"), Some(path)) => run_command(Path::new(path)),
-        (Some("delete"), Some(json)) => parse::<DeleteRequest>(json).and_then(|r| {
+        (Some("delete"), Some(json)) => parse::<DeleteRequest>(json).map(|r| {
             log_to_stderr();
             delete(&r);
             emit(&Event::Deleted);
-            Ok(())
         }),
         (Some("sweep"), Some(json)) => parse::<SweepRequest>(json).map(|r| {
             log_to_stderr();
@@ -199,7 +199,8 @@ fn run_command(path: &Path) -> Result<(), String> {
     match run(&req) {
         Ok(event) => emit(&event),
         Err((stage, error)) => {
-            tracing::error!(id = %req.id, stage, %error, "container failed");
+            // Warn, not error: the node reports it (and the error lines are what it quotes from this log).
+            tracing::warn!(id = %req.id, stage, %error, "container failed");
             delete(&DeleteRequest {
                 id: req.id.clone(),
                 state_root: req.state_root.clone(),
@@ -228,8 +229,47 @@ fn open_output(path: &Path) -> Result<File, Stage> {
         .map_err(|e| ("open output", format!("{}: {e}", path.display())))
 }
 
+/// Undoes, for the container, the `SIGPIPE` ignore that Rust's runtime set up in this process before
+/// `main`: an ignored signal stays ignored across `exec` (`yes | head -1` would never end), a handled one
+/// goes back to its default. So we handle it, through tokio's safe signal API, and the container's exec
+/// resets it. The throwaway current-thread runtime starts no thread, and the handler stays installed after
+/// it is dropped (signal handlers are never uninstalled). In this process, a write to a closed pipe still
+/// fails with `EPIPE` instead of killing us.
+fn handle_sigpipe() -> Result<(), Stage> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(at("sigpipe"))?;
+    let stream = rt
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()) })
+        .map_err(at("sigpipe"))?;
+    // Only the stream goes; the process-wide handler it installed is what we wanted.
+    drop(stream);
+    Ok(())
+}
+
+/// libcontainer's clones are only safe if this process has exactly one thread: checked, not assumed.
+fn assert_single_threaded() -> Result<(), Stage> {
+    let status = fs::read_to_string("/proc/self/status").map_err(at("threads"))?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(str::trim);
+    match threads {
+        Some("1") => Ok(()),
+        other => Err((
+            "threads",
+            format!(
+                "the helper must be single-threaded before libcontainer runs, it has {other:?}"
+            ),
+        )),
+    }
+}
+
 /// Creates, starts, waits for and deletes the container of `req`.
 fn run(req: &RunRequest) -> Result<Event, Stage> {
+    handle_sigpipe()?;
+    assert_single_threaded()?;
     let stdin = File::open("/dev/null").map_err(at("open /dev/null"))?;
     let stdout = open_output(&req.stdout)?;
     let stderr = open_output(&req.stderr)?;
@@ -360,9 +400,52 @@ fn wait_for_init(pid: Pid) -> nix::Result<(InitEnd, bool)> {
     }
 }
 
-/// Force-deletes container `req.id`: through libcontainer if its state loads, then whatever is left of its
-/// cgroups and state dir. Failures are logged: the next sweep retries.
+/// Where the node writes the `run` request of container `id`. It lives under the state root, not in the
+/// bundle, so that the sweep can recognise this runtime's helpers by their command line.
+pub(super) fn request_path(state_root: &Path, id: &str) -> PathBuf {
+    state_root.join(format!("{id}.request.json"))
+}
+
+/// SIGKILLs every process still running `__oci-shim run <request>`: a dead helper's clones that libcontainer
+/// left blocked before their exec (an intermediate waiting for its uid map forever, outside any cgroup
+/// yet), or the helper itself. Exec'd container processes have another command line; the cgroup and the
+/// pid namespace take care of those.
+fn kill_helper_processes(request: &Path) {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.len() >= 4
+            && args[1] == super::HELPER_ARG.as_bytes()
+            && args[2] == b"run"
+            && args[3] == request.as_os_str().as_encoded_bytes();
+        if ours && pid != me {
+            tracing::info!(pid, request = %request.display(), "killing a leftover helper process");
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Force-deletes container `req.id`: its helper's leftover processes, then the container through
+/// libcontainer if its state loads, then whatever is left of its cgroups, state dir and request. Failures
+/// are logged: the next sweep retries.
 pub(super) fn delete(req: &DeleteRequest) {
+    let request = request_path(&req.state_root, &req.id);
+    kill_helper_processes(&request);
     let dir = req.state_root.join(&req.id);
     if dir.exists() {
         match Container::load(dir.clone()) {
@@ -384,9 +467,14 @@ pub(super) fn delete(req: &DeleteRequest) {
         }
         Err(e) => tracing::error!(error = %e, "cannot find the cgroup hierarchies"),
     }
-    if let Err(e) = fs::remove_dir_all(&dir) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::error!(id = %req.id, dir = %dir.display(), error = %e, "cannot remove the state dir");
-        }
+    if let Err(e) = fs::remove_dir_all(&dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::error!(id = %req.id, dir = %dir.display(), error = %e, "cannot remove the state dir");
+    }
+    if let Err(e) = fs::remove_file(&request)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::error!(id = %req.id, file = %request.display(), error = %e, "cannot remove the request");
     }
 }

@@ -1,7 +1,8 @@
 //! The start-up sweep, in the helper: whatever a crash left under the state root and the cgroup root goes.
 //!
 //! A container whose helper died (node crash, OOM kill, power loss) keeps its state dir and its cgroups,
-//! and if it died between create and start its init waits forever. Run before the node starts any
+//! and if it died during create, libcontainer's clones of it wait forever (some before joining any cgroup:
+//! those are found by their command line, which names the request under the state root). Run before the node starts any
 //! container with this state root: the sweep deletes everything it finds there.
 
 use std::collections::BTreeSet;
@@ -20,10 +21,13 @@ pub(super) fn sweep(state_root: &Path, cgroup_root: &str) -> Result<usize, Strin
         Ok(entries) => {
             for entry in entries {
                 let entry = entry.map_err(|e| format!("reading {}: {e}", state_root.display()))?;
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    if let Some(id) = entry.file_name().to_str() {
-                        ids.insert(id.to_owned());
-                    }
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                // A container's state dir, or the request of a run whose helper may not have got as far.
+                if let Some(id) = name.strip_suffix(".request.json") {
+                    ids.insert(id.to_owned());
+                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    ids.insert(name.to_owned());
                 }
             }
         }
