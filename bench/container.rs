@@ -10,7 +10,6 @@
 #[allow(dead_code)]
 #[path = "../tests/e2e/harness.rs"]
 mod harness;
-#[allow(dead_code)]
 #[path = "../tests/e2e/registry.rs"]
 mod registry;
 
