@@ -1,8 +1,10 @@
 //! Container start, measured beside its peers in the same run (issue: "Cod's container start ≤ crun's"):
 //! - bare start of `/bin/true` in a busybox bundle: Cod's runtime (helper process + libcontainer, user
-//!   namespace, seccomp, cgroup limits) against `crun run` and `runc run` on the same root filesystem
-//!   (Debian's crun 1.8 needs `/sys/fs/cgroup/unified` unmounted in a private mount namespace on a hybrid
-//!   cgroup host, so it runs under `unshare -m`; that wrapper's exec is in its figure);
+//!   namespace, seccomp, cgroup limits) against `crun run` and `runc run` on the very same bundle (the
+//!   `config.json` Cod's runtime wrote, with its user namespace, seccomp profile, capabilities and limits),
+//!   and, as a floor, the peers with their own minimal `spec` template (no user namespace, no seccomp).
+//!   Debian's crun 1.8 needs `/sys/fs/cgroup/unified` unmounted in a private mount namespace on a hybrid
+//!   cgroup host, so it runs under `unshare -m`; that wrapper's exec is in its figure;
 //! - a `docker` job of `true` on a hybrid node, submit → Completed, the image already cached.
 //!
 //! Run as root: `cargo bench --bench container`. Medians: the spread of a container start is ~2×.
@@ -42,13 +44,18 @@ fn main() {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     let cod = cod_start(dir);
-    let crun = peer_start(dir, "crun");
-    let runc = peer_start(dir, "runc");
+    let same = dir.join("bundles/3");
+    let crun = peer_start(dir, "crun", Some(&same));
+    let runc = peer_start(dir, "runc", Some(&same));
+    let crun_min = peer_start(dir, "crun", None);
+    let runc_min = peer_start(dir, "runc", None);
     println!("bare container start of /bin/true, median of {RUNS} (p10-p90):");
     for (name, v) in [
         ("cod (libcontainer helper)", &cod),
-        ("crun 1.8", &crun),
-        ("runc 1.1", &runc),
+        ("crun 1.8, same config", &crun),
+        ("runc 1.1, same config", &runc),
+        ("crun 1.8, minimal spec", &crun_min),
+        ("runc 1.1, minimal spec", &runc_min),
     ] {
         match v {
             Some(v) => println!(
@@ -151,24 +158,39 @@ fn cod_start(dir: &Path) -> Option<Vec<f64>> {
     Some(times)
 }
 
-/// `crun`/`runc` on a bundle of the same busybox root, from the runtime's own `spec` template.
-fn peer_start(dir: &Path, runtime: &str) -> Option<Vec<f64>> {
-    let bundle = dir.join(format!("{runtime}-bundle"));
-    rootfs(&bundle.join("rootfs"), 0);
-    let made = Command::new(runtime)
-        .args(["spec"])
-        .current_dir(&bundle)
-        .status()
-        .ok()?;
-    if !made.success() {
-        return None;
-    }
+/// `crun`/`runc` on the bundle Cod's runtime wrote (`same`), or on a bundle of the same busybox root from the
+/// runtime's own minimal `spec` template.
+fn peer_start(dir: &Path, runtime: &str, same: Option<&Path>) -> Option<Vec<f64>> {
+    let flavor = if same.is_some() { "same" } else { "min" };
+    let bundle = dir.join(format!("{runtime}-{flavor}-bundle"));
     let path = bundle.join("config.json");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    let mut config: Value = match same {
+        Some(cod_bundle) => {
+            std::fs::create_dir_all(&bundle).ok()?;
+            serde_json::from_str(&std::fs::read_to_string(cod_bundle.join("config.json")).ok()?)
+                .ok()?
+        }
+        None => {
+            rootfs(&bundle.join("rootfs"), 0);
+            let made = Command::new(runtime)
+                .args(["spec"])
+                .current_dir(&bundle)
+                .status()
+                .ok()?;
+            if !made.success() {
+                return None;
+            }
+            let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            c["linux"]["resources"] =
+                json!({"memory": {"limit": 64u64 << 20}, "pids": {"limit": 64}});
+            c
+        }
+    };
     config["process"]["args"] = json!(["/bin/true"]);
     config["process"]["terminal"] = json!(false);
     config["root"]["readonly"] = json!(true);
-    config["linux"]["resources"] = json!({"memory": {"limit": 64u64 << 20}, "pids": {"limit": 64}});
+    // A cgroup of the peer's own (each run is deleted before the next, as Cod's are).
+    config["linux"]["cgroupsPath"] = json!(format!("/cod-bench-{runtime}-{}", std::process::id()));
     std::fs::write(&path, serde_json::to_vec(&config).ok()?).ok()?;
     let mut times = Vec::new();
     for i in 0..RUNS + 3 {
