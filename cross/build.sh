@@ -92,6 +92,7 @@ need_apt() { dpkg -s "$1" >/dev/null 2>&1 || apt_missing+=("$1"); }
 need_apt make
 need_apt gperf   # libseccomp's configure generates its syscall table with it
 need_apt file
+need_apt binutils   # readelf, for the static checks
 need_apt xz-utils
 [[ "$triple" == x86_64-unknown-linux-musl ]] && need_apt musl-tools
 [[ "$triple" == x86_64-unknown-linux-musl ]] && need_apt linux-libc-dev
@@ -111,6 +112,11 @@ fi
 use_zig=1
 [[ "$triple" == x86_64-unknown-linux-musl ]] && use_zig=0
 if ((use_zig)); then
+  python3 -m pip --version >/dev/null 2>&1 || {
+    log "installing python3-pip (for ziglang)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq python3 python3-pip >&2
+  }
   # ziglang on PyPI is the zig toolchain as a wheel; cargo-zigbuild finds it as `python3 -m ziglang`.
   python3 -m ziglang version >/dev/null 2>&1 || {
     log "pip install ziglang"
