@@ -99,6 +99,8 @@ Description: Bacalhau-compatible compute over data for edge devices
  dial out to their orchestrator over libp2p.${board:+ Board defaults: $board.}
 EOF
 mkdir -p "$out"
-deb="$out/cod_${version}_${arch}${board:+_$board}$( ((edge)) && echo _edge).deb"
+suffix="${board:+_$board}"
+((edge)) && suffix="${suffix}_edge"
+deb="$out/cod_${version}_${arch}${suffix}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >&2
 echo "$deb"
