@@ -381,9 +381,11 @@ fn main() {
         anon as f64 / 1024.0,
         file as f64 / 1024.0
     );
+    let mut edge_rss = Value::Null;
     match std::env::var("COD_BENCH_COMPUTE_BIN") {
         Ok(bin) if !bin.is_empty() => {
             let (rss, anon, file, _) = idle_rss(&client, dir, &bin, "edge");
+            edge_rss = json!({"binary": &bin, "total": rss, "anon": anon, "file": file});
             let name = Path::new(&bin)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -520,6 +522,7 @@ fn main() {
             "raw": {
                 "host_binary_bytes": size,
                 "idle_rss_kib": {"total": rss, "anon": anon, "file": file, "orchestrator": orss},
+                "idle_rss_edge_kib": edge_rss,
                 "start_to_ready_ms": {"p50": ready50, "p90": ready90, "exec_floor_p50": floor},
                 "submit_to_completed_ms": {"p50": p50, "p99": p99},
                 "fdatasync_ms": {"p50": f50, "p99": f99},
