@@ -34,7 +34,7 @@ while (($#)); do
     --gpu) gpu=1 ;;
     --board) board="${2:?--board needs a name}"; shift ;;
     --features) extra_features="${2:?--features needs a list}"; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [[ -z "$target" ]] || die "one TARGET only (got $target and $1)"; target="$1" ;;
   esac

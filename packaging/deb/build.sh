@@ -22,7 +22,7 @@ while (($#)); do
     --board) board="${2:?--board needs a name}"; shift ;;
     --edge) edge=1 ;;
     --out) out="${2:?--out needs a directory}"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) if [[ -z "$binary" ]]; then binary="$1"; elif [[ -z "$arch" ]]; then arch="$1"; else die "unexpected $1"; fi ;;
   esac
