@@ -4,7 +4,16 @@
 //! - hello-WASM submit → Completed latency, p50 and p99 over 100 jobs on a hybrid node, against this disk's
 //!   fsync latency measured now (target p50 ≤ 3 × fsync).
 //!
-//! Run: `cargo bench --bench edge`. Numbers vary with the machine; compare runs on the same one only.
+//! - `cod serve` start → ready (the ready file written), against the floor of exec'ing the same binary
+//!   (`cod --help`),
+//! - jobs/s through one orchestrator with 10 compute nodes (real processes on loopback), against one hybrid
+//!   node driven the same way and the disk's fsync ceiling,
+//! - binary sizes of the builds named in `COD_BENCH_SIZES` (`label=path,…`), against the 8 MiB edge budget.
+//!
+//! Run: `cargo bench --bench edge`, or `bench/run.sh`, which builds the static binaries first and keeps the
+//! results. Environment: `COD_BENCH_COMPUTE_BIN` = a second binary (the static edge build) whose connected
+//! compute node's idle RSS is measured beside this build's; `COD_BENCH_JSON` = write every figure there.
+//! Numbers vary with the machine; compare runs on the same one only.
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -24,6 +33,15 @@ const HELLO: &str = r#"(module
     (i32.store (i32.const 0) (i32.const 8)) (i32.store (i32.const 4) (i32.const 6))
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))))"#;
 
+/// Compute nodes behind the one orchestrator in the throughput run.
+const FLEET: usize = 10;
+/// Jobs in each throughput run, and the clients submitting them concurrently (each submits, waits for
+/// Completed, submits the next).
+const FLEET_JOBS: usize = 200;
+const CLIENTS: usize = 16;
+/// The edge budget for the stripped static binary (issue 5).
+const SIZE_BUDGET: u64 = 8 << 20;
+
 struct Node {
     child: Child,
     api: String,
@@ -38,6 +56,10 @@ impl Drop for Node {
 }
 
 fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
+    start_with(env!("CARGO_BIN_EXE_cod"), dir, name, extra)
+}
+
+fn start_with(bin: &str, dir: &Path, name: &str, extra: &[&str]) -> Node {
     let ready = dir.join(format!("{name}.ready"));
     let mut args: Vec<String> = vec![
         "serve".into(),
@@ -55,7 +77,7 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
         ready.display().to_string(),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let child = Command::new(env!("CARGO_BIN_EXE_cod"))
+    let child = Command::new(bin)
         .args(&args)
         .env("COD_LOG", "warn")
         .stdout(Stdio::null())
@@ -125,6 +147,174 @@ fn fsync_ms(dir: &Path) -> (f64, f64) {
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+/// One row of the summary table, also written to the JSON results.
+struct Row {
+    measure: String,
+    value: String,
+    comparison: String,
+    target: String,
+}
+
+fn row(
+    measure: impl Into<String>,
+    value: impl Into<String>,
+    comparison: impl Into<String>,
+    target: impl Into<String>,
+) -> Row {
+    Row {
+        measure: measure.into(),
+        value: value.into(),
+        comparison: comparison.into(),
+        target: target.into(),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+fn hello_job() -> Value {
+    let module = wat::parse_str(HELLO).expect("wat");
+    use base64::Engine;
+    let url = format!(
+        "data:application/wasm;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(module)
+    );
+    json!({"Job": {"Type": "batch", "Tasks": [{"Name": "main",
+        "Engine": {"Type": "wasm", "Params": {"EntryModule": "/main.wasm"}},
+        "InputSources": [{"Target": "/main.wasm", "Source": {"Type": "inline", "Params": {"URL": url}}}],
+        "Publisher": {"Type": "noop"}}]}})
+}
+
+/// Submits `job` and polls until it is Completed; the time it took.
+fn run_job(client: &reqwest::blocking::Client, api: &str, job: &Value) -> Duration {
+    let t = Instant::now();
+    let r: Value = client
+        .put(format!("{api}/api/v1/orchestrator/jobs"))
+        .json(job)
+        .send()
+        .and_then(|r| r.json())
+        .expect("submit");
+    let id = r["JobID"].as_str().expect("JobID").to_owned();
+    loop {
+        let j: Value = client
+            .get(format!("{api}/api/v1/orchestrator/jobs/{id}"))
+            .send()
+            .and_then(|r| r.json())
+            .expect("get");
+        match j["Job"]["State"]["StateType"].as_str() {
+            Some("Completed") => return t.elapsed(),
+            Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
+            _ => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+}
+
+/// Waits until the orchestrator lists `n` connected compute nodes.
+fn wait_connected(client: &reqwest::blocking::Client, api: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes: Value = client
+            .get(format!("{api}/api/v1/orchestrator/nodes"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null);
+        let connected = nodes["Nodes"]
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["Connection"] == "CONNECTED").count())
+            .unwrap_or(0);
+        if connected >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{connected} of {n} compute nodes connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Idle RSS of a compute node (running `bin`) connected to an orchestrator: (total, anon, file) in KiB, and
+/// the orchestrator's total.
+fn idle_rss(
+    client: &reqwest::blocking::Client,
+    dir: &Path,
+    bin: &str,
+    tag: &str,
+) -> (u64, u64, u64, u64) {
+    let orch = start(dir, &format!("orch-{tag}"), &["--orchestrator"]);
+    let addr = orch.p2p.first().expect("p2p").clone();
+    let compute = start_with(
+        bin,
+        dir,
+        &format!("compute-{tag}"),
+        &[
+            "--compute",
+            "--orchestrators",
+            &addr,
+            "--heartbeat-interval",
+            "1s",
+        ],
+    );
+    wait_connected(client, &orch.api, 1);
+    // Let start-up allocations settle into the idle state (heartbeats keep flowing).
+    std::thread::sleep(Duration::from_secs(3));
+    let (pid, opid) = (compute.child.id(), orch.child.id());
+    (
+        status_kib(pid, "VmRSS"),
+        status_kib(pid, "RssAnon"),
+        status_kib(pid, "RssFile"),
+        status_kib(opid, "VmRSS"),
+    )
+}
+
+/// Median and p90 of `cod serve` (hybrid) start → ready file, over `runs` fresh data dirs.
+fn start_to_ready(dir: &Path, runs: usize) -> (f64, f64) {
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        let node = start(dir, &format!("ready-{i}"), &[]);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(node);
+    }
+    times.sort_by(f64::total_cmp);
+    (percentile(&times, 0.5), percentile(&times, 0.9))
+}
+
+/// Median of exec'ing the binary for `--help`: what any start costs before Cod does anything.
+fn exec_floor(runs: usize) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let status = Command::new(env!("CARGO_BIN_EXE_cod"))
+            .arg("--help")
+            .stdout(Stdio::null())
+            .status()
+            .expect("cod --help");
+        assert!(status.success());
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    percentile(&times, 0.5)
+}
+
+/// Jobs/s of `CLIENTS` closed-loop clients running `FLEET_JOBS` hello jobs through `api`.
+fn throughput(api: &str, job: &Value) -> f64 {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS {
+            s.spawn(|| {
+                let client = reqwest::blocking::Client::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < FLEET_JOBS {
+                    run_job(&client, api, job);
+                }
+            });
+        }
+    });
+    FLEET_JOBS as f64 / t.elapsed().as_secs_f64()
+}
+
 fn main() {
     // `cargo bench` passes flags like --bench; this harness takes none.
     let tmp = tempfile::tempdir().expect("tmp");
@@ -133,6 +323,7 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::blocking::Client::new();
     let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
 
     let size = std::fs::metadata(env!("CARGO_BIN_EXE_cod"))
         .map(|m| m.len())
@@ -140,90 +331,113 @@ fn main() {
     writeln!(
         out,
         "binary size (bench profile = release, stripped): {:.2} MiB",
-        size as f64 / 1048576.0
+        mib(size)
     )
     .ok();
+    // The builds bench/run.sh made, each beside the budget and this (glibc, all features) build.
+    for item in std::env::var("COD_BENCH_SIZES")
+        .unwrap_or_default()
+        .split(',')
+    {
+        let Some((label, path)) = item.split_once('=') else {
+            continue;
+        };
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let edge = label.contains("edge");
+        rows.push(row(
+            format!("binary size, {label}"),
+            format!("{:.2} MiB", mib(bytes)),
+            format!("host glibc build, all features: {:.2} MiB", mib(size)),
+            if edge {
+                format!("<= {:.0} MiB", mib(SIZE_BUDGET))
+            } else {
+                String::new()
+            },
+        ));
+    }
+    if rows.is_empty() {
+        rows.push(row(
+            "binary size, host glibc, all features",
+            format!("{:.2} MiB", mib(size)),
+            "",
+            "",
+        ));
+    }
 
     // Idle RSS of a connected compute node, beside its orchestrator's.
-    {
-        let orch = start(dir, "orch", &["--orchestrator"]);
-        let addr = orch.p2p.first().expect("p2p").clone();
-        let compute = start(
-            dir,
-            "compute",
-            &[
-                "--compute",
-                "--orchestrators",
-                &addr,
-                "--heartbeat-interval",
-                "1s",
-            ],
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let nodes: Value = client
-                .get(format!("{}/api/v1/orchestrator/nodes", orch.api))
-                .send()
-                .and_then(|r| r.json())
-                .unwrap_or(Value::Null);
-            if nodes["Nodes"][0]["Connection"] == "CONNECTED" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "compute node did not connect");
-            std::thread::sleep(Duration::from_millis(20));
+    let (rss, anon, file, orss) = idle_rss(&client, dir, env!("CARGO_BIN_EXE_cod"), "host");
+    writeln!(
+        out,
+        "idle RSS, connected compute node: {:.2} MiB (target <= 5 MiB) = {:.2} MiB anonymous (heap, stacks) + {:.2} MiB file-backed (the executable and shared libraries, clean and reclaimable); its orchestrator: {:.2} MiB",
+        rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
+        orss as f64 / 1024.0,
+    )
+    .ok();
+    let host_rss = format!(
+        "{:.2} MiB ({:.2} anon + {:.2} file)",
+        rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    );
+    let mut edge_rss = Value::Null;
+    match std::env::var("COD_BENCH_COMPUTE_BIN") {
+        Ok(bin) if !bin.is_empty() => {
+            let (rss, anon, file, _) = idle_rss(&client, dir, &bin, "edge");
+            edge_rss = json!({"binary": &bin, "total": rss, "anon": anon, "file": file});
+            let name = Path::new(&bin)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(bin.clone());
+            writeln!(
+                out,
+                "idle RSS, connected compute node running {name}: {:.2} MiB = {:.2} MiB anonymous + {:.2} MiB file-backed",
+                rss as f64 / 1024.0,
+                anon as f64 / 1024.0,
+                file as f64 / 1024.0
+            )
+            .ok();
+            rows.push(row(
+                format!("idle RSS, connected compute node ({name})"),
+                format!(
+                    "{:.2} MiB ({:.2} anon + {:.2} file)",
+                    rss as f64 / 1024.0,
+                    anon as f64 / 1024.0,
+                    file as f64 / 1024.0
+                ),
+                format!("host glibc build: {host_rss}"),
+                "<= 5 MiB",
+            ));
         }
-        // Let start-up allocations settle into the idle state (heartbeats keep flowing).
-        std::thread::sleep(Duration::from_secs(3));
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        let (pid, opid) = (compute.child.id(), orch.child.id());
-        writeln!(
-            out,
-            "idle RSS, connected compute node: {:.2} MiB (target <= 5 MiB) = {:.2} MiB anonymous (heap, stacks) + {:.2} MiB file-backed (the executable and shared libraries, clean and reclaimable); its orchestrator: {:.2} MiB",
-            mib(status_kib(pid, "VmRSS")),
-            mib(status_kib(pid, "RssAnon")),
-            mib(status_kib(pid, "RssFile")),
-            mib(status_kib(opid, "VmRSS")),
-        )
-        .ok();
+        _ => rows.push(row(
+            "idle RSS, connected compute node (host build)",
+            host_rss,
+            format!("its orchestrator: {:.2} MiB", orss as f64 / 1024.0),
+            "<= 5 MiB",
+        )),
     }
+
+    // Start -> ready, beside the cost of exec'ing the binary at all.
+    let (ready50, ready90) = start_to_ready(dir, 10);
+    let floor = exec_floor(20);
+    writeln!(out, "cod serve start -> ready (hybrid, fresh data dir): p50 {ready50:.1} ms, p90 {ready90:.1} ms; exec floor (cod --help): {floor:.1} ms").ok();
+    rows.push(row(
+        "cod serve start -> ready (hybrid, fresh dir)",
+        format!("p50 {ready50:.1} ms, p90 {ready90:.1} ms"),
+        format!("exec floor (cod --help): {floor:.1} ms"),
+        "",
+    ));
 
     // Submit -> Completed on a hybrid node.
     let node = start(dir, "hybrid", &[]);
-    let module = wat::parse_str(HELLO).expect("wat");
-    use base64::Engine;
-    let url = format!(
-        "data:application/wasm;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(module)
-    );
-    let job = json!({"Job": {"Type": "batch", "Tasks": [{"Name": "main",
-        "Engine": {"Type": "wasm", "Params": {"EntryModule": "/main.wasm"}},
-        "InputSources": [{"Target": "/main.wasm", "Source": {"Type": "inline", "Params": {"URL": url}}}],
-        "Publisher": {"Type": "noop"}}]}});
+    let job = hello_job();
     let mut latencies = Vec::new();
     for i in 0..(JOBS + 5) {
-        let t = Instant::now();
-        let r: Value = client
-            .put(format!("{}/api/v1/orchestrator/jobs", node.api))
-            .json(&job)
-            .send()
-            .and_then(|r| r.json())
-            .expect("submit");
-        let id = r["JobID"].as_str().expect("JobID").to_owned();
-        loop {
-            let j: Value = client
-                .get(format!("{}/api/v1/orchestrator/jobs/{id}", node.api))
-                .send()
-                .and_then(|r| r.json())
-                .expect("get");
-            match j["Job"]["State"]["StateType"].as_str() {
-                Some("Completed") => break,
-                Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
-                _ => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
+        let took = run_job(&client, &node.api, &job);
         if i >= 5 {
             // The first few warm up connections and caches.
-            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            latencies.push(took.as_secs_f64() * 1e3);
         }
     }
     latencies.sort_by(f64::total_cmp);
@@ -235,4 +449,118 @@ fn main() {
     )
     .ok();
     writeln!(out, "this disk's fdatasync: p50 {f50:.3} ms, p99 {f99:.3} ms -> target p50 <= {:.2} ms ({:.1}x fsync measured)", 3.0 * f50, p50 / f50).ok();
+    rows.push(row(
+        format!("hello-WASM submit -> Completed ({JOBS} jobs, hybrid)"),
+        format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        format!(
+            "fdatasync p50 {f50:.3} ms, p99 {f99:.3} ms ({:.1}x)",
+            p50 / f50
+        ),
+        format!("p50 <= {:.2} ms (3x fsync)", 3.0 * f50),
+    ));
+
+    // Throughput: the same closed loop through the hybrid node, then through an orchestrator with a fleet.
+    let single = throughput(&node.api, &job);
+    drop(node);
+    let orch = start(dir, "fleet-orch", &["--orchestrator"]);
+    let addr = orch.p2p.first().expect("p2p").clone();
+    let fleet: Vec<Node> = (0..FLEET)
+        .map(|i| {
+            start(
+                dir,
+                &format!("fleet-{i}"),
+                &[
+                    "--compute",
+                    "--orchestrators",
+                    &addr,
+                    "--heartbeat-interval",
+                    "1s",
+                ],
+            )
+        })
+        .collect();
+    wait_connected(&client, &orch.api, FLEET);
+    let many = throughput(&orch.api, &job);
+    drop(fleet);
+    writeln!(
+        out,
+        "jobs/s, {CLIENTS} clients x {FLEET_JOBS} hello jobs: 1 orchestrator + {FLEET} compute nodes {many:.1}/s; 1 hybrid node {single:.1}/s; fsync ceiling {:.0} commits/s",
+        1e3 / f50
+    )
+    .ok();
+    rows.push(row(
+        format!("jobs/s, 1 orchestrator + {FLEET} compute nodes"),
+        format!("{many:.1} jobs/s"),
+        format!(
+            "1 hybrid node: {single:.1} jobs/s; fsync ceiling {:.0} commits/s",
+            1e3 / f50
+        ),
+        "",
+    ));
+    // Slots for the comparisons that arrive with their issues.
+    rows.push(row(
+        "container start (docker engine)",
+        "pending: issue 3 (docker engine)",
+        "crun, runc (same bundle, same limits)",
+        "",
+    ));
+    rows.push(row(
+        "IPFS import",
+        "pending: data issue (IPFS storage)",
+        "Kubo",
+        "",
+    ));
+
+    print_table(&mut out, &rows);
+    if let Ok(path) = std::env::var("COD_BENCH_JSON")
+        && !path.is_empty()
+    {
+        let doc = json!({
+            "host": std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "rows": rows.iter().map(|r| json!({"measure": r.measure, "value": r.value, "comparison": r.comparison, "target": r.target})).collect::<Vec<_>>(),
+            "raw": {
+                "host_binary_bytes": size,
+                "idle_rss_kib": {"total": rss, "anon": anon, "file": file, "orchestrator": orss},
+                "idle_rss_edge_kib": edge_rss,
+                "start_to_ready_ms": {"p50": ready50, "p90": ready90, "exec_floor_p50": floor},
+                "submit_to_completed_ms": {"p50": p50, "p99": p99},
+                "fdatasync_ms": {"p50": f50, "p99": f99},
+                "jobs_per_s": {"fleet": many, "fleet_nodes": FLEET, "single_hybrid": single, "clients": CLIENTS, "jobs": FLEET_JOBS},
+            },
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))
+            .expect("write results");
+    }
+}
+
+fn print_table(out: &mut impl Write, rows: &[Row]) {
+    let w = |f: fn(&Row) -> &str, h: &str| {
+        rows.iter()
+            .map(|r| f(r).chars().count())
+            .chain([h.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (a, b, c) = (
+        w(|r| &r.measure, "measure"),
+        w(|r| &r.value, "value"),
+        w(|r| &r.comparison, "comparison (same run)"),
+    );
+    writeln!(out).ok();
+    writeln!(
+        out,
+        "{:a$} | {:b$} | {:c$} | target",
+        "measure", "value", "comparison (same run)"
+    )
+    .ok();
+    writeln!(out, "{}", "-".repeat(a + b + c + 16)).ok();
+    for r in rows {
+        writeln!(
+            out,
+            "{:a$} | {:b$} | {:c$} | {}",
+            r.measure, r.value, r.comparison, r.target
+        )
+        .ok();
+    }
 }

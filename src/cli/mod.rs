@@ -16,6 +16,7 @@ use argh::FromArgs;
 pub mod agent;
 pub mod client;
 pub mod docker;
+pub mod docs;
 pub mod input;
 pub mod job;
 pub mod node;
@@ -67,6 +68,10 @@ pub enum Command {
     Version(agent::VersionArgs),
     /// `cod serve`
     Serve(serve::ServeArgs),
+    /// `cod completions SHELL`
+    Completions(docs::CompletionsArgs),
+    /// `cod man`
+    Man(docs::ManArgs),
 }
 
 /// How a command ended when it did not fail itself.
@@ -147,6 +152,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Version(args) => agent::version(&context()?, args)
             .await
             .map(|()| Outcome::Success),
+        Command::Completions(args) => docs::completions(args).map(|()| Outcome::Success),
+        Command::Man(args) => docs::man(args).map(|()| Outcome::Success),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Process-level tests: real `cod` processes on loopback, driven through the REST API and the CLI.
 
+mod boards;
 mod cli;
 mod cluster;
 #[cfg(feature = "executor-oci")]

@@ -38,7 +38,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 use super::cgroup::Layout;
 use super::sweep;
@@ -174,10 +175,13 @@ fn parse<T: for<'de> Deserialize<'de>>(json: &OsString) -> Result<T, String> {
 }
 
 fn log_to_stderr() {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(false)
-        .with_env_filter(EnvFilter::new("warn"))
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(io::stderr)
+                .with_ansi(false),
+        )
+        .with(Targets::new().with_default(tracing::Level::WARN))
         .try_init();
 }
 
@@ -191,10 +195,18 @@ fn run_command(path: &Path) -> Result<(), String> {
         .open(&req.log)
         .map_err(|e| format!("opening log {}: {e}", req.log.display()))?;
     // An `Arc<File>` writer takes no lock, so a clone made by libcontainer can never inherit a held one.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(Arc::new(log))
-        .with_ansi(false)
-        .with_env_filter(EnvFilter::new(&req.log_filter))
+    // `level` and `target=level` items (no regex engine in the binary); an unparsable filter means warnings.
+    let filter = req
+        .log_filter
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::WARN));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(Arc::new(log))
+                .with_ansi(false),
+        )
+        .with(filter)
         .try_init();
     match run(&req) {
         Ok(event) => emit(&event),

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Builds a stripped `cod` release binary for one target and prints its path as the last line.
+#
+#   cross/build.sh TARGET [--edge] [--qemu] [--features LIST]
+#   cross/build.sh --board NAME [--edge] [--qemu]      # triple and CPU flags from targets/NAME/cargo.toml
+#   cross/build.sh --gpu [TARGET]                      # glibc, dynamic (default x86_64-unknown-linux-gnu.2.28)
+#
+# TARGET: x86_64-unknown-linux-musl | aarch64-unknown-linux-musl | armv7-unknown-linux-musleabihf
+#   --edge    the compute-only flavor (no orchestrator): compute, executor-wasm, executor-oci, storage-url
+#   --qemu    adds the `lmdb-posix-sem` feature, so LMDB works under qemu-user (which lacks get_robust_list)
+#   --gpu     the glibc flavor for GPU hosts: NVML is dlopen()ed, which a static musl binary cannot do. For now it
+#             builds the default features dynamically against glibc 2.28; NVML itself arrives with the GPU issue.
+#   --board   targets/NAME/cargo.toml is passed to cargo as `--config` (triple, target-cpu) and decides TARGET.
+#
+# Installs what it needs, idempotently: the rustup target; musl-tools (x86_64) or cargo-zigbuild + ziglang
+# (aarch64, armv7, gnu.2.28); and a static libseccomp built for the target from Debian's source package, cached
+# under $CARGO_TARGET_DIR/cross/. Honours CARGO_TARGET_DIR (default: ./target), so repeated builds are
+# incremental. The result is copied to $CARGO_TARGET_DIR/dist/cod-<flavor>-<target> (both flavors share cargo's
+# output path, so the copy keeps one from overwriting the other) and checked: a musl binary must have no
+# program interpreter and no NEEDED entry, or the build fails.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+
+log() { printf 'cross/build.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+target="" flavor=full qemu=0 gpu=0 board="" extra_features=""
+while (($#)); do
+  case "$1" in
+    --edge) flavor=edge ;;
+    --qemu) qemu=1 ;;
+    --gpu) gpu=1 ;;
+    --board) board="${2:?--board needs a name}"; shift ;;
+    --features) extra_features="${2:?--features needs a list}"; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) [[ -z "$target" ]] || die "one TARGET only (got $target and $1)"; target="$1" ;;
+  esac
+  shift
+done
+
+config_args=()
+if [[ -n "$board" ]]; then
+  board_cfg="$repo/targets/$board/cargo.toml"
+  [[ -f "$board_cfg" ]] || die "no board $board: expected $board_cfg (boards: $(ls "$repo/targets" | grep -v README | tr '\n' ' '))"
+  board_target="$(sed -n 's/^target *= *"\(.*\)"/\1/p' "$board_cfg" | head -n1)"
+  [[ -n "$board_target" ]] || die "$board_cfg has no [build] target"
+  [[ -z "$target" || "$target" == "$board_target" ]] || die "--board $board builds $board_target, not $target"
+  target="$board_target"
+  config_args=(--config "$board_cfg")
+fi
+if ((gpu)); then
+  target="${target:-x86_64-unknown-linux-gnu.2.28}"
+  [[ "$target" == *-gnu* ]] || die "--gpu builds for glibc (a *-linux-gnu[.VERSION] target), not $target"
+  [[ "$flavor" == full ]] || die "--gpu and --edge together: the GPU flavor is a full node for now"
+  flavor=gpu
+fi
+[[ -n "$target" ]] || die "usage: cross/build.sh TARGET [--edge] [--qemu] [--board NAME] [--gpu] (see --help)"
+
+# The triple rustup and cargo's output directory know (cargo-zigbuild takes a glibc version suffix).
+triple="${target%%.[0-9]*}"
+case "$triple" in
+  x86_64-unknown-linux-musl) zig_triple=x86_64-linux-musl ;;
+  aarch64-unknown-linux-musl) zig_triple=aarch64-linux-musl ;;
+  armv7-unknown-linux-musleabihf) zig_triple=arm-linux-musleabihf ;;
+  x86_64-unknown-linux-gnu) zig_triple="x86_64-linux-gnu${target#"$triple"}" ;;
+  aarch64-unknown-linux-gnu) zig_triple="aarch64-linux-gnu${target#"$triple"}" ;;
+  *) die "unsupported target $target (x86_64/aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf, or --gpu)" ;;
+esac
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+CARGO_TARGET_DIR="$(cd "$CARGO_TARGET_DIR" && pwd)"
+cache="$CARGO_TARGET_DIR/cross"
+mkdir -p "$cache"
+
+features=()
+case "$flavor" in
+  edge) features=(compute executor-wasm executor-oci storage-url) ;;
+  full|gpu) features=(orchestrator compute executor-wasm executor-oci storage-url) ;;
+esac
+((qemu)) && features+=(lmdb-posix-sem)
+[[ -n "$extra_features" ]] && features+=(${extra_features//,/ })
+feature_list="$(IFS=,; echo "${features[*]}")"
+
+# === toolchain pieces (each one only when missing) ===
+
+apt_missing=()
+need_apt() { dpkg -s "$1" >/dev/null 2>&1 || apt_missing+=("$1"); }
+need_apt make
+need_apt gperf   # libseccomp's configure generates its syscall table with it
+need_apt file
+need_apt binutils   # readelf, for the static checks
+need_apt xz-utils
+[[ "$triple" == x86_64-unknown-linux-musl ]] && need_apt musl-tools
+[[ "$triple" == x86_64-unknown-linux-musl ]] && need_apt linux-libc-dev
+if ((${#apt_missing[@]})); then
+  log "installing ${apt_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${apt_missing[@]}" >&2
+fi
+
+if ! rustup target list --installed | grep -qx "$triple"; then
+  log "rustup target add $triple"
+  rustup target add "$triple" >&2 ||
+    die "rustup cannot install the standard library for $triple (see cross/README.md: armv7 musl is not served here)"
+fi
+
+use_zig=1
+[[ "$triple" == x86_64-unknown-linux-musl ]] && use_zig=0
+if ((use_zig)); then
+  python3 -m pip --version >/dev/null 2>&1 || {
+    log "installing python3-pip (for ziglang)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq python3 python3-pip >&2
+  }
+  # ziglang on PyPI is the zig toolchain as a wheel; cargo-zigbuild finds it as `python3 -m ziglang`.
+  python3 -m ziglang version >/dev/null 2>&1 || {
+    log "pip install ziglang"
+    python3 -m pip install -q --disable-pip-version-check ziglang >&2 ||
+      python3 -m pip install -q --disable-pip-version-check --break-system-packages ziglang >&2
+  }
+  command -v cargo-zigbuild >/dev/null || {
+    log "cargo install cargo-zigbuild"
+    cargo install --locked -q cargo-zigbuild >&2
+  }
+fi
+
+# === static libseccomp for the target ===
+# libcontainer's `libseccomp` feature links libseccomp. Left to itself, libseccomp-sys finds the host's glibc
+# libseccomp.so; a musl binary linked that way segfaults on first use (platform-notes, "libseccomp trap"). So we
+# build Debian's libseccomp 2.5.4 as a static archive with the target's C compiler and point the crate at it.
+seccomp_version=2.5.4
+seccomp_lib="$cache/libseccomp-$seccomp_version/$zig_triple/lib"
+build_libseccomp() {
+  local src="$cache/libseccomp-$seccomp_version/source"
+  if [[ ! -f "$src/libseccomp_$seccomp_version.orig.tar.gz" ]]; then
+    log "fetching libseccomp's source package from Debian (apt-get source)"
+    # A private apt state with one deb-src entry, so the machine's apt configuration stays as it is.
+    local apt_dir="$cache/apt-src"
+    mkdir -p "$apt_dir/lists/partial" "$src"
+    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      >"$apt_dir/debian-src.sources"
+    local apt_opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_dir"
+      -o "Dir::State::Lists=$apt_dir/lists" -o APT::Sandbox::User=root)
+    apt-get "${apt_opts[@]}" update -qq >&2
+    (cd "$src" && apt-get "${apt_opts[@]}" source --download-only libseccomp >&2)
+    ls "$src"/libseccomp_"$seccomp_version".orig.tar.gz >/dev/null ||
+      die "apt-get source did not deliver libseccomp $seccomp_version"
+  fi
+  local work="$cache/libseccomp-$seccomp_version/$zig_triple/build"
+  rm -rf "$work" && mkdir -p "$work"
+  tar -xzf "$src/libseccomp_$seccomp_version.orig.tar.gz" -C "$work" --strip-components=1
+  local cc host cflags="-Os -fPIC"
+  if ((use_zig)); then
+    # Wrappers, because configure wants CC/AR as single words. zig ships musl and kernel headers per target.
+    local bin="$cache/zig-bin/$zig_triple"
+    mkdir -p "$bin"
+    printf '#!/bin/sh\nexec python3 -m ziglang cc -target %s "$@"\n' "$zig_triple" >"$bin/cc"
+    printf '#!/bin/sh\nexec python3 -m ziglang ar "$@"\n' >"$bin/ar"
+    printf '#!/bin/sh\nexec python3 -m ziglang ranlib "$@"\n' >"$bin/ranlib"
+    chmod +x "$bin"/*
+    cc="$bin/cc"
+    export AR="$bin/ar" RANLIB="$bin/ranlib"
+    host="${triple%%-*}-linux-${triple##*-linux-}"
+    host="${host%%.*}"
+  else
+    # musl-gcc brings no kernel headers; libseccomp needs linux/ and asm/. Debian's are fine (uapi only).
+    local kh="$cache/kernel-headers"
+    mkdir -p "$kh"
+    ln -sfn /usr/include/linux "$kh/linux"
+    ln -sfn /usr/include/asm-generic "$kh/asm-generic"
+    ln -sfn /usr/include/x86_64-linux-gnu/asm "$kh/asm"
+    cc=musl-gcc
+    cflags="$cflags -idirafter $kh"
+    host=x86_64-linux-musl
+  fi
+  log "building static libseccomp $seccomp_version for $zig_triple"
+  (cd "$work" &&
+    ./configure --quiet --host="$host" --enable-static --disable-shared CC="$cc" CFLAGS="$cflags" >&2 &&
+    make -s -C src -j"$(nproc)" >&2) || die "libseccomp did not build (log above)"
+  mkdir -p "$seccomp_lib"
+  cp "$work/src/.libs/libseccomp.a" "$seccomp_lib/"
+  rm -rf "$work"
+}
+if [[ ",$feature_list," == *,executor-oci,* ]]; then
+  [[ -f "$seccomp_lib/libseccomp.a" ]] || build_libseccomp
+  export LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$seccomp_lib"
+fi
+
+# === build ===
+
+# Only the target's own settings: host build scripts and proc macros keep theirs.
+cargo_cmd=(cargo build)
+((use_zig)) && cargo_cmd=(cargo zigbuild)
+log "building $flavor flavor for $target (features: $feature_list)"
+"${cargo_cmd[@]}" --locked --release --target "$target" "${config_args[@]}" \
+  --no-default-features --features "$feature_list" --bin cod >&2
+
+built="$CARGO_TARGET_DIR/$triple/release/cod"
+[[ -x "$built" ]] || die "cargo finished but $built is missing"
+suffix=""
+((qemu)) && suffix="-qemu"
+[[ -n "$board" ]] && suffix="$suffix-$board"
+mkdir -p "$CARGO_TARGET_DIR/dist"
+out="$CARGO_TARGET_DIR/dist/cod-$flavor$suffix-$triple"
+cp "$built" "$out.tmp" && mv "$out.tmp" "$out"
+
+# === checks ===
+
+if [[ "$triple" == *-musl* ]]; then
+  if readelf -lW "$out" | grep -q 'INTERP'; then
+    die "$out has a program interpreter: it is not static ($(file -b "$out"))"
+  fi
+  if readelf -dW "$out" 2>/dev/null | grep -q '(NEEDED)'; then
+    die "$out needs shared libraries: $(readelf -dW "$out" | grep NEEDED | tr -s ' ' | tr '\n' ';')"
+  fi
+fi
+if readelf -SW "$out" | grep -q '\.symtab'; then
+  die "$out is not stripped (the release profile sets strip = true)"
+fi
+log "$(file -b "$out" | cut -d, -f1-2,4-), $(stat -c %s "$out") bytes"
+echo "$out"

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Edge delivery checks (issue 5), run by tests/run.sh after the Rust suites:
+#   1. the generated completions and man page work (bash completes, zsh parses, man renders without warnings);
+#   2. static edge builds for x86_64 and aarch64 musl: fully static (cross/build.sh checks) and within the
+#      8 MiB budget (cross/check-size.sh);
+#   3. the aarch64 build runs a hybrid node under qemu-user that runs the committed hello.wasm end to end,
+#      through the aarch64 CLI, and reports itself as arm64;
+#   4. .deb packages for amd64 and arm64 install into throw-away roots (dpkg --root, maintainer scripts
+#      included), create the system user, and their units pass `systemd-analyze verify`.
+# armv7 is not built here: no standard library for armv7-unknown-linux-musleabihf can be installed on this
+# machine (cross/README.md). Usage: tests/edge.sh [--quick] (--quick: step 1 and the x86_64 build only).
+# One CARGO_TARGET_DIR (default ./target, as cargo test) keeps repeated runs incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}"
+quick=0
+[[ "${1:-}" == --quick ]] && quick=1
+
+passed=0 failed=0
+step() { printf '\n=== edge: %s\n' "$*"; }
+ok() { printf 'ok: %s\n' "$*"; passed=$((passed + 1)); }
+fail() { printf 'FAIL: %s\n' "$*"; failed=$((failed + 1)); }
+start=$SECONDS
+timing() { printf '(%ss so far)\n' $((SECONDS - start)); }
+
+need=()
+for pkg in qemu-user-static zsh man-db groff-base systemd dpkg file binutils; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ((${#need[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# === 1. completions and man page, from the host debug build (the one cargo test built) ===
+step "completions and man page"
+cargo build --locked -q --bin cod
+host_cod="$CARGO_TARGET_DIR/debug/cod"
+"$host_cod" completions bash >"$work/cod.bash"
+# Drive the completion function the way bash-completion does.
+got="$(bash -c 'source "$1"; COMP_WORDS=(cod wasm r); COMP_CWORD=2; _cod; echo "${COMPREPLY[*]}"' _ "$work/cod.bash" || true)"
+[[ "$got" == run ]] && ok "bash completes 'cod wasm r' to run" || fail "bash completed 'cod wasm r' to '$got'"
+# Every command's word list is plain words: completing after each one prints no error.
+errors="$(bash -c 'source "$1"; for c in "" job wasm docker node agent version serve completions man; do
+  COMP_WORDS=(cod $c x); COMP_CWORD=${#COMP_WORDS[@]}; ((COMP_CWORD--)); _cod; done' _ "$work/cod.bash" 2>&1 >/dev/null || true)"
+[[ -z "$errors" ]] && ok "bash completion runs cleanly for every command" || fail "bash completion errors: $errors"
+got="$(bash -c 'source "$1"; COMP_WORDS=(cod serve --wasm); COMP_CWORD=2; _cod; echo "${COMPREPLY[*]}"' _ "$work/cod.bash" || true)"
+[[ "$got" == --wasm-slots ]] && ok "bash completes serve flags" || fail "bash completed 'cod serve --wasm' to '$got'"
+"$host_cod" completions zsh >"$work/_cod"
+zsh -n "$work/_cod" && ok "zsh completion parses" || fail "zsh -n rejected the zsh completion"
+"$host_cod" completions fish >"$work/cod.fish"
+grep -q "complete -c cod" "$work/cod.fish" && ok "fish completion generated" || fail "no fish completion"
+if "$host_cod" completions tcsh >/dev/null 2>"$work/err"; then fail "unknown shell accepted"; else
+  grep -q "bash, zsh, fish" "$work/err" && ok "unknown shell rejected with the list" || fail "unclear error: $(cat "$work/err")"
+fi
+"$host_cod" man >"$work/cod.1"
+warnings="$(MANWIDTH=100 man --warnings -l "$work/cod.1" 2>&1 >/dev/null || true)"
+[[ -z "$warnings" ]] && ok "man page renders without warnings" || fail "man page warnings: $warnings"
+MANWIDTH=100 man -l "$work/cod.1" 2>/dev/null | grep -q "cod wasm run" && ok "man page lists cod wasm run" ||
+  fail "man page lacks cod wasm run"
+timing
+
+# === 2. static builds and the size budget ===
+step "x86_64 musl edge build and size"
+x86="$(bash cross/build.sh x86_64-unknown-linux-musl --edge | tail -n1)"
+ok "static x86_64 edge build: $x86"
+bash cross/check-size.sh "$x86" && ok "x86_64 edge within budget" || fail "x86_64 edge over budget"
+"$x86" version 2>/dev/null | grep -q "compute,executor-wasm" && ok "static x86_64 binary runs" || fail "static x86_64 binary does not run"
+timing
+if ((quick)); then
+  printf '\n%d passed, %d failed\n' "$passed" "$failed"
+  ((failed == 0))
+  exit
+fi
+
+step "aarch64 musl edge build and size"
+a64="$(bash cross/build.sh aarch64-unknown-linux-musl --edge | tail -n1)"
+ok "static aarch64 edge build: $a64"
+bash cross/check-size.sh "$a64" && ok "aarch64 edge within budget" || fail "aarch64 edge over budget"
+timing
+
+# === 3. a hybrid node on aarch64 under qemu-user runs a WASM job ===
+step "aarch64 hybrid node under qemu-user"
+# The full flavor (a hybrid node needs the orchestrator) with LMDB on POSIX semaphores: qemu-user lacks
+# get_robust_list, which LMDB's robust mutexes make musl call.
+a64q="$(bash cross/build.sh aarch64-unknown-linux-musl --qemu | tail -n1)"
+timing
+qemu=(qemu-aarch64-static "$a64q")
+"${qemu[@]}" serve --data-dir "$work/node" --api-host 127.0.0.1 --api-port 0 --publisher-port 0 \
+  --listen /ip4/127.0.0.1/tcp/0 --ready-file "$work/ready.json" >"$work/node.log" 2>&1 &
+pids+=($!)
+# Bounded wait for the ready file, which the node writes once every listener is up.
+for ((i = 0; i < 600; i++)); do
+  [[ -s "$work/ready.json" ]] && break
+  kill -0 "${pids[-1]}" 2>/dev/null || break
+  sleep 0.1
+done
+port="$(sed -n 's/.*"api": *"[^"]*:\([0-9]*\)".*/\1/p' "$work/ready.json" 2>/dev/null || true)"
+if [[ -z "$port" ]]; then
+  fail "the aarch64 node did not become ready under qemu; its log:"
+  cat "$work/node.log"
+else
+  ok "aarch64 hybrid node ready on port $port"
+  if out="$("${qemu[@]}" --api-port "$port" wasm run tests/e2e/fixtures/hello.wasm one two 2>&1)" &&
+    grep -q "^hello one two$" <<<"$out"; then
+    ok "hello.wasm ran end to end on the aarch64 node (submitted by the aarch64 CLI)"
+  else
+    fail "wasm job on the aarch64 node: $out"
+    cat "$work/node.log"
+  fi
+  "${qemu[@]}" --api-port "$port" agent node | grep -q "os_arch=arm64" && ok "the node reports os_arch=arm64" ||
+    fail "the node under qemu does not report arm64"
+fi
+timing
+
+# === 4. packages ===
+step ".deb packages"
+check_deb() { # DEB ARCH UNITS...
+  local deb="$1" arch="$2" root="$work/root-$2"
+  shift 2
+  mkdir -p "$root/var/lib/dpkg/updates" "$root/var/lib/dpkg/info" "$root/etc"
+  touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
+  # dpkg --root runs the maintainer scripts outside a chroot here (the throw-away root has no shell);
+  # the scripts honour DPKG_ROOT for exactly this.
+  if dpkg --root="$root" --force-script-chrootless --force-architecture --force-unsafe-io -i "$deb" >"$work/dpkg-$arch.log" 2>&1; then
+    ok "$arch package installs (maintainer scripts ran)"
+  else
+    fail "$arch package did not install: $(cat "$work/dpkg-$arch.log")"
+    return
+  fi
+  for f in usr/bin/cod etc/cod/node.yaml etc/default/cod usr/share/man/man1/cod.1.gz \
+    usr/share/bash-completion/completions/cod usr/share/zsh/vendor-completions/_cod; do
+    [[ -s "$root/$f" ]] || fail "$arch package lacks /$f"
+  done
+  grep -q '^cod:' "$root/etc/passwd" && ok "$arch postinst created the cod system user" || fail "$arch: no cod user"
+  dpkg --root="$root" -s cod | grep -q "Status: install ok installed" && ok "$arch package registered" ||
+    fail "$arch package not registered"
+  # systemd-analyze needs systemd's own targets in the root to resolve the [Install] and After= lines.
+  mkdir -p "$root/usr/lib/systemd"
+  cp -a /lib/systemd/system "$root/usr/lib/systemd/"
+  # verify exits 0 on unknown keys and unparsable values (it only warns), so any output is a failure too.
+  if MANPATH="$root/usr/share/man" systemd-analyze verify --root="$root" "$@" >"$work/verify-$arch.log" 2>&1 &&
+    [[ ! -s "$work/verify-$arch.log" ]]; then
+    ok "$arch units pass systemd-analyze verify: $*"
+  else
+    fail "$arch units: $(cat "$work/verify-$arch.log")"
+  fi
+  for u in "$@"; do
+    systemd-analyze security --offline=true --root="$root" "$u" 2>/dev/null | tail -n1
+  done
+}
+deb="$(bash packaging/deb/build.sh "$x86" amd64 --edge --board x86-gateway | tail -n1)"
+check_deb "$deb" amd64 cod-compute.service
+grep -q "WasmSlots: 4" "$work/root-amd64/etc/cod/node.yaml" && ok "board defaults installed as /etc/cod/node.yaml" ||
+  fail "board defaults missing"
+deb="$(bash packaging/deb/build.sh "$a64q" arm64 | tail -n1)"
+check_deb "$deb" arm64 cod-compute.service cod-orchestrator.service
+timing
+
+printf '\n%d passed, %d failed\n' "$passed" "$failed"
+((failed == 0))
