@@ -500,7 +500,7 @@ fn main() {
     // Slots for the comparisons that arrive with their issues.
     rows.push(row(
         "container start (docker engine)",
-        "pending: issue 3 (docker engine)",
+        "see the container bench (bench/container.rs), run next",
         "crun, runc (same bundle, same limits)",
         "",
     ));

@@ -9,8 +9,9 @@
 # (vs the 8 MiB budget and the host build), idle RSS of a connected compute node running the static x86_64
 # edge build (vs the host glibc build), `cod serve` start -> ready (vs the exec floor), hello-WASM
 # submit -> Completed p50/p99 (vs this disk's fdatasync), jobs/s through one orchestrator with 10 compute
-# nodes (vs one hybrid node and the fsync ceiling). Container start (vs crun/runc) and IPFS import (vs
-# Kubo) have their rows reserved until their issues land.
+# nodes (vs one hybrid node and the fsync ceiling). Then `cargo bench --bench container` (as root): bare
+# container start vs crun and runc on the same bundle config, and docker job latency. IPFS import (vs Kubo)
+# has its row reserved until its issue lands.
 # --no-build measures whatever cross/build.sh left in $CARGO_TARGET_DIR/dist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,3 +45,5 @@ result="bench/results/$(date -u +%Y-%m-%d)-$(hostname -s 2>/dev/null || cat /etc
 COD_BENCH_SIZES="$(IFS=,; echo "${sizes[*]}")" COD_BENCH_COMPUTE_BIN="$compute_bin" \
   COD_BENCH_JSON="$(pwd)/$result" cargo bench --locked --bench edge
 echo "results: $result"
+# Containers need root; the bench says so and skips otherwise.
+cargo bench --locked --bench container | tee "${result%.json}-container.txt"
