@@ -325,10 +325,17 @@ impl Executor for OciExecutor {
         let outcome = self
             .run_in_rootfs(&ctx, params, &pulled, &rootfs, cancel)
             .await;
-        drop(pulled.lease);
-        if let Err(e) = tokio::task::spawn_blocking(move || rootfs.release()).await {
-            warn!(error = %e, "cannot release the root filesystem");
+        // Unmount before the lease goes: garbage collection may remove the layers once it is dropped.
+        match tokio::task::spawn_blocking(move || rootfs.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot release the root filesystem; the next start sweeps it")
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot release the root filesystem; the next start sweeps it")
+            }
         }
+        drop(pulled.lease);
         self.collect_garbage();
         Ok(outcome)
     }
