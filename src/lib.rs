@@ -12,7 +12,7 @@
 //! - [`api`]: the Bacalhau v1 REST API.
 //! - [`node`]: the composition root that wires a node from its config.
 //! - [`config`]: the node's configuration (defaults < file < `COD_*` < flags), validated before start.
-//! - [`telemetry`]: logging and the panic hook.
+//! - [`telemetry`]: logging and the panic hook; [`errors`]: error text for people.
 //! - [`cli`]: the `cod` command line.
 //!
 //! # The path of a job
@@ -48,6 +48,7 @@ pub mod api;
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod errors;
 pub mod executor;
 pub mod model;
 pub mod node;

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::errors::chain;
 use crate::orchestrator::OrchestratorError;
 
 /// Component named in errors about the request itself (Bacalhau's name for its HTTP layer).
@@ -132,18 +133,6 @@ impl From<OrchestratorError> for HttpError {
         }
         err
     }
-}
-
-/// `error: cause: cause…`, for logs.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ impl OciExecutor {
                 Ok(img)
             }
             Err(e) => {
-                let message = error_chain(&e);
+                let message = crate::errors::chain(&e);
                 if matches!(e, PullError::PlatformMissing { .. }) {
                     self.remember_unsupported(&image.to_string(), message.clone());
                 }
@@ -485,7 +485,7 @@ impl OciExecutor {
         };
         let exit = match self.runtime.run(spec, ctx.limits.timeout, cancel).await {
             Ok(e) => e,
-            Err(e) => return setup(error_chain(&e)),
+            Err(e) => return setup(crate::errors::chain(&e)),
         };
         let truncated = cap_output(
             &[ctx.stdout_path.clone(), ctx.stderr_path.clone()],
@@ -597,21 +597,6 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
         },
     };
     Ok((uid, gid))
-}
-
-/// An error and its causes in one line, skipping a cause whose text the message already contains.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
 }
 
 fn human_bytes(n: u64) -> String {

@@ -9,12 +9,10 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{LinkFlags, LinkMessage};
-use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+use libcontainer::network::link::LinkClient;
+use libcontainer::network::wrapper::create_network_client;
+
+use crate::errors::chain;
 
 /// A network namespace held open by the node.
 #[derive(Debug)]
@@ -50,33 +48,21 @@ impl NetNs {
     }
 }
 
-/// Sets `lo` up with one RTM_NEWLINK request, and reads the kernel's acknowledgement.
-fn loopback_up() -> std::io::Result<()> {
-    let index = nix::net::if_::if_nametoindex("lo")?;
-    let mut link = LinkMessage::default();
-    link.header.index = index;
-    link.header.flags = LinkFlags::Up;
-    link.header.change_mask = LinkFlags::Up;
-    let mut request = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(link)),
-    );
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    request.finalize();
-    let mut bytes = vec![0u8; request.buffer_len()];
-    request.serialize(&mut bytes);
-
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.send(&bytes, 0)?;
-    let mut reply = vec![0u8; 4096];
-    let n = socket.recv(&mut &mut reply[..], 0)?;
-    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
-        .map_err(|e| std::io::Error::other(format!("unreadable netlink reply: {e}")))?;
-    match answer.payload {
-        NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
-        _ => Ok(()),
-    }
+/// Brings `lo` up in the calling thread's network namespace, through libcontainer's netlink client (the socket
+/// belongs to the namespace it is created in, so it is created here). A new namespace starts with `lo` down;
+/// programs talking to themselves over 127.0.0.1 expect it up, as Docker leaves it.
+pub fn loopback_up() -> std::io::Result<()> {
+    let failed = |what: &str, e: &dyn std::error::Error| {
+        std::io::Error::other(format!("{what}: {}", chain(e)))
+    };
+    let mut links =
+        LinkClient::new(create_network_client()).map_err(|e| failed("opening netlink", &e))?;
+    let lo = links
+        .get_by_name("lo")
+        .map_err(|e| failed("finding lo", &e))?;
+    links
+        .set_up(lo.header.index)
+        .map_err(|e| failed("bringing lo up", &e))
 }
 
 #[cfg(test)]

@@ -34,7 +34,6 @@ mod link;
 mod stdio;
 mod worker;
 
-use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -166,18 +165,6 @@ impl Executor for WasmExecutor {
             }
         }
     }
-}
-
-/// An error and its sources, joined with `: `, for the text of a [`FailureReason`].
-fn error_chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

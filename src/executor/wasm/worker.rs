@@ -297,7 +297,7 @@ impl Worker {
         };
         let mounts = match MountTable::new(&ctx.inputs, &ctx.outputs) {
             Ok(mounts) => Arc::new(mounts),
-            Err(e) => return setup(super::error_chain(&e)),
+            Err(e) => return setup(crate::errors::chain(&e)),
         };
         let stdout_cut = Arc::new(AtomicBool::new(false));
         let stderr_cut = Arc::new(AtomicBool::new(false));

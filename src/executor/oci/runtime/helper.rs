@@ -27,8 +27,6 @@ use std::sync::Arc;
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::network::link::LinkClient;
-use libcontainer::network::wrapper::create_network_client;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -43,6 +41,7 @@ use tracing_subscriber::prelude::*;
 
 use super::cgroup::Layout;
 use super::sweep;
+use crate::errors::chain;
 
 /// What `run` needs; written by the node into the bundle dir.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,18 +110,6 @@ pub(super) enum Event {
     Deleted,
     /// `sweep` removed this many containers.
     Swept { count: usize },
-}
-
-/// The error chain of `e`, on one line.
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Writes one event line. A node that stopped listening is not our problem here: the kill pipe tells us
@@ -331,22 +318,14 @@ fn run(req: &RunRequest) -> Result<Event, Stage> {
     })
 }
 
-/// Brings `lo` up in the new network namespace of init `pid`, which still waits for its start signal: a
-/// new netns starts with `lo` down, and programs talking to themselves over 127.0.0.1 expect it up (Docker
-/// does the same). libcontainer does not, so the helper enters the netns (it is root in the host's user
-/// namespace, which owns all others) and uses libcontainer's netlink client there.
+/// Brings `lo` up in the new network namespace of init `pid`, which still waits for its start signal.
+/// libcontainer does not, so the helper enters the netns (it is root in the host's user namespace, which
+/// owns all others) and does it there.
 fn loopback_up(pid: Pid) -> Result<(), String> {
     let path = format!("/proc/{pid}/ns/net");
     let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
     setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| format!("entering {path}: {e}"))?;
-    // The netlink socket belongs to the netns it is created in: create it only now.
-    let mut links = LinkClient::new(create_network_client()).map_err(|e| chain(&e))?;
-    let lo = links
-        .get_by_name("lo")
-        .map_err(|e| format!("finding lo: {}", chain(&e)))?;
-    links
-        .set_up(lo.header.index)
-        .map_err(|e| format!("bringing lo up: {}", chain(&e)))
+    crate::executor::oci::netns::loopback_up().map_err(|e| e.to_string())
 }
 
 /// Waits for the container's init (our child: libcontainer clones it with `CLONE_PARENT`) while watching
