@@ -6,14 +6,11 @@
 //! to the container, flags included; put `--` before a first argument that starts with `-`. The shared job and
 //! task flags are those of `cod wasm run` ([`super::task_flags`]); a docker job's network defaults to `None`.
 
-use anyhow::Context as _;
 use argh::FromArgs;
 use serde_json::{Value, json};
 
-use super::output::{emit, to_yaml};
-use super::spec_file::submission_document;
-use super::task_flags::{TaskFlags, build_job as build_task_job, key_value};
-use super::wait::{RunOptions, submit};
+use super::task_flags::{TaskFlags, build_job as build_task_job, submit_built};
+use super::wait::RunOptions;
 use super::{Context, Outcome, UsageError};
 use crate::model::{Job, SpecConfig};
 
@@ -127,12 +124,7 @@ pub async fn run(ctx: &Context, args: DockerArgs) -> anyhow::Result<Outcome> {
         false,
     )?;
     let job = build_job(&args)?;
-    let document = submission_document(&job)?;
-    if args.dry_run {
-        return emit(&to_yaml(&document)?).map(|()| Outcome::Success);
-    }
-    let document = serde_json::to_value(&document).context("encoding the job spec")?;
-    submit(ctx, document, &args.image, &opts).await
+    submit_built(ctx, &job, &args.image, args.dry_run, &opts).await
 }
 
 /// Builds the job for `args`.
@@ -156,9 +148,6 @@ pub fn build_job(args: &DockerRunArgs) -> anyhow::Result<Job> {
     }
     if let Some(w) = &args.workdir {
         params["WorkingDirectory"] = Value::String(w.clone());
-    }
-    for e in &args.env {
-        key_value("-e", e)?;
     }
     let engine = SpecConfig {
         kind: "docker".into(),

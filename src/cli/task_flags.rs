@@ -1,10 +1,14 @@
 //! The job and task flags that `cod wasm run` and `cod docker run` share (Bacalhau's "shared job flags" and
 //! "task flags"), and the one function that turns them and an engine spec into a validated batch job.
 
+use anyhow::Context as _;
 use serde_json::Map;
 
-use super::UsageError;
 use super::input::parse_input;
+use super::output::{emit, to_yaml};
+use super::spec_file::submission_document;
+use super::wait::{RunOptions, submit};
+use super::{Context, Outcome, UsageError};
 use crate::model::constraint::parse_selector;
 use crate::model::validate::validate_submission;
 use crate::model::{
@@ -164,6 +168,23 @@ pub fn build_job(
     }
     validate_submission(&job).map_err(|e| UsageError::new(e.to_string()))?;
     Ok(job)
+}
+
+/// Prints `job` as YAML with `dry_run`, else submits it and reports on it per `opts` (`label` names it in
+/// messages).
+pub async fn submit_built(
+    ctx: &Context,
+    job: &Job,
+    label: &str,
+    dry_run: bool,
+    opts: &RunOptions,
+) -> anyhow::Result<Outcome> {
+    let document = submission_document(job)?;
+    if dry_run {
+        return emit(&to_yaml(&document)?).map(|()| Outcome::Success);
+    }
+    let document = serde_json::to_value(&document).context("encoding the job spec")?;
+    submit(ctx, document, label, opts).await
 }
 
 #[cfg(test)]

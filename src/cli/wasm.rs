@@ -19,10 +19,9 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::input::{source_spec, split_target};
-use super::output::{emit, to_yaml};
-use super::spec_file::{MAX_SPEC_BYTES, submission_document};
-use super::task_flags::{TaskFlags, build_job as build_task_job};
-use super::wait::{RunOptions, submit};
+use super::spec_file::MAX_SPEC_BYTES;
+use super::task_flags::{TaskFlags, build_job as build_task_job, submit_built};
+use super::wait::RunOptions;
 use super::{Context, Outcome, UsageError};
 use crate::model::{InputSource, Job, SpecConfig};
 
@@ -146,12 +145,7 @@ pub async fn run(ctx: &Context, args: WasmArgs) -> anyhow::Result<Outcome> {
     let job = tokio::task::spawn_blocking(move || build_job(&args, |p| std::fs::read(p)))
         .await
         .context("building the job was interrupted")??;
-    let document = submission_document(&job)?;
-    if dry_run {
-        return emit(&to_yaml(&document)?).map(|()| Outcome::Success);
-    }
-    let document = serde_json::to_value(&document).context("encoding the job spec")?;
-    submit(ctx, document, &label, &opts).await
+    submit_built(ctx, &job, &label, dry_run, &opts).await
 }
 
 /// A module given on the command line, as an input at `default_target` (or the `:TARGET` it names).
@@ -418,7 +412,7 @@ mod tests {
     #[test]
     fn dry_run_document_is_a_valid_job_spec() {
         let job = build_job(&args("hello.wasm"), load).expect("builds");
-        let doc = submission_document(&job).expect("encodes");
+        let doc = crate::cli::spec_file::submission_document(&job).expect("encodes");
         let yaml = serde_yaml_ng::to_string(&doc).expect("yaml");
         let spec = crate::cli::spec_file::parse_spec(&yaml).expect("job run accepts it");
         assert_eq!(spec.job.tasks[0].input_sources[0].target, "/main.wasm");
