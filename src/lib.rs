@@ -42,6 +42,8 @@ pub const FEATURES: &[&str] = &[
     "executor-oci",
     #[cfg(feature = "storage-url")]
     "storage-url",
+    #[cfg(feature = "ipfs")]
+    "ipfs",
 ];
 
 pub mod api;
@@ -50,6 +52,8 @@ pub mod compute;
 pub mod config;
 pub mod errors;
 pub mod executor;
+#[cfg(feature = "ipfs")]
+pub mod ipfs;
 pub mod model;
 pub mod node;
 #[cfg(feature = "executor-oci")]
