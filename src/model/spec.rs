@@ -211,6 +211,9 @@ pub enum InputSpec {
     UrlDownload {
         /// The URL.
         url: String,
+        /// The SHA-256 the download must have (lowercase hex), from `Params.Checksum`. Checked while
+        /// streaming; it also makes the input cacheable by content.
+        checksum: Option<String>,
     },
     /// A source type this build has no backend for (named in the bid rejection).
     Unsupported(String),
@@ -220,6 +223,31 @@ pub enum InputSpec {
 struct UrlParams {
     #[serde(rename = "URL", default)]
     url: String,
+    /// Only `urlDownload` reads it; for `inline` the data travels in the URL itself.
+    #[serde(rename = "Checksum", default)]
+    checksum: String,
+}
+
+/// Parses a checksum as users write it: `sha256:<64 hex digits>` or the bare hex digits (what `sha256sum`
+/// prints). Returns the lowercase hex. Only SHA-256 is accepted: it is what Bacalhau's S3 source checks
+/// (`ChecksumSHA256`) and what every OS ships a tool for.
+pub fn parse_sha256(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let hex = match t.split_once(':') {
+        Some((algo, hex)) if algo.eq_ignore_ascii_case("sha256") => hex,
+        Some((algo, _)) => {
+            return Err(format!(
+                "checksum algorithm {algo:?} is not supported (use sha256:<64 hex digits>)"
+            ));
+        }
+        None => t,
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a SHA-256 checksum (use sha256:<64 hex digits>, as sha256sum prints)"
+        ));
+    }
+    Ok(hex.to_ascii_lowercase())
 }
 
 #[derive(Deserialize)]
@@ -281,7 +309,17 @@ impl InputSpec {
                         format!("{:?} is not an http(s) URL", p.url),
                     ));
                 }
-                Ok(InputSpec::UrlDownload { url: p.url })
+                let checksum = match p.checksum.trim() {
+                    "" => None,
+                    c => Some(
+                        parse_sha256(c)
+                            .map_err(|e| FieldError::new(format!("{field}.Params.Checksum"), e))?,
+                    ),
+                };
+                Ok(InputSpec::UrlDownload {
+                    url: p.url,
+                    checksum,
+                })
             }
             Some(SourceKind::Local) => {
                 let p: LocalParams = ci::from_value(params).map_err(bad)?;
