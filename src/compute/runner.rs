@@ -553,7 +553,12 @@ impl Compute {
             } else {
                 None
             };
-            resolved.push((input, spec, source, id));
+            resolved.push(ResolvedInput {
+                input,
+                spec,
+                source,
+                id,
+            });
         }
         let mut keep_as = None;
         if use_results {
@@ -589,7 +594,16 @@ impl Compute {
         let mut inputs = Vec::new();
         // Cached inputs stay leased (safe from eviction) until the executor is done with them.
         let mut leases = Vec::new();
-        for (i, (input, spec, source, id)) in resolved.into_iter().enumerate() {
+        for (
+            i,
+            ResolvedInput {
+                input,
+                spec,
+                source,
+                id,
+            },
+        ) in resolved.into_iter().enumerate()
+        {
             let scratch = dir.join("inputs").join(i.to_string());
             let prepare = async {
                 match (&self.inner.caches.inputs, &id) {
@@ -761,18 +775,16 @@ impl Compute {
         &self,
         task: &Task,
         engine: &EngineSpec,
-        inputs: &[(
-            &InputSource,
-            InputSpec,
-            Arc<dyn StorageSource>,
-            Option<ContentId>,
-        )],
+        inputs: &[ResolvedInput<'_>],
     ) -> Result<(ResultCache, ResultKey), String> {
         let Some(cache) = self.inner.caches.results.clone() else {
             return Err("it is off on this node (Compute.ResultCacheSize is 0)".to_owned());
         };
         let mut ids = Vec::with_capacity(inputs.len());
-        for (input, spec, _, id) in inputs {
+        for ResolvedInput {
+            input, spec, id, ..
+        } in inputs
+        {
             let Some(id) = id else {
                 return Err(format!(
                     "input {} ({}) has no content identity{}",
@@ -816,6 +828,18 @@ impl Compute {
         // After the report is durable (and on its way): a rerun would start from a clean folder anyway.
         self.discard_work_dir(&id).await;
     }
+}
+
+/// An input of the task, looked at before anything is fetched.
+struct ResolvedInput<'a> {
+    /// As the task gives it.
+    input: &'a InputSource,
+    /// Parsed.
+    spec: InputSpec,
+    /// The backend for its type.
+    source: Arc<dyn StorageSource>,
+    /// What it will contain, when its source can say (and a cache may use it).
+    id: Option<ContentId>,
 }
 
 /// How a cancelled execution ends.

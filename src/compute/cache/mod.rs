@@ -314,6 +314,18 @@ where
             .read(move |txn| txn.get(table, &key))
             .await
             .map_err(|source| self.index_err(source))?;
+        let dir = self.inner.entries.join(&guard.key);
+        if found.is_some() && !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            // Removed behind the cache's back (an operator freeing space): forget it, then it is a miss.
+            warn!(cache = self.inner.name, key = %guard.key, "cache entry missing on disk; dropped");
+            let key = guard.key.clone();
+            self.inner
+                .store
+                .write(move |txn| txn.delete(table, &key))
+                .await
+                .map_err(|source| self.index_err(source))?;
+            return Ok(None);
+        }
         if let Some(mut value) = found.clone() {
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("last_used_ms".into(), self.use_stamp().into());
@@ -336,7 +348,6 @@ where
                 return Ok(None);
             }
         };
-        let dir = self.inner.entries.join(&guard.key);
         Ok(Some(Hit {
             dir,
             entry,
@@ -903,6 +914,17 @@ mod tests {
         assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
         assert!(has(&cache, "good").await);
         assert!(!has(&cache, "gone").await);
+    }
+
+    #[tokio::test]
+    async fn an_entry_deleted_behind_the_cache_is_a_miss() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store(dir.path());
+        let cache = open(dir.path(), &store, 100).await;
+        drop(fill(&cache, "a", 3).await.expect("cached"));
+        std::fs::remove_dir_all(cache.entry_dir("a")).expect("rm");
+        assert!(!has(&cache, "a").await);
+        assert!(cache.keys_by_age().await.is_empty());
     }
 
     #[tokio::test]
