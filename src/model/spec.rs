@@ -467,3 +467,56 @@ pub fn normalize_legacy_wasm(job: &mut Job) -> Vec<String> {
     }
     warnings
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn url_spec(params: Value) -> SpecConfig {
+        SpecConfig {
+            kind: "urlDownload".into(),
+            params: params.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn url_checksums_are_parsed_and_normalized() {
+        let hex = "AB".repeat(32);
+        for given in [
+            format!("sha256:{hex}"),
+            format!("SHA256:{hex}"),
+            hex.clone(),
+        ] {
+            let spec = InputSpec::parse(
+                &url_spec(json!({"URL": "http://h/x", "checksum": given})),
+                "In",
+            )
+            .expect("valid");
+            assert_eq!(
+                spec,
+                InputSpec::UrlDownload {
+                    url: "http://h/x".into(),
+                    checksum: Some(hex.to_ascii_lowercase()),
+                }
+            );
+        }
+        let none = InputSpec::parse(&url_spec(json!({"URL": "http://h/x"})), "In").expect("ok");
+        assert_eq!(
+            none,
+            InputSpec::UrlDownload {
+                url: "http://h/x".into(),
+                checksum: None
+            }
+        );
+        for bad in ["md5:abc", "sha256:xyz", "abc"] {
+            let e = InputSpec::parse(
+                &url_spec(json!({"URL": "http://h/x", "Checksum": bad})),
+                "In",
+            )
+            .expect_err(bad);
+            assert!(e.to_string().contains("In.Params.Checksum"), "{e}");
+        }
+    }
+}
