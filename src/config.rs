@@ -141,6 +141,13 @@ pub struct ComputeConfig {
     /// Decline jobs that ask for any network (`Host`, `HTTP`, `Bridge`); they fail with the reason.
     #[serde(rename = "RejectNetworkedJobs")]
     pub reject_networked_jobs: bool,
+    /// Disk for cached inputs (by content: URLs with a Checksum, inline data, IPFS CIDs, S3 ETags); least
+    /// recently used ones go first. `0` turns the cache off.
+    #[serde(rename = "InputCacheSize")]
+    pub input_cache_size: String,
+    /// Disk for kept results of jobs that opt in with `Meta: {cod.result-cache: "true"}`. `0` turns it off.
+    #[serde(rename = "ResultCacheSize")]
+    pub result_cache_size: String,
     /// The `docker` engine.
     #[serde(rename = "Docker")]
     pub docker: DockerConfig,
@@ -316,6 +323,9 @@ impl Default for ComputeConfig {
             publisher_port: 6001,
             publisher_listen: "0.0.0.0".into(),
             reject_networked_jobs: false,
+            // Room for a few typical edge datasets and models on an SD card, small next to the image cache.
+            input_cache_size: "1GiB".into(),
+            result_cache_size: "256MiB".into(),
             docker: DockerConfig::default(),
         }
     }
@@ -475,6 +485,10 @@ pub struct Resolved {
     pub name: String,
     /// Image cache budget in bytes.
     pub image_cache_bytes: u64,
+    /// Input cache budget in bytes (0 = off).
+    pub input_cache_bytes: u64,
+    /// Result cache budget in bytes (0 = off).
+    pub result_cache_bytes: u64,
 }
 
 impl Config {
@@ -576,6 +590,8 @@ impl Config {
             },
             name,
             image_cache_bytes: bytes("Compute.Docker.ImageCacheSize", &c.docker.image_cache_size)?,
+            input_cache_bytes: bytes("Compute.InputCacheSize", &c.input_cache_size)?,
+            result_cache_bytes: bytes("Compute.ResultCacheSize", &c.result_cache_size)?,
         })
     }
 }
@@ -648,6 +664,26 @@ mod tests {
         let shown = format!("{c:?} {}", serde_json::to_string(&c).expect("serializes"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn cache_sizes_default_on_and_zero_turns_them_off() {
+        let r = Config::default().resolve().expect("valid");
+        assert_eq!(r.input_cache_bytes, 1 << 30);
+        assert_eq!(r.result_cache_bytes, 256 << 20);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "compute: {inputCacheSize: \"0\", resultcachesize: 10MiB}\n",
+        )
+        .expect("write");
+        let r = load_file(&path).expect("loads").resolve().expect("valid");
+        assert_eq!((r.input_cache_bytes, r.result_cache_bytes), (0, 10 << 20));
+        let mut c = Config::default();
+        c.compute.input_cache_size = "lots".into();
+        let err = c.resolve().expect_err("invalid").to_string();
+        assert!(err.contains("Compute.InputCacheSize"), "{err}");
     }
 
     #[test]

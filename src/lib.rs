@@ -8,7 +8,8 @@
 //!   destinations), one trait each, one file per backend.
 //! - [`outbox`]: durable, acknowledged, sequence-numbered messages between the two roles.
 //! - [`orchestrator`]: job intake, scheduling, node registry, execution tracking.
-//! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher).
+//! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher), and
+//!   the node's input cache (by content id) and result cache (opt-in reuse of finished results).
 //! - [`api`]: the Bacalhau v1 REST API.
 //! - [`node`]: the composition root that wires a node from its config.
 //! - [`config`]: the node's configuration (defaults < file < `COD_*` < flags), validated before start.
@@ -18,8 +19,9 @@
 //! # The path of a job
 //! `PUT /api/v1/orchestrator/jobs` → [`api`] → [`orchestrator`] validates, stores job + evaluation + history in
 //! one transaction, schedules executions on ranked nodes and writes `AskForBid` messages to its durable outbox
-//! → [`transport`] → [`compute`] bids, stores the execution, prepares inputs ([`storage`]), runs it
-//! ([`executor`]), publishes the result ([`publisher`]) and reports through its own outbox → the orchestrator
+//! → [`transport`] → [`compute`] bids, stores the execution, reuses a kept result if the job opted in, else
+//! prepares inputs ([`storage`], through the input cache), runs it ([`executor`]), publishes the result
+//! ([`publisher`]) and reports through its own outbox → the orchestrator
 //! marks the execution and the job `Completed` → `cod job get` downloads the published result.
 //!
 //! # Dependency rule

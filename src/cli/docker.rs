@@ -71,7 +71,7 @@ pub struct DockerRunArgs {
     /// longest wait for a node, in seconds
     #[argh(option)]
     pub queue_timeout: Option<i64>,
-    /// where results go: local (default) or noop
+    /// where results go: local (default), noop, ipfs, or s3://BUCKET/KEY with opt=region=…, opt=endpoint=…, opt=encoding=gzip|plain
     #[argh(option, short = 'p', default = "String::from(\"local\")")]
     pub publisher: String,
     /// network mode: none (default), host, full, http or bridge
@@ -259,7 +259,7 @@ mod tests {
             &["docker", "run", "-w", "rel", "img"][..],
             &["docker", "run", "-e", "novalue", "img"][..],
             &["docker", "run", "--network", "wifi", "img"][..],
-            &["docker", "run", "-p", "ipfs", "img"][..],
+            &["docker", "run", "-p", "ftp", "img"][..],
         ] {
             assert!(build_job(&parse(argv)).is_err(), "{argv:?}");
         }

@@ -3,8 +3,9 @@
 //! A value is one CSV record. Short form: `SOURCE[:TARGET]`, e.g. `ipfs://Qm…:/data` or
 //! `file:///srv/data:/inputs`; the default target is `/inputs`. Keyed form: `src=…,dst=…,opt=k=v,…` (also
 //! `source=`, `target=`/`destination=`, `option=`). Schemes: `ipfs://CID` → `ipfs`, `http(s)://…` →
-//! `urlDownload`, `s3://bucket/key` → `s3` (opts `region`, `endpoint`, `version-id`, `checksum-256`,
-//! `filter`), `file:///abs/path` → `local` (opt `rw=true`).
+//! `urlDownload` (opt `checksum=sha256:<hex>`, a Cod extension: the download is verified and can be cached),
+//! `s3://bucket/key` → `s3` (opts `region`, `endpoint`, `version-id`, `checksum-256`, `filter`),
+//! `file:///abs/path` → `local` (opt `rw=true`).
 //!
 //! One deliberate difference: Bacalhau takes the text after the *last* `:` as the target, which breaks URLs
 //! with a port (`http://host:8080/f` becomes source `http://host`, target `8080/f`). Here a target must be
@@ -113,11 +114,23 @@ pub fn source_spec(uri: &str, options: &[(String, String)]) -> Result<SpecConfig
             SourceKind::Ipfs.as_str()
         }
         "http" | "https" => {
-            no_options("URL")?;
             if rest.is_empty() {
                 return Err(format!("{uri:?} has no host"));
             }
             params.insert("URL".into(), Value::String(uri.to_owned()));
+            for (k, v) in options {
+                match k.to_ascii_lowercase().as_str() {
+                    "checksum" | "checksum-256" | "checksum256" | "checksum_256" | "sha256" => {
+                        let hex = crate::model::spec::parse_sha256(v)?;
+                        params.insert("Checksum".into(), Value::String(format!("sha256:{hex}")));
+                    }
+                    other => {
+                        return Err(format!(
+                            "unknown option {other:?} for URL inputs (the only one is checksum=sha256:<hex>)"
+                        ));
+                    }
+                }
+            }
             SourceKind::UrlDownload.as_str()
         }
         "s3" => {
@@ -184,7 +197,7 @@ fn parse_bool(v: &str) -> Option<bool> {
 
 /// Splits one CSV record: commas separate fields; a field in double quotes may contain commas, and `""` inside
 /// it is a literal quote.
-fn split_csv(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn split_csv(text: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -278,6 +291,31 @@ mod tests {
         assert_eq!(param(&i, "Key"), "logs/*");
         assert_eq!(param(&i, "Region"), "eu-west-1");
         assert_eq!(param(&i, "Filter"), r".*\.(gz|bz2)");
+    }
+
+    #[test]
+    fn url_inputs_take_a_checksum() {
+        let hex = "ab".repeat(32);
+        let i = parse_input(&format!("https://h:8443/d.csv,opt=checksum=sha256:{hex}"))
+            .expect("parses");
+        assert_eq!(param(&i, "URL"), "https://h:8443/d.csv");
+        assert_eq!(param(&i, "Checksum"), format!("sha256:{hex}").as_str());
+        assert_eq!(i.target, "/inputs");
+        let upper = hex.to_ascii_uppercase();
+        let i = parse_input(&format!("src=http://h/d,dst=/d,option=checksum={upper}"))
+            .expect("bare hex, any case");
+        assert_eq!(param(&i, "Checksum"), format!("sha256:{hex}").as_str());
+        assert_eq!(i.target, "/d");
+        for bad in [
+            "http://h/d,opt=checksum=md5:abc".to_owned(),
+            "http://h/d,opt=checksum=sha256:abc".to_owned(),
+            format!("http://h/d,opt=colour={hex}"),
+        ] {
+            let e = parse_input(&bad).expect_err(&bad);
+            assert!(e.0.starts_with("-i "), "{e}");
+        }
+        let e = parse_input("http://h/d,opt=checksum=sha256:abc").expect_err("short");
+        assert!(e.0.contains("sha256:<64 hex digits>"), "{e}");
     }
 
     #[test]

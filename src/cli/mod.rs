@@ -21,6 +21,7 @@ pub mod input;
 pub mod job;
 pub mod node;
 pub mod output;
+pub mod publisher;
 pub mod results;
 pub mod serve;
 pub mod spec_file;

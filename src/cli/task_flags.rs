@@ -2,10 +2,10 @@
 //! "task flags"), and the one function that turns them and an engine spec into a validated batch job.
 
 use anyhow::Context as _;
-use serde_json::Map;
 
 use super::input::parse_input;
 use super::output::{emit, to_yaml};
+use super::publisher::parse_publisher;
 use super::spec_file::submission_document;
 use super::wait::{RunOptions, submit};
 use super::{Context, Outcome, UsageError};
@@ -34,7 +34,7 @@ pub struct TaskFlags<'a> {
     pub timeout: Option<i64>,
     /// `--queue-timeout` seconds.
     pub queue_timeout: Option<i64>,
-    /// `-p`.
+    /// `-p` (see [`parse_publisher`]).
     pub publisher: &'a str,
     /// `--network`.
     pub network: Option<&'a str>,
@@ -102,16 +102,7 @@ pub fn build_job(
     for value in flags.input {
         inputs.push(parse_input(value)?);
     }
-    let publisher = match flags.publisher.trim().to_ascii_lowercase().as_str() {
-        "local" => "local",
-        "noop" => "noop",
-        other => {
-            return Err(UsageError::new(format!(
-                "-p {other:?} is not supported (use local or noop)"
-            ))
-            .into());
-        }
-    };
+    let publisher = parse_publisher(flags.publisher)?;
     let result_paths = if flags.output.is_empty() {
         vec![ResultPath {
             name: "outputs".into(),
@@ -132,10 +123,7 @@ pub fn build_job(
     let mut task = Task {
         name: "main".into(),
         engine,
-        publisher: SpecConfig {
-            kind: publisher.into(),
-            params: Map::new(),
-        },
+        publisher,
         input_sources: inputs,
         result_paths,
         network,
@@ -189,6 +177,8 @@ pub async fn submit_built(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Map;
+
     use super::*;
 
     fn engine() -> SpecConfig {

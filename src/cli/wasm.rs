@@ -88,7 +88,7 @@ pub struct WasmRunArgs {
     /// longest wait for a node, in seconds
     #[argh(option)]
     pub queue_timeout: Option<i64>,
-    /// where results go: local (default) or noop
+    /// where results go: local (default), noop, ipfs, or s3://BUCKET/KEY with opt=region=…, opt=endpoint=…, opt=encoding=gzip|plain
     #[argh(option, short = 'p', default = "String::from(\"local\")")]
     pub publisher: String,
     /// network mode: none (default for wasm), host, full, http or bridge
@@ -401,7 +401,7 @@ mod tests {
         a.output = vec!["outputs".into()];
         assert!(build_job(&a, load).is_err());
         let mut a = args("hello.wasm");
-        a.publisher = "ipfs".into();
+        a.publisher = "ftp".into();
         assert!(build_job(&a, load).is_err());
         let mut a = args("hello.wasm");
         a.memory = Some("lots".into());

@@ -8,6 +8,7 @@
 
 mod backends;
 mod bidder;
+pub(crate) mod cache;
 mod runner;
 mod state;
 
@@ -31,6 +32,8 @@ use crate::store::{Store, StoreError};
 use crate::transport::{Client, Event, Request, Response};
 
 pub use backends::Backends;
+pub use cache::CacheError;
+pub use cache::result::META_KEY as RESULT_CACHE_META_KEY;
 pub use state::{LocalExecution, LocalState};
 
 use bidder::Capacity;
@@ -63,12 +66,49 @@ pub struct Config {
     pub reject_networked_jobs: bool,
 }
 
+/// The compute node's caches (see [`cache`]); each is off when its budget is 0.
+#[derive(Debug, Clone, Default)]
+pub struct Caches {
+    /// Prepared inputs by content id.
+    inputs: Option<cache::input::InputCache>,
+    /// Finished executions' results, for jobs that opt in.
+    results: Option<cache::result::ResultCache>,
+}
+
+impl Caches {
+    /// Opens the caches under `dir` (`inputs/`, `results/`), with their budgets in bytes (0 = off), and
+    /// cleans up what a crash left.
+    pub async fn open(
+        dir: &std::path::Path,
+        store: &Store,
+        input_budget: u64,
+        result_budget: u64,
+    ) -> Result<Caches, CacheError> {
+        let inputs = match input_budget {
+            0 => None,
+            budget => {
+                Some(cache::input::InputCache::open(&dir.join("inputs"), store, budget).await?)
+            }
+        };
+        let results = match result_budget {
+            0 => None,
+            budget => {
+                Some(cache::result::ResultCache::open(&dir.join("results"), store, budget).await?)
+            }
+        };
+        Ok(Caches { inputs, results })
+    }
+}
+
 /// Something the compute node failed to do (not a job failure: those are reports).
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {
     /// The state database failed.
     #[error("compute state operation failed")]
     Store(#[from] StoreError),
+    /// A cache cannot be opened.
+    #[error("cannot open the compute caches")]
+    Cache(#[from] CacheError),
     /// The work dir cannot be created.
     #[error("cannot create the work dir {path:?}")]
     WorkDir {
@@ -88,6 +128,8 @@ struct Inner {
     tables: Tables,
     outbox: Outbox,
     backends: Backends,
+    /// Input and result caches.
+    caches: Caches,
     config: Config,
     capacity: Capacity,
     client: Client,
@@ -119,6 +161,7 @@ impl Compute {
         client: Client,
         events: mpsc::Receiver<Event>,
         backends: Backends,
+        caches: Caches,
         config: Config,
     ) -> Result<(Compute, Runner), ComputeError> {
         std::fs::create_dir_all(&config.work_dir).map_err(|source| ComputeError::WorkDir {
@@ -144,6 +187,7 @@ impl Compute {
             tables,
             outbox,
             backends,
+            caches,
             capacity,
             config,
             client,

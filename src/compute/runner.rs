@@ -3,28 +3,33 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::executor::{
     FailureReason, Limits, OutputDir, PreparedInput, Progress, RunContext, RunOutcome,
 };
 use crate::model::{
-    EngineSpec, Event, Execution, ExecutionId, ExecutionStateType, InputSpec, NodeId,
-    PublisherSpec, RunCommandResult, SpecConfig,
+    EngineSpec, Event, Execution, ExecutionId, ExecutionStateType, InputSource, InputSpec, NodeId,
+    PublisherSpec, RunCommandResult, SpecConfig, Task,
 };
 use crate::publisher::PublishTarget;
+use crate::storage::{ContentId, StorageSource};
 use crate::store::{Reader, StoreError, WriteTxn};
 use crate::transport::{Message, Request, Response, Sequenced};
 
 use super::Compute;
 use super::bidder::{decide, execution_resources};
+use super::cache::result::{self as result_cache, ResultCache, ResultKey, ResultMeta};
 use super::state::{LocalExecution, LocalState};
 
 /// RunOutput keeps this much of stdout and of stderr (Bacalhau's 2 KB).
 const RUN_OUTPUT_BYTES: usize = 2048;
+/// History topic of the result cache's events (reused, or why not).
+const RESULT_CACHE_TOPIC: &str = "Result Cache";
 /// Most bytes of each stream one `ReadOutput` answer carries (a follower asks again for the rest).
 const OUTPUT_CHUNK: u64 = 64 * 1024;
 
@@ -515,7 +520,10 @@ impl Compute {
             }
             Err(e) => return failed(format!("cannot prepare the execution's folders: {e}")),
         }
-        let mut inputs = Vec::new();
+        // Each input's spec, source and (when a cache may use it) content id, before anything is fetched.
+        let use_results = result_cache::opted_in(job);
+        let want_ids = use_results || self.inner.caches.inputs.is_some();
+        let mut resolved = Vec::with_capacity(task.input_sources.len());
         for (i, input) in task.input_sources.iter().enumerate() {
             let spec = match InputSpec::parse(&input.source, &format!("InputSources[{i}]")) {
                 Ok(s) => s,
@@ -531,19 +539,95 @@ impl Compute {
                     spec.type_name()
                 ));
             };
+            let id = if want_ids {
+                let found = tokio::select! {
+                    r = source.content_id(&spec) => r,
+                    _ = cancel.cancelled() => return cancelled(),
+                };
+                match found {
+                    Ok(id) => id,
+                    Err(e) => {
+                        return failed(format!("preparing input {} failed: {e}", input.target));
+                    }
+                }
+            } else {
+                None
+            };
+            resolved.push(ResolvedInput {
+                input,
+                spec,
+                source,
+                id,
+            });
+        }
+        let mut keep_as = None;
+        if use_results {
+            match self.result_cache_key(task, &engine, &resolved) {
+                Err(why) => {
+                    info!(reason = %why, "result cache not used");
+                    progress.report(
+                        RESULT_CACHE_TOPIC,
+                        format!("result cache not used: {why}; running the task"),
+                    );
+                }
+                Ok((cache, key)) => match cache.reuse(&key, &result_dir).await {
+                    Ok(Some(found)) => {
+                        let message = format!(
+                            "result reused from execution {} of job {}",
+                            found.execution_id, found.job_id
+                        );
+                        info!(from_execution = %found.execution_id, from_job = %found.job_id, "result reused");
+                        progress.report(RESULT_CACHE_TOPIC, message);
+                        return match self.publish(execution, task, &result_dir).await {
+                            Ok(published) => Ending::Completed {
+                                published,
+                                output: found.output,
+                            },
+                            Err(e) => failed(e),
+                        };
+                    }
+                    Ok(None) => keep_as = Some((cache, key)),
+                    Err(e) => warn!(error = %e, "result cache lookup failed; running the task"),
+                },
+            }
+        }
+        let mut inputs = Vec::new();
+        // Cached inputs stay leased (safe from eviction) until the executor is done with them.
+        let mut leases = Vec::new();
+        for (
+            i,
+            ResolvedInput {
+                input,
+                spec,
+                source,
+                id,
+            },
+        ) in resolved.into_iter().enumerate()
+        {
             let scratch = dir.join("inputs").join(i.to_string());
-            let prepared = tokio::select! {
-                r = source.prepare(&spec, &scratch) => r,
-                _ = cancel.cancelled() => {
-                    return Ending::Failed { state: ExecutionStateType::Cancelled, error: "execution was cancelled".into() };
+            let prepare = async {
+                match (&self.inner.caches.inputs, &id) {
+                    (Some(cache), Some(id)) => {
+                        let c = cache.prepare(id, source.as_ref(), &spec, &scratch).await?;
+                        debug!(input = %input.target, content_id = %id, hit = c.hit, "input prepared through the cache");
+                        Ok((c.volume, c.lease))
+                    }
+                    _ => source.prepare(&spec, &scratch).await.map(|v| (v, None)),
                 }
             };
+            let prepared = tokio::select! {
+                r = prepare => r,
+                _ = cancel.cancelled() => return cancelled(),
+            };
             match prepared {
-                Ok(v) => inputs.push(PreparedInput {
-                    target: input.target.clone(),
-                    host_path: v.host_path,
-                    read_only: v.read_only,
-                }),
+                Ok((v, lease)) => {
+                    leases.extend(lease);
+                    inputs.push(PreparedInput {
+                        target: input.target.clone(),
+                        host_path: v.host_path,
+                        read_only: v.read_only,
+                    });
+                }
                 Err(e) => return failed(format!("preparing input {} failed: {e}", input.target)),
             }
         }
@@ -587,7 +671,9 @@ impl Compute {
             progress,
         };
         info!("execution started");
-        let outcome = match executor.run(ctx, cancel).await {
+        let outcome = executor.run(ctx, cancel).await;
+        drop(leases);
+        let outcome = match outcome {
             Ok(o) => o,
             Err(e) => return failed(e.to_string()),
         };
@@ -630,32 +716,87 @@ impl Compute {
                 self.inner.config.max_output_bytes
             );
         }
-        let published = match PublisherSpec::parse(&task.publisher) {
-            None => SpecConfig::default(),
-            Some(spec) => {
-                let Some(publisher) = spec
-                    .kind()
-                    .and_then(|k| self.inner.backends.publishers.get(&k))
-                    .cloned()
-                else {
-                    return failed(format!(
-                        "publisher {:?} is not supported by this node",
-                        spec.type_name()
-                    ));
-                };
-                let target = PublishTarget {
-                    execution_id: execution.id.clone(),
-                    job_id: execution.job_id.clone(),
-                    node_id: self.inner.node_id.clone(),
-                };
-                match publisher.publish(&target, &result_dir).await {
-                    Ok(r) => r,
-                    Err(e) => return failed(format!("publishing the result failed: {e}")),
-                }
-            }
+        let published = match self.publish(execution, task, &result_dir).await {
+            Ok(p) => p,
+            Err(e) => return failed(e),
         };
+        // Only clean successes are kept for reuse (see compute::cache::result).
+        if let Some((cache, key)) = keep_as
+            && code == 0
+            && !truncated
+        {
+            let meta = ResultMeta {
+                execution_id: execution.id.clone(),
+                job_id: execution.job_id.clone(),
+                output: output.clone(),
+            };
+            // Best effort: the execution has its result either way.
+            if let Err(e) = cache.keep(&key, &result_dir, meta).await {
+                warn!(error = %e, "cannot keep the result for reuse");
+            }
+        }
         info!(exit_code = code, "execution completed");
         Ending::Completed { published, output }
+    }
+
+    /// Publishes `result_dir` through the task's publisher; `Err` is the execution's failure reason.
+    async fn publish(
+        &self,
+        execution: &Execution,
+        task: &Task,
+        result_dir: &Path,
+    ) -> Result<SpecConfig, String> {
+        let Some(spec) = PublisherSpec::parse(&task.publisher) else {
+            return Ok(SpecConfig::default());
+        };
+        let Some(publisher) = spec
+            .kind()
+            .and_then(|k| self.inner.backends.publishers.get(&k))
+            .cloned()
+        else {
+            return Err(format!(
+                "publisher {:?} is not supported by this node",
+                spec.type_name()
+            ));
+        };
+        let target = PublishTarget {
+            execution_id: execution.id.clone(),
+            job_id: execution.job_id.clone(),
+            node_id: self.inner.node_id.clone(),
+        };
+        publisher
+            .publish(&target, result_dir)
+            .await
+            .map_err(|e| format!("publishing the result failed: {e}"))
+    }
+
+    /// The result cache and this task's key in it, or why the task cannot be looked up there.
+    fn result_cache_key(
+        &self,
+        task: &Task,
+        engine: &EngineSpec,
+        inputs: &[ResolvedInput<'_>],
+    ) -> Result<(ResultCache, ResultKey), String> {
+        let Some(cache) = self.inner.caches.results.clone() else {
+            return Err("it is off on this node (Compute.ResultCacheSize is 0)".to_owned());
+        };
+        let mut ids = Vec::with_capacity(inputs.len());
+        for ResolvedInput {
+            input, spec, id, ..
+        } in inputs
+        {
+            let Some(id) = id else {
+                return Err(format!(
+                    "input {} ({}) has no content identity{}",
+                    input.target,
+                    spec.type_name(),
+                    identity_hint(spec)
+                ));
+            };
+            ids.push((input.target.clone(), id.clone()));
+        }
+        let key = ResultKey::new(task, engine, &ids)?;
+        Ok((cache, key))
     }
 
     /// Records the ending and queues its report, in one transaction.
@@ -686,6 +827,37 @@ impl Compute {
         }
         // After the report is durable (and on its way): a rerun would start from a clean folder anyway.
         self.discard_work_dir(&id).await;
+    }
+}
+
+/// An input of the task, looked at before anything is fetched.
+struct ResolvedInput<'a> {
+    /// As the task gives it.
+    input: &'a InputSource,
+    /// Parsed.
+    spec: InputSpec,
+    /// The backend for its type.
+    source: Arc<dyn StorageSource>,
+    /// What it will contain, when its source can say (and a cache may use it).
+    id: Option<ContentId>,
+}
+
+/// How a cancelled execution ends.
+fn cancelled() -> Ending {
+    Ending::Failed {
+        state: ExecutionStateType::Cancelled,
+        error: FailureReason::Cancelled.to_string(),
+    }
+}
+
+/// What would give an input of this type a content identity, for the history message.
+fn identity_hint(spec: &InputSpec) -> &'static str {
+    match spec {
+        InputSpec::UrlDownload { .. } => {
+            " (give it a Checksum: Params.Checksum = \"sha256:<hex>\", or -i URL,opt=checksum=sha256:<hex>)"
+        }
+        InputSpec::Local { .. } => " (a host path can change between runs)",
+        _ => "",
     }
 }
 

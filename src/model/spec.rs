@@ -211,6 +211,9 @@ pub enum InputSpec {
     UrlDownload {
         /// The URL.
         url: String,
+        /// The SHA-256 the download must have (lowercase hex), from `Params.Checksum`. Checked while
+        /// streaming; it also makes the input cacheable by content.
+        checksum: Option<String>,
     },
     /// A source type this build has no backend for (named in the bid rejection).
     Unsupported(String),
@@ -220,6 +223,31 @@ pub enum InputSpec {
 struct UrlParams {
     #[serde(rename = "URL", default)]
     url: String,
+    /// Only `urlDownload` reads it; for `inline` the data travels in the URL itself.
+    #[serde(rename = "Checksum", default)]
+    checksum: String,
+}
+
+/// Parses a checksum as users write it: `sha256:<64 hex digits>` or the bare hex digits (what `sha256sum`
+/// prints). Returns the lowercase hex. Only SHA-256 is accepted: it is what Bacalhau's S3 source checks
+/// (`ChecksumSHA256`) and what every OS ships a tool for.
+pub fn parse_sha256(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let hex = match t.split_once(':') {
+        Some((algo, hex)) if algo.eq_ignore_ascii_case("sha256") => hex,
+        Some((algo, _)) => {
+            return Err(format!(
+                "checksum algorithm {algo:?} is not supported (use sha256:<64 hex digits>)"
+            ));
+        }
+        None => t,
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a SHA-256 checksum (use sha256:<64 hex digits>, as sha256sum prints)"
+        ));
+    }
+    Ok(hex.to_ascii_lowercase())
 }
 
 #[derive(Deserialize)]
@@ -281,7 +309,17 @@ impl InputSpec {
                         format!("{:?} is not an http(s) URL", p.url),
                     ));
                 }
-                Ok(InputSpec::UrlDownload { url: p.url })
+                let checksum = match p.checksum.trim() {
+                    "" => None,
+                    c => Some(
+                        parse_sha256(c)
+                            .map_err(|e| FieldError::new(format!("{field}.Params.Checksum"), e))?,
+                    ),
+                };
+                Ok(InputSpec::UrlDownload {
+                    url: p.url,
+                    checksum,
+                })
             }
             Some(SourceKind::Local) => {
                 let p: LocalParams = ci::from_value(params).map_err(bad)?;
@@ -428,4 +466,57 @@ pub fn normalize_legacy_wasm(job: &mut Job) -> Vec<String> {
         }
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn url_spec(params: Value) -> SpecConfig {
+        SpecConfig {
+            kind: "urlDownload".into(),
+            params: params.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn url_checksums_are_parsed_and_normalized() {
+        let hex = "AB".repeat(32);
+        for given in [
+            format!("sha256:{hex}"),
+            format!("SHA256:{hex}"),
+            hex.clone(),
+        ] {
+            let spec = InputSpec::parse(
+                &url_spec(json!({"URL": "http://h/x", "checksum": given})),
+                "In",
+            )
+            .expect("valid");
+            assert_eq!(
+                spec,
+                InputSpec::UrlDownload {
+                    url: "http://h/x".into(),
+                    checksum: Some(hex.to_ascii_lowercase()),
+                }
+            );
+        }
+        let none = InputSpec::parse(&url_spec(json!({"URL": "http://h/x"})), "In").expect("ok");
+        assert_eq!(
+            none,
+            InputSpec::UrlDownload {
+                url: "http://h/x".into(),
+                checksum: None
+            }
+        );
+        for bad in ["md5:abc", "sha256:xyz", "abc"] {
+            let e = InputSpec::parse(
+                &url_spec(json!({"URL": "http://h/x", "Checksum": bad})),
+                "In",
+            )
+            .expect_err(bad);
+            assert!(e.to_string().contains("In.Params.Checksum"), "{e}");
+        }
+    }
 }

@@ -190,11 +190,25 @@ pub async fn start(
             address: raw.compute.publisher_address.clone(),
             reject_networked_jobs: raw.compute.reject_networked_jobs,
         };
+        let caches = compute::Caches::open(
+            &raw.data_dir.join("cache"),
+            &store,
+            config.input_cache_bytes,
+            config.result_cache_bytes,
+        )
+        .await
+        .map_err(compute::ComputeError::from)?;
+        info!(
+            input_cache_bytes = config.input_cache_bytes,
+            result_cache_bytes = config.result_cache_bytes,
+            "compute caches open"
+        );
         let (compute, runner) = Compute::new(
             store.clone(),
             compute_client,
             compute_events,
             backends,
+            caches,
             compute_config,
         )?;
         tasks.spawn(runner.run(shutdown.child_token()));

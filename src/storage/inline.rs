@@ -19,7 +19,7 @@ use flate2::read::GzDecoder;
 
 use super::archive::{self, ArchiveError};
 use super::filename;
-use super::{StorageError, StorageSource, Volume};
+use super::{ContentId, StorageError, StorageSource, Volume};
 use crate::model::{InputSpec, SourceKind};
 
 /// Media types that mean "a gzip-compressed tarball to unpack".
@@ -89,6 +89,18 @@ impl StorageSource for InlineSource {
                 path: scratch,
                 source: std::io::Error::other(e),
             })?
+    }
+
+    /// `inline:sha256:<hex of the whole data: URL>`: the URL is the content (and its media type and `name=`
+    /// decide the layout), so hashing it pins the volume without decoding anything.
+    async fn content_id(&self, spec: &InputSpec) -> Result<Option<ContentId>, StorageError> {
+        use sha2::{Digest as _, Sha256};
+        let url = inline_url(spec)?;
+        let digest = Sha256::digest(url.as_bytes());
+        Ok(Some(ContentId::new(
+            SourceKind::Inline,
+            format!("sha256:{digest:x}"),
+        )))
     }
 }
 
@@ -422,11 +434,32 @@ mod tests {
         ));
         let other = InputSpec::UrlDownload {
             url: "http://x/y".to_owned(),
+            checksum: None,
         };
         assert!(matches!(
             source.validate(&other),
             Err(StorageError::WrongKind { .. })
         ));
         assert_eq!(source.kind(), SourceKind::Inline);
+    }
+
+    #[tokio::test]
+    async fn content_id_is_the_hash_of_the_data_url() {
+        let source = InlineSource::default();
+        let spec = |url: &str| InputSpec::Inline {
+            url: url.to_owned(),
+        };
+        let a = source
+            .content_id(&spec("data:,hello"))
+            .await
+            .expect("id")
+            .expect("always some");
+        // sha256("data:,hello")
+        assert_eq!(
+            a.as_str(),
+            "inline:sha256:06c84f230c1ff90bd6aa50ec631cf556ca2a6da0cd6ff07ce61acecd5afb2012"
+        );
+        let b = source.content_id(&spec("data:,hellO")).await.expect("id");
+        assert_ne!(Some(a), b);
     }
 }

@@ -1,5 +1,10 @@
 //! Storage sources: bring an input to local disk. One backend per source type, each behind [`StorageSource`].
 //! Backends see only specs and paths: never the store, the transport or each other.
+//!
+//! A source may also name an input's content before fetching it ([`StorageSource::content_id`]); the compute
+//! node's input cache (`compute::cache`) keys prepared volumes by that id, and its result cache keys whole
+//! executions by the ids of their inputs. A source that cannot name content cheaply keeps the default
+//! (`None`: never cached).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -79,6 +84,18 @@ pub enum StorageError {
         /// The limit.
         limit: u64,
     },
+    /// A download whose content does not have the checksum the input asked for. Nothing of it is kept.
+    #[error(
+        "downloading {url} gave content with sha256:{actual}, but the input's Checksum is sha256:{expected}; fix the Checksum or the URL"
+    )]
+    ChecksumMismatch {
+        /// The URL, without userinfo.
+        url: String,
+        /// The checksum the input asked for (hex).
+        expected: String,
+        /// The checksum of what was received (hex).
+        actual: String,
+    },
     /// A backend could not be set up when the node started (not about any one input).
     #[error("the {backend} source cannot start: {reason}")]
     Setup {
@@ -114,6 +131,33 @@ impl StorageError {
     }
 }
 
+/// What an input's prepared volume will contain, named before it is fetched: two inputs with the same id
+/// prepare byte-identical volumes (same files, same names, same read-only flag). Built by a source from
+/// something that pins the content (a SHA-256 the download is verified against, an IPFS CID, an S3 ETag plus
+/// version), never from a mutable name alone. The text is namespaced by source type, so ids from different
+/// sources never collide, and it may be stored and logged: it must not contain credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentId(String);
+
+// === impl ContentId ===
+
+impl ContentId {
+    /// The id of content that `kind` identifies by `identity` (e.g. `sha256:<hex>`, a CID, `<etag>@<version>`).
+    pub fn new(kind: SourceKind, identity: impl fmt::Display) -> Self {
+        Self(format!("{}:{identity}", kind.as_str()))
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A source of inputs.
 #[async_trait]
 pub trait StorageSource: Send + Sync + fmt::Debug {
@@ -124,4 +168,12 @@ pub trait StorageSource: Send + Sync + fmt::Debug {
     /// Brings the input to local disk. `scratch` is an empty directory owned by this input, removed with the
     /// execution; a backend that copies or downloads writes only there.
     async fn prepare(&self, spec: &InputSpec, scratch: &Path) -> Result<Volume, StorageError>;
+    /// The identity of what [`StorageSource::prepare`] would produce for `spec`, found cheaply (no body
+    /// download: from the spec itself, or one metadata request such as an S3 HEAD). `None` means the content
+    /// cannot be pinned (a mutable URL, a host path), so the input is neither cached nor allows the job's
+    /// result to be reused. An `Err` fails the input, as `prepare` would.
+    async fn content_id(&self, spec: &InputSpec) -> Result<Option<ContentId>, StorageError> {
+        let _ = spec;
+        Ok(None)
+    }
 }

@@ -7,6 +7,10 @@
 //! will not change the answer. The size cap is checked against `Content-Length` before the body and against
 //! the bytes actually received while streaming, because servers may omit or understate the header.
 //!
+//! With a `Checksum` (`sha256:<hex>` or bare hex) the body is hashed while it streams and compared at the
+//! end; a mismatch fails at once (asking again would fetch the same wrong bytes) and removes the file. A
+//! checksum also gives the input a [`ContentId`], which lets the compute node cache it.
+//!
 //! Must never put credentials in a message or log: URLs are shown with their userinfo removed.
 
 use std::path::{Path, PathBuf};
@@ -16,11 +20,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_DISPOSITION, HeaderMap};
 use reqwest::{StatusCode, Url};
+use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::warn;
 
 use super::filename;
-use super::{StorageError, StorageSource, Volume};
+use super::{ContentId, StorageError, StorageSource, Volume};
 use crate::model::{InputSpec, SourceKind};
 
 /// The file name when neither the URL nor the response names one.
@@ -124,8 +129,15 @@ impl UrlSource {
         }
     }
 
-    /// One GET into `scratch`. Removes a partial file on failure so that a retry (or the task) never sees it.
-    async fn attempt(&self, url: &Url, shown: &str, scratch: &Path) -> Result<PathBuf, Attempt> {
+    /// One GET into `scratch`, checked against `checksum` (hex) when given. Removes a partial or mismatching
+    /// file on failure so that a retry (or the task) never sees it.
+    async fn attempt(
+        &self,
+        url: &Url,
+        shown: &str,
+        checksum: Option<&str>,
+        scratch: &Path,
+    ) -> Result<PathBuf, Attempt> {
         let mut response = match self
             .client
             .get(url.clone())
@@ -174,6 +186,8 @@ impl UrlSource {
                 .await
                 .map_err(|e| Attempt::Fail(StorageError::io("creating", &path)(e)))?;
             let mut received: u64 = 0;
+            // Hashing as the chunks pass costs no second read of the file.
+            let mut hasher = checksum.map(|_| Sha256::new());
             loop {
                 let chunk = match response.chunk().await {
                     Ok(Some(chunk)) => chunk,
@@ -189,9 +203,22 @@ impl UrlSource {
                 if received > self.config.max_size {
                     return Err(too_large());
                 }
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&chunk);
+                }
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| Attempt::Fail(StorageError::io("writing", &path)(e)))?;
+            }
+            if let (Some(expected), Some(h)) = (checksum, hasher) {
+                let actual = format!("{:x}", h.finalize());
+                if actual != expected {
+                    return Err(Attempt::Fail(StorageError::ChecksumMismatch {
+                        url: shown.to_owned(),
+                        expected: expected.to_owned(),
+                        actual,
+                    }));
+                }
             }
             // tokio's File finishes writes in the background; flush makes them complete (and their errors
             // visible) before the task is started.
@@ -221,14 +248,36 @@ impl StorageSource for UrlSource {
         parse_url(spec).map(|_| ())
     }
 
+    /// `urlDownload:sha256:<hex>/<name>` when the input has a checksum: the hash pins the bytes, the name
+    /// pins where they land. The name comes from the URL; when the URL has none (the server picks it with
+    /// Content-Disposition) a hash of the URL without userinfo stands in for it, so two such URLs never
+    /// share an entry.
+    async fn content_id(&self, spec: &InputSpec) -> Result<Option<ContentId>, StorageError> {
+        let (url, checksum) = parse_url(spec)?;
+        let Some(hex) = checksum else {
+            return Ok(None);
+        };
+        let name = url_file_name(&url).unwrap_or_else(|| {
+            let digest = Sha256::digest(redact(url.as_str()).as_bytes());
+            format!("?url-sha256:{digest:x}")
+        });
+        Ok(Some(ContentId::new(
+            SourceKind::UrlDownload,
+            format!("sha256:{hex}/{name}"),
+        )))
+    }
+
     async fn prepare(&self, spec: &InputSpec, scratch: &Path) -> Result<Volume, StorageError> {
-        let url = parse_url(spec)?;
+        let (url, checksum) = parse_url(spec)?;
         let shown = redact(url.as_str());
         let attempts = self.config.max_attempts.max(1);
         let mut attempt = 1;
         let mut backoff = self.config.initial_backoff;
         loop {
-            match self.attempt(&url, &shown, scratch).await {
+            match self
+                .attempt(&url, &shown, checksum.as_deref(), scratch)
+                .await
+            {
                 Ok(_) => {
                     return Ok(Volume {
                         host_path: scratch.to_owned(),
@@ -253,9 +302,10 @@ impl StorageSource for UrlSource {
     }
 }
 
-fn parse_url(spec: &InputSpec) -> Result<Url, StorageError> {
-    let raw = match spec {
-        InputSpec::UrlDownload { url } => url,
+/// The URL and the checksum (lowercase hex) of a `urlDownload` spec.
+fn parse_url(spec: &InputSpec) -> Result<(Url, Option<String>), StorageError> {
+    let (raw, checksum) = match spec {
+        InputSpec::UrlDownload { url, checksum } => (url, checksum),
         other => {
             return Err(StorageError::WrongKind {
                 kind: other.type_name().to_owned(),
@@ -271,18 +321,21 @@ fn parse_url(spec: &InputSpec) -> Result<Url, StorageError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("only http and https URLs can be downloaded".to_owned()));
     }
-    Ok(url)
+    Ok((url, checksum.clone()))
+}
+
+/// The file name the URL itself gives (its last path segment), if any.
+fn url_file_name(url: &Url) -> Option<String> {
+    url.path_segments()
+        .and_then(|mut segments| segments.next_back())
+        .and_then(|last| {
+            filename::sanitize(&String::from_utf8_lossy(&filename::percent_decode(last)))
+        })
 }
 
 /// The file name for a download: see the module docs.
 fn file_name(url: &Url, headers: &HeaderMap) -> String {
-    let from_url = url
-        .path_segments()
-        .and_then(|mut segments| segments.next_back())
-        .and_then(|last| {
-            filename::sanitize(&String::from_utf8_lossy(&filename::percent_decode(last)))
-        });
-    from_url
+    url_file_name(url)
         .or_else(|| {
             headers
                 .get(CONTENT_DISPOSITION)
@@ -404,7 +457,17 @@ mod tests {
     }
 
     fn spec(url: impl Into<String>) -> InputSpec {
-        InputSpec::UrlDownload { url: url.into() }
+        InputSpec::UrlDownload {
+            url: url.into(),
+            checksum: None,
+        }
+    }
+
+    fn checked(url: impl Into<String>, checksum: &str) -> InputSpec {
+        InputSpec::UrlDownload {
+            url: url.into(),
+            checksum: Some(checksum.to_owned()),
+        }
     }
 
     async fn flaky(State(hits): State<Hits>) -> impl IntoResponse {
@@ -618,6 +681,90 @@ mod tests {
             0,
             "partial file removed"
         );
+    }
+
+    /// SHA-256 of "content", the body of `/files/{name}`.
+    const CONTENT_SHA256: &str = "ed7002b439e9ac845f22357d822bac1444730fbdb6016d3ec9432297b9ec9f73";
+
+    #[tokio::test]
+    async fn verifies_the_checksum_while_streaming() {
+        let (base, _) = serve().await;
+        let source = test_source(config());
+        let scratch = tempfile::tempdir().expect("tempdir");
+        source
+            .prepare(
+                &checked(format!("{base}/files/data.csv"), CONTENT_SHA256),
+                scratch.path(),
+            )
+            .await
+            .expect("matching checksum");
+        assert_eq!(
+            std::fs::read(scratch.path().join("data.csv")).expect("file"),
+            b"content"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checksum_mismatch_fails_at_once_and_keeps_nothing() {
+        let (base, hits) = serve().await;
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let wrong = "0".repeat(64);
+        let url = base.replace("http://", "http://user:hunter2@") + "/big";
+        let err = test_source(config())
+            .prepare(&checked(url, &wrong), scratch.path())
+            .await
+            .expect_err("mismatch");
+        assert!(
+            matches!(err, StorageError::ChecksumMismatch { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("/big") && !text.contains("hunter2"), "{text}");
+        assert!(text.contains(&wrong), "expected digest named: {text}");
+        // sha256("0123456789abcdef")
+        assert!(
+            text.contains("9f9f5111f7b27a781f1f1ddde5ebc2dd2b796bfc7365c9c28b548e564176929f"),
+            "actual digest named: {text}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "a mismatch is not retried");
+        assert_eq!(
+            std::fs::read_dir(scratch.path()).expect("scratch").count(),
+            0,
+            "nothing partial left"
+        );
+    }
+
+    #[tokio::test]
+    async fn content_ids_need_a_checksum_and_pin_the_name() {
+        let source = test_source(config());
+        let none = source
+            .content_id(&spec("http://h/a.csv"))
+            .await
+            .expect("id");
+        assert_eq!(none, None, "a URL alone is mutable");
+        let id = |url: &str| {
+            let source = source.clone();
+            let spec = checked(url, CONTENT_SHA256);
+            async move { source.content_id(&spec).await.expect("id").expect("some") }
+        };
+        let a = id("http://h/a.csv").await;
+        assert_eq!(
+            a.as_str(),
+            format!("urlDownload:sha256:{CONTENT_SHA256}/a.csv")
+        );
+        assert_eq!(
+            a,
+            id("https://mirror.example/x/a.csv").await,
+            "same bytes, same name"
+        );
+        assert_ne!(
+            a,
+            id("http://h/b.csv").await,
+            "another name is another volume"
+        );
+        let nameless = id("http://u:secret@h/").await;
+        assert!(!nameless.as_str().contains("secret"), "{nameless}");
+        assert_ne!(nameless, id("http://other/").await);
     }
 
     #[test]

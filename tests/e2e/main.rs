@@ -1,6 +1,7 @@
 //! Process-level tests: real `cod` processes on loopback, driven through the REST API and the CLI.
 
 mod boards;
+mod cache;
 mod cli;
 mod cluster;
 #[cfg(feature = "executor-oci")]
