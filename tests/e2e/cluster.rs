@@ -166,7 +166,7 @@ fn a_silent_node_is_marked_disconnected_and_rejoins_when_it_speaks_again() {
 #[test]
 fn manual_approval_holds_work_until_the_operator_approves() {
     let orch = orchestrator("orch-approval", &["--manual-approval"]);
-    let node = compute("pending", &orch, &[]);
+    let mut node = compute("pending", &orch, &[]);
     let pending = wait_until("node registered", DEADLINE, || {
         let (_, body) = orch.get("/api/v1/orchestrator/nodes");
         body["Nodes"].as_array().and_then(|n| n.first().cloned())
@@ -196,8 +196,12 @@ fn manual_approval_holds_work_until_the_operator_approves() {
         "{body:#}"
     );
 
-    // Deleted: forgotten by the orchestrator.
-    orch.cli_ok(&["node", "delete", &node.node_id]);
-    let (status, _) = orch.get(&format!("/api/v1/orchestrator/nodes/{}", node.node_id));
+    // Deleted: forgotten by the orchestrator. The node process goes first: a live node that is deleted
+    // handshakes again on its next reconnect and comes back as a new pending node (deleting forgets the
+    // rejection too), which would race this check.
+    let node_id = node.node_id.clone();
+    node.kill9();
+    orch.cli_ok(&["node", "delete", &node_id]);
+    let (status, _) = orch.get(&format!("/api/v1/orchestrator/nodes/{node_id}"));
     assert_eq!(status, 404);
 }
