@@ -647,6 +647,7 @@ impl Compute {
                     execution_id: execution.id.clone(),
                     job_id: execution.job_id.clone(),
                     node_id: self.inner.node_id.clone(),
+                    spec: spec.clone(),
                 };
                 match publisher.publish(&target, &result_dir).await {
                     Ok(r) => r,
