@@ -15,3 +15,5 @@ mod hybrid;
 mod oci_pull;
 #[cfg(feature = "executor-oci")]
 mod registry;
+#[cfg(feature = "storage-s3")]
+mod s3;
