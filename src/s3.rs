@@ -1032,4 +1032,37 @@ mod tests {
         assert!(text.contains("S3.SecretAccessKey"), "{text}");
         assert_eq!(e.code(), Some("SignatureDoesNotMatch"));
     }
+
+    #[tokio::test]
+    async fn signs_gzip_results_and_leaves_others_alone() {
+        let signer = ResultSigner::new(
+            client(S3Settings::new("AKIATEST", "secret", "")),
+            Duration::from_secs(90),
+        );
+        let spec = |kind: &str, key: &str| SpecConfig {
+            kind: kind.into(),
+            params:
+                serde_json::json!({"Bucket": "r", "Key": key, "Endpoint": "http://127.0.0.1:9"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+        };
+        let signed = signer.sign(spec("s3", "jobs/e-1.tar.gz")).await;
+        assert_eq!(signed.kind, "s3PreSigned");
+        let url = signed.params["PreSignedURL"].as_str().unwrap_or_default();
+        assert!(
+            url.starts_with("http://127.0.0.1:9/r/jobs/e-1.tar.gz?"),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Expires=90"), "{url}");
+        assert_eq!(signed.params["Bucket"], "r", "the S3 fields stay");
+        let local = spec("urlDownload", "x");
+        assert_eq!(signer.sign(local.clone()).await, local);
+        let odd = spec("s3", "not-a-tarball");
+        assert_eq!(
+            signer.sign(odd.clone()).await,
+            odd,
+            "as Bacalhau: only .tar.gz keys are signed"
+        );
+    }
 }
