@@ -48,6 +48,78 @@ pub struct Config {
     /// LMDB.
     #[serde(rename = "Store")]
     pub store: StoreConfig,
+    /// S3 access: credentials and defaults shared by the s3 source, the s3 publisher and result signing.
+    #[serde(rename = "S3")]
+    pub s3: S3Config,
+    /// Publisher settings, under Bacalhau's key names (`Publishers.Types.S3.PreSignedURLDisabled`).
+    #[serde(rename = "Publishers")]
+    pub publishers: PublishersConfig,
+}
+
+/// S3 access. A compute node uses it to fetch `s3` inputs and to publish to `s3`; an orchestrator uses it to
+/// sign result download URLs. Without an access key every request is anonymous (public buckets only).
+///
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` (or `AWS_DEFAULT_REGION`)
+/// and `AWS_ENDPOINT_URL` fill the keys that the config file leaves empty, as explicit configuration beats
+/// the ambient environment in the AWS SDKs. The three credentials come as a set, from one place.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3Config {
+    /// Access key id (not secret: it appears in every signed URL).
+    #[serde(rename = "AccessKeyID")]
+    pub access_key_id: String,
+    /// Secret access key.
+    #[serde(rename = "SecretAccessKey")]
+    pub secret_access_key: Secret,
+    /// Session token of temporary credentials.
+    #[serde(rename = "SessionToken")]
+    pub session_token: Secret,
+    /// Region for specs that name none (empty = `us-east-1`).
+    #[serde(rename = "Region")]
+    pub region: String,
+    /// Endpoint for specs that name none (empty = AWS); for a MinIO or Garage that serves every job.
+    #[serde(rename = "Endpoint")]
+    pub endpoint: String,
+}
+
+/// `Publishers`, as Bacalhau names it; only the S3 part has settings here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PublishersConfig {
+    /// Per publisher type.
+    #[serde(rename = "Types")]
+    pub types: PublisherTypesConfig,
+}
+
+/// `Publishers.Types`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PublisherTypesConfig {
+    /// `Publishers.Types.S3`.
+    #[serde(rename = "S3")]
+    pub s3: S3PublisherConfig,
+}
+
+/// How the orchestrator hands out S3-published results (Bacalhau's `Publishers.Types.S3`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3PublisherConfig {
+    /// Leave `s3` results as they are instead of adding pre-signed download URLs (`cod job get` then cannot
+    /// fetch them).
+    #[serde(rename = "PreSignedURLDisabled")]
+    pub pre_signed_url_disabled: bool,
+    /// How long a pre-signed URL stays valid (Bacalhau's default, 30 minutes; S3 allows at most 7 days).
+    #[serde(rename = "PreSignedURLExpiration")]
+    pub pre_signed_url_expiration: String,
+}
+
+impl Default for S3PublisherConfig {
+    fn default() -> Self {
+        Self {
+            pre_signed_url_disabled: false,
+            pre_signed_url_expiration: "30m".into(),
+        }
+    }
 }
 
 /// REST API settings.
@@ -272,6 +344,8 @@ impl Default for Config {
             orchestrator: OrchestratorConfig::default(),
             compute: ComputeConfig::default(),
             store: StoreConfig::default(),
+            s3: S3Config::default(),
+            publishers: PublishersConfig::default(),
         }
     }
 }
@@ -421,7 +495,54 @@ pub fn apply_env(
     if let Some(v) = take("COD_ALLOW_LISTED_LOCAL_PATHS") {
         config.compute.allow_listed_local_paths = split_list(&v);
     }
+    apply_aws_env(&mut config.s3, &env, &mut applied);
     applied
+}
+
+/// Fills S3 keys the file left empty from the AWS variables (see [`S3Config`]). Secrets are recorded in
+/// `applied` by name only.
+fn apply_aws_env(
+    s3: &mut S3Config,
+    env: &impl Fn(&str) -> Option<String>,
+    applied: &mut Vec<(&'static str, String)>,
+) {
+    let mut take = |key: &'static str, secret: bool| {
+        let v = env(key).filter(|v| !v.trim().is_empty())?;
+        applied.push((
+            key,
+            if secret {
+                "<redacted>".into()
+            } else {
+                v.clone()
+            },
+        ));
+        Some(v)
+    };
+    if s3.access_key_id.is_empty()
+        && s3.secret_access_key.is_empty()
+        && let Some(id) = take("AWS_ACCESS_KEY_ID", false)
+    {
+        s3.access_key_id = id;
+        if let Some(secret) = take("AWS_SECRET_ACCESS_KEY", true) {
+            s3.secret_access_key = Secret::new(secret);
+        }
+        if s3.session_token.is_empty()
+            && let Some(token) = take("AWS_SESSION_TOKEN", true)
+        {
+            s3.session_token = Secret::new(token);
+        }
+    }
+    if s3.region.is_empty()
+        && let Some(region) =
+            take("AWS_REGION", false).or_else(|| take("AWS_DEFAULT_REGION", false))
+    {
+        s3.region = region;
+    }
+    if s3.endpoint.is_empty()
+        && let Some(endpoint) = take("AWS_ENDPOINT_URL", false)
+    {
+        s3.endpoint = endpoint;
+    }
 }
 
 /// Splits `a,b,c` into trimmed non-empty items.
@@ -489,6 +610,8 @@ pub struct Resolved {
     pub input_cache_bytes: u64,
     /// Result cache budget in bytes (0 = off).
     pub result_cache_bytes: u64,
+    /// Lifetime of pre-signed S3 result URLs; `None` when signing is disabled.
+    pub s3_presign_expiry: Option<Duration>,
 }
 
 impl Config {
@@ -533,6 +656,39 @@ impl Config {
                 cpu: default_cpu,
                 memory: bytes("Orchestrator.DefaultMemory", &o.default_memory)?,
             },
+        };
+        let s3 = &self.s3;
+        if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: if s3.access_key_id.is_empty() {
+                    "S3.AccessKeyID"
+                } else {
+                    "S3.SecretAccessKey"
+                },
+                value: String::new(),
+                source_name: "configuration".into(),
+                reason:
+                    "S3.AccessKeyID and S3.SecretAccessKey go together: set both, or neither for \
+                         anonymous access"
+                        .into(),
+            });
+        }
+        let presign = &self.publishers.types.s3;
+        let s3_presign_expiry = if presign.pre_signed_url_disabled {
+            None
+        } else {
+            let key = "Publishers.Types.S3.PreSignedURLExpiration";
+            let expiry = duration(key, &presign.pre_signed_url_expiration)?;
+            // SigV4 query signing allows 1 second to 7 days.
+            if expiry < Duration::from_secs(1) || expiry > Duration::from_secs(7 * 24 * 3600) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: presign.pre_signed_url_expiration.clone(),
+                    source_name: "configuration".into(),
+                    reason: "must be between 1s and 7 days (S3's limits)".into(),
+                });
+            }
+            Some(expiry)
         };
         let c = &self.compute;
         let cores = std::thread::available_parallelism()
@@ -592,6 +748,7 @@ impl Config {
             image_cache_bytes: bytes("Compute.Docker.ImageCacheSize", &c.docker.image_cache_size)?,
             input_cache_bytes: bytes("Compute.InputCacheSize", &c.input_cache_size)?,
             result_cache_bytes: bytes("Compute.ResultCacheSize", &c.result_cache_size)?,
+            s3_presign_expiry,
         })
     }
 }
@@ -684,6 +841,63 @@ mod tests {
         c.compute.input_cache_size = "lots".into();
         let err = c.resolve().expect_err("invalid").to_string();
         assert!(err.contains("Compute.InputCacheSize"), "{err}");
+    }
+
+    #[test]
+    fn aws_variables_fill_only_what_the_file_leaves_empty() {
+        let aws = |k: &str| {
+            match k {
+                "AWS_ACCESS_KEY_ID" => Some("AKIAENV"),
+                "AWS_SECRET_ACCESS_KEY" => Some("env-secret"),
+                "AWS_SESSION_TOKEN" => Some("env-token"),
+                "AWS_DEFAULT_REGION" => Some("eu-west-1"),
+                "AWS_ENDPOINT_URL" => Some("http://127.0.0.1:9000"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        };
+        let mut c = Config::default();
+        let applied = apply_env(&mut c, aws);
+        assert_eq!(c.s3.access_key_id, "AKIAENV");
+        assert_eq!(c.s3.secret_access_key.expose(), "env-secret");
+        assert_eq!(c.s3.session_token.expose(), "env-token");
+        assert_eq!(c.s3.region, "eu-west-1");
+        assert_eq!(c.s3.endpoint, "http://127.0.0.1:9000");
+        let shown = format!("{applied:?} {c:?}");
+        assert!(
+            !shown.contains("env-secret") && !shown.contains("env-token"),
+            "{shown}"
+        );
+
+        // Credentials from the file win as a set: no env secret is paired with the file's key.
+        let mut c = Config::default();
+        c.s3.access_key_id = "AKIAFILE".into();
+        c.s3.secret_access_key = Secret::new("file-secret");
+        c.s3.region = "us-west-2".into();
+        apply_env(&mut c, aws);
+        assert_eq!(c.s3.access_key_id, "AKIAFILE");
+        assert_eq!(c.s3.secret_access_key.expose(), "file-secret");
+        assert!(c.s3.session_token.is_empty());
+        assert_eq!(c.s3.region, "us-west-2");
+    }
+
+    #[test]
+    fn s3_settings_are_validated() {
+        let mut c = Config::default();
+        c.s3.access_key_id = "AKIA".into();
+        let err = c.resolve().expect_err("secret missing").to_string();
+        assert!(err.contains("S3.SecretAccessKey"), "{err}");
+        let mut c = Config::default();
+        c.publishers.types.s3.pre_signed_url_expiration = "8d".into();
+        let err = c.resolve().expect_err("too long").to_string();
+        assert!(err.contains("PreSignedURLExpiration"), "{err}");
+        let mut c = Config::default();
+        assert_eq!(
+            c.resolve().expect("valid").s3_presign_expiry,
+            Some(Duration::from_secs(30 * 60))
+        );
+        c.publishers.types.s3.pre_signed_url_disabled = true;
+        assert_eq!(c.resolve().expect("valid").s3_presign_expiry, None);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`transport`]: libp2p request-response between orchestrators and compute nodes (versioned CBOR).
 //! - [`executor`], [`storage`], [`publisher`]: the extension points (engines, input sources, result
 //!   destinations), one trait each, one file per backend.
+//! - `s3` (feature `storage-s3`): S3 addressing, SigV4 signing and requests, shared by the `s3` source, the
+//!   `s3` publisher and the orchestrator's pre-signed result URLs (as `oci` serves the docker engine).
 //! - [`outbox`]: durable, acknowledged, sequence-numbered messages between the two roles.
 //! - [`orchestrator`]: job intake, scheduling, node registry, execution tracking.
 //! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher), and
@@ -44,6 +46,8 @@ pub const FEATURES: &[&str] = &[
     "executor-oci",
     #[cfg(feature = "storage-url")]
     "storage-url",
+    #[cfg(feature = "storage-s3")]
+    "storage-s3",
     #[cfg(feature = "ipfs")]
     "ipfs",
 ];
@@ -63,6 +67,8 @@ pub mod oci;
 pub mod orchestrator;
 pub mod outbox;
 pub mod publisher;
+#[cfg(feature = "storage-s3")]
+pub mod s3;
 pub mod storage;
 pub mod store;
 pub mod telemetry;

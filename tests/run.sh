@@ -30,6 +30,13 @@ python3 -c 'import bacalhau_apiclient, urllib3, six, certifi, dateutil' 2>/dev/n
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages \
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil
+# S3 test servers for tests/e2e/s3.rs: s3s-fs checks every SigV4 signature (headers and pre-signed URLs);
+# moto's server has object versioning, which s3s-fs lacks. 0.14.1 is the newest s3s-fs for Rust 1.95.
+command -v s3s-fs >/dev/null || [ -x "$HOME/.cargo/bin/s3s-fs" ] ||
+  cargo install --locked s3s-fs --version 0.14.1 --features binary
+command -v moto_server >/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]' 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]'
 
 # Unit tests next to the code, then the process-level suite in tests/e2e (real cod processes on loopback).
 cargo test --locked --lib

@@ -4,6 +4,7 @@
 //! response shapes. Lists the orchestrator returns whole (executions) are paged here by offset.
 
 use axum::Json;
+use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,7 @@ use crate::model::constraint;
 use crate::model::{Execution, Job, JobHistory, JobId, LabelSelectorRequirement, SpecConfig};
 use crate::orchestrator::{HistoryFilter, HistoryPage};
 
+use super::AppState;
 use super::error::HttpError;
 use super::request::{Body, Orch, Params, PathId, client_older_than, page};
 
@@ -240,12 +242,26 @@ pub(super) async fn executions(
 }
 
 /// `GET /jobs/{id}/results`: where the completed executions published their results.
+/// `s3` results get pre-signed download URLs, signed here with the orchestrator's own credentials (see
+/// `crate::s3::ResultSigner`), unless `Publishers.Types.S3.PreSignedURLDisabled`.
 pub(super) async fn results(
+    State(shared): State<AppState>,
     Orch(o): Orch,
     PathId(id): PathId,
     params: Params,
 ) -> Result<Json<List<SpecConfig>>, HttpError> {
-    let items = o.results(&id, params.namespace()).await?;
+    #[allow(unused_mut)] // only the s3 signing below rewrites them
+    let mut items = o.results(&id, params.namespace()).await?;
+    #[cfg(feature = "storage-s3")]
+    if let Some(signer) = &shared.state.result_signer {
+        let mut signed = Vec::with_capacity(items.len());
+        for item in items {
+            signed.push(signer.sign(item).await);
+        }
+        items = signed;
+    }
+    #[cfg(not(feature = "storage-s3"))]
+    let _ = shared;
     Ok(Json(List {
         items,
         next_token: String::new(),

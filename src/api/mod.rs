@@ -52,6 +52,9 @@ pub struct ApiState {
     pub node_info: Arc<dyn Fn() -> NodeInfo + Send + Sync>,
     /// The node's configuration, already redacted, for `/api/v1/agent/config`.
     pub config: serde_json::Value,
+    /// Signs `s3` results for `GET …/jobs/{id}/results`; `None` when `PreSignedURLDisabled`.
+    #[cfg(feature = "storage-s3")]
+    pub result_signer: Option<crate::s3::ResultSigner>,
 }
 
 impl fmt::Debug for ApiState {
@@ -248,6 +251,8 @@ mod tests {
             compute: None,
             node_info: Arc::new(NodeInfo::default),
             config: json!({}),
+            #[cfg(feature = "storage-s3")]
+            result_signer: None,
         };
         let base = spawn_server(state, shutdown.clone()).await;
         let http = http_client();
@@ -282,6 +287,8 @@ mod tests {
             compute: None,
             node_info: Arc::new(NodeInfo::default),
             config: json!({}),
+            #[cfg(feature = "storage-s3")]
+            result_signer: None,
         };
         let server = tokio::spawn(serve(listener, state, shutdown.clone()));
         shutdown.cancel();

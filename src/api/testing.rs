@@ -47,6 +47,8 @@ impl TestServer {
                 ..NodeInfo::default()
             }),
             config: serde_json::json!({"API": {"Port": 0}, "Orchestrator": {"Enabled": true}}),
+            #[cfg(feature = "storage-s3")]
+            result_signer: None,
         };
         let base = spawn_server(state, shutdown.child_token()).await;
         Self {

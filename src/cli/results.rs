@@ -76,20 +76,45 @@ pub async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", raw.display()))?;
 
     let mut names = Vec::new();
+    let timeout = Duration::from_secs(args.download_timeout_secs);
     for (i, item) in items.iter().enumerate() {
-        let url = result_url(item).with_context(|| format!("result {} of job {id}", i + 1))?;
-        let name = unique_name(&result_name(&url, i), &names);
-        let archive = raw.join(format!("{name}.tar.gz"));
-        let timeout = Duration::from_secs(args.download_timeout_secs);
-        client
-            .download(&url, &archive, timeout)
-            .await
-            .with_context(|| format!("downloading result {url}"))?;
-        let target = raw.join(&name);
-        tokio::task::spawn_blocking(move || unpack(&archive, &target))
-            .await
-            .context("unpacking was interrupted")??;
-        names.push(name);
+        let download =
+            result_download(item).with_context(|| format!("result {} of job {id}", i + 1))?;
+        match download {
+            Download::Archive { url, shown } => {
+                let name = unique_name(&result_name(&url, i), &names);
+                let archive = raw.join(format!("{name}.tar.gz"));
+                client
+                    .download(&url, &archive, timeout)
+                    .await
+                    .with_context(|| format!("downloading result {shown}"))?;
+                let target = raw.join(&name);
+                tokio::task::spawn_blocking(move || unpack(&archive, &target))
+                    .await
+                    .context("unpacking was interrupted")??;
+                names.push(name);
+            }
+            Download::Files { name, files } => {
+                let name = unique_name(&result_name(&name, i), &names);
+                let folder = raw.join(&name);
+                for (rel, url) in &files {
+                    let dest = folder.join(rel);
+                    if let Some(parent) = dest.parent() {
+                        tokio::fs::create_dir_all(parent)
+                            .await
+                            .with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    client
+                        .download(url, &dest, timeout)
+                        .await
+                        .with_context(|| format!("downloading result file {rel}"))?;
+                }
+                tokio::fs::create_dir_all(&folder)
+                    .await
+                    .with_context(|| format!("creating {}", folder.display()))?;
+                names.push(name);
+            }
+        }
     }
     if !args.raw {
         let (raw, dir2, names2) = (raw.clone(), dir.clone(), names.clone());
@@ -124,18 +149,86 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The download URL of a published result.
-fn result_url(spec: &SpecConfig) -> anyhow::Result<String> {
-    let param = |name: &str| {
+/// How to fetch one published result.
+#[derive(Debug, PartialEq, Eq)]
+enum Download {
+    /// A gzip tarball of the result folder.
+    Archive {
+        /// Its URL.
+        url: String,
+        /// What to call it in messages: a pre-signed URL is a credential, so `s3://bucket/key` stands in.
+        shown: String,
+    },
+    /// Separate files (an S3 `plain` result), each with its path in the result folder.
+    Files {
+        /// Folder name for the result.
+        name: String,
+        /// (path, URL) pairs; paths are checked to stay inside the folder.
+        files: Vec<(String, String)>,
+    },
+}
+
+/// Where to download a published result from.
+fn result_download(spec: &SpecConfig) -> anyhow::Result<Download> {
+    let value = |name: &str| {
         spec.params
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
+    };
+    let param = |name: &str| {
+        value(name)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
             .map(str::to_owned)
     };
     match spec.normalized_kind().as_str() {
-        "urldownload" => param("URL").context("a urlDownload result has no URL"),
-        "s3presigned" => param("PreSignedURL").context("an s3PreSigned result has no PreSignedURL"),
+        "urldownload" => {
+            let url = param("URL").context("a urlDownload result has no URL")?;
+            Ok(Download::Archive {
+                shown: url.clone(),
+                url,
+            })
+        }
+        "s3presigned" => {
+            let shown = format!(
+                "s3://{}/{}",
+                param("Bucket").unwrap_or_default(),
+                param("Key").unwrap_or_default()
+            );
+            if let Some(url) = param("PreSignedURL") {
+                return Ok(Download::Archive { url, shown });
+            }
+            let Some(map) = value("PreSignedURLs").and_then(|v| v.as_object()) else {
+                bail!("the s3PreSigned result {shown} has neither PreSignedURL nor PreSignedURLs");
+            };
+            let mut files = Vec::with_capacity(map.len());
+            for (rel, url) in map {
+                if !is_safe_relative(rel) {
+                    bail!(
+                        "the s3PreSigned result {shown} names the file {rel:?}, which would land outside \
+                         the output folder; refusing to download it"
+                    );
+                }
+                let url = url
+                    .as_str()
+                    .with_context(|| format!("the URL of {rel:?} in {shown} is not a string"))?;
+                files.push((rel.clone(), url.to_owned()));
+            }
+            let key = param("Key").unwrap_or_default();
+            let name = key
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            Ok(Download::Files { name, files })
+        }
+        "s3" => bail!(
+            "the result was published to S3 but the orchestrator did not sign a download URL for it: give the \
+             orchestrator S3 credentials and leave Publishers.Types.S3.PreSignedURLDisabled off, or fetch it \
+             with an S3 client"
+        ),
         "ipfs" => {
             bail!("results published to IPFS need an IPFS client; cod cannot download them yet")
         }
@@ -143,6 +236,15 @@ fn result_url(spec: &SpecConfig) -> anyhow::Result<String> {
             "results of type {other:?} cannot be downloaded by cod (supported: urlDownload, s3PreSigned)"
         ),
     }
+}
+
+/// Whether `rel` is a relative `/`-separated path whose every segment is a plain name (no empty, `.` or
+/// `..` segment), so joining it to a folder stays inside that folder.
+fn is_safe_relative(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains(['\\', '\0']))
 }
 
 /// A folder name for a result: the URL's file name without `.tar.gz` (the execution id for the local
@@ -348,7 +450,9 @@ mod tests {
                 .cloned()
                 .unwrap_or_default(),
         };
-        let url = result_url(&local).expect("url");
+        let Download::Archive { url, .. } = result_download(&local).expect("url") else {
+            panic!("an archive");
+        };
         assert_eq!(result_name(&url, 0), "e-1a2b");
         assert_eq!(result_name("http://h/../..", 1), "result-2");
         assert_eq!(result_name("http://h/x.tar.gz?sig=a/b", 0), "x");
@@ -356,8 +460,43 @@ mod tests {
             kind: "ipfs".into(),
             ..SpecConfig::default()
         };
-        assert!(result_url(&ipfs).is_err());
+        assert!(result_download(&ipfs).is_err());
         assert_eq!(unique_name("x", &["x".into(), "x-2".into()]), "x-3");
+    }
+
+    #[test]
+    fn s3_presigned_results_download_as_an_archive_or_as_files() {
+        let spec = |params: serde_json::Value| SpecConfig {
+            kind: "s3PreSigned".into(),
+            params: params.as_object().cloned().unwrap_or_default(),
+        };
+        let gzip = spec(json!({"Bucket": "b", "Key": "r/e-1.tar.gz",
+                               "PreSignedURL": "http://h/b/r/e-1.tar.gz?X-Amz-Signature=s"}));
+        assert_eq!(
+            result_download(&gzip).expect("archive"),
+            Download::Archive {
+                url: "http://h/b/r/e-1.tar.gz?X-Amz-Signature=s".into(),
+                shown: "s3://b/r/e-1.tar.gz".into()
+            }
+        );
+        let plain = spec(json!({"Bucket": "b", "Key": "r/e-1/",
+                                "PreSignedURLs": {"stdout": "http://h/1", "outputs/a.txt": "http://h/2"}}));
+        let Download::Files { name, files } = result_download(&plain).expect("files") else {
+            panic!("files");
+        };
+        assert_eq!(name, "e-1");
+        assert_eq!(files.len(), 2);
+        for bad in ["../x", "/etc/passwd", "a//b", "a/./b", ""] {
+            let hostile =
+                spec(json!({"Bucket": "b", "Key": "r/", "PreSignedURLs": {bad: "http://h/1"}}));
+            assert!(result_download(&hostile).is_err(), "{bad:?}");
+        }
+        let unsigned = SpecConfig {
+            kind: "s3".into(),
+            ..SpecConfig::default()
+        };
+        let err = format!("{:#}", result_download(&unsigned).expect_err("unsigned"));
+        assert!(err.contains("PreSignedURLDisabled"), "{err}");
     }
 
     #[test]

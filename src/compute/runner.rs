@@ -763,6 +763,7 @@ impl Compute {
             execution_id: execution.id.clone(),
             job_id: execution.job_id.clone(),
             node_id: self.inner.node_id.clone(),
+            spec: spec.clone(),
         };
         publisher
             .publish(&target, result_dir)

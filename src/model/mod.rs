@@ -33,6 +33,7 @@ pub use node::{
 };
 pub use resources::Resources;
 pub use spec::{
-    EngineKind, EngineSpec, InputSpec, PublisherKind, PublisherSpec, SourceKind, WasmParams,
+    EngineKind, EngineSpec, InputSpec, PublisherKind, PublisherSpec, S3PublisherParams,
+    S3SourceParams, SourceKind, WasmParams,
 };
 pub use validate::{FieldError, ValidationErrors};

@@ -215,8 +215,44 @@ pub enum InputSpec {
         /// streaming; it also makes the input cacheable by content.
         checksum: Option<String>,
     },
+    /// An S3 object or prefix.
+    S3(S3SourceParams),
     /// A source type this build has no backend for (named in the bid rejection).
     Unsupported(String),
+}
+
+/// Parameters of an `s3` input (Bacalhau's `s3.SourceSpec`; keys matched case-insensitively).
+///
+/// Only `Bucket` is required. A `Key` ending in `/` or `*` (or an empty one) names a prefix whose objects are
+/// all fetched; any other key names one object. `Filter` is a regular expression matched against each listed
+/// key with the prefix removed. The regex, checksum and endpoint are checked by the s3 source when bidding,
+/// since only a node that has the source can say what it accepts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct S3SourceParams {
+    /// The bucket.
+    #[serde(rename = "Bucket", default)]
+    pub bucket: String,
+    /// An object key, or a prefix (`dir/`, `dir/file-*`); empty = the whole bucket.
+    #[serde(rename = "Key", default)]
+    pub key: String,
+    /// The bucket's region; the node's default (`S3.Region`) when empty.
+    #[serde(rename = "Region", default)]
+    pub region: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS when empty.
+    #[serde(rename = "Endpoint", default)]
+    pub endpoint: String,
+    /// The object version to fetch (single objects only).
+    #[serde(rename = "VersionID", default)]
+    pub version_id: String,
+    /// The SHA-256 the object's bytes must have: base64, as S3 reports it, or hex (single objects only).
+    #[serde(rename = "ChecksumSHA256", default)]
+    pub checksum_sha256: String,
+    /// A regular expression on the key below the prefix; listed objects that do not match are skipped.
+    #[serde(rename = "Filter", default)]
+    pub filter: String,
+    /// Bacalhau's object partitioning across executions (v1.6.1+); only its `none` form is accepted.
+    #[serde(rename = "Partition", default)]
+    pub partition: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +301,7 @@ impl InputSpec {
             InputSpec::Inline { .. } => Some(SourceKind::Inline),
             InputSpec::Local { .. } => Some(SourceKind::Local),
             InputSpec::UrlDownload { .. } => Some(SourceKind::UrlDownload),
+            InputSpec::S3(_) => Some(SourceKind::S3),
             InputSpec::Unsupported(s) => SourceKind::parse(s),
         }
     }
@@ -348,6 +385,13 @@ impl InputSpec {
                     read_write,
                 })
             }
+            Some(SourceKind::S3) => {
+                let p: S3SourceParams = ci::from_value(params).map_err(bad)?;
+                if p.bucket.trim().is_empty() {
+                    return Err(required("Bucket"));
+                }
+                Ok(InputSpec::S3(p))
+            }
             Some(_) | None if spec.is_empty() => {
                 Err(FieldError::new(format!("{field}.Type"), "is required"))
             }
@@ -357,14 +401,62 @@ impl InputSpec {
 }
 
 /// A publisher after parsing.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublisherSpec {
     /// `local`.
     Local,
     /// `noop`.
     Noop,
+    /// `s3`.
+    S3(S3PublisherParams),
     /// A publisher type this build has no backend for.
     Unsupported(String),
+}
+
+/// Parameters of the `s3` publisher (Bacalhau's `s3.PublisherSpec`; keys matched case-insensitively).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct S3PublisherParams {
+    /// The bucket (required).
+    #[serde(rename = "Bucket", default)]
+    pub bucket: String,
+    /// The key (required); may hold `{jobID}`, `{executionID}`, `{nodeID}`, `{date}` and `{time}`.
+    #[serde(rename = "Key", default)]
+    pub key: String,
+    /// The bucket's region; the node's default when empty.
+    #[serde(rename = "Region", default)]
+    pub region: String,
+    /// An S3-compatible endpoint; AWS when empty.
+    #[serde(rename = "Endpoint", default)]
+    pub endpoint: String,
+    /// `gzip` (default: one `.tar.gz` object) or `plain` (one object per file under `Key/`).
+    #[serde(rename = "Encoding", default)]
+    pub encoding: String,
+}
+
+impl S3PublisherParams {
+    /// Problems with the parameters, as (param, message) pairs; empty when they are usable.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.bucket.trim().is_empty() {
+            problems.push(("Bucket", "is required".to_owned()));
+        }
+        if self.key.trim().is_empty() {
+            problems.push((
+                "Key",
+                "is required (e.g. \"results/{jobID}/{executionID}\")".to_owned(),
+            ));
+        }
+        if !matches!(
+            self.encoding.trim().to_ascii_lowercase().as_str(),
+            "" | "gzip" | "plain"
+        ) {
+            problems.push((
+                "Encoding",
+                format!("{:?} is not one of gzip, plain", self.encoding),
+            ));
+        }
+        problems
+    }
 }
 
 impl PublisherSpec {
@@ -376,6 +468,11 @@ impl PublisherSpec {
         Some(match PublisherKind::parse(&spec.kind) {
             Some(PublisherKind::Local) => PublisherSpec::Local,
             Some(PublisherKind::Noop) => PublisherSpec::Noop,
+            // Lenient here (parse has no error path): a malformed value decodes as empty and is reported by
+            // `S3PublisherParams::problems`, which submission validation and the publisher both run.
+            Some(PublisherKind::S3) => PublisherSpec::S3(
+                ci::from_value(Value::Object(spec.params.clone())).unwrap_or_default(),
+            ),
             _ => PublisherSpec::Unsupported(spec.kind.trim().to_owned()),
         })
     }
@@ -384,6 +481,7 @@ impl PublisherSpec {
         match self {
             PublisherSpec::Local => Some(PublisherKind::Local),
             PublisherSpec::Noop => Some(PublisherKind::Noop),
+            PublisherSpec::S3(_) => Some(PublisherKind::S3),
             PublisherSpec::Unsupported(s) => PublisherKind::parse(s),
         }
     }

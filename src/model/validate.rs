@@ -262,10 +262,16 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
                 );
             }
         }
-        if let Some(PublisherSpec::Unsupported(p)) = PublisherSpec::parse(&task.publisher)
-            && p.is_empty()
-        {
-            err(format!("{t}.Publisher.Type"), "is required".into());
+        match PublisherSpec::parse(&task.publisher) {
+            Some(PublisherSpec::Unsupported(p)) if p.is_empty() => {
+                err(format!("{t}.Publisher.Type"), "is required".into());
+            }
+            Some(PublisherSpec::S3(p)) => {
+                for (param, message) in p.problems() {
+                    err(format!("{t}.Publisher.Params.{param}"), message);
+                }
+            }
+            _ => {}
         }
         match &task.network.kind {
             NetworkType::Invalid(n) => {

@@ -60,6 +60,21 @@ pub(super) async fn build(
             .map_err(|e| NodeError::Backend(e.to_string()))?;
         backends = backends.with_source(Arc::new(url));
     }
+    #[cfg(feature = "storage-s3")]
+    {
+        use crate::publisher::s3::{S3Publisher, S3PublisherConfig};
+        use crate::storage::s3::{S3Source, S3SourceConfig};
+        let client = s3_client(config)?;
+        backends = backends
+            .with_source(Arc::new(S3Source::new(
+                client.clone(),
+                S3SourceConfig::default(),
+            )))
+            .with_publisher(Arc::new(S3Publisher::new(
+                client,
+                S3PublisherConfig::default(),
+            )));
+    }
     #[cfg(feature = "executor-oci")]
     if let Some(docker) = docker(config, store, node_id).await {
         backends = backends.with_executor(Arc::new(docker));
@@ -72,6 +87,38 @@ pub(super) async fn build(
         );
     }
     Ok((backends, server, url_base))
+}
+
+/// The S3 client of this node, shared by the s3 source, the s3 publisher and (on an orchestrator) result
+/// signing: the `S3` config section's credentials and defaults, and an HTTP client using the process's TLS
+/// provider (installed first thing in main).
+#[cfg(feature = "storage-s3")]
+pub(super) fn s3_client(config: &Resolved) -> Result<crate::s3::S3Client, NodeError> {
+    use crate::s3::{S3Client, S3Settings};
+    let s3 = &config.raw.s3;
+    let mut settings = S3Settings::new(
+        &s3.access_key_id,
+        s3.secret_access_key.expose(),
+        s3.session_token.expose(),
+    );
+    settings.default_region = s3.region.clone();
+    settings.default_endpoint = s3.endpoint.clone();
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("cod/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            NodeError::Backend(format!(
+                "building the S3 HTTP client failed ({}); install ca-certificates",
+                crate::errors::chain(&e)
+            ))
+        })?;
+    if !settings.has_credentials() {
+        tracing::info!(
+            "no S3 credentials configured; S3 requests are anonymous (public buckets only)"
+        );
+    }
+    Ok(S3Client::new(http, settings))
 }
 
 /// The `docker` engine, when this node can run containers: it needs root (cgroups, namespaces, mounts). A

@@ -245,11 +245,21 @@ pub async fn start(
         info.listen_addresses.clone_from(&listen_addresses);
         info
     });
+    #[cfg(feature = "storage-s3")]
+    let result_signer = match (&orchestrator, config.s3_presign_expiry) {
+        (Some(_), Some(expiry)) => Some(crate::s3::ResultSigner::new(
+            backends::s3_client(&config)?,
+            expiry,
+        )),
+        _ => None,
+    };
     let state = ApiState {
         orchestrator,
         compute,
         node_info,
         config: serde_json::to_value(raw).unwrap_or_default(),
+        #[cfg(feature = "storage-s3")]
+        result_signer,
     };
     let api_shutdown = shutdown.child_token();
     tasks.spawn(async move {

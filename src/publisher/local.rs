@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::future::Future;
-use std::io::{self, BufWriter};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -26,14 +26,13 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::tarball::pack;
 use super::{PublishTarget, Publisher, PublisherError};
 use crate::model::{PublisherKind, PublisherSpec, SourceKind, SpecConfig};
 
@@ -267,61 +266,8 @@ async fn serve_file(State(dir): State<Arc<PathBuf>>, UrlPath(name): UrlPath<Stri
         .into_response()
 }
 
-/// Packs `result_dir` into `tmp`, then renames it to `out`. Blocking.
-fn pack(result_dir: &Path, tmp: &Path, out: &Path, execution_id: &str) -> io::Result<()> {
-    if !fs::metadata(result_dir)?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "the result path is not a directory",
-        ));
-    }
-    let file = fs::File::create(tmp)?;
-    let mut builder =
-        tar::Builder::new(GzEncoder::new(BufWriter::new(file), Compression::default()));
-    builder.follow_symlinks(false);
-    append_tree(&mut builder, result_dir, Path::new(""), execution_id)?;
-    let file = builder
-        .into_inner()?
-        .finish()?
-        .into_inner()
-        .map_err(io::IntoInnerError::into_error)?;
-    // The rename publishes the tarball; it must not point at data still in the page cache when power fails.
-    file.sync_all()?;
-    fs::rename(tmp, out)
-}
-
-/// Appends the tree under `dir` with names relative to the result folder, in name order so that packing the
-/// same folder twice gives the same entry order.
-fn append_tree<W: io::Write>(
-    builder: &mut tar::Builder<W>,
-    dir: &Path,
-    rel: &Path,
-    execution_id: &str,
-) -> io::Result<()> {
-    let mut entries = fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
-    entries.sort_by_key(fs::DirEntry::file_name);
-    for entry in entries {
-        let path = entry.path();
-        let name = rel.join(entry.file_name());
-        // `DirEntry::file_type` does not follow symlinks.
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            builder.append_path_with_name(&path, &name)?;
-            append_tree(builder, &path, &name, execution_id)?;
-        } else if file_type.is_file() || file_type.is_symlink() {
-            builder.append_path_with_name(&path, &name)?;
-        } else {
-            // Sockets, FIFOs and devices have no content to publish, and the unpacker refuses them.
-            warn!(execution_id, entry = ?name, "skipping a special file in the result folder");
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -359,6 +305,7 @@ mod tests {
             execution_id: ExecutionId::generate(),
             job_id: JobId::generate(),
             node_id: NodeId::default(),
+            spec: PublisherSpec::Local,
         }
     }
 
@@ -524,48 +471,5 @@ mod tests {
         ] {
             assert!(!is_result_name(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn packs_relative_entries_in_order_without_following_symlinks() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let dir = result_dir(root.path());
-        std::os::unix::fs::symlink("/etc/passwd", dir.join("outputs/passwd")).expect("symlink");
-        let (tmp, out) = (root.path().join(".t"), root.path().join("e-1.tar.gz"));
-        pack(&dir, &tmp, &out, "e-1").expect("pack");
-        assert!(!tmp.exists());
-        let mut bytes = Vec::new();
-        fs::File::open(&out)
-            .expect("open")
-            .read_to_end(&mut bytes)
-            .expect("read");
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
-        let entries: Vec<(String, tar::EntryType)> = archive
-            .entries()
-            .expect("entries")
-            .map(|e| {
-                let e = e.expect("entry");
-                (
-                    e.path().expect("path").display().to_string(),
-                    e.header().entry_type(),
-                )
-            })
-            .collect();
-        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "exitCode",
-                "outputs",
-                "outputs/link",
-                "outputs/passwd",
-                "outputs/sub",
-                "outputs/sub/data.txt",
-                "stderr",
-                "stdout"
-            ]
-        );
-        // Stored as a link (whose target the unpacker will refuse), never as the host file's content.
-        assert_eq!(entries[3].1, tar::EntryType::Symlink);
     }
 }

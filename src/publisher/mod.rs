@@ -10,6 +10,9 @@ use crate::model::{ExecutionId, JobId, NodeId, PublisherKind, PublisherSpec, Spe
 
 pub mod local;
 pub mod noop;
+#[cfg(feature = "storage-s3")]
+pub mod s3;
+mod tarball;
 
 /// Which execution is being published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub struct PublishTarget {
     pub job_id: JobId,
     /// This node.
     pub node_id: NodeId,
+    /// The task's publisher spec (where the result goes, for publishers with parameters).
+    pub spec: PublisherSpec,
 }
 
 /// A result that could not be published.
@@ -66,6 +71,14 @@ pub enum PublisherError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Uploading the result failed.
+    #[error("uploading to {destination} failed: {reason}")]
+    Upload {
+        /// Where it was going (`s3://bucket/key`).
+        destination: String,
+        /// Why, and what to do.
+        reason: String,
     },
     /// The spec cannot be handled by this publisher.
     #[error("publisher {kind} cannot publish this result: {reason}")]

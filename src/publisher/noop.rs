@@ -47,6 +47,7 @@ mod tests {
             execution_id: ExecutionId::generate(),
             job_id: JobId::generate(),
             node_id: NodeId::default(),
+            spec: PublisherSpec::Noop,
         };
         let published = NoopPublisher
             .publish(&target, Path::new("/nonexistent"))

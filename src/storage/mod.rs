@@ -17,6 +17,8 @@ pub mod archive;
 mod filename;
 pub mod inline;
 pub mod local;
+#[cfg(feature = "storage-s3")]
+pub mod s3;
 #[cfg(feature = "storage-url")]
 pub mod url;
 
@@ -95,6 +97,34 @@ pub enum StorageError {
         expected: String,
         /// The checksum of what was received (hex).
         actual: String,
+    },
+    /// The spec's parameters cannot be used (a bad regex, checksum or endpoint).
+    #[error("input {what} cannot be used: {reason}")]
+    BadSpec {
+        /// Which input.
+        what: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// The bytes received do not have the checksum the spec asked for.
+    #[error(
+        "input {what} does not match its ChecksumSHA256: expected {expected}, got {actual} (base64); check the checksum and VersionID"
+    )]
+    ObjectChecksumMismatch {
+        /// Which input.
+        what: String,
+        /// The checksum asked for.
+        expected: String,
+        /// The checksum of what was received.
+        actual: String,
+    },
+    /// A listed object whose key would land outside the input directory.
+    #[error(
+        "object {what} has a key that would land outside the input directory (absolute, or with an empty, . or .. segment); rename it or exclude it with Filter"
+    )]
+    UnsafeKey {
+        /// The object.
+        what: String,
     },
     /// A backend could not be set up when the node started (not about any one input).
     #[error("the {backend} source cannot start: {reason}")]

@@ -16,3 +16,5 @@ mod hybrid;
 mod oci_pull;
 #[cfg(feature = "executor-oci")]
 mod registry;
+#[cfg(feature = "storage-s3")]
+mod s3;
