@@ -48,6 +48,9 @@ pub struct Config {
     /// LMDB.
     #[serde(rename = "Store")]
     pub store: StoreConfig,
+    /// The IPFS block store (`<DataDir>/ipfs`), shared by the node and `cod ipfs`.
+    #[serde(rename = "Ipfs")]
+    pub ipfs: IpfsConfig,
     /// S3 access: credentials and defaults shared by the s3 source, the s3 publisher and result signing.
     #[serde(rename = "S3")]
     pub s3: S3Config,
@@ -118,6 +121,25 @@ impl Default for S3PublisherConfig {
         Self {
             pre_signed_url_disabled: false,
             pre_signed_url_expiration: "30m".into(),
+        }
+    }
+}
+
+/// IPFS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IpfsConfig {
+    /// Disk budget of the block store; unpinned blocks are evicted (least recently used first) to stay
+    /// under it, pinned ones (what `cod ipfs add` added, published results) never are.
+    #[serde(rename = "StoreSize")]
+    pub store_size: String,
+}
+
+impl Default for IpfsConfig {
+    fn default() -> Self {
+        // Edge boards have 8-32 GB of flash shared with images and results.
+        Self {
+            store_size: "1GiB".into(),
         }
     }
 }
@@ -344,6 +366,7 @@ impl Default for Config {
             orchestrator: OrchestratorConfig::default(),
             compute: ComputeConfig::default(),
             store: StoreConfig::default(),
+            ipfs: IpfsConfig::default(),
             s3: S3Config::default(),
             publishers: PublishersConfig::default(),
         }
@@ -472,6 +495,9 @@ pub fn apply_env(
         applied.push((key, v.clone()));
         Some(v)
     };
+    if let Some(v) = take("COD_IPFS_STORE_SIZE") {
+        config.ipfs.store_size = v;
+    }
     if let Some(v) = take("COD_DATA_DIR") {
         config.data_dir = v.into();
     }
@@ -612,9 +638,16 @@ pub struct Resolved {
     pub result_cache_bytes: u64,
     /// Lifetime of pre-signed S3 result URLs; `None` when signing is disabled.
     pub s3_presign_expiry: Option<Duration>,
+    /// IPFS block store budget in bytes.
+    pub ipfs_store_bytes: u64,
 }
 
 impl Config {
+    /// The IPFS block store budget (`Ipfs.StoreSize`), for `cod ipfs`, which needs no other setting.
+    pub fn ipfs_store_bytes(&self) -> Result<u64, ConfigError> {
+        bytes("Ipfs.StoreSize", &self.ipfs.store_size)
+    }
+
     /// Checks every value and converts units; reports the first bad key.
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
         if !self.roles.orchestrator && !self.roles.compute {
@@ -749,6 +782,7 @@ impl Config {
             input_cache_bytes: bytes("Compute.InputCacheSize", &c.input_cache_size)?,
             result_cache_bytes: bytes("Compute.ResultCacheSize", &c.result_cache_size)?,
             s3_presign_expiry,
+            ipfs_store_bytes: self.ipfs_store_bytes()?,
         })
     }
 }

