@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use cid::Cid;
 
-use super::Block;
+use super::{Block, BlockError};
 
 /// A store that failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,63 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     /// The block's size, if held (bitswap's `HAVE` answers and DAG sizes need no bytes).
     fn size(&self, cid: &Cid) -> Result<Option<u64>, BlockStoreError> {
         Ok(self.get(cid)?.map(|b| b.len() as u64))
+    }
+}
+
+/// Why a block could not be had from a [`BlockSource`].
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No source that was asked has the block (not in the local store, no peer or gateway answered).
+    #[error("block {cid} is unavailable: {reason}")]
+    Unavailable {
+        /// The block asked for.
+        cid: Cid,
+        /// Where it was looked for, and what to do about it.
+        reason: String,
+    },
+    /// The store behind the source failed.
+    #[error("reading a block from the store failed")]
+    Store(#[source] BlockStoreError),
+    /// A block arrived but was refused (wrong hash, too large, unknown hash function).
+    #[error("a fetched block was refused")]
+    Invalid(#[source] BlockError),
+}
+
+/// Where the exporter (and anything else that walks a DAG) gets blocks: the local store, or a network
+/// fetcher (bitswap, a trustless gateway) that verifies what it receives and may keep it in a store.
+///
+/// Async because a network source waits on peers; every returned block matches its CID (sources verify
+/// before returning, stores hold only verified blocks).
+#[async_trait]
+pub trait BlockSource: Send + Sync + fmt::Debug {
+    /// The block's bytes.
+    async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError>;
+}
+
+/// Any [`BlockStore`] as a [`BlockSource`] that answers from the store only (no network): a block that is
+/// not held is [`FetchError::Unavailable`].
+#[derive(Debug, Clone)]
+pub struct LocalSource<S>(pub S);
+
+#[async_trait]
+impl<S> BlockSource for LocalSource<S>
+where
+    S: std::ops::Deref + Send + Sync + fmt::Debug,
+    S::Target: BlockStore,
+{
+    async fn block(&self, cid: &Cid) -> Result<Bytes, FetchError> {
+        // Identity CIDs carry their bytes; no store holds them (Kubo does not either).
+        if cid.hash().code() == super::IDENTITY {
+            return Ok(Bytes::copy_from_slice(cid.hash().digest()));
+        }
+        match self.0.get(cid).map_err(FetchError::Store)? {
+            Some(data) => Ok(data),
+            None => Err(FetchError::Unavailable {
+                cid: *cid,
+                reason: "not in the local store; add it with `cod ipfs add` or fetch it from the network"
+                    .to_owned(),
+            }),
+        }
     }
 }
 

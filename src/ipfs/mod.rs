@@ -8,10 +8,17 @@
 //! - [`dagpb`]: the dag-pb node (`PBNode`/`PBLink`) and the UnixFS `Data` message inside it.
 //! - [`car`]: CAR v1 read and write.
 //! - [`blocks`]: the [`BlockStore`] trait every store implements, and an in-memory one.
+//! - [`bitswap`]: the bitswap protocol on the node's swarm (client, server, DAG sessions).
+//! - [`gateway`]: trustless gateway and Kubo RPC clients; [`fetch`]: the [`fetch::Fetcher`] that tries
+//!   the local store, bitswap peers, gateways and Kubo RPC in turn.
 
+pub mod bitswap;
 pub mod blocks;
 pub mod car;
 pub mod dagpb;
+pub mod fetch;
+pub mod gateway;
+pub mod gateway_server;
 pub mod pb;
 
 pub use blocks::{BlockStore, BlockStoreError, MemoryBlockStore};
@@ -102,6 +109,12 @@ impl Block {
         } else {
             Cid::new_v1(codec, mh)
         };
+        Block { cid, data }
+    }
+
+    /// Wraps bytes read back from a [`BlockStore`] without hashing them again: stores only ever hold blocks
+    /// that were verified (or made) on the way in, and serving a 256 KiB block should not cost a hash.
+    pub fn from_store(cid: Cid, data: Bytes) -> Block {
         Block { cid, data }
     }
 

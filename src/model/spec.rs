@@ -212,6 +212,13 @@ pub enum InputSpec {
         /// The URL.
         url: String,
     },
+    /// An IPFS CID (Bacalhau's `ipfs` source), optionally a path inside its DAG (a Cod extension).
+    Ipfs {
+        /// The CID as written (parsed by the source).
+        cid: String,
+        /// `a/b.txt` inside the DAG, or empty for the whole DAG.
+        path: String,
+    },
     /// A source type this build has no backend for (named in the bid rejection).
     Unsupported(String),
 }
@@ -220,6 +227,14 @@ pub enum InputSpec {
 struct UrlParams {
     #[serde(rename = "URL", default)]
     url: String,
+}
+
+#[derive(Deserialize)]
+struct IpfsParams {
+    #[serde(rename = "CID", default)]
+    cid: String,
+    #[serde(rename = "Path", default)]
+    path: String,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +252,7 @@ impl InputSpec {
             InputSpec::Inline { .. } => Some(SourceKind::Inline),
             InputSpec::Local { .. } => Some(SourceKind::Local),
             InputSpec::UrlDownload { .. } => Some(SourceKind::UrlDownload),
+            InputSpec::Ipfs { .. } => Some(SourceKind::Ipfs),
             InputSpec::Unsupported(s) => SourceKind::parse(s),
         }
     }
@@ -283,6 +299,21 @@ impl InputSpec {
                 }
                 Ok(InputSpec::UrlDownload { url: p.url })
             }
+            Some(SourceKind::Ipfs) => {
+                let p: IpfsParams = ci::from_value(params).map_err(bad)?;
+                let cid = p
+                    .cid
+                    .trim()
+                    .trim_start_matches("ipfs://")
+                    .trim_start_matches("/ipfs/");
+                if cid.is_empty() {
+                    return Err(required("CID"));
+                }
+                Ok(InputSpec::Ipfs {
+                    cid: cid.to_owned(),
+                    path: p.path.trim_matches('/').to_owned(),
+                })
+            }
             Some(SourceKind::Local) => {
                 let p: LocalParams = ci::from_value(params).map_err(bad)?;
                 if p.source_path.is_empty() {
@@ -325,6 +356,8 @@ pub enum PublisherSpec {
     Local,
     /// `noop`.
     Noop,
+    /// `ipfs`: the result folder as a UnixFS DAG, served by this node.
+    Ipfs,
     /// A publisher type this build has no backend for.
     Unsupported(String),
 }
@@ -338,6 +371,7 @@ impl PublisherSpec {
         Some(match PublisherKind::parse(&spec.kind) {
             Some(PublisherKind::Local) => PublisherSpec::Local,
             Some(PublisherKind::Noop) => PublisherSpec::Noop,
+            Some(PublisherKind::Ipfs) => PublisherSpec::Ipfs,
             _ => PublisherSpec::Unsupported(spec.kind.trim().to_owned()),
         })
     }
@@ -346,6 +380,7 @@ impl PublisherSpec {
         match self {
             PublisherSpec::Local => Some(PublisherKind::Local),
             PublisherSpec::Noop => Some(PublisherKind::Noop),
+            PublisherSpec::Ipfs => Some(PublisherKind::Ipfs),
             PublisherSpec::Unsupported(s) => PublisherKind::parse(s),
         }
     }

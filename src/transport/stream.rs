@@ -1,0 +1,144 @@
+//! Raw protocol streams on the node's swarm, for protocols that bring their own framing (bitswap).
+//!
+//! A thin wrapper over `libp2p-stream`: [`Streams`] opens outbound streams and registers inbound protocols,
+//! [`PeerStream`] is one negotiated stream (futures `AsyncRead + AsyncWrite`). Peers are named by [`NodeId`],
+//! so no libp2p type leaves the transport.
+//!
+//! Bounds: libp2p-stream hands inbound streams over a channel with a single slot and drops a stream when the
+//! slot is taken, so whoever accepts must drain [`IncomingStreams`] promptly and push the work elsewhere.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{AsyncRead, AsyncWrite, Stream, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+
+use super::TransportError;
+use crate::model::NodeId;
+
+/// Opens and accepts raw protocol streams. Cheap to clone; each clone has its own backpressure slot.
+#[derive(Clone)]
+pub struct Streams {
+    /// libp2p-stream's handle to its behaviour inside the swarm.
+    control: libp2p_stream::Control,
+}
+
+/// One negotiated stream to or from a peer.
+pub struct PeerStream {
+    inner: libp2p::Stream,
+}
+
+/// Inbound streams of one protocol, with the peer that opened each.
+pub struct IncomingStreams {
+    inner: libp2p_stream::IncomingStreams,
+}
+
+// === impl Streams ===
+
+impl Streams {
+    pub(super) fn new(control: libp2p_stream::Control) -> Self {
+        Self { control }
+    }
+
+    /// Opens a stream to `peer` speaking `protocol`, dialling the peer if it is not connected and its address
+    /// is known. Cancel-safe: a stream opened after the caller gave up is dropped (closed).
+    pub async fn open(
+        &self,
+        peer: &NodeId,
+        protocol: &'static str,
+    ) -> Result<PeerStream, TransportError> {
+        let peer_id = parse_peer(peer)?;
+        let mut control = self.control.clone();
+        control
+            .open_stream(peer_id, StreamProtocol::new(protocol))
+            .await
+            .map(|inner| PeerStream { inner })
+            .map_err(|e| TransportError::RequestFailed {
+                peer: peer.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Accepts inbound streams of `protocol` (advertised to peers from now on). Fails if the protocol is
+    /// already being accepted: only one consumer may own a protocol.
+    pub fn accept(&self, protocol: &'static str) -> Result<IncomingStreams, TransportError> {
+        let mut control = self.control.clone();
+        control
+            .accept(StreamProtocol::new(protocol))
+            .map(|inner| IncomingStreams { inner })
+            .map_err(|_| TransportError::Listen {
+                addr: protocol.to_owned(),
+                reason: "the protocol is already accepted by another component".into(),
+            })
+    }
+}
+
+fn parse_peer(peer: &NodeId) -> Result<PeerId, TransportError> {
+    peer.as_str()
+        .parse::<PeerId>()
+        .map_err(|e| TransportError::BadAddress {
+            addr: peer.to_string(),
+            reason: format!("not a peer id: {e}"),
+        })
+}
+
+impl fmt::Debug for Streams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streams").finish_non_exhaustive()
+    }
+}
+
+// === impl IncomingStreams ===
+
+impl Stream for IncomingStreams {
+    type Item = (NodeId, PeerStream);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx).map(|next| {
+            next.map(|(peer, inner)| (NodeId::from(peer.to_string()), PeerStream { inner }))
+        })
+    }
+}
+
+impl fmt::Debug for IncomingStreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingStreams").finish_non_exhaustive()
+    }
+}
+
+// === impl PeerStream ===
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+impl fmt::Debug for PeerStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerStream").finish_non_exhaustive()
+    }
+}
