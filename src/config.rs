@@ -48,6 +48,28 @@ pub struct Config {
     /// LMDB.
     #[serde(rename = "Store")]
     pub store: StoreConfig,
+    /// The IPFS block store (`<DataDir>/ipfs`), shared by the node and `cod ipfs`.
+    #[serde(rename = "Ipfs")]
+    pub ipfs: IpfsConfig,
+}
+
+/// IPFS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IpfsConfig {
+    /// Disk budget of the block store; unpinned blocks are evicted (least recently used first) to stay
+    /// under it, pinned ones (what `cod ipfs add` added, published results) never are.
+    #[serde(rename = "StoreSize")]
+    pub store_size: String,
+}
+
+impl Default for IpfsConfig {
+    fn default() -> Self {
+        // Edge boards have 8-32 GB of flash shared with images and results.
+        Self {
+            store_size: "1GiB".into(),
+        }
+    }
 }
 
 /// REST API settings.
@@ -265,6 +287,7 @@ impl Default for Config {
             orchestrator: OrchestratorConfig::default(),
             compute: ComputeConfig::default(),
             store: StoreConfig::default(),
+            ipfs: IpfsConfig::default(),
         }
     }
 }
@@ -388,6 +411,9 @@ pub fn apply_env(
         applied.push((key, v.clone()));
         Some(v)
     };
+    if let Some(v) = take("COD_IPFS_STORE_SIZE") {
+        config.ipfs.store_size = v;
+    }
     if let Some(v) = take("COD_DATA_DIR") {
         config.data_dir = v.into();
     }
@@ -475,9 +501,16 @@ pub struct Resolved {
     pub name: String,
     /// Image cache budget in bytes.
     pub image_cache_bytes: u64,
+    /// IPFS block store budget in bytes.
+    pub ipfs_store_bytes: u64,
 }
 
 impl Config {
+    /// The IPFS block store budget (`Ipfs.StoreSize`), for `cod ipfs`, which needs no other setting.
+    pub fn ipfs_store_bytes(&self) -> Result<u64, ConfigError> {
+        bytes("Ipfs.StoreSize", &self.ipfs.store_size)
+    }
+
     /// Checks every value and converts units; reports the first bad key.
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
         if !self.roles.orchestrator && !self.roles.compute {
@@ -576,6 +609,7 @@ impl Config {
             },
             name,
             image_cache_bytes: bytes("Compute.Docker.ImageCacheSize", &c.docker.image_cache_size)?,
+            ipfs_store_bytes: self.ipfs_store_bytes()?,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The `cod` command line: the argh command tree and its dispatcher.
 //!
-//! Every command except `serve` is a client of a running node's HTTP API (Bacalhau's `/api/v1` shapes) and
+//! Every command except `serve` and `ipfs` (see `ipfs.rs`) is a client of a running node's HTTP API (Bacalhau's `/api/v1` shapes) and
 //! never opens the store, as garage's CLI does. Results go to stdout, diagnostics to stderr. Errors are
 //! `anyhow` with context naming the job, node or path; `main` prints the chain once. A failed *job* is not an
 //! error of the CLI: it is reported as [`Outcome::JobFailed`], which `main` maps to its own exit code.
@@ -18,6 +18,8 @@ pub mod client;
 pub mod docker;
 pub mod docs;
 pub mod input;
+#[cfg(feature = "ipfs")]
+pub mod ipfs;
 pub mod job;
 pub mod node;
 pub mod output;
@@ -72,6 +74,9 @@ pub enum Command {
     Completions(docs::CompletionsArgs),
     /// `cod man`
     Man(docs::ManArgs),
+    /// `cod ipfs …`
+    #[cfg(feature = "ipfs")]
+    Ipfs(ipfs::IpfsArgs),
 }
 
 /// How a command ended when it did not fail itself.
@@ -154,6 +159,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             .map(|()| Outcome::Success),
         Command::Completions(args) => docs::completions(args).map(|()| Outcome::Success),
         Command::Man(args) => docs::man(args).map(|()| Outcome::Success),
+        #[cfg(feature = "ipfs")]
+        Command::Ipfs(args) => ipfs::run(args).await.map(|()| Outcome::Success),
     }
 }
 

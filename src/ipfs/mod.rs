@@ -7,10 +7,14 @@
 //! - [`pb`]: the few protobuf wire primitives dag-pb and UnixFS need (no codegen, no protobuf crate).
 //! - [`dagpb`]: the dag-pb node (`PBNode`/`PBLink`) and the UnixFS `Data` message inside it.
 //! - [`car`]: CAR v1 read and write.
-//! - [`blocks`]: the [`BlockStore`] trait every store implements, and an in-memory one.
+//! - [`blocks`]: the [`BlockStore`] trait every store implements, and an in-memory one; the [`BlockSource`]
+//!   trait the exporter reads through (local store or network).
+//! - [`store`]: the node's block store on disk (files + LMDB index, budget, LRU, pins).
+//! - [`unixfs`]: the importer (Kubo's CIDs) and the exporter (`cat`, `get`).
 //! - [`bitswap`]: the bitswap protocol on the node's swarm (client, server, DAG sessions).
 //! - [`gateway`]: trustless gateway and Kubo RPC clients; [`fetch`]: the [`fetch::Fetcher`] that tries
-//!   the local store, bitswap peers, gateways and Kubo RPC in turn.
+//!   the local store, bitswap peers, gateways and Kubo RPC in turn; [`gateway_server`]: the trustless
+//!   gateway this node serves.
 
 pub mod bitswap;
 pub mod blocks;
@@ -20,8 +24,12 @@ pub mod fetch;
 pub mod gateway;
 pub mod gateway_server;
 pub mod pb;
+pub mod store;
+pub mod unixfs;
 
-pub use blocks::{BlockStore, BlockStoreError, MemoryBlockStore};
+pub use blocks::{
+    BlockSource, BlockStore, BlockStoreError, FetchError, LocalSource, MemoryBlockStore,
+};
 pub use cid::Cid;
 
 use bytes::Bytes;

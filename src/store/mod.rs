@@ -188,6 +188,15 @@ impl Store {
         f(&ReadTxn { txn: &txn })
     }
 
+    /// [`Store::write`] for code already on a blocking thread (the IPFS block store, whose callers are
+    /// synchronous).
+    pub fn write_sync<R>(
+        &self,
+        f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        Self::write_blocking(&self.env, f)
+    }
+
     fn write_blocking<R>(
         env: &Env<WithoutTls>,
         f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,

@@ -11,6 +11,8 @@ mod durability;
 mod fixtures;
 mod harness;
 mod hybrid;
+#[cfg(feature = "ipfs")]
+mod ipfs_cids;
 #[cfg(feature = "executor-oci")]
 mod oci_pull;
 #[cfg(feature = "executor-oci")]

@@ -1,0 +1,247 @@
+//! Files as Kubo lays them out: fixed-size leaves under a balanced tree of at most `max_links` links per
+//! node (boxo's `importer/balanced`).
+//!
+//! boxo builds the tree top-down and grows it by one level each time it fills up; the result is the same
+//! as filling it bottom-up from the left, which is what [`FileBuilder`] does while the data streams past:
+//! it keeps one list of pending links per level (at most `max_links` each), and a list is turned into a
+//! node only when the next link for it arrives and it is full, or at the end. So a file of any size needs
+//! `depth × max_links` links of memory plus one chunk, never the file.
+//!
+//! Byte-exact details (they decide the CIDs):
+//! - a file of one chunk is that leaf alone, not wrapped (with raw leaves the root is a raw block);
+//! - the empty file is a leaf with no data (`Data{File, filesize 0}`), or an empty raw block;
+//! - inner nodes carry `Data{File, filesize, blocksizes}` with no inline data, and links with an empty
+//!   name and the child's Tsize (its block plus everything under it); a raw leaf's Tsize is its length.
+
+use bytes::Bytes;
+use cid::Cid;
+
+use super::{ImportError, ImportOptions};
+use crate::ipfs::dagpb::{DataType, PbLink, PbNode, UnixfsData};
+use crate::ipfs::{Block, BlockStore, DAG_PB, RAW};
+
+/// A built node as its parent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Child {
+    /// The node.
+    pub cid: Cid,
+    /// Cumulative DAG size (the link's Tsize).
+    pub tsize: u64,
+    /// File bytes under it (the parent's `blocksizes` entry).
+    pub filesize: u64,
+}
+
+/// Builds one file's DAG from chunks fed in order.
+#[derive(Debug)]
+pub struct FileBuilder<'a> {
+    store: &'a dyn BlockStore,
+    options: &'a ImportOptions,
+    /// `levels[k]`: links waiting for a node at height k+1 (level 0 holds leaves).
+    levels: Vec<Vec<Child>>,
+    /// Whether any chunk came (an empty file still gets a leaf).
+    any: bool,
+}
+
+impl<'a> FileBuilder<'a> {
+    /// A builder writing blocks to `store`.
+    pub fn new(store: &'a dyn BlockStore, options: &'a ImportOptions) -> Self {
+        FileBuilder {
+            store,
+            options,
+            levels: Vec::new(),
+            any: false,
+        }
+    }
+
+    /// Adds the next chunk.
+    pub fn push_chunk(&mut self, chunk: Vec<u8>) -> Result<(), ImportError> {
+        self.any = true;
+        let leaf = self.leaf(chunk)?;
+        self.add(0, leaf)
+    }
+
+    /// Adds a leaf that was already built and stored (by a parallel hasher), in file order.
+    pub fn push_leaf(&mut self, leaf: Child) -> Result<(), ImportError> {
+        self.any = true;
+        self.add(0, leaf)
+    }
+
+    /// Closes every level and returns the root.
+    pub fn finish(mut self) -> Result<Child, ImportError> {
+        if !self.any {
+            return self.leaf(Vec::new());
+        }
+        let mut level = 0;
+        while level < self.levels.len() {
+            let pending = std::mem::take(&mut self.levels[level]);
+            let top = level + 1 == self.levels.len();
+            if top && level == 0 && pending.len() == 1 {
+                // One chunk: the leaf is the file.
+                return Ok(pending[0]);
+            }
+            let node = self.inner(&pending)?;
+            if top {
+                return Ok(node);
+            }
+            // May overflow the next level, which then grows a new top: the loop bound is re-read.
+            self.add(level + 1, node)?;
+            level += 1;
+        }
+        unreachable!("a builder that saw a chunk has at least one level")
+    }
+
+    fn add(&mut self, level: usize, child: Child) -> Result<(), ImportError> {
+        if self.levels.len() == level {
+            self.levels.push(Vec::with_capacity(self.options.max_links));
+        }
+        if self.levels[level].len() == self.options.max_links {
+            let full = std::mem::replace(
+                &mut self.levels[level],
+                Vec::with_capacity(self.options.max_links),
+            );
+            let node = self.inner(&full)?;
+            self.add(level + 1, node)?;
+        }
+        self.levels[level].push(child);
+        Ok(())
+    }
+
+    /// Builds and stores a leaf from one chunk.
+    pub fn leaf(&self, chunk: Vec<u8>) -> Result<Child, ImportError> {
+        let child = leaf_block(chunk, self.options);
+        self.store.put(&child.1).map_err(ImportError::Store)?;
+        Ok(child.0)
+    }
+
+    fn inner(&self, children: &[Child]) -> Result<Child, ImportError> {
+        let mut data = UnixfsData::new(DataType::File);
+        data.blocksizes = children.iter().map(|c| c.filesize).collect();
+        let filesize = data.blocksizes.iter().sum();
+        data.filesize = Some(filesize);
+        let node = PbNode {
+            links: children
+                .iter()
+                .map(|c| PbLink {
+                    hash: c.cid,
+                    name: Some(String::new()),
+                    tsize: Some(c.tsize),
+                })
+                .collect(),
+            data: Some(Bytes::from(data.encode())),
+        };
+        let bytes = Bytes::from(node.encode());
+        let tsize = bytes.len() as u64 + children.iter().map(|c| c.tsize).sum::<u64>();
+        let block = Block::new(DAG_PB, bytes, self.options.cid_version == 0);
+        self.store.put(&block).map_err(ImportError::Store)?;
+        Ok(Child {
+            cid: *block.cid(),
+            tsize,
+            filesize,
+        })
+    }
+}
+
+/// The leaf block for a chunk (pure, so it can run on any thread).
+pub fn leaf_block(chunk: Vec<u8>, options: &ImportOptions) -> (Child, Block) {
+    let filesize = chunk.len() as u64;
+    if options.raw_leaves {
+        let block = Block::new(RAW, Bytes::from(chunk), false);
+        return (
+            Child {
+                cid: *block.cid(),
+                tsize: filesize,
+                filesize,
+            },
+            block,
+        );
+    }
+    let mut data = UnixfsData::new(DataType::File);
+    data.filesize = Some(filesize);
+    if !chunk.is_empty() {
+        data.data = Some(Bytes::from(chunk));
+    }
+    let bytes = Bytes::from(
+        PbNode {
+            links: Vec::new(),
+            data: Some(Bytes::from(data.encode())),
+        }
+        .encode(),
+    );
+    let tsize = bytes.len() as u64;
+    let block = Block::new(DAG_PB, bytes, options.cid_version == 0);
+    (
+        Child {
+            cid: *block.cid(),
+            tsize,
+            filesize,
+        },
+        block,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipfs::MemoryBlockStore;
+
+    fn shape(chunks: usize, max_links: usize) -> (Vec<usize>, usize) {
+        // Returns the link counts of the root's subtrees along the rightmost path and the depth.
+        let store = MemoryBlockStore::new();
+        let options = ImportOptions {
+            max_links,
+            raw_leaves: true,
+            cid_version: 1,
+            ..ImportOptions::default()
+        };
+        let mut b = FileBuilder::new(&store, &options);
+        for i in 0..chunks {
+            b.push_chunk(vec![u8::try_from(i % 251).expect("small")])
+                .expect("push");
+        }
+        let root = b.finish().expect("finish");
+        assert_eq!(root.filesize, chunks as u64);
+        let mut counts = Vec::new();
+        let mut cid = root.cid;
+        while cid.codec() == DAG_PB {
+            let block = store.get(&cid).expect("get").expect("held");
+            let node = PbNode::decode(&block).expect("decode");
+            counts.push(node.links.len());
+            cid = node.links.last().expect("links").hash;
+        }
+        let depth = counts.len();
+        (counts, depth)
+    }
+
+    #[test]
+    fn tree_grows_a_level_only_past_a_full_one() {
+        assert_eq!(shape(1, 3), (vec![], 0));
+        assert_eq!(shape(3, 3), (vec![3], 1));
+        assert_eq!(shape(4, 3), (vec![2, 1], 2));
+        assert_eq!(shape(9, 3), (vec![3, 3], 2));
+        // One past a full depth-2 tree: a depth-3 root whose second child holds a chain down to one leaf.
+        assert_eq!(shape(10, 3), (vec![2, 1, 1], 3));
+        assert_eq!(shape(12, 3), (vec![2, 1, 3], 3));
+    }
+
+    #[test]
+    fn blocksizes_and_tsizes_add_up() {
+        let store = MemoryBlockStore::new();
+        let options = ImportOptions {
+            max_links: 2,
+            chunk_size: 4,
+            ..ImportOptions::default()
+        };
+        let mut b = FileBuilder::new(&store, &options);
+        for c in [vec![1u8; 4], vec![2; 4], vec![3; 2]] {
+            b.push_chunk(c).expect("push");
+        }
+        let root = b.finish().expect("finish");
+        let block = store.get(&root.cid).expect("get").expect("held");
+        let node = PbNode::decode(&block).expect("decode");
+        let data = UnixfsData::decode(node.data.as_ref().expect("data")).expect("unixfs");
+        assert_eq!(data.filesize, Some(10));
+        assert_eq!(data.blocksizes, vec![8, 2]);
+        let links: u64 = node.links.iter().map(|l| l.tsize.expect("tsize")).sum();
+        assert_eq!(root.tsize, block.len() as u64 + links);
+    }
+}
