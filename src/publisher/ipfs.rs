@@ -1,0 +1,178 @@
+//! The `ipfs` publisher: the result folder (`stdout`, `stderr`, `exitCode`, one folder per ResultPath) is
+//! imported as a UnixFS DAG with Kubo's defaults (so Kubo computes the same CID), stored and pinned in the
+//! node's block store, and from then on served to anyone who asks by CID: IPFS peers over bitswap, HTTP
+//! clients through the trustless gateway. With a Kubo RPC endpoint configured the DAG is also pushed there
+//! (`/api/v0/dag/import`), so results outlive this node.
+//!
+//! The published result is Bacalhau's `{Type: ipfs, Params: {CID}}`; when this node serves a gateway it adds
+//! `Params.Gateway` (its base URL), which `cod job get` uses and Bacalhau ignores.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use super::{PublishTarget, Publisher, PublisherError};
+use crate::ipfs::car::CarWriter;
+use crate::ipfs::store::DiskBlockStore;
+use crate::ipfs::unixfs::{ImportOptions, import_path};
+use crate::ipfs::{BlockStore, Cid, DAG_PB};
+use crate::model::{PublisherKind, PublisherSpec, SpecConfig};
+
+/// Publishes results into the node's block store; see the module docs.
+#[derive(Debug, Clone)]
+pub struct IpfsPublisher {
+    /// Where results are imported and pinned.
+    store: Arc<DiskBlockStore>,
+    /// This node's gateway base URL, put in results so clients know where to fetch.
+    gateway: Option<String>,
+    /// Kubo RPC to push results to.
+    kubo: Option<(reqwest::Client, reqwest::Url)>,
+}
+
+impl IpfsPublisher {
+    /// A publisher into `store`; results name `gateway` when given and are pushed to `kubo` when given.
+    pub fn new(
+        store: Arc<DiskBlockStore>,
+        gateway: Option<String>,
+        kubo: Option<(reqwest::Client, reqwest::Url)>,
+    ) -> Self {
+        Self {
+            store,
+            gateway,
+            kubo,
+        }
+    }
+
+    /// Sends the DAG under `root` to Kubo's `dag/import` as a CAR.
+    async fn push(&self, root: Cid) -> Result<(), PublisherError> {
+        let Some((http, base)) = &self.kubo else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let car = tokio::task::spawn_blocking(move || car_of(&*store, root))
+            .await
+            .map_err(|e| push_error(base, e.to_string()))?
+            .map_err(|e| push_error(base, e))?;
+        // Kubo's RPC takes files as multipart/form-data; one part is all dag/import needs.
+        let boundary = format!("cod-{}", uuid::Uuid::new_v4().simple());
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"result.car\"\r\n\
+             Content-Type: application/vnd.ipld.car\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&car);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut url = base.clone();
+        url.set_path(&format!(
+            "{}/api/v0/dag/import",
+            base.path().trim_end_matches('/')
+        ));
+        url.set_query(Some("pin-roots=true"));
+        let response = http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| push_error(base, crate::errors::chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(push_error(
+                base,
+                format!("it answered {}", response.status()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn push_error(base: &reqwest::Url, reason: String) -> PublisherError {
+    PublisherError::Unsupported {
+        kind: PublisherKind::Ipfs.as_str(),
+        reason: format!(
+            "pushing the result to Kubo RPC {base} failed: {reason}; check Ipfs.KuboRpc"
+        ),
+    }
+}
+
+/// The DAG under `root` as CAR bytes (results are small: stdout/stderr are capped).
+fn car_of(store: &dyn BlockStore, root: Cid) -> Result<Vec<u8>, String> {
+    let mut car = CarWriter::new(Vec::new(), &[root]).map_err(|e| e.to_string())?;
+    let mut stack = vec![root];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(cid) = stack.pop() {
+        if !seen.insert(cid) {
+            continue;
+        }
+        let data = store
+            .get(&cid)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("block {cid} of the result is missing"))?;
+        car.write(&cid, &data).map_err(|e| e.to_string())?;
+        if cid.codec() == DAG_PB {
+            let node = crate::ipfs::dagpb::PbNode::decode(&data).map_err(|e| e.to_string())?;
+            stack.extend(node.links.into_iter().rev().map(|l| l.hash));
+        }
+    }
+    car.finish().map_err(|e| e.to_string())
+}
+
+#[async_trait]
+impl Publisher for IpfsPublisher {
+    fn kind(&self) -> PublisherKind {
+        PublisherKind::Ipfs
+    }
+
+    fn validate(&self, spec: &PublisherSpec) -> Result<(), PublisherError> {
+        match spec {
+            PublisherSpec::Ipfs => Ok(()),
+            other => Err(PublisherError::Unsupported {
+                kind: PublisherKind::Ipfs.as_str(),
+                reason: format!("the task asks for the {} publisher", other.type_name()),
+            }),
+        }
+    }
+
+    async fn publish(
+        &self,
+        target: &PublishTarget,
+        result_dir: &Path,
+    ) -> Result<SpecConfig, PublisherError> {
+        let store = self.store.clone();
+        let dir = result_dir.to_owned();
+        let name = format!("result of {}", target.execution_id);
+        let execution_id = target.execution_id.clone();
+        // Hashing and writing blocks is CPU and disk work; keep it off the runtime.
+        let root = tokio::task::spawn_blocking(move || {
+            let batch = store.batch();
+            let root = import_path(&batch, &dir, &ImportOptions::default())
+                .map_err(|e| crate::errors::chain(&e))?;
+            batch
+                .commit(Some((&root.cid, &name)))
+                .map_err(|e| crate::errors::chain(&e))?;
+            Ok::<_, String>(root.cid)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|reason| PublisherError::Pack {
+            execution_id,
+            dir: result_dir.to_owned(),
+            source: std::io::Error::other(reason),
+        })?;
+        self.push(root).await?;
+        let mut params = Map::new();
+        params.insert("CID".into(), Value::String(root.to_string()));
+        if let Some(gateway) = &self.gateway {
+            params.insert("Gateway".into(), Value::String(gateway.clone()));
+        }
+        Ok(SpecConfig {
+            kind: PublisherKind::Ipfs.as_str().to_owned(),
+            params,
+        })
+    }
+}
