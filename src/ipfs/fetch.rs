@@ -109,6 +109,22 @@ impl Fetcher {
         })
     }
 
+    /// Stores a fetched (verified) block off the runtime and returns its bytes.
+    async fn keep(&self, block: super::Block) -> Result<Bytes, FetchError> {
+        let data = block.data().clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put(&block))
+            .await
+            .map_err(|e| {
+                FetchError::Store(super::BlockStoreError::Backend {
+                    op: "put",
+                    reason: e.to_string(),
+                })
+            })?
+            .map_err(FetchError::Store)?;
+        Ok(data)
+    }
+
     /// The first block under `root` that the store lacks, if any.
     async fn missing(&self, root: Cid) -> Result<Option<Cid>, FetchError> {
         let store = self.store.clone();
@@ -176,11 +192,7 @@ impl BlockSource for Fetcher {
                     .want(peer, cid, WantType::Block, self.session.want_timeout)
                     .await
                 {
-                    Ok(Some(block)) => {
-                        let data = block.data().clone();
-                        self.store.put(&block).map_err(FetchError::Store)?;
-                        return Ok(data);
-                    }
+                    Ok(Some(block)) => return self.keep(block).await,
                     Ok(None) => tried.push(format!("peer {peer} answered HAVE without the block")),
                     Err(e) => tried.push(e.to_string()),
                 }
@@ -188,11 +200,7 @@ impl BlockSource for Fetcher {
         }
         for source in &self.http {
             match source.fetch_raw(cid).await {
-                Ok(block) => {
-                    let data = block.data().clone();
-                    self.store.put(&block).map_err(FetchError::Store)?;
-                    return Ok(data);
-                }
+                Ok(block) => return self.keep(block).await,
                 Err(e) => tried.push(e.to_string()),
             }
         }
