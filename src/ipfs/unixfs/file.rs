@@ -155,18 +155,7 @@ pub fn leaf_block(chunk: Vec<u8>, options: &ImportOptions) -> (Child, Block) {
             block,
         );
     }
-    let mut data = UnixfsData::new(DataType::File);
-    data.filesize = Some(filesize);
-    if !chunk.is_empty() {
-        data.data = Some(Bytes::from(chunk));
-    }
-    let bytes = Bytes::from(
-        PbNode {
-            links: Vec::new(),
-            data: Some(Bytes::from(data.encode())),
-        }
-        .encode(),
-    );
+    let bytes = Bytes::from(file_leaf_bytes(&chunk));
     let tsize = bytes.len() as u64;
     let block = Block::new(DAG_PB, bytes, options.cid_version == 0);
     (
@@ -179,10 +168,52 @@ pub fn leaf_block(chunk: Vec<u8>, options: &ImportOptions) -> (Child, Block) {
     )
 }
 
+/// The dag-pb bytes of a UnixFS file leaf holding `chunk`, written in one pass with one copy of the data
+/// (the generic encoders would copy it twice: into the UnixFS message, then into the node). Same bytes as
+/// `PbNode { data: UnixfsData { File, data, filesize } }` (a test checks it).
+fn file_leaf_bytes(chunk: &[u8]) -> Vec<u8> {
+    use crate::ipfs::pb;
+    let len = chunk.len() as u64;
+    let mut unixfs_header = Vec::with_capacity(16);
+    pb::put_varint_field(&mut unixfs_header, 1, 2); // Type = File
+    if !chunk.is_empty() {
+        pb::put_key(&mut unixfs_header, 2, 2); // Data, length-delimited
+        pb::put_uvarint(&mut unixfs_header, len);
+    }
+    let mut unixfs_trailer = Vec::with_capacity(11);
+    pb::put_varint_field(&mut unixfs_trailer, 3, len); // filesize
+    let unixfs_len = (unixfs_header.len() + chunk.len() + unixfs_trailer.len()) as u64;
+    let mut out = Vec::with_capacity(unixfs_len as usize + 11);
+    pb::put_key(&mut out, 1, 2); // PBNode.Data
+    pb::put_uvarint(&mut out, unixfs_len);
+    out.extend_from_slice(&unixfs_header);
+    out.extend_from_slice(chunk);
+    out.extend_from_slice(&unixfs_trailer);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ipfs::MemoryBlockStore;
+
+    #[test]
+    fn fast_leaf_encoding_equals_the_generic_one() {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 262_144] {
+            let chunk: Vec<u8> = (0..len).map(|i| (i % 256) as u8).collect();
+            let mut data = UnixfsData::new(DataType::File);
+            data.filesize = Some(len as u64);
+            if len > 0 {
+                data.data = Some(Bytes::from(chunk.clone()));
+            }
+            let generic = PbNode {
+                links: Vec::new(),
+                data: Some(Bytes::from(data.encode())),
+            }
+            .encode();
+            assert_eq!(file_leaf_bytes(&chunk), generic, "length {len}");
+        }
+    }
 
     fn shape(chunks: usize, max_links: usize) -> (Vec<usize>, usize) {
         // Returns the link counts of the root's subtrees along the rightmost path and the depth.
