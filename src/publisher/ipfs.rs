@@ -189,33 +189,42 @@ mod tests {
     use crate::ipfs::store::DiskStoreConfig;
     use crate::model::{ExecutionId, JobId, NodeId};
 
+    /// What the stand-in Kubo received: the Content-Type and the body.
+    type Received = Arc<Mutex<Option<(String, Vec<u8>)>>>;
+
     #[tokio::test]
     async fn publishes_pins_and_pushes_a_car_to_kubo_rpc() {
         let data = tempfile::tempdir().expect("tmp");
-        let store = Arc::new(DiskBlockStore::open(data.path(), DiskStoreConfig::default()).expect("store"));
+        let store =
+            Arc::new(DiskBlockStore::open(data.path(), DiskStoreConfig::default()).expect("store"));
         let result = tempfile::tempdir().expect("tmp");
         std::fs::write(result.path().join("stdout"), "hi\n").expect("write");
         std::fs::write(result.path().join("exitCode"), "0").expect("write");
 
         // A stand-in for Kubo's RPC that keeps what dag/import receives.
-        let received: Arc<Mutex<Option<(String, Vec<u8>)>>> = Arc::default();
+        let received: Received = Arc::default();
         let sink = received.clone();
         let app = Router::new().route(
             "/api/v0/dag/import",
-            post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| async move {
-                let kind = headers
-                    .get(reqwest::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                *sink.lock().expect("lock") = Some((kind, body.to_vec()));
-                "{}"
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: bytes::Bytes| async move {
+                    let kind = headers
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    *sink.lock().expect("lock") = Some((kind, body.to_vec()));
+                    "{}"
+                },
+            ),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let http = crate::ipfs::gateway::http_client(std::time::Duration::from_secs(5)).expect("client");
+        let http =
+            crate::ipfs::gateway::http_client(std::time::Duration::from_secs(5)).expect("client");
 
         let publisher = IpfsPublisher::new(
             store.clone(),
@@ -227,12 +236,25 @@ mod tests {
             job_id: JobId::generate(),
             node_id: NodeId::default(),
         };
-        let spec = publisher.publish(&target, result.path()).await.expect("published");
+        let spec = publisher
+            .publish(&target, result.path())
+            .await
+            .expect("published");
         assert_eq!(spec.kind, "ipfs");
         assert_eq!(spec.params["Gateway"], "http://10.0.0.9:6001");
-        let cid: Cid = spec.params["CID"].as_str().expect("CID").parse().expect("a CID");
+        let cid: Cid = spec.params["CID"]
+            .as_str()
+            .expect("CID")
+            .parse()
+            .expect("a CID");
         assert!(store.has(&cid).expect("has"));
-        assert!(store.pins().expect("pins").iter().any(|(root, _)| *root == cid.to_string()));
+        assert!(
+            store
+                .pins()
+                .expect("pins")
+                .iter()
+                .any(|(root, _)| *root == cid.to_string())
+        );
 
         let (kind, body) = received.lock().expect("lock").take().expect("pushed");
         assert!(kind.starts_with("multipart/form-data; boundary="), "{kind}");

@@ -66,9 +66,9 @@ pub enum SessionError {
     Store {
         /// The block.
         cid: Cid,
-        /// The cause.
+        /// The cause (boxed to keep the error small: it travels through every session call).
         #[source]
-        source: BlockStoreError,
+        source: Box<BlockStoreError>,
     },
 }
 
@@ -238,12 +238,15 @@ async fn local(store: &Arc<dyn BlockStore>, cid: Cid) -> Result<Option<Bytes>, S
         .await
         .map_err(|e| SessionError::Store {
             cid,
-            source: BlockStoreError::Backend {
+            source: Box::new(BlockStoreError::Backend {
                 op: "get",
                 reason: e.to_string(),
-            },
+            }),
         })?
-        .map_err(|source| SessionError::Store { cid, source })
+        .map_err(|source| SessionError::Store {
+            cid,
+            source: Box::new(source),
+        })
 }
 
 async fn has(store: &Arc<dyn BlockStore>, cid: Cid) -> Result<bool, SessionError> {
@@ -257,10 +260,13 @@ async fn put(store: &Arc<dyn BlockStore>, block: Block) -> Result<(), SessionErr
         .await
         .map_err(|e| SessionError::Store {
             cid,
-            source: BlockStoreError::Backend {
+            source: Box::new(BlockStoreError::Backend {
                 op: "put",
                 reason: e.to_string(),
-            },
+            }),
         })?
-        .map_err(|source| SessionError::Store { cid, source })
+        .map_err(|source| SessionError::Store {
+            cid,
+            source: Box::new(source),
+        })
 }

@@ -152,7 +152,7 @@ async fn a_missing_block_fails_with_the_peers_answer() {
         &bitswap,
         &fetched,
         root,
-        &[server_id.clone()],
+        std::slice::from_ref(&server_id),
         SessionConfig::default(),
     )
     .await

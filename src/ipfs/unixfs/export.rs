@@ -35,9 +35,10 @@ pub enum ExportError {
     Fetch {
         /// The block.
         cid: Cid,
-        /// The cause.
+        /// The cause (boxed: a fetch error carries a CID and a reason, and this variant travels through
+        /// every export call's `Result`).
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// A block is not valid UnixFS.
     #[error("block {cid} is not valid UnixFS: {reason}")]
@@ -137,7 +138,10 @@ async fn fetch(source: &dyn BlockSource, cid: Cid) -> Result<Bytes, ExportError>
     source
         .block(&cid)
         .await
-        .map_err(|source| ExportError::Fetch { cid, source })
+        .map_err(|source| ExportError::Fetch {
+            cid,
+            source: Box::new(source),
+        })
 }
 
 fn decode(cid: Cid, block: Bytes) -> Result<Node, ExportError> {
