@@ -28,8 +28,10 @@ pub(super) struct Behaviour {
     pub(super) identify: identify::Behaviour,
     /// Liveness of each connection; failures close it (see the event loop).
     pub(super) ping: ping::Behaviour,
-    /// Raw protocol streams handed out through [`super::Streams`] (bitswap).
+    /// Outbound raw protocol streams handed out through [`super::Streams`] (bitswap).
     pub(super) stream: libp2p_stream::Behaviour,
+    /// Inbound raw protocol streams, queued (see [`super::inbound`]).
+    pub(super) inbound: super::inbound::Behaviour,
 }
 
 // === impl Behaviour ===
@@ -51,6 +53,7 @@ impl Behaviour {
             identify: identify::Behaviour::new(identify_config),
             ping: ping::Behaviour::new(ping::Config::new()),
             stream: libp2p_stream::Behaviour::new(),
+            inbound: super::inbound::Behaviour::new(),
         }
     }
 }

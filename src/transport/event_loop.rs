@@ -344,7 +344,10 @@ pub(super) fn build(
     let mut swarm = builder
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
-    let streams = Streams::new(swarm.behaviour().stream.new_control());
+    let streams = Streams::new(
+        swarm.behaviour().stream.new_control(),
+        swarm.behaviour().inbound.registry(),
+    );
 
     for (text, addr) in config.listen.iter().zip(listen) {
         ensure_port_free(text, &addr)?;
@@ -1450,6 +1453,55 @@ mod tests {
                 .is_err(),
             "an IPFS peer raised an event"
         );
+    }
+
+    /// Kubo answers every bitswap message on a new stream, back to back; none may be dropped while the
+    /// consumer is busy (libp2p-stream's own one-slot hand-over lost about a quarter of them).
+    #[tokio::test]
+    async fn back_to_back_inbound_streams_wait_for_a_busy_consumer() {
+        use futures::{AsyncReadExt, AsyncWriteExt, StreamExt as _};
+
+        let server = Node::start(Identity::generate(), listening());
+        let addr = server.client.listen_addrs().await.expect("addr").remove(0);
+        let mut incoming = server
+            .client
+            .streams()
+            .accept("/test/burst/1")
+            .expect("accept");
+        let client = Node::start(
+            Identity::generate(),
+            Config {
+                ipfs_peers: vec![addr],
+                ..config()
+            },
+        );
+        let server_id = server.client.local_id().clone();
+        assert!(client.client.wait_connected(&server_id, DEADLINE).await);
+        // 32 streams opened and written while nobody is taking them.
+        let streams = client.client.streams();
+        let sends = (0..32u8).map(|i| {
+            let streams = streams.clone();
+            let server_id = server_id.clone();
+            async move {
+                let mut s = streams
+                    .open(&server_id, "/test/burst/1")
+                    .await
+                    .expect("open");
+                s.write_all(&[i]).await.expect("write");
+                s.close().await.expect("close");
+            }
+        });
+        futures::future::join_all(sends).await;
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 32 {
+            let (_, mut s) = tokio::time::timeout(DEADLINE, incoming.next())
+                .await
+                .expect("every stream arrives")
+                .expect("open");
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("read");
+            seen.insert(b[0]);
+        }
     }
 
     #[tokio::test]

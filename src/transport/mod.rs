@@ -125,6 +125,7 @@ mod client;
 mod codec;
 mod event_loop;
 mod identity;
+mod inbound;
 mod stream;
 
 pub use client::Client;

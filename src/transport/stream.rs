@@ -4,15 +4,17 @@
 //! [`PeerStream`] is one negotiated stream (futures `AsyncRead + AsyncWrite`). Peers are named by [`NodeId`],
 //! so no libp2p type leaves the transport.
 //!
-//! Bounds: libp2p-stream hands inbound streams over a channel with a single slot and drops a stream when the
-//! slot is taken, so whoever accepts must drain [`IncomingStreams`] promptly and push the work elsewhere.
+//! Outbound streams go through libp2p-stream; inbound ones through [`super::inbound`], which queues up to
+//! [`super::inbound::QUEUE`] per protocol (libp2p-stream's own inbound hand-over has one slot and drops
+//! streams that arrive back to back, as Kubo's answers do).
 
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::{AsyncRead, AsyncWrite, Stream, StreamExt};
+use futures::{AsyncRead, AsyncWrite, Stream};
 use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::mpsc;
 
 use super::TransportError;
 use crate::model::NodeId;
@@ -20,8 +22,10 @@ use crate::model::NodeId;
 /// Opens and accepts raw protocol streams. Cheap to clone; each clone has its own backpressure slot.
 #[derive(Clone)]
 pub struct Streams {
-    /// libp2p-stream's handle to its behaviour inside the swarm.
+    /// libp2p-stream's handle to its behaviour inside the swarm (outbound streams).
     control: libp2p_stream::Control,
+    /// Where inbound streams of each accepted protocol are queued.
+    inbound: super::inbound::Registry,
 }
 
 /// One negotiated stream to or from a peer.
@@ -31,14 +35,14 @@ pub struct PeerStream {
 
 /// Inbound streams of one protocol, with the peer that opened each.
 pub struct IncomingStreams {
-    inner: libp2p_stream::IncomingStreams,
+    inner: mpsc::Receiver<(PeerId, libp2p::Stream)>,
 }
 
 // === impl Streams ===
 
 impl Streams {
-    pub(super) fn new(control: libp2p_stream::Control) -> Self {
-        Self { control }
+    pub(super) fn new(control: libp2p_stream::Control, inbound: super::inbound::Registry) -> Self {
+        Self { control, inbound }
     }
 
     /// Opens a stream to `peer` speaking `protocol`, dialling the peer if it is not connected and its address
@@ -63,14 +67,17 @@ impl Streams {
     /// Accepts inbound streams of `protocol` (advertised to peers from now on). Fails if the protocol is
     /// already being accepted: only one consumer may own a protocol.
     pub fn accept(&self, protocol: &'static str) -> Result<IncomingStreams, TransportError> {
-        let mut control = self.control.clone();
-        control
-            .accept(StreamProtocol::new(protocol))
-            .map(|inner| IncomingStreams { inner })
-            .map_err(|_| TransportError::Listen {
+        let mut registry = super::inbound::lock(&self.inbound);
+        let key = StreamProtocol::new(protocol);
+        if registry.get(&key).is_some_and(|tx| !tx.is_closed()) {
+            return Err(TransportError::Listen {
                 addr: protocol.to_owned(),
                 reason: "the protocol is already accepted by another component".into(),
-            })
+            });
+        }
+        let (tx, inner) = mpsc::channel(super::inbound::QUEUE);
+        registry.insert(key, tx);
+        Ok(IncomingStreams { inner })
     }
 }
 
@@ -95,7 +102,7 @@ impl Stream for IncomingStreams {
     type Item = (NodeId, PeerStream);
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.poll_next_unpin(cx).map(|next| {
+        self.inner.poll_recv(cx).map(|next| {
             next.map(|(peer, inner)| (NodeId::from(peer.to_string()), PeerStream { inner }))
         })
     }

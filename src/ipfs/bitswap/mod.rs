@@ -23,7 +23,7 @@ pub mod message;
 mod server;
 pub mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,6 +58,13 @@ pub const RESPONSE_TARGET: usize = 1024 * 1024;
 const SEND_QUEUE: usize = 32;
 /// A peer's sender task closes its stream after this long without a message.
 const SENDER_IDLE: Duration = Duration::from_secs(60);
+/// A want still unanswered after this long is sent again, then after twice as long, and so on. Answers can
+/// be lost (a stream reset, a peer restarting, a full inbound queue); asking again is what Kubo itself does
+/// with its periodic rebroadcast. Doubling keeps a slow link (where a 256 KiB block legitimately takes
+/// seconds) from being flooded with duplicate blocks.
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// CIDs wanted recently, whose late or duplicate blocks (after a resend) are not held against the sender.
+const RECENT_WANTS: usize = 8192;
 
 /// What one peer may ask of this node.
 #[derive(Debug, Clone, Copy)]
@@ -165,6 +172,8 @@ struct Inner {
     senders: Mutex<HashMap<NodeId, mpsc::Sender<Outgoing>>>,
     /// Blocks each peer sent that nobody asked for (garbage or forged data); sessions stop using such peers.
     strikes: Mutex<HashMap<NodeId, u64>>,
+    /// CIDs wanted lately (bounded, oldest forgotten first): a second copy of one is not a strike.
+    recent: Mutex<(VecDeque<Cid>, HashSet<Cid>)>,
     /// The server half: per-peer ledgers of wants.
     server: server::Server,
     /// Inbound streams in all ([`Limits::max_inbound_streams`]).
@@ -204,6 +213,7 @@ impl Bitswap {
             next_waiter: AtomicU64::new(0),
             senders: Mutex::default(),
             strikes: Mutex::default(),
+            recent: Mutex::default(),
             server: server::Server::new(store, limits),
             inbound: Arc::new(Semaphore::new(limits.max_inbound_streams)),
             inbound_per_peer: Mutex::default(),
@@ -246,7 +256,19 @@ impl Bitswap {
         timeout: Duration,
     ) -> Result<Option<Block>, WantError> {
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut recent = lock(&self.inner.recent);
+            let (order, set) = &mut *recent;
+            if set.insert(cid) {
+                order.push_back(cid);
+                if order.len() > RECENT_WANTS
+                    && let Some(old) = order.pop_front()
+                {
+                    set.remove(&old);
+                }
+            }
+        }
         lock(&self.inner.pending)
             .entry(cid)
             .or_default()
@@ -271,19 +293,31 @@ impl Bitswap {
             }],
             ..Message::default()
         };
-        let (done, written) = oneshot::channel();
-        self.send(peer, msg, Some(done), None).await?;
-        match written.await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err(WantError::Unreachable {
-                    peer: peer.clone(),
-                    reason,
-                });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut resend_after = RESEND_AFTER;
+        let answer = loop {
+            let (done, written) = oneshot::channel();
+            self.send(peer, msg.clone(), Some(done), None).await?;
+            match written.await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    return Err(WantError::Unreachable {
+                        peer: peer.clone(),
+                        reason,
+                    });
+                }
+                Err(_) => return Err(WantError::ShutDown),
             }
-            Err(_) => return Err(WantError::ShutDown),
-        }
-        match tokio::time::timeout(timeout, rx).await {
+            let wait =
+                resend_after.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            resend_after = resend_after.saturating_mul(2);
+            match tokio::time::timeout(wait, &mut rx).await {
+                Ok(answer) => break Ok(answer),
+                Err(_) if tokio::time::Instant::now() >= deadline => break Err(()),
+                Err(_) => trace!(peer = %peer, cid = %cid, "no answer yet; asking again"),
+            }
+        };
+        match answer {
             Ok(Ok(Answer::Block(block))) => Ok(Some(block)),
             Ok(Ok(Answer::Have)) => Ok(None),
             Ok(Ok(Answer::DontHave)) => Err(WantError::DontHave {
@@ -431,6 +465,9 @@ impl Bitswap {
                         };
                         let _ = w.tx.send(answer);
                     }
+                }
+                None if lock(&self.inner.recent).1.contains(&cid) => {
+                    trace!(peer = %peer, cid = %cid, "late copy of a block already answered");
                 }
                 None => {
                     debug!(peer = %peer, cid = %cid, "unsolicited block; dropped");
