@@ -142,15 +142,12 @@ impl ConnectionHandler for Handler {
             ..
         }) = event
         {
-            let tx = lock(&self.registry).get(&protocol).cloned();
-            match tx.map(|tx| tx.try_send((self.peer, stream))) {
-                Some(Ok(())) => {}
-                Some(Err(_)) => {
-                    debug!(peer = %self.peer, %protocol, "inbound stream queue full or closed; dropping a stream")
-                }
-                None => {
-                    debug!(peer = %self.peer, %protocol, "no consumer for an inbound stream; dropping it")
-                }
+            let Some(tx) = lock(&self.registry).get(&protocol).cloned() else {
+                debug!(peer = %self.peer, %protocol, "no consumer for an inbound stream; dropping it");
+                return;
+            };
+            if tx.try_send((self.peer, stream)).is_err() {
+                debug!(peer = %self.peer, %protocol, "inbound stream queue full or closed; dropping a stream");
             }
         }
     }
