@@ -185,7 +185,16 @@ pub async fn start(
             shutdown.child_token(),
         )?);
         #[cfg(not(feature = "ipfs"))]
-        let ipfs = None;
+        let ipfs = {
+            let i = &raw.ipfs;
+            if !i.peers.is_empty() || !i.gateways.is_empty() || !i.kubo_rpc.is_empty() {
+                tracing::error!(
+                    "Ipfs.Peers, Ipfs.Gateways or Ipfs.KuboRpc is set, but this cod was built without the `ipfs` \
+                     feature: they are ignored and ipfs inputs and results are declined"
+                );
+            }
+            None
+        };
         let (backends, server, url_base) =
             backends::build(&config, &store, &node_id, ipfs, shutdown.child_token()).await?;
         tasks.spawn(async move {
