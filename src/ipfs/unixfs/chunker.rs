@@ -29,22 +29,25 @@ impl<R: Read> Chunker<R> {
         if self.done {
             return Ok(None);
         }
-        let mut buf = vec![0u8; self.size];
-        let mut filled = 0;
-        while filled < self.size {
-            match self.reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
+        // `take` + `read_to_end` fills uninitialized capacity (no 256 KiB memset per chunk) and keeps reading
+        // through short reads until the chunk is full or the input ends.
+        let mut buf = Vec::with_capacity(self.size);
+        let limit = self.size as u64;
+        loop {
+            match (&mut self.reader)
+                .take(limit - buf.len() as u64)
+                .read_to_end(&mut buf)
+            {
+                Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if filled < self.size {
+        if buf.len() < self.size {
             self.done = true;
-            if filled == 0 {
+            if buf.is_empty() {
                 return Ok(None);
             }
-            buf.truncate(filled);
         }
         Ok(Some(buf))
     }

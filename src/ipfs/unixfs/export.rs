@@ -35,8 +35,7 @@ pub enum ExportError {
     Fetch {
         /// The block.
         cid: Cid,
-        /// The cause (boxed: a fetch error carries a CID and a reason, and this variant travels through
-        /// every export call's `Result`).
+        /// The cause (boxed: a CID is 72 bytes and both sides carry one).
         #[source]
         source: Box<FetchError>,
     },
