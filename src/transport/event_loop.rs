@@ -344,10 +344,6 @@ pub(super) fn build(
     let mut swarm = builder
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
-    let streams = Streams::new(
-        swarm.behaviour().stream.new_control(),
-        swarm.behaviour().inbound.registry(),
-    );
 
     for (text, addr) in config.listen.iter().zip(listen) {
         ensure_port_free(text, &addr)?;
@@ -362,6 +358,11 @@ pub(super) fn build(
     let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
     let (listen_tx, listen_rx) = watch::channel(Vec::new());
     let (connected_tx, connected_rx) = watch::channel(BTreeSet::new());
+    let streams = Streams::new(
+        swarm.behaviour().stream.new_control(),
+        swarm.behaviour().inbound.registry(),
+        connected_rx.clone(),
+    );
     let listen_spec: Arc<str> = config.listen.join(",").into();
     let client = Client::new(
         local_id.clone(),

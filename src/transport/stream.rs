@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use futures::{AsyncRead, AsyncWrite, Stream};
 use libp2p::{PeerId, StreamProtocol};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::TransportError;
 use crate::model::NodeId;
@@ -26,6 +26,8 @@ pub struct Streams {
     control: libp2p_stream::Control,
     /// Where inbound streams of each accepted protocol are queued.
     inbound: super::inbound::Registry,
+    /// The peers with an open connection (published by the event loop).
+    connected: watch::Receiver<std::collections::BTreeSet<NodeId>>,
 }
 
 /// One negotiated stream to or from a peer.
@@ -41,8 +43,26 @@ pub struct IncomingStreams {
 // === impl Streams ===
 
 impl Streams {
-    pub(super) fn new(control: libp2p_stream::Control, inbound: super::inbound::Registry) -> Self {
-        Self { control, inbound }
+    pub(super) fn new(
+        control: libp2p_stream::Control,
+        inbound: super::inbound::Registry,
+        connected: watch::Receiver<std::collections::BTreeSet<NodeId>>,
+    ) -> Self {
+        Self {
+            control,
+            inbound,
+            connected,
+        }
+    }
+
+    /// Waits until `peer` has an open connection, at most `timeout`; returns whether it has. Streams can only
+    /// be opened to connected peers (the transport knows no addresses for others). Cancel-safe.
+    pub async fn wait_connected(&self, peer: &NodeId, timeout: std::time::Duration) -> bool {
+        let mut connected = self.connected.clone();
+        matches!(
+            tokio::time::timeout(timeout, connected.wait_for(|c| c.contains(peer))).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Opens a stream to `peer` speaking `protocol`, dialling the peer if it is not connected and its address

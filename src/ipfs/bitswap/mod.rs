@@ -63,6 +63,9 @@ const SENDER_IDLE: Duration = Duration::from_secs(60);
 /// with its periodic rebroadcast. Doubling keeps a slow link (where a 256 KiB block legitimately takes
 /// seconds) from being flooded with duplicate blocks.
 const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// How long a want waits for its peer to be connected (the transport redials configured peers with
+/// backoff, so a peer that just restarted comes back within this).
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// CIDs wanted recently, whose late or duplicate blocks (after a resend) are not held against the sender.
 const RECENT_WANTS: usize = 8192;
 
@@ -255,6 +258,18 @@ impl Bitswap {
         want_type: WantType,
         timeout: Duration,
     ) -> Result<Option<Block>, WantError> {
+        if !self
+            .inner
+            .streams
+            .wait_connected(peer, timeout.min(CONNECT_WAIT))
+            .await
+        {
+            return Err(WantError::Unreachable {
+                peer: peer.clone(),
+                reason: "not connected; check that it runs and that Ipfs.Peers has its address"
+                    .into(),
+            });
+        }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = oneshot::channel();
         {
