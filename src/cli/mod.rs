@@ -20,6 +20,8 @@ pub mod docs;
 pub mod input;
 #[cfg(feature = "ipfs")]
 pub mod ipfs;
+#[cfg(feature = "ipfs")]
+pub mod ipfs_net;
 pub mod job;
 pub mod node;
 pub mod output;

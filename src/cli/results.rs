@@ -41,6 +41,14 @@ pub struct GetArgs {
     /// longest time for each download, in seconds (default 300)
     #[argh(option, default = "300")]
     pub download_timeout_secs: u64,
+    /// trustless IPFS gateway for `ipfs` results (repeatable; tried after the node's own gateway named in
+    /// the result)
+    #[argh(option)]
+    pub ipfs_gateway: Vec<String>,
+    /// IPFS peer to fetch `ipfs` results from over bitswap, `/ip4/…/tcp/…/p2p/<id>` (repeatable; tried
+    /// before gateways)
+    #[argh(option)]
+    pub ipfs_connect: Vec<String>,
 }
 
 /// Runs `job get`.
@@ -78,6 +86,13 @@ pub async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
     let mut names = Vec::new();
     let timeout = Duration::from_secs(args.download_timeout_secs);
     for (i, item) in items.iter().enumerate() {
+        if item.normalized_kind() == "ipfs" {
+            let name = fetch_ipfs(item, &raw, &names, &args)
+                .await
+                .with_context(|| format!("result {} of job {id}", i + 1))?;
+            names.push(name);
+            continue;
+        }
         let download =
             result_download(item).with_context(|| format!("result {} of job {id}", i + 1))?;
         match download {
@@ -147,6 +162,66 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("creating output folder {}", dir.display())),
         Err(e) => Err(e).with_context(|| format!("reading output folder {}", dir.display())),
     }
+}
+
+/// Fetches an `ipfs` result (its DAG, verified block by block) into `raw/<cid>`; returns the folder name.
+///
+/// Sources, in order: `--ipfs-connect` peers over bitswap, the gateway the result names (the publishing
+/// node's own), then `--ipfs-gateway`s. A Bacalhau user usually reaches the compute node's publisher port
+/// already (as for `local` results), so the result's own gateway makes `job get` work with no flags.
+#[cfg(feature = "ipfs")]
+async fn fetch_ipfs(
+    item: &SpecConfig,
+    raw: &Path,
+    taken: &[String],
+    args: &GetArgs,
+) -> anyhow::Result<String> {
+    use crate::ipfs::unixfs::export;
+    use crate::ipfs::{Cid, LocalSource, MemoryBlockStore};
+
+    let param = |name: &str| {
+        item.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+            .map(str::to_owned)
+    };
+    let cid_text = param("CID").context("an ipfs result has no CID")?;
+    let cid: Cid = cid_text
+        .parse()
+        .with_context(|| format!("the result's CID {cid_text:?} is not a CID"))?;
+    let mut gateways: Vec<String> = param("Gateway").into_iter().collect();
+    gateways.extend(args.ipfs_gateway.iter().cloned());
+    if gateways.is_empty() && args.ipfs_connect.is_empty() {
+        bail!(
+            "result {cid} is on IPFS and names no gateway; pass --ipfs-gateway <url> or --ipfs-connect <multiaddr>"
+        );
+    }
+    let timeout = Duration::from_secs(args.download_timeout_secs);
+    let store: std::sync::Arc<dyn crate::ipfs::BlockStore> =
+        std::sync::Arc::new(MemoryBlockStore::new());
+    let net =
+        super::ipfs_net::fetcher(store.clone(), &gateways, &args.ipfs_connect, timeout).await?;
+    tokio::time::timeout(timeout, net.fetcher.fetch_dag(cid))
+        .await
+        .with_context(|| format!("fetching {cid} took longer than {timeout:?}"))?
+        .with_context(|| format!("fetching {cid}"))?;
+    let name = unique_name(&cid.to_string(), taken);
+    let target = raw.join(&name);
+    export::get(&LocalSource(store), &cid, &target)
+        .await
+        .with_context(|| format!("writing {cid} to {}", target.display()))?;
+    Ok(name)
+}
+
+#[cfg(not(feature = "ipfs"))]
+async fn fetch_ipfs(
+    _item: &SpecConfig,
+    _raw: &Path,
+    _taken: &[String],
+    _args: &GetArgs,
+) -> anyhow::Result<String> {
+    bail!("this cod was built without the `ipfs` feature; it cannot download IPFS results")
 }
 
 /// How to fetch one published result.
@@ -229,9 +304,7 @@ fn result_download(spec: &SpecConfig) -> anyhow::Result<Download> {
              orchestrator S3 credentials and leave Publishers.Types.S3.PreSignedURLDisabled off, or fetch it \
              with an S3 client"
         ),
-        "ipfs" => {
-            bail!("results published to IPFS need an IPFS client; cod cannot download them yet")
-        }
+        "ipfs" => bail!("ipfs results are fetched by CID, not by URL"),
         other => bail!(
             "results of type {other:?} cannot be downloaded by cod (supported: urlDownload, s3PreSigned)"
         ),
@@ -589,6 +662,8 @@ mod tests {
             output_dir: Some(dir.to_owned()),
             raw,
             download_timeout_secs: 10,
+            ipfs_gateway: vec![],
+            ipfs_connect: vec![],
         }
     }
 

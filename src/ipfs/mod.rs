@@ -11,10 +11,18 @@
 //!   trait the exporter reads through (local store or network).
 //! - [`store`]: the node's block store on disk (files + LMDB index, budget, LRU, pins).
 //! - [`unixfs`]: the importer (Kubo's CIDs) and the exporter (`cat`, `get`).
+//! - [`bitswap`]: the bitswap protocol on the node's swarm (client, server, DAG sessions).
+//! - [`gateway`]: trustless gateway and Kubo RPC clients; [`fetch`]: the [`fetch::Fetcher`] that tries
+//!   the local store, bitswap peers, gateways and Kubo RPC in turn; [`gateway_server`]: the trustless
+//!   gateway this node serves.
 
+pub mod bitswap;
 pub mod blocks;
 pub mod car;
 pub mod dagpb;
+pub mod fetch;
+pub mod gateway;
+pub mod gateway_server;
 pub mod pb;
 pub mod store;
 pub mod unixfs;
@@ -109,6 +117,12 @@ impl Block {
         } else {
             Cid::new_v1(codec, mh)
         };
+        Block { cid, data }
+    }
+
+    /// Wraps bytes read back from a [`BlockStore`] without hashing them again: stores only ever hold blocks
+    /// that were verified (or made) on the way in, and serving a 256 KiB block should not cost a hash.
+    pub fn from_store(cid: Cid, data: Bytes) -> Block {
         Block { cid, data }
     }
 

@@ -217,6 +217,13 @@ pub enum InputSpec {
     },
     /// An S3 object or prefix.
     S3(S3SourceParams),
+    /// An IPFS CID (Bacalhau's `ipfs` source), optionally a path inside its DAG (a Cod extension).
+    Ipfs {
+        /// The CID as written (parsed by the source).
+        cid: String,
+        /// `a/b.txt` inside the DAG, or empty for the whole DAG.
+        path: String,
+    },
     /// A source type this build has no backend for (named in the bid rejection).
     Unsupported(String),
 }
@@ -287,6 +294,14 @@ pub fn parse_sha256(text: &str) -> Result<String, String> {
 }
 
 #[derive(Deserialize)]
+struct IpfsParams {
+    #[serde(rename = "CID", default)]
+    cid: String,
+    #[serde(rename = "Path", default)]
+    path: String,
+}
+
+#[derive(Deserialize)]
 struct LocalParams {
     #[serde(rename = "SourcePath", default)]
     source_path: String,
@@ -302,6 +317,7 @@ impl InputSpec {
             InputSpec::Local { .. } => Some(SourceKind::Local),
             InputSpec::UrlDownload { .. } => Some(SourceKind::UrlDownload),
             InputSpec::S3(_) => Some(SourceKind::S3),
+            InputSpec::Ipfs { .. } => Some(SourceKind::Ipfs),
             InputSpec::Unsupported(s) => SourceKind::parse(s),
         }
     }
@@ -358,6 +374,21 @@ impl InputSpec {
                     checksum,
                 })
             }
+            Some(SourceKind::Ipfs) => {
+                let p: IpfsParams = ci::from_value(params).map_err(bad)?;
+                let cid = p
+                    .cid
+                    .trim()
+                    .trim_start_matches("ipfs://")
+                    .trim_start_matches("/ipfs/");
+                if cid.is_empty() {
+                    return Err(required("CID"));
+                }
+                Ok(InputSpec::Ipfs {
+                    cid: cid.to_owned(),
+                    path: p.path.trim_matches('/').to_owned(),
+                })
+            }
             Some(SourceKind::Local) => {
                 let p: LocalParams = ci::from_value(params).map_err(bad)?;
                 if p.source_path.is_empty() {
@@ -392,9 +423,7 @@ impl InputSpec {
                 }
                 Ok(InputSpec::S3(p))
             }
-            Some(_) | None if spec.is_empty() => {
-                Err(FieldError::new(format!("{field}.Type"), "is required"))
-            }
+            None if spec.is_empty() => Err(FieldError::new(format!("{field}.Type"), "is required")),
             _ => Ok(InputSpec::Unsupported(spec.kind.trim().to_owned())),
         }
     }
@@ -409,6 +438,8 @@ pub enum PublisherSpec {
     Noop,
     /// `s3`.
     S3(S3PublisherParams),
+    /// `ipfs`: the result folder as a UnixFS DAG, served by this node.
+    Ipfs,
     /// A publisher type this build has no backend for.
     Unsupported(String),
 }
@@ -473,6 +504,7 @@ impl PublisherSpec {
             Some(PublisherKind::S3) => PublisherSpec::S3(
                 ci::from_value(Value::Object(spec.params.clone())).unwrap_or_default(),
             ),
+            Some(PublisherKind::Ipfs) => PublisherSpec::Ipfs,
             _ => PublisherSpec::Unsupported(spec.kind.trim().to_owned()),
         })
     }
@@ -482,6 +514,7 @@ impl PublisherSpec {
             PublisherSpec::Local => Some(PublisherKind::Local),
             PublisherSpec::Noop => Some(PublisherKind::Noop),
             PublisherSpec::S3(_) => Some(PublisherKind::S3),
+            PublisherSpec::Ipfs => Some(PublisherKind::Ipfs),
             PublisherSpec::Unsupported(s) => PublisherKind::parse(s),
         }
     }

@@ -24,6 +24,8 @@ pub(super) async fn build(
     config: &Resolved,
     store: &Store,
     node_id: &NodeId,
+    #[cfg(feature = "ipfs")] ipfs: Option<super::ipfs::IpfsParts>,
+    #[cfg(not(feature = "ipfs"))] ipfs: Option<()>,
     shutdown: CancellationToken,
 ) -> Result<(Backends, LocalPublisherServer, String), NodeError> {
     let c = &config.raw.compute;
@@ -35,9 +37,20 @@ pub(super) async fn build(
         port: c.publisher_port,
         listen_host: c.publisher_listen.clone(),
     };
-    let (local_publisher, server) = LocalPublisher::start(publisher_config, shutdown)
-        .await
-        .map_err(|e| NodeError::Backend(e.to_string()))?;
+    // The IPFS gateway shares the local publisher's listener: both serve job results to whoever submitted the
+    // job, and that port is already the one operators open for results.
+    #[allow(unused_mut)]
+    let mut routes = axum::Router::new();
+    #[cfg(feature = "ipfs")]
+    if let Some(parts) = &ipfs
+        && config.raw.ipfs.serve_gateway
+    {
+        routes = crate::ipfs::gateway_server::router(parts.store.clone());
+    }
+    let (local_publisher, server) =
+        LocalPublisher::start_with_routes(publisher_config, routes, shutdown)
+            .await
+            .map_err(|e| NodeError::Backend(e.to_string()))?;
     let url_base = local_publisher.url_base().to_owned();
     // One line per backend; a backend whose feature is off is simply not offered (NodeInfo says what is).
     #[allow(unused_mut)] // only the optional backends below mutate it
@@ -46,6 +59,24 @@ pub(super) async fn build(
         .with_source(Arc::new(LocalSource::new(allow)))
         .with_publisher(Arc::new(local_publisher))
         .with_publisher(Arc::new(NoopPublisher));
+    #[cfg(feature = "ipfs")]
+    if let Some(parts) = ipfs {
+        use crate::publisher::ipfs::IpfsPublisher;
+        use crate::storage::ipfs::IpfsSource;
+        let gateway = config.raw.ipfs.serve_gateway.then(|| url_base.clone());
+        backends = backends
+            .with_source(Arc::new(IpfsSource::new(
+                parts.fetcher,
+                parts.fetch_timeout,
+            )))
+            .with_publisher(Arc::new(IpfsPublisher::new(
+                parts.store,
+                gateway,
+                parts.kubo,
+            )));
+    }
+    #[cfg(not(feature = "ipfs"))]
+    let _ = ipfs;
     #[cfg(feature = "executor-wasm")]
     {
         let wasm = WasmConfig {

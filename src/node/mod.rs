@@ -4,6 +4,8 @@
 //! store closes when the last handle drops.
 
 mod backends;
+#[cfg(feature = "ipfs")]
+mod ipfs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,6 +129,12 @@ pub async fn start(
         } else {
             vec![]
         },
+        // Bitswap runs with the compute role (the block store lives there).
+        ipfs_peers: if raw.roles.compute && cfg!(feature = "ipfs") {
+            raw.ipfs.peers.clone()
+        } else {
+            vec![]
+        },
         ..transport::Config::default()
     };
     let (client, events, event_loop) = transport::new(identity, transport_config)?;
@@ -169,8 +177,26 @@ pub async fn start(
                 .ok_or_else(|| NodeError::Config("transport events taken twice".into()))?;
             (client.clone(), events)
         };
+        #[cfg(feature = "ipfs")]
+        let ipfs = Some(ipfs::start(
+            &config,
+            &client,
+            &mut tasks,
+            shutdown.child_token(),
+        )?);
+        #[cfg(not(feature = "ipfs"))]
+        let ipfs = {
+            let i = &raw.ipfs;
+            if !i.peers.is_empty() || !i.gateways.is_empty() || !i.kubo_rpc.is_empty() {
+                tracing::error!(
+                    "Ipfs.Peers, Ipfs.Gateways or Ipfs.KuboRpc is set, but this cod was built without the `ipfs` \
+                     feature: they are ignored and ipfs inputs and results are declined"
+                );
+            }
+            None
+        };
         let (backends, server, url_base) =
-            backends::build(&config, &store, &node_id, shutdown.child_token()).await?;
+            backends::build(&config, &store, &node_id, ipfs, shutdown.child_token()).await?;
         tasks.spawn(async move {
             if let Err(e) = server.await {
                 warn!(error = %e, "local publisher server stopped");

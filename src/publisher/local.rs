@@ -93,6 +93,16 @@ impl LocalPublisher {
         config: LocalPublisherConfig,
         shutdown: CancellationToken,
     ) -> Result<(Self, LocalPublisherServer), PublisherError> {
+        Self::start_with_routes(config, Router::new(), shutdown).await
+    }
+
+    /// [`LocalPublisher::start`], also serving `routes` (the IPFS gateway's `/ipfs/…`) on the same listener:
+    /// both hand content to the people who submitted jobs, who can already reach this port.
+    pub async fn start_with_routes(
+        config: LocalPublisherConfig,
+        routes: Router,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, LocalPublisherServer), PublisherError> {
         tokio::fs::create_dir_all(&config.dir)
             .await
             .map_err(|source| PublisherError::Io {
@@ -125,7 +135,8 @@ impl LocalPublisher {
         };
         let router = Router::new()
             .route("/{file}", get(serve_file))
-            .with_state(Arc::new(config.dir));
+            .with_state(Arc::new(config.dir))
+            .merge(routes);
         let server = async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.cancelled_owned())

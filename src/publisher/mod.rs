@@ -8,6 +8,8 @@ use async_trait::async_trait;
 
 use crate::model::{ExecutionId, JobId, NodeId, PublisherKind, PublisherSpec, SpecConfig};
 
+#[cfg(feature = "ipfs")]
+pub mod ipfs;
 pub mod local;
 pub mod noop;
 #[cfg(feature = "storage-s3")]

@@ -16,6 +16,8 @@ use crate::model::{InputSpec, SourceKind};
 pub mod archive;
 mod filename;
 pub mod inline;
+#[cfg(feature = "ipfs")]
+pub mod ipfs;
 pub mod local;
 #[cfg(feature = "storage-s3")]
 pub mod s3;
@@ -76,6 +78,16 @@ pub enum StorageError {
         /// The URL.
         url: String,
         /// Why.
+        reason: String,
+    },
+    /// An IPFS DAG that no configured source could provide in time.
+    #[error("CID {cid} could not be fetched from any of: {sources} ({reason})")]
+    IpfsUnavailable {
+        /// The CID.
+        cid: String,
+        /// Every source asked, in order.
+        sources: String,
+        /// What they answered, or that the fetch timed out; and what to do.
         reason: String,
     },
     /// The input is larger than allowed.

@@ -1,6 +1,7 @@
 //! The libp2p behaviour of a node: the request-response protocol that carries all of Cod's messages, plus
-//! identify (so peers learn each other's agent version and addresses) and ping (so a dead connection is noticed
-//! and closed, which makes a compute node redial).
+//! identify (so peers learn each other's agent version and addresses), ping (so a dead connection is noticed
+//! and closed, which makes a compute node redial) and raw streams (bitswap, which IPFS peers speak on the same
+//! connections and identity).
 
 use std::time::Duration;
 
@@ -27,6 +28,10 @@ pub(super) struct Behaviour {
     pub(super) identify: identify::Behaviour,
     /// Liveness of each connection; failures close it (see the event loop).
     pub(super) ping: ping::Behaviour,
+    /// Outbound raw protocol streams handed out through [`super::Streams`] (bitswap).
+    pub(super) stream: libp2p_stream::Behaviour,
+    /// Inbound raw protocol streams, queued (see [`super::inbound`]).
+    pub(super) inbound: super::inbound::Behaviour,
 }
 
 // === impl Behaviour ===
@@ -47,6 +52,8 @@ impl Behaviour {
             ),
             identify: identify::Behaviour::new(identify_config),
             ping: ping::Behaviour::new(ping::Config::new()),
+            stream: libp2p_stream::Behaviour::new(),
+            inbound: super::inbound::Behaviour::new(),
         }
     }
 }

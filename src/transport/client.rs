@@ -1,12 +1,13 @@
 //! The cloneable handle other components use to talk to the [`EventLoop`](super::EventLoop): each call is a
 //! [`Command`] with a oneshot for its answer, so nothing outside the loop touches the swarm.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Event, Request, Response, TransportError};
+use super::{Event, Request, Response, Streams, TransportError};
 use crate::model::NodeId;
 
 /// What a [`Client`] asks of the event loop.
@@ -59,6 +60,10 @@ pub struct Client {
     listen_spec: Arc<str>,
     /// How long [`Client::listen_addrs`] waits for the first address.
     listen_wait: Duration,
+    /// Raw protocol streams on the same swarm (bitswap).
+    streams: Streams,
+    /// The loop publishes the peers it has a connection to here.
+    connected: watch::Receiver<BTreeSet<NodeId>>,
 }
 
 // === impl Client ===
@@ -71,6 +76,8 @@ impl Client {
         listen_addrs: watch::Receiver<Vec<String>>,
         listen_spec: Arc<str>,
         listen_wait: Duration,
+        streams: Streams,
+        connected: watch::Receiver<BTreeSet<NodeId>>,
     ) -> Self {
         Self {
             local_id,
@@ -79,7 +86,28 @@ impl Client {
             listen_addrs,
             listen_spec,
             listen_wait,
+            streams,
+            connected,
         }
+    }
+
+    /// Raw protocol streams on this node's swarm (same identity and connections).
+    pub fn streams(&self) -> Streams {
+        self.streams.clone()
+    }
+
+    /// Whether at least one connection to `peer` is open.
+    pub fn is_connected(&self, peer: &NodeId) -> bool {
+        self.connected.borrow().contains(peer)
+    }
+
+    /// Waits until `peer` is connected, at most `timeout`; returns whether it is. Cancel-safe.
+    pub async fn wait_connected(&self, peer: &NodeId, timeout: Duration) -> bool {
+        let mut connected = self.connected.clone();
+        matches!(
+            tokio::time::timeout(timeout, connected.wait_for(|c| c.contains(peer))).await,
+            Ok(Ok(_))
+        )
     }
 
     /// This node's id.

@@ -10,7 +10,7 @@
 //! - answers awaited from consumers are dropped after the request timeout (the peer has given up by then);
 //! - each orchestrator address has at most one dial or redial timer in flight.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use super::client::{Command, Origin};
-use super::{Client, Config, Event, Identity, Request, Response, TransportError};
+use super::{Client, Config, Event, Identity, Request, Response, Streams, TransportError};
 use crate::model::NodeId;
 
 /// Capacity of each event channel (the node's and the in-process peer's).
@@ -46,6 +46,11 @@ const OVERFLOW_LIMIT: usize = 256;
 /// [`OVERFLOW_LIMIT`]; reaching this means the consumer is stuck, and the loop drops events (logged as errors)
 /// rather than grow without bound.
 const OVERFLOW_HARD_LIMIT: usize = 4 * EVENT_CAPACITY;
+
+/// [`DialTarget::kind`] of orchestrators.
+const ORCHESTRATOR: &str = "orchestrator";
+/// [`DialTarget::kind`] of IPFS peers.
+const IPFS_PEER: &str = "ipfs peer";
 
 /// The shortest redial delay, whatever the config says.
 const BACKOFF_FLOOR: Duration = Duration::from_millis(10);
@@ -69,8 +74,12 @@ pub struct EventLoop {
     attached: Option<Attachment>,
     /// Generation of the last attachment, so stale in-process handles are told apart.
     last_generation: u64,
-    /// Orchestrator addresses this node keeps a connection to (empty on orchestrators).
+    /// Orchestrator and IPFS peer addresses this node keeps a connection to.
     targets: Vec<DialTarget>,
+    /// Peers configured only as IPFS peers: their connections raise no [`Event`]s (they are not Cod nodes).
+    ipfs_only: HashSet<PeerId>,
+    /// Publishes the peers with at least one open connection, for [`Client::wait_connected`].
+    connected: watch::Sender<BTreeSet<NodeId>>,
     /// Redial timers, each yielding the index of its target in `targets`.
     redials: FuturesUnordered<BoxFuture<'static, usize>>,
     /// Outbound requests awaiting an answer from the network.
@@ -103,8 +112,10 @@ struct Attachment {
     sink: EventSink,
 }
 
-/// One orchestrator address a compute node keeps dialing.
+/// One address a node keeps dialing: an orchestrator (compute nodes) or an IPFS peer.
 struct DialTarget {
+    /// What is dialled, for logs.
+    kind: &'static str,
     /// The address without its `/p2p/<id>` suffix.
     addr: Multiaddr,
     /// The expected peer, when the configured address named one; the dial then fails on a different key.
@@ -203,7 +214,11 @@ impl EventSink {
 
 impl DialTarget {
     /// Parses a configured orchestrator address, splitting off its `/p2p/<id>`.
-    fn parse(text: &str, min_backoff: Duration) -> Result<Self, TransportError> {
+    fn parse(
+        text: &str,
+        kind: &'static str,
+        min_backoff: Duration,
+    ) -> Result<Self, TransportError> {
         let mut addr = parse_tcp_addr(text, true)?;
         let peer = match addr.iter().last() {
             Some(Protocol::P2p(peer)) => {
@@ -213,6 +228,7 @@ impl DialTarget {
             _ => None,
         };
         Ok(Self {
+            kind,
             addr,
             peer,
             state: TargetState::Waiting,
@@ -290,11 +306,29 @@ pub(super) fn build(
         .iter()
         .map(|text| parse_tcp_addr(text, false))
         .collect::<Result<Vec<_>, _>>()?;
-    let targets = config
+    let min_backoff = config.min_backoff.max(BACKOFF_FLOOR);
+    let mut targets = config
         .orchestrators
         .iter()
-        .map(|text| DialTarget::parse(text, config.min_backoff.max(BACKOFF_FLOOR)))
+        .map(|text| DialTarget::parse(text, ORCHESTRATOR, min_backoff))
         .collect::<Result<Vec<_>, _>>()?;
+    let orchestrator_peers: HashSet<PeerId> = targets.iter().filter_map(|t| t.peer).collect();
+    let mut ipfs_only = HashSet::new();
+    for text in &config.ipfs_peers {
+        let target = DialTarget::parse(text, IPFS_PEER, min_backoff)?;
+        // Without the peer id there is no telling an IPFS peer's connection from a Cod node's, and bitswap
+        // needs the id to open streams.
+        let Some(peer) = target.peer else {
+            return Err(TransportError::BadAddress {
+                addr: text.clone(),
+                reason: "an IPFS peer address must end in /p2p/<peer id>".into(),
+            });
+        };
+        if !orchestrator_peers.contains(&peer) {
+            ipfs_only.insert(peer);
+        }
+        targets.push(target);
+    }
 
     let request_timeout = config.request_timeout;
     let tcp_config = tcp::Config::default().nodelay(true);
@@ -323,6 +357,12 @@ pub(super) fn build(
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
     let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
     let (listen_tx, listen_rx) = watch::channel(Vec::new());
+    let (connected_tx, connected_rx) = watch::channel(BTreeSet::new());
+    let streams = Streams::new(
+        swarm.behaviour().stream.new_control(),
+        swarm.behaviour().inbound.registry(),
+        connected_rx.clone(),
+    );
     let listen_spec: Arc<str> = config.listen.join(",").into();
     let client = Client::new(
         local_id.clone(),
@@ -330,6 +370,8 @@ pub(super) fn build(
         listen_rx,
         listen_spec,
         request_timeout,
+        streams,
+        connected_rx,
     );
     let event_loop = EventLoop {
         swarm,
@@ -340,6 +382,8 @@ pub(super) fn build(
         attached: None,
         last_generation: 0,
         targets,
+        ipfs_only,
+        connected: connected_tx,
         redials: FuturesUnordered::new(),
         outbound: HashMap::new(),
         replies: FuturesUnordered::new(),
@@ -413,12 +457,13 @@ impl EventLoop {
         let connection_id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                debug!(addr = %target.display_addr(), "dialing orchestrator");
+                debug!(addr = %target.display_addr(), kind = target.kind, "dialing");
                 target.state = TargetState::Dialing(connection_id);
             }
             Err(e) => {
                 let delay = self.schedule_redial(idx);
-                warn!(addr = %self.targets[idx].display_addr(), error = %e, retry_in = ?delay, "cannot dial orchestrator");
+                let target = &self.targets[idx];
+                warn!(addr = %target.display_addr(), kind = target.kind, error = %e, retry_in = ?delay, "cannot dial");
             }
         }
     }
@@ -484,8 +529,16 @@ impl EventLoop {
                     target.backoff = self.min_backoff;
                 }
                 if num_established.get() == 1 {
-                    info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
-                    self.main.emit(Event::PeerConnected(node_id(&peer_id)));
+                    let id = node_id(&peer_id);
+                    self.connected.send_modify(|c| {
+                        c.insert(id.clone());
+                    });
+                    if self.ipfs_only.contains(&peer_id) {
+                        info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "IPFS peer connected");
+                    } else {
+                        info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                        self.main.emit(Event::PeerConnected(id));
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -501,14 +554,21 @@ impl EventLoop {
                     .position(|t| t.state == TargetState::Connected(connection_id))
                 {
                     let delay = self.schedule_redial(idx);
-                    info!(peer = %peer_id, retry_in = ?delay, "connection to orchestrator closed; redialing");
+                    let kind = self.targets[idx].kind;
+                    info!(peer = %peer_id, kind, retry_in = ?delay, "connection closed; redialing");
                 }
                 if num_established == 0 {
+                    let id = node_id(&peer_id);
+                    self.connected.send_modify(|c| {
+                        c.remove(&id);
+                    });
                     match cause {
                         Some(e) => info!(peer = %peer_id, cause = %e, "peer disconnected"),
                         None => info!(peer = %peer_id, "peer disconnected"),
                     }
-                    self.main.emit(Event::PeerDisconnected(node_id(&peer_id)));
+                    if !self.ipfs_only.contains(&peer_id) {
+                        self.main.emit(Event::PeerDisconnected(id));
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -524,9 +584,10 @@ impl EventLoop {
                     let delay = self.schedule_redial(idx);
                     warn!(
                         addr = %self.targets[idx].display_addr(),
+                        kind = self.targets[idx].kind,
                         error = %error,
                         retry_in = ?delay,
-                        "cannot connect to orchestrator"
+                        "cannot connect"
                     );
                 } else {
                     debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
@@ -564,7 +625,9 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                if info.protocol_version != IDENTIFY_PROTOCOL {
+                // IPFS peers (Kubo says "ipfs/0.1.0") are expected to differ; they only speak bitswap with us.
+                if info.protocol_version != IDENTIFY_PROTOCOL && !self.ipfs_only.contains(&peer_id)
+                {
                     warn!(peer = %peer_id, protocol = %info.protocol_version, "peer speaks a different protocol");
                 }
                 debug!(peer = %peer_id, agent = %info.agent_version, "peer identified");
@@ -899,6 +962,7 @@ mod tests {
         Config {
             listen: Vec::new(),
             orchestrators: Vec::new(),
+            ipfs_peers: Vec::new(),
             request_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(200),
@@ -1332,6 +1396,126 @@ mod tests {
         )
         .expect_err("p2p");
         assert!(matches!(err, TransportError::BadAddress { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn ipfs_peers_stay_connected_silently_and_carry_raw_streams() {
+        use futures::{AsyncReadExt, AsyncWriteExt, StreamExt as _};
+
+        let mut server = Node::start(Identity::generate(), listening());
+        let addr = server
+            .client
+            .listen_addrs()
+            .await
+            .expect("listening")
+            .remove(0);
+        let mut incoming = server
+            .client
+            .streams()
+            .accept("/test/echo/1")
+            .expect("accept");
+        let client = Node::start(
+            Identity::generate(),
+            Config {
+                ipfs_peers: vec![addr],
+                ..config()
+            },
+        );
+        let server_id = server.client.local_id().clone();
+        assert!(client.client.wait_connected(&server_id, DEADLINE).await);
+        // The server sees a Cod-level connection (it has no idea who dialled); the client, whose peer is
+        // configured as an IPFS peer, must not hand it to orchestrator or compute logic.
+        assert_connected(server.next_event().await, &client.id());
+
+        let echo = tokio::spawn(async move {
+            let (peer, mut stream) = incoming.next().await.expect("a stream");
+            let mut buf = [0u8; 5];
+            stream.read_exact(&mut buf).await.expect("read");
+            stream.write_all(&buf).await.expect("write");
+            stream.close().await.expect("close");
+            peer
+        });
+        let mut stream = client
+            .client
+            .streams()
+            .open(&server_id, "/test/echo/1")
+            .await
+            .expect("open");
+        stream.write_all(b"hello").await.expect("write");
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.expect("read");
+        assert_eq!(back, b"hello");
+        assert_eq!(echo.await.expect("echo"), client.id());
+
+        let mut client = client;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), client.events.recv())
+                .await
+                .is_err(),
+            "an IPFS peer raised an event"
+        );
+    }
+
+    /// Kubo answers every bitswap message on a new stream, back to back; none may be dropped while the
+    /// consumer is busy (libp2p-stream's own one-slot hand-over lost about a quarter of them).
+    #[tokio::test]
+    async fn back_to_back_inbound_streams_wait_for_a_busy_consumer() {
+        use futures::{AsyncReadExt, AsyncWriteExt, StreamExt as _};
+
+        let server = Node::start(Identity::generate(), listening());
+        let addr = server.client.listen_addrs().await.expect("addr").remove(0);
+        let mut incoming = server
+            .client
+            .streams()
+            .accept("/test/burst/1")
+            .expect("accept");
+        let client = Node::start(
+            Identity::generate(),
+            Config {
+                ipfs_peers: vec![addr],
+                ..config()
+            },
+        );
+        let server_id = server.client.local_id().clone();
+        assert!(client.client.wait_connected(&server_id, DEADLINE).await);
+        // 32 streams opened and written while nobody is taking them.
+        let streams = client.client.streams();
+        let sends = (0..32u8).map(|i| {
+            let streams = streams.clone();
+            let server_id = server_id.clone();
+            async move {
+                let mut s = streams
+                    .open(&server_id, "/test/burst/1")
+                    .await
+                    .expect("open");
+                s.write_all(&[i]).await.expect("write");
+                s.close().await.expect("close");
+            }
+        });
+        futures::future::join_all(sends).await;
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 32 {
+            let (_, mut s) = tokio::time::timeout(DEADLINE, incoming.next())
+                .await
+                .expect("every stream arrives")
+                .expect("open");
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("read");
+            seen.insert(b[0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn ipfs_peers_need_a_peer_id() {
+        let err = build(
+            Identity::generate(),
+            Config {
+                ipfs_peers: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+                ..config()
+            },
+        )
+        .expect_err("no peer id");
+        assert!(err.to_string().contains("/p2p/"), "{err}");
     }
 
     #[tokio::test]

@@ -28,6 +28,9 @@ pub struct Config {
     pub listen: Vec<String>,
     /// Orchestrator multiaddrs to dial and keep dialing (compute nodes), with or without `/p2p/<id>`.
     pub orchestrators: Vec<String>,
+    /// IPFS peers (`.../p2p/<id>`) to dial and keep connected for bitswap. They are not Cod nodes: their
+    /// connections raise no [`Event`]s, so orchestrator and compute logic never see them.
+    pub ipfs_peers: Vec<String>,
     /// Per-request timeout.
     pub request_timeout: Duration,
     /// First reconnect delay; doubles up to `max_backoff`.
@@ -43,6 +46,7 @@ impl Default for Config {
         Self {
             listen: Vec::new(),
             orchestrators: Vec::new(),
+            ipfs_peers: Vec::new(),
             request_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
@@ -121,10 +125,13 @@ mod client;
 mod codec;
 mod event_loop;
 mod identity;
+mod inbound;
+mod stream;
 
 pub use client::Client;
 pub use event_loop::EventLoop;
 pub use identity::load_or_create_identity;
+pub use stream::{IncomingStreams, PeerStream, Streams};
 
 /// A node identity (its keypair), opaque outside this module.
 pub use identity::Identity;

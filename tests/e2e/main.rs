@@ -13,7 +13,11 @@ mod fixtures;
 mod harness;
 mod hybrid;
 #[cfg(feature = "ipfs")]
+mod ipfs;
+#[cfg(feature = "ipfs")]
 mod ipfs_cids;
+#[cfg(feature = "ipfs")]
+mod kubo;
 #[cfg(feature = "executor-oci")]
 mod oci_pull;
 #[cfg(feature = "executor-oci")]
