@@ -60,6 +60,8 @@ pub mod errors;
 pub mod executor;
 #[cfg(feature = "ipfs")]
 pub mod ipfs;
+#[cfg(feature = "compute")]
+mod keyed;
 pub mod model;
 pub mod node;
 #[cfg(feature = "executor-oci")]

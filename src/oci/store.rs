@@ -30,8 +30,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,7 @@ use super::platform::Platform;
 use super::reference::{Digest, ImageRef};
 use super::registry::{Compression, ImageConfig, LayerDescriptor, PullError, Registry};
 use super::unpack::{IdShift, UnpackError, UnpackLimits, apply_layer};
+use crate::keyed::{KeyedLocks, Lease, Leases};
 use crate::store::{Reader, Store, StoreError, Table};
 
 /// Read buffer for blobs: one syscall per 256 KiB instead of per 8 KiB.
@@ -129,14 +130,7 @@ pub struct Image {
 /// Keeps an image's layers from [`ImageStore::gc`] while it exists.
 #[derive(Debug)]
 pub struct ImageLease {
-    leases: Arc<Leases>,
-    keys: Vec<String>,
-}
-
-impl Drop for ImageLease {
-    fn drop(&mut self) {
-        self.leases.release(&self.keys);
-    }
+    _lease: Lease,
 }
 
 /// What [`ImageStore::gc`] did.
@@ -482,7 +476,9 @@ impl ImageStore {
         // cannot delete a layer between our check and our use of it.
         let mut keys = vec![image_key(&record.digest)];
         keys.extend(record.layers.iter().map(|l| layer_key(&l.diff_id)));
-        let lease = self.inner.leases.acquire(keys);
+        let lease = ImageLease {
+            _lease: self.inner.leases.acquire(keys),
+        };
 
         // Record the image before fetching layers: open and GC then see its blobs as wanted.
         record.reference = name.clone();
@@ -1229,73 +1225,6 @@ impl<R: BufRead> Read for ZstdFrames<R> {
     }
 }
 
-/// Reference counts of leased images and layers.
-#[derive(Debug, Default)]
-struct Leases {
-    counts: Mutex<HashMap<String, usize>>,
-}
-
-impl Leases {
-    fn acquire(self: &Arc<Self>, keys: Vec<String>) -> ImageLease {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        for k in &keys {
-            *counts.entry(k.clone()).or_default() += 1;
-        }
-        drop(counts);
-        ImageLease {
-            leases: self.clone(),
-            keys,
-        }
-    }
-
-    fn release(&self, keys: &[String]) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        for k in keys {
-            if let Some(n) = counts.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(k);
-                }
-            }
-        }
-    }
-
-    fn is_leased(&self, key: &str) -> bool {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(key)
-    }
-}
-
-/// Async locks by key, created on demand and dropped when nobody holds or waits for them.
-#[derive(Debug, Default)]
-struct KeyedLocks {
-    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(lock) = map.get(key).and_then(Weak::upgrade) {
-            return lock;
-        }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(key.to_owned(), Arc::downgrade(&lock));
-        lock
-    }
-
-    /// Waits for the lock on `key`. Cancel-safe (tokio's mutex is).
-    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        self.entry(key).lock_owned().await
-    }
-
-    fn try_lock(&self, key: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        self.entry(key).try_lock_owned().ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1333,38 +1262,6 @@ mod tests {
                 .read_to_end(&mut garbage)
                 .is_err()
         );
-    }
-
-    #[tokio::test]
-    async fn keyed_locks_serialise_one_key_and_free_unused_entries() {
-        let locks = KeyedLocks::default();
-        let held = locks.lock("a").await;
-        assert!(locks.try_lock("a").is_none(), "held");
-        assert!(locks.try_lock("b").is_some(), "another key is free");
-        drop(held);
-        assert!(locks.try_lock("a").is_some(), "released");
-        let _ = locks.entry("c");
-        assert!(
-            locks
-                .map
-                .lock()
-                .expect("map")
-                .values()
-                .all(|w| w.strong_count() == 0),
-            "no entry outlives its users"
-        );
-    }
-
-    #[test]
-    fn leases_count_and_release_on_drop() {
-        let leases = Arc::new(Leases::default());
-        let a = leases.acquire(vec!["layer:1".into(), "image:x".into()]);
-        let b = leases.acquire(vec!["layer:1".into()]);
-        assert!(leases.is_leased("layer:1") && leases.is_leased("image:x"));
-        drop(a);
-        assert!(leases.is_leased("layer:1") && !leases.is_leased("image:x"));
-        drop(b);
-        assert!(!leases.is_leased("layer:1"));
     }
 
     #[test]

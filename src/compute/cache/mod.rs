@@ -24,12 +24,11 @@
 pub(crate) mod input;
 pub(crate) mod result;
 
-use std::collections::HashMap;
 use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
@@ -37,6 +36,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
+pub(crate) use crate::keyed::Lease;
+use crate::keyed::{KeyedLocks, Leases};
 use crate::store::{Reader, Store, StoreError, Table};
 
 /// A cache operation that failed. The caller decides whether that fails the execution (it usually does not:
@@ -156,19 +157,6 @@ impl Drop for Staging {
                 }
             }
         }
-    }
-}
-
-/// Keeps one entry from eviction while it exists.
-#[derive(Debug)]
-pub(crate) struct Lease {
-    leases: Arc<Leases>,
-    key: String,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.leases.release(&self.key);
     }
 }
 
@@ -300,7 +288,7 @@ where
     pub async fn lock(&self, key: &str) -> KeyGuard {
         KeyGuard {
             key: key.to_owned(),
-            _lock: self.inner.locks.entry(key).lock_owned().await,
+            _lock: self.inner.locks.lock(key).await,
         }
     }
 
@@ -351,7 +339,7 @@ where
         Ok(Some(Hit {
             dir,
             entry,
-            lease: self.inner.leases.acquire(&guard.key),
+            lease: self.inner.leases.acquire(vec![guard.key.clone()]),
         }))
     }
 
@@ -415,7 +403,7 @@ where
             .write(move |txn| txn.put(table, &key, &value))
             .await
             .map_err(|source| self.index_err(source))?;
-        let lease = self.inner.leases.acquire(&guard.key);
+        let lease = self.inner.leases.acquire(vec![guard.key.clone()]);
         debug!(cache = name, key = %guard.key, size, "entry cached");
         // Best effort: a failed GC leaves the cache over budget until the next one, and the entry is fine.
         if let Err(e) = self.gc().await {
@@ -457,7 +445,7 @@ where
                 break;
             }
             // Busy means a fill or lookup holds it right now: it is in use.
-            let Ok(_lock) = self.inner.locks.entry(&key).try_lock_owned() else {
+            let Some(_lock) = self.inner.locks.try_lock(&key) else {
                 continue;
             };
             if self.inner.leases.is_leased(&key) {
@@ -685,63 +673,6 @@ fn copy_entry(from: &Path, to: &Path, meta: &std::fs::Metadata) -> io::Result<()
     } else {
         // Sockets, fifos, devices: nothing a job input or result should carry.
         Ok(())
-    }
-}
-
-/// Reference counts of leased entries.
-#[derive(Debug, Default)]
-struct Leases {
-    counts: Mutex<HashMap<String, usize>>,
-}
-
-impl Leases {
-    fn acquire(self: &Arc<Self>, key: &str) -> Lease {
-        *self
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.to_owned())
-            .or_default() += 1;
-        Lease {
-            leases: Arc::clone(self),
-            key: key.to_owned(),
-        }
-    }
-
-    fn release(&self, key: &str) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(key);
-            }
-        }
-    }
-
-    fn is_leased(&self, key: &str) -> bool {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(key)
-    }
-}
-
-/// Async locks by key, created on demand and dropped when nobody holds or waits for them.
-#[derive(Debug, Default)]
-struct KeyedLocks {
-    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(lock) = map.get(key).and_then(Weak::upgrade) {
-            return lock;
-        }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(key.to_owned(), Arc::downgrade(&lock));
-        lock
     }
 }
 
