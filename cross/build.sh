@@ -78,8 +78,8 @@ mkdir -p "$cache"
 
 features=()
 case "$flavor" in
-  edge) features=(compute executor-wasm executor-oci storage-url) ;;
-  full|gpu) features=(orchestrator compute executor-wasm executor-oci storage-url) ;;
+  edge) features=(compute executor-wasm executor-oci storage-url storage-s3 ipfs) ;;
+  full|gpu) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs) ;;
 esac
 ((qemu)) && features+=(lmdb-posix-sem)
 [[ -n "$extra_features" ]] && features+=(${extra_features//,/ })
