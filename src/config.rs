@@ -57,6 +57,36 @@ pub struct Config {
     /// Publisher settings, under Bacalhau's key names (`Publishers.Types.S3.PreSignedURLDisabled`).
     #[serde(rename = "Publishers")]
     pub publishers: PublishersConfig,
+    /// How inputs are fetched, under Bacalhau's key names (`InputSources.ReadTimeout`, `MaxRetryCount`).
+    #[serde(rename = "InputSources")]
+    pub input_sources: InputSourcesConfig,
+}
+
+/// Limits on fetching inputs over HTTP (`urlDownload`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InputSourcesConfig {
+    /// Longest one download try may take, connecting included (Bacalhau's default, 5 minutes).
+    #[serde(rename = "ReadTimeout")]
+    pub read_timeout: String,
+    /// Tries per download, the first included (Bacalhau's default, 3). Only connect errors, timeouts, 5xx and
+    /// 429 are tried again.
+    #[serde(rename = "MaxRetryCount")]
+    pub max_retry_count: u32,
+    /// The most bytes one download may have (a Cod setting: a runaway or hostile server must not fill the
+    /// board's disk).
+    #[serde(rename = "MaxSize")]
+    pub max_size: String,
+}
+
+impl Default for InputSourcesConfig {
+    fn default() -> Self {
+        Self {
+            read_timeout: "5m".into(),
+            max_retry_count: 3,
+            max_size: "1GiB".into(),
+        }
+    }
 }
 
 /// S3 access. A compute node uses it to fetch `s3` inputs and to publish to `s3`; an orchestrator uses it to
@@ -392,6 +422,7 @@ impl Default for Config {
             ipfs: IpfsConfig::default(),
             s3: S3Config::default(),
             publishers: PublishersConfig::default(),
+            input_sources: InputSourcesConfig::default(),
         }
     }
 }
@@ -671,6 +702,10 @@ pub struct Resolved {
     pub ipfs_store_bytes: u64,
     /// Limit for fetching one `ipfs` input.
     pub ipfs_fetch_timeout: Duration,
+    /// `InputSources.ReadTimeout`.
+    pub input_read_timeout: Duration,
+    /// `InputSources.MaxSize` in bytes.
+    pub input_max_bytes: u64,
 }
 
 impl Config {
@@ -814,6 +849,11 @@ impl Config {
             result_cache_bytes: bytes("Compute.ResultCacheSize", &c.result_cache_size)?,
             s3_presign_expiry,
             ipfs_store_bytes: self.ipfs_store_bytes()?,
+            input_read_timeout: duration(
+                "InputSources.ReadTimeout",
+                &self.input_sources.read_timeout,
+            )?,
+            input_max_bytes: bytes("InputSources.MaxSize", &self.input_sources.max_size)?,
             ipfs_fetch_timeout: duration("Ipfs.FetchTimeout", &self.ipfs.fetch_timeout)?,
         })
     }
@@ -887,6 +927,31 @@ mod tests {
         let shown = format!("{c:?} {}", serde_json::to_string(&c).expect("serializes"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn input_source_limits_use_bacalhaus_keys() {
+        let r = Config::default().resolve().expect("valid");
+        assert_eq!(r.input_read_timeout, Duration::from_secs(300));
+        assert_eq!(r.input_max_bytes, 1 << 30);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "inputsources: {readTimeout: 2s, MaxRetryCount: 1, maxsize: 1KiB}\n",
+        )
+        .expect("write");
+        let c = load_file(&path).expect("loads");
+        assert_eq!(c.input_sources.max_retry_count, 1);
+        let r = c.resolve().expect("valid");
+        assert_eq!(
+            (r.input_read_timeout, r.input_max_bytes),
+            (Duration::from_secs(2), 1024)
+        );
+        let mut c = Config::default();
+        c.input_sources.read_timeout = "soon".into();
+        let err = c.resolve().expect_err("invalid").to_string();
+        assert!(err.contains("InputSources.ReadTimeout"), "{err}");
     }
 
     #[test]

@@ -87,8 +87,14 @@ pub(super) async fn build(
     }
     #[cfg(feature = "storage-url")]
     {
-        let url = UrlSource::new(UrlSourceConfig::default())
-            .map_err(|e| NodeError::Backend(e.to_string()))?;
+        let limits = &config.raw.input_sources;
+        let url = UrlSource::new(UrlSourceConfig {
+            max_attempts: limits.max_retry_count.max(1),
+            timeout: config.input_read_timeout,
+            max_size: config.input_max_bytes,
+            ..UrlSourceConfig::default()
+        })
+        .map_err(|e| NodeError::Backend(e.to_string()))?;
         backends = backends.with_source(Arc::new(url));
     }
     #[cfg(feature = "storage-s3")]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Cod, DEADLINE, state, wait_until};
-use crate::registry::{PushOptions, RawImage, TarBuilder, TestRegistry, busybox};
+use crate::registry::{PushOptions, RawImage, TestRegistry, busybox};
+use crate::tarball::TarBuilder;
 
 /// A hybrid node for container jobs.
 fn node(name: &str, extra: &[&str]) -> Cod {

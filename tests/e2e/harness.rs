@@ -263,6 +263,20 @@ pub fn http() -> reqwest::blocking::Client {
         .expect("client")
 }
 
+/// Every execution's ComputeState message, joined (the reason a failed job gives).
+pub fn failure_reasons(body: &Value) -> String {
+    body["Executions"]["Items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|e| e["ComputeState"]["Message"].as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .unwrap_or_default()
+}
+
 pub fn state(job: &Value) -> String {
     job["Job"]["State"]["StateType"]
         .as_str()

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 #[cfg(feature = "executor-oci")]
 mod container;
+mod data;
 #[cfg(feature = "executor-oci")]
 mod docker;
 mod durability;
@@ -24,3 +25,4 @@ mod oci_pull;
 mod registry;
 #[cfg(feature = "storage-s3")]
 mod s3;
+mod tarball;

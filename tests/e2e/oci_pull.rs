@@ -16,9 +16,10 @@ use cod::store::Store;
 use serde_json::json;
 
 use crate::registry::{
-    PushOptions, RawCompression, RawImage, TarBuilder, TestRegistry, build_busybox_image, busybox,
+    PushOptions, RawCompression, RawImage, TestRegistry, build_busybox_image, busybox,
     wait_for_blob_gets,
 };
+use crate::tarball::TarBuilder;
 
 /// The container user namespace the node uses.
 const SHIFT: IdShift = IdShift {

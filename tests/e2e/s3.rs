@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::fixtures::{BIG_STDOUT, CAT, HELLO};
-use crate::harness::{Cod, DEADLINE, http, state, wait_until, wasm_job};
+use crate::harness::{Cod, DEADLINE, failure_reasons, http, state, wait_until, wasm_job};
 
 const ACCESS_KEY: &str = "codtestkey";
 const SECRET_KEY: &str = "codtestsecret-0123456789";
@@ -255,20 +255,6 @@ fn cat_job(files: &[&str], inputs: Vec<Value>) -> Value {
         CAT,
         json!({"InputSources": inputs, "Engine": {"Params": {"Parameters": files}}}),
     )
-}
-
-/// Every execution's ComputeState message, joined (the reason a failed job gives).
-fn failure_reasons(body: &Value) -> String {
-    body["Executions"]["Items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|e| e["ComputeState"]["Message"].as_str())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        })
-        .unwrap_or_default()
 }
 
 fn stdout_of(body: &Value) -> String {
