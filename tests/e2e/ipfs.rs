@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Cod, DEADLINE, state, wasm_data_url};
+use crate::harness::{Cod, DEADLINE, failure_reasons, state, wasm_data_url};
 use crate::kubo::KuboPeer;
 
 /// Copies `inputs/data.txt` to stdout and to `outputs/copy.txt` (WASI, Cod preopens "/" as fd 3).
@@ -78,13 +78,6 @@ fn publisher_url(cod: &Cod) -> String {
         serde_json::from_slice(&std::fs::read(cod.dir.join("ready.json")).expect("ready file"))
             .expect("json");
     ready["publisher"].as_str().expect("publisher").to_owned()
-}
-
-fn compute_message(body: &Value) -> String {
-    body["Executions"]["Items"][0]["ComputeState"]["Message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn published_cid(cod: &Cod, job: &str) -> String {
@@ -284,7 +277,7 @@ fn a_gateway_that_forges_a_block_fails_the_input_and_nothing_is_stored() {
     let job = cod.submit(cat_job(&cid, "local"));
     let body = cod.wait_terminal(&job, DEADLINE);
     assert_eq!(state(&body), "Failed", "{body}");
-    let message = compute_message(&body);
+    let message = failure_reasons(&body);
     assert!(
         message.contains(&format!("CID {cid} could not be fetched from any of"))
             && message.contains("corrupt or forged"),
@@ -317,7 +310,7 @@ fn a_cid_nobody_has_fails_within_the_fetch_timeout() {
     let job = cod.submit(cat_job(cid, "local"));
     let body = cod.wait_terminal(&job, DEADLINE);
     assert_eq!(state(&body), "Failed", "{body}");
-    let message = compute_message(&body);
+    let message = failure_reasons(&body);
     assert!(
         message.starts_with(&format!(
             "CID {cid} could not be fetched from any of: the local store, bitswap peer {}",
