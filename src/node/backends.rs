@@ -68,6 +68,7 @@ pub(super) async fn build(
             .with_source(Arc::new(IpfsSource::new(
                 parts.fetcher,
                 parts.fetch_timeout,
+                config.input_max_bytes,
             )))
             .with_publisher(Arc::new(IpfsPublisher::new(
                 parts.store,

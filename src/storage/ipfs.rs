@@ -25,14 +25,23 @@ pub struct IpfsSource {
     fetcher: Fetcher,
     /// Longest fetch of one input.
     timeout: Duration,
+    /// The most file bytes one input may unpack to (`InputSources.MaxSize`).
+    max_bytes: u64,
 }
+
+/// The most files, directories and symlinks one input may unpack to.
+const MAX_ENTRIES: u64 = 1_000_000;
 
 // === impl IpfsSource ===
 
 impl IpfsSource {
-    /// A source fetching through `fetcher`, each input within `timeout`.
-    pub fn new(fetcher: Fetcher, timeout: Duration) -> Self {
-        Self { fetcher, timeout }
+    /// A source fetching through `fetcher`, each input within `timeout` and `max_bytes` of file content.
+    pub fn new(fetcher: Fetcher, timeout: Duration, max_bytes: u64) -> Self {
+        Self {
+            fetcher,
+            timeout,
+            max_bytes,
+        }
     }
 
     /// What identifies the input's content, for the input cache: the CID (plus the path inside it). Cheap:
@@ -107,10 +116,24 @@ impl StorageSource for IpfsSource {
         }
         let dest = scratch.join("ipfs");
         let local = LocalSource(Arc::clone(self.fetcher.store()));
-        export::get(&local, &cid, &dest)
+        let limits = export::ExportLimits::new(self.max_bytes, MAX_ENTRIES);
+        export::get_limited(&local, &cid, &dest, &limits)
             .await
-            .map_err(|e| StorageError::NotFound {
-                what: format!("ipfs input {cid} ({})", crate::errors::chain(&e)),
+            .map_err(|e| match e {
+                export::ExportError::TooLarge { .. } => StorageError::TooLarge {
+                    what: format!("ipfs://{cid}"),
+                    limit: self.max_bytes,
+                },
+                export::ExportError::UnsafeName { name, .. } => {
+                    StorageError::UnsafeArchive { entry: name }
+                }
+                export::ExportError::UnsafeSymlink { target, .. } => {
+                    StorageError::UnsafeArchive { entry: target }
+                }
+                e => StorageError::Download {
+                    url: format!("ipfs://{cid}"),
+                    reason: crate::errors::chain(&e),
+                },
             })?;
         let host_path = if path.is_empty() {
             dest
@@ -144,7 +167,7 @@ mod tests {
         let root = import_path(&*store, &src.path().join("d"), &ImportOptions::default())
             .expect("import")
             .cid;
-        let source = IpfsSource::new(Fetcher::new(store), Duration::from_secs(5));
+        let source = IpfsSource::new(Fetcher::new(store), Duration::from_secs(5), 1 << 30);
 
         let scratch = tempfile::tempdir().expect("tmp");
         let spec = InputSpec::Ipfs {
@@ -181,6 +204,7 @@ mod tests {
         let source = IpfsSource::new(
             Fetcher::new(Arc::new(MemoryBlockStore::new())),
             Duration::from_secs(5),
+            1 << 30,
         );
         let scratch = tempfile::tempdir().expect("tmp");
         let spec = InputSpec::Ipfs {

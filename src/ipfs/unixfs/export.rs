@@ -14,6 +14,7 @@
 //!   real directory it sits in (all of which we created), a chain of such links cannot lead out either.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cid::Cid;
@@ -75,6 +76,16 @@ pub enum ExportError {
         /// Its target.
         target: String,
     },
+    /// The DAG describes more than the caller allows (see [`ExportLimits`]).
+    #[error(
+        "the DAG holds more than {limit} {what}; it is too large for this node (or built to exhaust it)"
+    )]
+    TooLarge {
+        /// `bytes` or `entries`.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// The destination exists.
     #[error("{path:?} already exists; choose another output path or remove it first")]
     Exists {
@@ -90,6 +101,55 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Caps on what one [`get_limited`] may write. A DAG may name one block many times, so a few small blocks
+/// can describe terabytes of files or millions of entries (a "DAG bomb"); the fetcher stores each block once
+/// and never notices, so the writer must count.
+#[derive(Debug)]
+pub struct ExportLimits {
+    max_bytes: u64,
+    max_entries: u64,
+    bytes: AtomicU64,
+    entries: AtomicU64,
+}
+
+impl ExportLimits {
+    /// At most `max_bytes` of file content and `max_entries` files, directories and symlinks.
+    pub fn new(max_bytes: u64, max_entries: u64) -> Self {
+        Self {
+            max_bytes,
+            max_entries,
+            bytes: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+        }
+    }
+
+    /// No caps (the user's own `cod ipfs get`: they see what they asked for).
+    pub fn unlimited() -> Self {
+        Self::new(u64::MAX, u64::MAX)
+    }
+
+    fn take_bytes(&self, n: usize) -> Result<(), ExportError> {
+        let before = self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if before.saturating_add(n as u64) > self.max_bytes {
+            return Err(ExportError::TooLarge {
+                what: "bytes",
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn take_entry(&self) -> Result<(), ExportError> {
+        if self.entries.fetch_add(1, Ordering::Relaxed) >= self.max_entries {
+            return Err(ExportError::TooLarge {
+                what: "entries",
+                limit: self.max_entries,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What [`get`] wrote.
@@ -207,7 +267,15 @@ where
         });
     };
     let stdout = PathBuf::from("<output>");
-    write_file(source, data, links, out, &stdout).await
+    write_file(
+        source,
+        data,
+        links,
+        out,
+        &stdout,
+        &ExportLimits::unlimited(),
+    )
+    .await
 }
 
 /// Writes a file's inline data then its children, depth first, in order.
@@ -217,6 +285,7 @@ fn write_file<'a, W>(
     links: Vec<Cid>,
     out: &'a mut W,
     path: &'a Path,
+    limits: &'a ExportLimits,
 ) -> futures::future::BoxFuture<'a, Result<u64, ExportError>>
 where
     W: AsyncWrite + Unpin + Send + ?Sized,
@@ -226,6 +295,7 @@ where
             path: path.to_owned(),
             source,
         };
+        limits.take_bytes(data.len())?;
         out.write_all(&data).await.map_err(write)?;
         let mut written = data.len() as u64;
         let mut children = futures::stream::iter(
@@ -238,11 +308,12 @@ where
             let (cid, block) = child?;
             match decode(cid, block)? {
                 Node::File { data, links } if links.is_empty() => {
+                    limits.take_bytes(data.len())?;
                     out.write_all(&data).await.map_err(write)?;
                     written += data.len() as u64;
                 }
                 Node::File { data, links } => {
-                    written += write_file(source, data, links, out, path).await?;
+                    written += write_file(source, data, links, out, path, limits).await?;
                 }
                 other => {
                     return Err(ExportError::Corrupt {
@@ -331,6 +402,17 @@ pub async fn get(
     cid: &Cid,
     dest: &Path,
 ) -> Result<ExportSummary, ExportError> {
+    get_limited(source, cid, dest, &ExportLimits::unlimited()).await
+}
+
+/// [`get`] within `limits`; on [`ExportError::TooLarge`] what was written so far stays for the caller to
+/// remove (a job input's scratch directory goes with its execution).
+pub async fn get_limited(
+    source: &dyn BlockSource,
+    cid: &Cid,
+    dest: &Path,
+    limits: &ExportLimits,
+) -> Result<ExportSummary, ExportError> {
     if tokio::fs::symlink_metadata(dest).await.is_ok() {
         return Err(ExportError::Exists {
             path: dest.to_owned(),
@@ -339,7 +421,7 @@ pub async fn get(
     let mut summary = ExportSummary::default();
     let root = decode(*cid, fetch(source, *cid).await?)?;
     let mut dirs = Vec::new();
-    place(source, *cid, root, dest, 0, &mut summary, &mut dirs).await?;
+    place(source, *cid, root, dest, 0, &mut summary, &mut dirs, limits).await?;
     while let Some((cid, node, path, depth)) = dirs.pop() {
         for (name, child) in entries(source, cid, node).await? {
             if !safe_name(&name) {
@@ -354,6 +436,7 @@ pub async fn get(
                 depth + 1,
                 &mut summary,
                 &mut dirs,
+                limits,
             )
             .await?;
         }
@@ -372,7 +455,9 @@ async fn place(
     depth: usize,
     summary: &mut ExportSummary,
     dirs: &mut PendingDirs,
+    limits: &ExportLimits,
 ) -> Result<(), ExportError> {
+    limits.take_entry()?;
     let write = |source| ExportError::Write {
         path: path.to_owned(),
         source,
@@ -385,7 +470,7 @@ async fn place(
                 .open(path)
                 .await
                 .map_err(write)?;
-            summary.bytes += write_file(source, data, links, &mut file, path).await?;
+            summary.bytes += write_file(source, data, links, &mut file, path, limits).await?;
             file.flush().await.map_err(write)?;
             summary.files += 1;
         }
@@ -505,6 +590,86 @@ mod tests {
         }
         assert!(!tmp.path().join("escape").exists());
         assert!(!tmp.path().join("out/escape").exists());
+    }
+
+    /// One 256 KiB leaf named 174 times per level, 3 levels: 8 blocks describe 1.2 GiB. The fetcher would
+    /// hold 8 blocks; only the writer's count stops the disk from filling.
+    #[tokio::test]
+    async fn dag_bombs_stop_at_the_limits() {
+        let store = Arc::new(MemoryBlockStore::new());
+        let leaf = Block::new(RAW, Bytes::from(vec![7u8; 256 * 1024]), false);
+        store.put(&leaf).expect("leaf");
+        let mut top = *leaf.cid();
+        let mut size = 256 * 1024u64;
+        for _ in 0..3 {
+            let mut data = UnixfsData::new(DataType::File);
+            data.filesize = Some(size * 174);
+            data.blocksizes = vec![size; 174];
+            let node = PbNode {
+                links: (0..174)
+                    .map(|_| PbLink {
+                        hash: top,
+                        name: Some(String::new()),
+                        tsize: Some(size),
+                    })
+                    .collect(),
+                data: Some(Bytes::from(data.encode())),
+            };
+            let block = Block::new(DAG_PB, Bytes::from(node.encode()), true);
+            store.put(&block).expect("node");
+            top = *block.cid();
+            size *= 174;
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let limits = ExportLimits::new(10 << 20, 100);
+        let err = get_limited(
+            &LocalSource(store.clone()),
+            &top,
+            &dir.path().join("f"),
+            &limits,
+        )
+        .await
+        .expect_err("bomb");
+        assert!(
+            matches!(err, ExportError::TooLarge { what: "bytes", .. }),
+            "{err}"
+        );
+        let written = std::fs::metadata(dir.path().join("f")).expect("file").len();
+        assert!(written <= 10 << 20, "{written} bytes written");
+
+        // Entries: a directory naming the same sub-directory 50 times, twice over, is 2,551 entries.
+        let file = Block::new(RAW, Bytes::from_static(b"x"), false);
+        store.put(&file).expect("file");
+        let mut child = *file.cid();
+        for _ in 0..2 {
+            let node = PbNode {
+                links: (0..50)
+                    .map(|i| PbLink {
+                        hash: child,
+                        name: Some(format!("e{i:02}")),
+                        tsize: Some(1),
+                    })
+                    .collect(),
+                data: Some(Bytes::from(UnixfsData::new(DataType::Directory).encode())),
+            };
+            let block = Block::new(DAG_PB, Bytes::from(node.encode()), true);
+            store.put(&block).expect("dir");
+            child = *block.cid();
+        }
+        let limits = ExportLimits::new(u64::MAX, 1000);
+        let err = get_limited(&LocalSource(store), &child, &dir.path().join("d"), &limits)
+            .await
+            .expect_err("bomb");
+        assert!(
+            matches!(
+                err,
+                ExportError::TooLarge {
+                    what: "entries",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]
