@@ -418,34 +418,32 @@ pub async fn get_limited(
             path: dest.to_owned(),
         });
     }
-    let mut summary = ExportSummary::default();
     let root = decode(*cid, fetch(source, *cid).await?)?;
-    let mut dirs = Vec::new();
-    place(source, *cid, root, dest, 0, &mut summary, &mut dirs, limits).await?;
-    while let Some((cid, node, path, depth)) = dirs.pop() {
+    let mut walk = Walk {
+        summary: ExportSummary::default(),
+        dirs: Vec::new(),
+        limits,
+    };
+    place(source, *cid, root, dest, 0, &mut walk).await?;
+    while let Some((cid, node, path, depth)) = walk.dirs.pop() {
         for (name, child) in entries(source, cid, node).await? {
             if !safe_name(&name) {
                 return Err(ExportError::UnsafeName { dir: cid, name });
             }
             let node = decode(child, fetch(source, child).await?)?;
-            place(
-                source,
-                child,
-                node,
-                &path.join(&name),
-                depth + 1,
-                &mut summary,
-                &mut dirs,
-                limits,
-            )
-            .await?;
+            place(source, child, node, &path.join(&name), depth + 1, &mut walk).await?;
         }
     }
-    Ok(summary)
+    Ok(walk.summary)
 }
 
-/// Directories waiting for their entries: block, node, path, depth.
-type PendingDirs = Vec<(Cid, Node, PathBuf, usize)>;
+/// The state of one [`get_limited`]: what was written, directories waiting for their entries (block, node,
+/// path, depth), and the caps.
+struct Walk<'a> {
+    summary: ExportSummary,
+    dirs: Vec<(Cid, Node, PathBuf, usize)>,
+    limits: &'a ExportLimits,
+}
 
 async fn place(
     source: &dyn BlockSource,
@@ -453,11 +451,9 @@ async fn place(
     node: Node,
     path: &Path,
     depth: usize,
-    summary: &mut ExportSummary,
-    dirs: &mut PendingDirs,
-    limits: &ExportLimits,
+    walk: &mut Walk<'_>,
 ) -> Result<(), ExportError> {
-    limits.take_entry()?;
+    walk.limits.take_entry()?;
     let write = |source| ExportError::Write {
         path: path.to_owned(),
         source,
@@ -470,9 +466,10 @@ async fn place(
                 .open(path)
                 .await
                 .map_err(write)?;
-            summary.bytes += write_file(source, data, links, &mut file, path, limits).await?;
+            walk.summary.bytes +=
+                write_file(source, data, links, &mut file, path, walk.limits).await?;
             file.flush().await.map_err(write)?;
-            summary.files += 1;
+            walk.summary.files += 1;
         }
         Node::Symlink(target) => {
             let target =
@@ -489,12 +486,12 @@ async fn place(
                 });
             }
             tokio::fs::symlink(&target, path).await.map_err(write)?;
-            summary.symlinks += 1;
+            walk.summary.symlinks += 1;
         }
         dir @ (Node::Dir(_) | Node::Shard { .. }) => {
             tokio::fs::create_dir(path).await.map_err(write)?;
-            summary.dirs += 1;
-            dirs.push((cid, dir, path.to_owned(), depth));
+            walk.summary.dirs += 1;
+            walk.dirs.push((cid, dir, path.to_owned(), depth));
         }
     }
     Ok(())
