@@ -3,7 +3,49 @@
 //! entry in use is never evicted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Strictly increasing wall-clock stamps for LRU order: two uses in the same millisecond (or after the clock
+/// stepped back) still get distinct, ordered stamps.
+#[derive(Debug)]
+pub(crate) struct UseClock {
+    last: AtomicU64,
+}
+
+impl UseClock {
+    /// A clock whose stamps come after `last` (the newest stamp already stored).
+    pub(crate) fn after(last: u64) -> Self {
+        Self {
+            last: AtomicU64::new(last),
+        }
+    }
+
+    /// The next stamp.
+    pub(crate) fn stamp(&self) -> u64 {
+        let now = now_ms();
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+}
 
 /// Async locks by key, created on demand and dropped when nobody holds or waits for them.
 #[derive(Debug, Default)]
@@ -110,6 +152,14 @@ mod tests {
                 .all(|w| w.strong_count() == 0),
             "no entry outlives its users"
         );
+    }
+
+    #[test]
+    fn use_stamps_strictly_increase_past_the_stored_newest() {
+        let clock = UseClock::after(u64::MAX - 10);
+        let a = clock.stamp();
+        let b = clock.stamp();
+        assert!(a > u64::MAX - 10 && b > a);
     }
 
     #[test]

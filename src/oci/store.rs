@@ -31,8 +31,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -42,7 +41,7 @@ use super::platform::Platform;
 use super::reference::{Digest, ImageRef};
 use super::registry::{Compression, ImageConfig, LayerDescriptor, PullError, Registry};
 use super::unpack::{IdShift, UnpackError, UnpackLimits, apply_layer};
-use crate::keyed::{KeyedLocks, Lease, Leases};
+use crate::keyed::{KeyedLocks, Lease, Leases, UseClock, now_ms};
 use crate::store::{Reader, Store, StoreError, Table};
 
 /// Read buffer for blobs: one syscall per 256 KiB instead of per 8 KiB.
@@ -194,7 +193,7 @@ struct Inner {
     gc: tokio::sync::Mutex<()>,
     /// The last use stamp given out: wall-clock milliseconds, but strictly increasing, so that two pulls in
     /// the same millisecond still have an LRU order.
-    last_use: AtomicU64,
+    clock: UseClock,
 }
 
 #[derive(Debug, Clone)]
@@ -255,13 +254,6 @@ struct LayerRecord {
 struct TagRecord {
     digest: Digest,
     resolved_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn tag_key(image: &ImageRef, platform: &Platform) -> String {
@@ -339,7 +331,7 @@ impl ImageStore {
                 locks: KeyedLocks::default(),
                 leases: Arc::new(Leases::default()),
                 gc: tokio::sync::Mutex::new(()),
-                last_use: AtomicU64::new(last_use),
+                clock: UseClock::after(last_use),
             }),
         })
     }
@@ -482,7 +474,7 @@ impl ImageStore {
 
         // Record the image before fetching layers: open and GC then see its blobs as wanted.
         record.reference = name.clone();
-        record.last_used_ms = self.use_stamp();
+        record.last_used_ms = self.inner.clock.stamp();
         let to_store = record.clone();
         let missing: Vec<u64> = self
             .inner
@@ -534,24 +526,6 @@ impl ImageStore {
             took,
             lease,
         })
-    }
-
-    /// A strictly increasing wall-clock stamp for LRU order.
-    fn use_stamp(&self) -> u64 {
-        let now = now_ms();
-        let mut last = self.inner.last_use.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(last + 1);
-            match self.inner.last_use.compare_exchange_weak(
-                last,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(actual) => last = actual,
-            }
-        }
     }
 
     /// Makes layer `index` of `image` present (download + unpack unless already there) and returns its

@@ -28,8 +28,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,7 +35,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
 pub(crate) use crate::keyed::Lease;
-use crate::keyed::{KeyedLocks, Leases};
+use crate::keyed::{KeyedLocks, Leases, UseClock};
 use crate::store::{Reader, Store, StoreError, Table};
 
 /// A cache operation that failed. The caller decides whether that fails the execution (it usually does not:
@@ -215,7 +213,7 @@ struct Inner {
     /// One GC at a time (an async lock: GC awaits LMDB and file removal while holding it).
     gc: tokio::sync::Mutex<()>,
     /// The last use stamp handed out, so LRU order is strict even within one millisecond.
-    last_use: AtomicU64,
+    clock: UseClock,
 }
 
 // === impl DiskCache ===
@@ -275,7 +273,7 @@ where
                 locks: KeyedLocks::default(),
                 leases: Arc::new(Leases::default()),
                 gc: tokio::sync::Mutex::new(()),
-                last_use: AtomicU64::new(last_use),
+                clock: UseClock::after(last_use),
             }),
             _meta: PhantomData,
         };
@@ -316,7 +314,7 @@ where
         }
         if let Some(mut value) = found.clone() {
             if let Some(obj) = value.as_object_mut() {
-                obj.insert("last_used_ms".into(), self.use_stamp().into());
+                obj.insert("last_used_ms".into(), self.inner.clock.stamp().into());
             }
             let key = guard.key.clone();
             self.inner
@@ -392,7 +390,7 @@ where
         let _ = staging.into_path();
         let entry = Entry {
             size_bytes: size,
-            last_used_ms: self.use_stamp(),
+            last_used_ms: self.inner.clock.stamp(),
             meta,
         };
         let value = serde_json::to_value(&entry)
@@ -504,23 +502,6 @@ where
         all.into_iter().map(|(k, _)| k).collect()
     }
 
-    fn use_stamp(&self) -> u64 {
-        let now = now_ms();
-        let mut last = self.inner.last_use.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(last + 1);
-            match self.inner.last_use.compare_exchange_weak(
-                last,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(actual) => last = actual,
-            }
-        }
-    }
-
     fn io_err(&self, op: &'static str, path: &Path, source: io::Error) -> CacheError {
         CacheError::Io {
             cache: self.inner.name,
@@ -536,13 +517,6 @@ where
             source,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Runs `f` on the blocking pool.
