@@ -294,14 +294,7 @@ fn bash(tree: &[CommandDoc]) -> String {
          \x20       w=\"${COMP_WORDS[i]}\"\n\
          \x20       case \"$cmd $w\" in\n",
     );
-    let children: Vec<String> = tree
-        .iter()
-        .filter(|c| c.path.len() > 1)
-        .map(|c| sq(&c.path.join(" ")))
-        .collect();
-    if !children.is_empty() {
-        let _ = writeln!(s, "            {}) cmd=\"$cmd $w\" ;;", children.join("|"));
-    }
+    descend_cases(&mut s, tree);
     s.push_str("        esac\n    done\n    local opts= takes=\n    case \"$cmd\" in\n");
     for c in tree {
         let _ = writeln!(
@@ -325,6 +318,19 @@ fn bash(tree: &[CommandDoc]) -> String {
     s
 }
 
+/// The `case "$cmd $w"` arm shared by the bash and zsh walks: a word that names a subcommand of the command
+/// seen so far descends into it.
+fn descend_cases(s: &mut String, tree: &[CommandDoc]) {
+    let children: Vec<String> = tree
+        .iter()
+        .filter(|c| c.path.len() > 1)
+        .map(|c| sq(&c.path.join(" ")))
+        .collect();
+    if !children.is_empty() {
+        let _ = writeln!(s, "            {}) cmd=\"$cmd $w\" ;;", children.join("|"));
+    }
+}
+
 /// Zsh: the same walk over `$words`; subcommands come with their descriptions.
 fn zsh(tree: &[CommandDoc]) -> String {
     let mut s = String::from(
@@ -336,14 +342,7 @@ fn zsh(tree: &[CommandDoc]) -> String {
          \x20       w=${words[i]}\n\
          \x20       case \"$cmd $w\" in\n",
     );
-    let children: Vec<String> = tree
-        .iter()
-        .filter(|c| c.path.len() > 1)
-        .map(|c| sq(&c.path.join(" ")))
-        .collect();
-    if !children.is_empty() {
-        let _ = writeln!(s, "            {}) cmd=\"$cmd $w\" ;;", children.join("|"));
-    }
+    descend_cases(&mut s, tree);
     s.push_str("        esac\n    done\n    local -a subcommands flags\n    case $cmd in\n");
     for c in tree {
         let subs: Vec<String> = c
