@@ -202,12 +202,68 @@ fn a_job_accepted_before_a_stricter_restart_fails_with_the_policy_reason() {
     assert_refused(&cod, &id, &body, "Engines.Disabled");
 }
 
+#[test]
+fn the_policy_shows_in_the_agent_config_and_config_secrets_do_not() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("node.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "Compute:\n  Env: {{AllowList: [\"EDGE_*\"]}}\n  Policy:\n    ImageAllowList: [alpine]\n    \
+             MaxJob: {{Memory: 256MiB}}\n  Docker:\n    Credentials:\n      registry.lan:5000: \
+             {{Username: ci, Password: {SECRET}}}\nS3: {{AccessKeyID: AKIA1, SecretAccessKey: {SECRET}}}\n\
+             Engines: {{Disabled: [docker]}}\nJobAdmissionControl: {{RejectNetworkedJobs: true}}\n"
+        ),
+    )
+    .expect("write config");
+    let cod = Cod::start(
+        "policy-config",
+        &["--config", config.to_str().expect("path")],
+    );
+    let (status, body) = cod.get("/api/v1/agent/config");
+    assert_eq!(status, 200, "{body}");
+    let text = body.to_string();
+    assert!(
+        !text.contains(SECRET),
+        "the agent config shows a secret: {text}"
+    );
+    let c = &body["config"];
+    assert_eq!(c["Compute"]["Env"]["AllowList"], json!(["EDGE_*"]), "{c:#}");
+    assert_eq!(
+        c["Compute"]["Policy"]["ImageAllowList"],
+        json!(["alpine"]),
+        "{c:#}"
+    );
+    assert_eq!(
+        c["Compute"]["Policy"]["MaxJob"]["Memory"], "256MiB",
+        "{c:#}"
+    );
+    assert_eq!(c["Engines"]["Disabled"], json!(["docker"]), "{c:#}");
+    assert_eq!(
+        c["JobAdmissionControl"]["RejectNetworkedJobs"], true,
+        "{c:#}"
+    );
+    let shown = cod.cli_ok(&["agent", "config"]);
+    assert!(
+        !shown.contains(SECRET) && shown.contains("AllowList"),
+        "{shown}"
+    );
+    assert!(
+        !cod.log().contains(SECRET),
+        "the node's log has a config secret"
+    );
+    // The per-job maximum is what the node advertises to the orchestrator.
+    let (_, node) = cod.get(&format!("/api/v1/orchestrator/nodes/{}", cod.node_id));
+    let text = node.to_string();
+    assert!(text.contains(&(256u64 << 20).to_string()), "{node:#}");
+}
+
 #[cfg(feature = "executor-oci")]
 mod docker {
     use serde_json::json;
 
     use super::{SECRET, assert_refused, assert_secret_nowhere, run, secret_node};
-    use crate::harness::state;
+    use crate::harness::{DEADLINE, state, wait_until};
     use crate::registry::{PushOptions, TestRegistry};
 
     fn sh_job(image: &str, script: &str, env: serde_json::Value) -> serde_json::Value {
@@ -263,6 +319,33 @@ mod docker {
             stdout.contains(&hash),
             "the container got the value itself: {stdout}"
         );
+        assert_secret_nowhere(&cod, &id, &body);
+    }
+
+    #[test]
+    fn live_output_of_a_running_container_masks_the_secret() {
+        let registry = TestRegistry::start();
+        let image = registry.push_busybox("allowed/busybox", "1", &PushOptions::default());
+        let cod = secret_node("policy-live", &[]);
+        // The secret is printed in two writes, so that a live read may see only its first part.
+        let script = "printf 't=%s' \"${TOKEN%????????}\"; printf '%s\\n' \"${TOKEN#????????????????}\"; \
+                      echo done-printing; sleep 30";
+        let id = cod.submit(sh_job(
+            &image.reference,
+            script,
+            json!({"TOKEN": "env:EDGE_TOKEN"}),
+        ));
+        let live = wait_until("live output", DEADLINE, || {
+            let out = cod.cli_ok(&["job", "logs", &id]);
+            out.contains("done-printing").then_some(out)
+        });
+        assert!(
+            !live.contains(SECRET),
+            "live output shows the secret: {live}"
+        );
+        assert!(live.contains("t=*"), "{live}");
+        cod.cli_ok(&["job", "stop", &id]);
+        let body = cod.wait_terminal(&id, DEADLINE);
         assert_secret_nowhere(&cod, &id, &body);
     }
 }
