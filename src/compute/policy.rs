@@ -297,6 +297,7 @@ mod tests {
         None
     }
 
+    #[cfg(feature = "executor-oci")]
     fn policy_with_images(entries: &[&str]) -> Policy {
         Policy {
             image_allow_list: entries

@@ -223,3 +223,34 @@ pub trait Executor: Send + Sync + fmt::Debug {
         cancel: CancellationToken,
     ) -> Result<RunOutcome, ExecutorError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_context_debug_hides_env_values() {
+        let ctx = RunContext {
+            execution_id: ExecutionId::generate(),
+            job_id: JobId::generate(),
+            engine: EngineSpec::Unknown("x".into()),
+            env: BTreeMap::from([("TOKEN".to_owned(), "resolved-secret".to_owned())]),
+            inputs: vec![],
+            outputs: vec![],
+            stdout_path: PathBuf::from("/o"),
+            stderr_path: PathBuf::from("/e"),
+            scratch_dir: PathBuf::from("/s"),
+            limits: Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout: None,
+                max_output_bytes: 1,
+            },
+            network: NetworkConfig::default(),
+            progress: Progress::default(),
+        };
+        let shown = format!("{ctx:?}");
+        assert!(shown.contains("TOKEN"), "{shown}");
+        assert!(!shown.contains("resolved-secret"), "{shown}");
+    }
+}
