@@ -1223,6 +1223,62 @@ mod tests {
     }
 
     #[test]
+    fn policy_keys_use_bacalhaus_names_and_bad_entries_name_their_key() {
+        use crate::model::{EngineKind, PublisherKind, SourceKind};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "engines: {disabled: [Docker]}\ninputsources: {disabled: [urlDownload]}\n\
+             publishers: {disabled: [s3]}\njobAdmissionControl: {rejectNetworkedJobs: true}\n\
+             compute: {env: {allowList: [EDGE_*]}, policy: {imageAllowList: [alpine], \
+             maxJob: {cpu: 500m, memory: 1GiB, gpu: \"1\"}}}\n",
+        )
+        .expect("write");
+        let p = load_file(&path)
+            .expect("loads")
+            .resolve()
+            .expect("valid")
+            .policy;
+        assert!(p.disabled_engines.contains(&EngineKind::Docker));
+        assert!(p.disabled_sources.contains(&SourceKind::UrlDownload));
+        assert!(p.disabled_publishers.contains(&PublisherKind::S3));
+        assert!(p.reject_networked_jobs);
+        assert_eq!(p.env_allow_list, ["EDGE_*"]);
+        assert_eq!(p.image_allow_list.len(), 1);
+        assert_eq!(
+            (
+                p.max_job.cpu,
+                p.max_job.memory,
+                p.max_job.disk,
+                p.max_job.gpu
+            ),
+            (Some(0.5), Some(1 << 30), None, Some(1))
+        );
+        assert_eq!(
+            Config::default().resolve().expect("valid").policy,
+            crate::compute::Policy::default(),
+            "the default policy admits everything"
+        );
+
+        let mut c = Config::default();
+        c.engines.disabled = vec!["podman".into()];
+        let err = c.resolve().expect_err("unknown engine").to_string();
+        assert!(
+            err.contains("Engines.Disabled") && err.contains("podman"),
+            "{err}"
+        );
+        let mut c = Config::default();
+        c.compute.policy.max_job.memory = "lots".into();
+        let err = c.resolve().expect_err("bad size").to_string();
+        assert!(err.contains("Compute.Policy.MaxJob.Memory"), "{err}");
+        let mut c = Config::default();
+        c.compute.policy.image_allow_list = vec!["a//b".into()];
+        let err = c.resolve().expect_err("bad pattern").to_string();
+        assert!(err.contains("Compute.Policy.ImageAllowList"), "{err}");
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let mut c = Config::default();
         c.compute.heartbeat_interval = "soon".into();

@@ -731,7 +731,11 @@ impl Compute {
         drop(scrubbing);
         let ((stdout, stdout_truncated), (stderr, stderr_truncated)) = match collected {
             Ok(Ok(heads)) => heads,
-            Ok(Err(e)) => return failed(format!("cannot write exitCode: {e}")),
+            Ok(Err(e)) => {
+                return failed(format!(
+                    "cannot write exitCode or scrub secrets from the output: {e}"
+                ));
+            }
             Err(e) => return failed(format!("cannot collect the output: {e}")),
         };
         let mut output = RunCommandResult {
