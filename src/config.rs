@@ -60,6 +60,70 @@ pub struct Config {
     /// How inputs are fetched, under Bacalhau's key names (`InputSources.ReadTimeout`, `MaxRetryCount`).
     #[serde(rename = "InputSources")]
     pub input_sources: InputSourcesConfig,
+    /// Engines turned off on this node (Bacalhau's `Engines.Disabled`).
+    #[serde(rename = "Engines")]
+    pub engines: EnginesConfig,
+    /// Bacalhau's `JobAdmissionControl` (only `RejectNetworkedJobs`, the same as `Compute.RejectNetworkedJobs`).
+    #[serde(rename = "JobAdmissionControl")]
+    pub job_admission_control: JobAdmissionControlConfig,
+}
+
+/// `Engines`: engine types (`wasm`, `docker`) this node refuses although it was built with them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnginesConfig {
+    /// Engine type names; a job for one of them is refused with a reason naming this key.
+    #[serde(rename = "Disabled")]
+    pub disabled: Vec<String>,
+}
+
+/// `JobAdmissionControl`, under Bacalhau's key names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobAdmissionControlConfig {
+    /// Refuse jobs that ask for any network (either this or `Compute.RejectNetworkedJobs` turns it on).
+    #[serde(rename = "RejectNetworkedJobs")]
+    pub reject_networked_jobs: bool,
+}
+
+/// `Compute.Env`: which host variables jobs may read through `env:NAME` values in `Task.Env`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ComputeEnvConfig {
+    /// Glob patterns of variable names (`EDGE_*`); empty (the default) refuses every reference.
+    #[serde(rename = "AllowList")]
+    pub allow_list: Vec<String>,
+}
+
+/// `Compute.Policy`: what this node runs, beyond what it can run (see `compute::policy`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ComputePolicyConfig {
+    /// Image patterns `docker` jobs must match (`alpine`, `registry.lan:5000/team/*`, `ghcr.io/org/**`,
+    /// `alpine:3.*`); empty admits every image.
+    #[serde(rename = "ImageAllowList")]
+    pub image_allow_list: Vec<String>,
+    /// The most one job may ask for; empty values leave it to the node's capacity.
+    #[serde(rename = "MaxJob")]
+    pub max_job: MaxJobConfig,
+}
+
+/// `Compute.Policy.MaxJob`: per-job resource maximum, in the units of a job's `Resources`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MaxJobConfig {
+    /// Cores (`1.5`, `500m`).
+    #[serde(rename = "CPU")]
+    pub cpu: String,
+    /// Memory (`512MiB`).
+    #[serde(rename = "Memory")]
+    pub memory: String,
+    /// Disk (`10GiB`).
+    #[serde(rename = "Disk")]
+    pub disk: String,
+    /// GPUs (`1`).
+    #[serde(rename = "GPU")]
+    pub gpu: String,
 }
 
 /// Limits on fetching inputs over HTTP (`urlDownload`).
@@ -77,6 +141,9 @@ pub struct InputSourcesConfig {
     /// board's disk).
     #[serde(rename = "MaxSize")]
     pub max_size: String,
+    /// Input types this node refuses (`urlDownload`, `s3`, `ipfs`, `local`, `inline`; Bacalhau's key).
+    #[serde(rename = "Disabled")]
+    pub disabled: Vec<String>,
 }
 
 impl Default for InputSourcesConfig {
@@ -85,6 +152,7 @@ impl Default for InputSourcesConfig {
             read_timeout: "5m".into(),
             max_retry_count: 3,
             max_size: "1GiB".into(),
+            disabled: vec![],
         }
     }
 }
@@ -122,6 +190,9 @@ pub struct PublishersConfig {
     /// Per publisher type.
     #[serde(rename = "Types")]
     pub types: PublisherTypesConfig,
+    /// Publisher types this node refuses (`local`, `noop`, `s3`, `ipfs`; Bacalhau's key).
+    #[serde(rename = "Disabled")]
+    pub disabled: Vec<String>,
 }
 
 /// `Publishers.Types`.
@@ -298,6 +369,12 @@ pub struct ComputeConfig {
     /// The `docker` engine.
     #[serde(rename = "Docker")]
     pub docker: DockerConfig,
+    /// `env:` references in `Task.Env` (Bacalhau's `Compute.Env.AllowList`).
+    #[serde(rename = "Env")]
+    pub env: ComputeEnvConfig,
+    /// Image allow-list and per-job maximum.
+    #[serde(rename = "Policy")]
+    pub policy: ComputePolicyConfig,
 }
 
 /// `docker` engine settings: registries, the image cache, and the sandbox's id range.
@@ -423,6 +500,8 @@ impl Default for Config {
             s3: S3Config::default(),
             publishers: PublishersConfig::default(),
             input_sources: InputSourcesConfig::default(),
+            engines: EnginesConfig::default(),
+            job_admission_control: JobAdmissionControlConfig::default(),
         }
     }
 }
@@ -478,6 +557,8 @@ impl Default for ComputeConfig {
             input_cache_size: "1GiB".into(),
             result_cache_size: "256MiB".into(),
             docker: DockerConfig::default(),
+            env: ComputeEnvConfig::default(),
+            policy: ComputePolicyConfig::default(),
         }
     }
 }
@@ -706,6 +787,8 @@ pub struct Resolved {
     pub input_read_timeout: Duration,
     /// `InputSources.MaxSize` in bytes.
     pub input_max_bytes: u64,
+    /// The compute policy (disabled backends, image allow-list, per-job maximum, networks, env references).
+    pub policy: crate::compute::Policy,
 }
 
 impl Config {
@@ -855,6 +938,114 @@ impl Config {
             )?,
             input_max_bytes: bytes("InputSources.MaxSize", &self.input_sources.max_size)?,
             ipfs_fetch_timeout: duration("Ipfs.FetchTimeout", &self.ipfs.fetch_timeout)?,
+            policy: self.policy()?,
+        })
+    }
+
+    /// The compute policy from its keys (see [`crate::compute::policy`]).
+    fn policy(&self) -> Result<crate::compute::Policy, ConfigError> {
+        use crate::model::{EngineKind, PublisherKind, SourceKind};
+        fn kinds<K: Ord>(
+            key: &'static str,
+            names: &[String],
+            parse: impl Fn(&str) -> Option<K>,
+            known: &str,
+        ) -> Result<std::collections::BTreeSet<K>, ConfigError> {
+            names
+                .iter()
+                .map(|n| {
+                    parse(n).ok_or_else(|| ConfigError::Invalid {
+                        key,
+                        value: n.clone(),
+                        source_name: "configuration".into(),
+                        reason: format!("not a type this node knows (known: {known})"),
+                    })
+                })
+                .collect()
+        }
+        let invalid = |key: &'static str, value: &str, reason: String| ConfigError::Invalid {
+            key,
+            value: value.to_owned(),
+            source_name: "configuration".into(),
+            reason,
+        };
+        fn optional(s: &str) -> Option<&str> {
+            Some(s.trim()).filter(|s| !s.is_empty())
+        }
+        let m = &self.compute.policy.max_job;
+        let max_job = crate::compute::policy::MaxJob {
+            cpu: optional(&m.cpu)
+                .map(|v| {
+                    resources::parse_cpu(v)
+                        .map_err(|e| invalid("Compute.Policy.MaxJob.CPU", v, e.to_string()))
+                })
+                .transpose()?,
+            memory: optional(&m.memory)
+                .map(|v| bytes("Compute.Policy.MaxJob.Memory", v))
+                .transpose()?,
+            disk: optional(&m.disk)
+                .map(|v| bytes("Compute.Policy.MaxJob.Disk", v))
+                .transpose()?,
+            gpu: optional(&m.gpu)
+                .map(|v| {
+                    resources::parse_gpu(v)
+                        .map_err(|e| invalid("Compute.Policy.MaxJob.GPU", v, e.to_string()))
+                })
+                .transpose()?,
+        };
+        let image_allow_list = self
+            .compute
+            .policy
+            .image_allow_list
+            .iter()
+            .map(|p| {
+                crate::compute::policy::ImagePattern::parse(p)
+                    .map_err(|e| invalid("Compute.Policy.ImageAllowList", p, e))
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(bad) = self
+            .compute
+            .env
+            .allow_list
+            .iter()
+            .find(|p| p.trim().is_empty())
+        {
+            return Err(invalid(
+                "Compute.Env.AllowList",
+                bad,
+                "an empty pattern admits nothing; remove it".into(),
+            ));
+        }
+        Ok(crate::compute::Policy {
+            disabled_engines: kinds(
+                "Engines.Disabled",
+                &self.engines.disabled,
+                EngineKind::parse,
+                "wasm, docker",
+            )?,
+            disabled_sources: kinds(
+                "InputSources.Disabled",
+                &self.input_sources.disabled,
+                SourceKind::parse,
+                "inline, local, urlDownload, ipfs, s3",
+            )?,
+            disabled_publishers: kinds(
+                "Publishers.Disabled",
+                &self.publishers.disabled,
+                PublisherKind::parse,
+                "local, noop, ipfs, s3",
+            )?,
+            image_allow_list,
+            max_job,
+            reject_networked_jobs: self.compute.reject_networked_jobs
+                || self.job_admission_control.reject_networked_jobs,
+            env_allow_list: self
+                .compute
+                .env
+                .allow_list
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .collect(),
         })
     }
 }
@@ -1029,6 +1220,62 @@ mod tests {
         );
         c.publishers.types.s3.pre_signed_url_disabled = true;
         assert_eq!(c.resolve().expect("valid").s3_presign_expiry, None);
+    }
+
+    #[test]
+    fn policy_keys_use_bacalhaus_names_and_bad_entries_name_their_key() {
+        use crate::model::{EngineKind, PublisherKind, SourceKind};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "engines: {disabled: [Docker]}\ninputsources: {disabled: [urlDownload]}\n\
+             publishers: {disabled: [s3]}\njobAdmissionControl: {rejectNetworkedJobs: true}\n\
+             compute: {env: {allowList: [EDGE_*]}, policy: {imageAllowList: [alpine], \
+             maxJob: {cpu: 500m, memory: 1GiB, gpu: \"1\"}}}\n",
+        )
+        .expect("write");
+        let p = load_file(&path)
+            .expect("loads")
+            .resolve()
+            .expect("valid")
+            .policy;
+        assert!(p.disabled_engines.contains(&EngineKind::Docker));
+        assert!(p.disabled_sources.contains(&SourceKind::UrlDownload));
+        assert!(p.disabled_publishers.contains(&PublisherKind::S3));
+        assert!(p.reject_networked_jobs);
+        assert_eq!(p.env_allow_list, ["EDGE_*"]);
+        assert_eq!(p.image_allow_list.len(), 1);
+        assert_eq!(
+            (
+                p.max_job.cpu,
+                p.max_job.memory,
+                p.max_job.disk,
+                p.max_job.gpu
+            ),
+            (Some(0.5), Some(1 << 30), None, Some(1))
+        );
+        assert_eq!(
+            Config::default().resolve().expect("valid").policy,
+            crate::compute::Policy::default(),
+            "the default policy admits everything"
+        );
+
+        let mut c = Config::default();
+        c.engines.disabled = vec!["podman".into()];
+        let err = c.resolve().expect_err("unknown engine").to_string();
+        assert!(
+            err.contains("Engines.Disabled") && err.contains("podman"),
+            "{err}"
+        );
+        let mut c = Config::default();
+        c.compute.policy.max_job.memory = "lots".into();
+        let err = c.resolve().expect_err("bad size").to_string();
+        assert!(err.contains("Compute.Policy.MaxJob.Memory"), "{err}");
+        let mut c = Config::default();
+        c.compute.policy.image_allow_list = vec!["a//b".into()];
+        let err = c.resolve().expect_err("bad pattern").to_string();
+        assert!(err.contains("Compute.Policy.ImageAllowList"), "{err}");
     }
 
     #[test]

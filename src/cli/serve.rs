@@ -45,6 +45,30 @@ pub struct ServeArgs {
     /// host paths jobs may mount: PATH[:ro|:rw], comma-separated
     #[argh(option)]
     pub allow_listed_local_paths: Option<String>,
+    /// engines this node refuses, comma-separated (Engines.Disabled: wasm, docker)
+    #[argh(option)]
+    pub disabled_engines: Option<String>,
+    /// input types this node refuses, comma-separated (InputSources.Disabled)
+    #[argh(option)]
+    pub disabled_input_sources: Option<String>,
+    /// publishers this node refuses, comma-separated (Publishers.Disabled)
+    #[argh(option)]
+    pub disabled_publishers: Option<String>,
+    /// image patterns docker jobs must match, comma-separated (Compute.Policy.ImageAllowList)
+    #[argh(option)]
+    pub image_allow_list: Option<String>,
+    /// host variables jobs may read as env:NAME, comma-separated globs (Compute.Env.AllowList)
+    #[argh(option)]
+    pub env_allow_list: Option<String>,
+    /// refuse jobs that ask for a network (Compute.RejectNetworkedJobs)
+    #[argh(switch)]
+    pub reject_networked_jobs: bool,
+    /// most CPU one job may ask for, e.g. 1.5 (Compute.Policy.MaxJob.CPU)
+    #[argh(option)]
+    pub max_job_cpu: Option<String>,
+    /// most memory one job may ask for, e.g. 256MiB (Compute.Policy.MaxJob.Memory)
+    #[argh(option)]
+    pub max_job_memory: Option<String>,
     /// new compute nodes wait for `cod node approve`
     #[argh(switch)]
     pub manual_approval: bool,
@@ -110,6 +134,30 @@ impl ServeArgs {
         if let Some(p) = &self.allow_listed_local_paths {
             config.compute.allow_listed_local_paths = config::split_list(p);
         }
+        let list = |dst: &mut Vec<String>, v: &Option<String>| {
+            if let Some(v) = v {
+                *dst = config::split_list(v);
+            }
+        };
+        list(&mut config.engines.disabled, &self.disabled_engines);
+        list(
+            &mut config.input_sources.disabled,
+            &self.disabled_input_sources,
+        );
+        list(&mut config.publishers.disabled, &self.disabled_publishers);
+        list(
+            &mut config.compute.policy.image_allow_list,
+            &self.image_allow_list,
+        );
+        list(&mut config.compute.env.allow_list, &self.env_allow_list);
+        if self.reject_networked_jobs {
+            config.compute.reject_networked_jobs = true;
+        }
+        set(&mut config.compute.policy.max_job.cpu, &self.max_job_cpu);
+        set(
+            &mut config.compute.policy.max_job.memory,
+            &self.max_job_memory,
+        );
         if self.manual_approval {
             config.orchestrator.manual_approval = true;
         }
@@ -187,6 +235,10 @@ mod tests {
             api_port: Some(0),
             orchestrators: Some("/ip4/127.0.0.1/tcp/1235".into()),
             labels: Some("zone=north".into()),
+            disabled_engines: Some("docker".into()),
+            env_allow_list: Some("EDGE_*, SITE_ID".into()),
+            max_job_memory: Some("256MiB".into()),
+            reject_networked_jobs: true,
             ..Default::default()
         };
         args.apply(&mut c);
@@ -202,6 +254,14 @@ mod tests {
             c.compute.labels.get("zone").map(String::as_str),
             Some("north")
         );
-        c.resolve().expect("valid");
+        let policy = c.resolve().expect("valid").policy;
+        assert!(
+            policy
+                .disabled_engines
+                .contains(&crate::model::EngineKind::Docker)
+        );
+        assert_eq!(policy.env_allow_list, ["EDGE_*", "SITE_ID"]);
+        assert_eq!(policy.max_job.memory, Some(256 << 20));
+        assert!(policy.reject_networked_jobs);
     }
 }

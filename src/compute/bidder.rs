@@ -1,10 +1,11 @@
 //! Bidding: may this node run this execution? Cheap checks only (no downloads): engine, publisher and input
-//! types present, each backend's own `validate`, and resources against free capacity.
+//! types present, the operator's [`super::policy`], each backend's own `validate`, and resources against free
+//! capacity.
 
 use std::sync::{Arc, Mutex};
 
 use crate::model::resources::{JobDefaults, job_resources};
-use crate::model::{EngineSpec, Execution, InputSpec, NetworkType, PublisherSpec, Resources};
+use crate::model::{EngineSpec, Execution, InputSpec, PublisherSpec, Resources};
 
 use super::backends::Backends;
 
@@ -71,15 +72,12 @@ pub(crate) fn decide(
 ) -> Result<(), String> {
     let job = e.job.as_ref().ok_or("the request carries no job")?;
     let task = job.task().ok_or("the job has no task")?;
-    if config.reject_networked_jobs
-        && !matches!(task.network.kind, NetworkType::None | NetworkType::Default)
-    {
-        return Err(format!(
-            "this node does not run networked jobs (the job asks for network {}); use --network none",
-            task.network.kind.as_str()
-        ));
-    }
     let engine = EngineSpec::parse(&task.engine, "Engine").map_err(|e| e.to_string())?;
+    let need = execution_resources(e, &config.job_defaults);
+    // The node's own environment: `env:` references must name a variable that is set (values are dropped).
+    config
+        .policy
+        .check(task, &engine, &need, &|name| std::env::var(name).ok())?;
     let executor = engine
         .kind()
         .and_then(|k| backends.executors.get(&k))

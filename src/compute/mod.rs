@@ -9,7 +9,10 @@
 mod backends;
 mod bidder;
 pub(crate) mod cache;
+mod glob;
+pub mod policy;
 mod runner;
+mod secrets;
 mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,6 +37,7 @@ use crate::transport::{Client, Event, Request, Response};
 pub use backends::Backends;
 pub use cache::CacheError;
 pub use cache::result::META_KEY as RESULT_CACHE_META_KEY;
+pub use policy::Policy;
 pub use state::{LocalExecution, LocalState};
 
 use bidder::Capacity;
@@ -48,7 +52,7 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// Resources this node gives to jobs.
     pub capacity: Resources,
-    /// Largest single job.
+    /// Largest single job (the capacity, lowered by `policy.max_job`).
     pub max_job: Resources,
     /// How often heartbeats are sent.
     pub heartbeat_interval: Duration,
@@ -62,8 +66,8 @@ pub struct Config {
     pub job_defaults: JobDefaults,
     /// Address published in NodeInfo.
     pub address: String,
-    /// Decline jobs that ask for a network.
-    pub reject_networked_jobs: bool,
+    /// What the operator lets this node run (checked when bidding and again before each run).
+    pub policy: Policy,
 }
 
 /// The compute node's caches (see [`cache`]); each is off when its budget is 0.
@@ -135,6 +139,8 @@ struct Inner {
     client: Client,
     /// Cancellation handles of running executions.
     running: Mutex<HashMap<ExecutionId, CancellationToken>>,
+    /// Resolved `env:` secrets of running executions, for masking their live output (see [`secrets`]).
+    scrubbers: Mutex<HashMap<ExecutionId, secrets::Scrubber>>,
     /// Executions to start (from accepted bids); bounded by what the bidder accepted.
     start: mpsc::UnboundedSender<runner::Work>,
 }
@@ -192,6 +198,7 @@ impl Compute {
             config,
             client,
             running: Mutex::new(HashMap::new()),
+            scrubbers: Mutex::new(HashMap::new()),
             start,
         };
         let compute = Compute {

@@ -1,6 +1,5 @@
 //! Applying the orchestrator's messages and running accepted executions.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use crate::transport::{Message, Request, Response, Sequenced};
 use super::Compute;
 use super::bidder::{decide, execution_resources};
 use super::cache::result::{self as result_cache, ResultCache, ResultKey, ResultMeta};
+use super::secrets::{self, Scrubber};
 use super::state::{LocalExecution, LocalState};
 
 /// RunOutput keeps this much of stdout and of stderr (Bacalhau's 2 KB).
@@ -334,11 +334,21 @@ impl Compute {
             };
         }
         let result_dir = self.work_dir(id).join("result");
-        let read = tokio::task::spawn_blocking(move || {
-            (
+        let scrubber = self
+            .inner
+            .scrubbers
+            .lock()
+            .ok()
+            .and_then(|s| s.get(id).cloned());
+        let read = tokio::task::spawn_blocking(move || match scrubber {
+            None => (
                 read_from(&result_dir.join("stdout"), stdout_at),
                 read_from(&result_dir.join("stderr"), stderr_at),
-            )
+            ),
+            Some(s) => (
+                read_masked(&result_dir.join("stdout"), stdout_at, &s),
+                read_masked(&result_dir.join("stderr"), stderr_at, &s),
+            ),
         })
         .await;
         let (stdout, stderr) = read.unwrap_or_default();
@@ -472,6 +482,12 @@ impl Compute {
         let Some(task) = job.task() else {
             return failed("job has no task".into());
         };
+        // The bid's checks again: the policy may have changed since (a restart with a stricter config), and
+        // an `env:` variable may have gone. The job fails with the reason a refused bid would give.
+        if let Err(reason) = decide(&self.inner.backends, &self.inner.config, execution) {
+            info!(%reason, "execution refused by this node's policy at run time");
+            return failed(reason);
+        }
         let engine = match EngineSpec::parse(&task.engine, "Engine") {
             Ok(e) => e,
             Err(e) => return failed(e.to_string()),
@@ -631,7 +647,16 @@ impl Compute {
                 Err(e) => return failed(format!("preparing input {} failed: {e}", input.target)),
             }
         }
-        let mut env: BTreeMap<String, String> = task.env.clone();
+        // `env:` references become the node's own values here and only here; the scrubber keeps them out of
+        // the captured output.
+        let (mut env, scrubber) = match secrets::resolve_env(
+            &task.env,
+            &self.inner.config.policy.env_allow_list,
+            &|name| std::env::var(name).ok(),
+        ) {
+            Ok(resolved) => resolved,
+            Err(reason) => return failed(reason),
+        };
         env.insert("BACALHAU_EXECUTION_ID".into(), execution.id.to_string());
         env.insert("BACALHAU_JOB_ID".into(), execution.job_id.to_string());
         env.insert("BACALHAU_JOB_TYPE".into(), job.job_type.to_string());
@@ -670,6 +695,7 @@ impl Compute {
             network: task.network.clone(),
             progress,
         };
+        let scrubbing = ScrubbingLive::register(&self.inner, &execution.id, scrubber.clone());
         info!("execution started");
         let outcome = executor.run(ctx, cancel).await;
         drop(leases);
@@ -690,16 +716,26 @@ impl Compute {
             }
             RunOutcome::Failed(reason) => return failed(reason.to_string()),
         };
-        // exitCode and the RunOutput heads in one blocking call (file I/O stays off the runtime's workers).
+        // exitCode, scrubbing and the RunOutput heads in one blocking call (file I/O stays off the runtime's
+        // workers). Scrubbed before anything reads the streams for the report, the result cache or the
+        // publisher.
         let exit_code_file = result_dir.join("exitCode");
         let collected = tokio::task::spawn_blocking(move || {
             std::fs::write(&exit_code_file, code.to_string())?;
+            scrubber.scrub_file(&stdout_path)?;
+            scrubber.scrub_file(&stderr_path)?;
             Ok::<_, std::io::Error>((head(&stdout_path), head(&stderr_path)))
         })
         .await;
+        // Live readers now see the scrubbed files.
+        drop(scrubbing);
         let ((stdout, stdout_truncated), (stderr, stderr_truncated)) = match collected {
             Ok(Ok(heads)) => heads,
-            Ok(Err(e)) => return failed(format!("cannot write exitCode: {e}")),
+            Ok(Err(e)) => {
+                return failed(format!(
+                    "cannot write exitCode or scrub secrets from the output: {e}"
+                ));
+            }
             Err(e) => return failed(format!("cannot collect the output: {e}")),
         };
         let mut output = RunCommandResult {
@@ -781,6 +817,12 @@ impl Compute {
         let Some(cache) = self.inner.caches.results.clone() else {
             return Err("it is off on this node (Compute.ResultCacheSize is 0)".to_owned());
         };
+        if secrets::has_references(&task.env) {
+            return Err(
+                "the task's Env has env: references, whose values on the node may change between runs"
+                    .to_owned(),
+            );
+        }
         let mut ids = Vec::with_capacity(inputs.len());
         for ResolvedInput {
             input, spec, id, ..
@@ -955,6 +997,59 @@ fn read_from(path: &Path, offset: u64) -> Vec<u8> {
         let _ = f.take(OUTPUT_CHUNK).read_to_end(&mut buf);
     }
     buf
+}
+
+/// Like [`read_from`] for an execution with secrets: the chunk is masked (see [`Scrubber::mask_live`]), looking
+/// a little before the offset and past the chunk so that a secret across either edge is recognised.
+fn read_masked(path: &Path, offset: u64, scrubber: &Scrubber) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let margin = scrubber.lookbehind() as u64;
+    let start = offset.saturating_sub(margin);
+    let mut window = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f
+            .take((offset - start) + OUTPUT_CHUNK + margin)
+            .read_to_end(&mut window);
+    }
+    #[allow(clippy::cast_possible_truncation)] // at most the longest secret
+    let from = (offset - start) as usize;
+    #[allow(clippy::cast_possible_truncation)] // 64 KiB
+    scrubber.mask_live(window, from, OUTPUT_CHUNK as usize)
+}
+
+/// Keeps an execution's scrubber where live output reads find it, for as long as it runs (removed on drop,
+/// whichever way the run ends).
+struct ScrubbingLive<'a> {
+    inner: &'a super::Inner,
+    id: Option<ExecutionId>,
+}
+
+impl<'a> ScrubbingLive<'a> {
+    fn register(inner: &'a super::Inner, id: &ExecutionId, scrubber: Scrubber) -> Self {
+        if scrubber.is_empty() {
+            return Self { inner, id: None };
+        }
+        if let Ok(mut s) = inner.scrubbers.lock() {
+            s.insert(id.clone(), scrubber);
+        }
+        Self {
+            inner,
+            id: Some(id.clone()),
+        }
+    }
+}
+
+impl Drop for ScrubbingLive<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id
+            && let Ok(mut s) = self.inner.scrubbers.lock()
+        {
+            s.remove(id);
+        }
+    }
 }
 
 /// The first [`RUN_OUTPUT_BYTES`] of a file as text, and whether there was more.

@@ -57,8 +57,9 @@ pub struct Limits {
     pub max_output_bytes: u64,
 }
 
-/// Everything an executor needs for one run.
-#[derive(Debug, Clone)]
+/// Everything an executor needs for one run. `Debug` hides the env values: `env:` references are resolved
+/// into them, and a context may end up in a log line.
+#[derive(Clone)]
 pub struct RunContext {
     /// The execution.
     pub execution_id: ExecutionId,
@@ -85,6 +86,29 @@ pub struct RunContext {
     pub network: NetworkConfig,
     /// Where the executor reports milestones (an image pulled, say) for the job's history.
     pub progress: Progress,
+}
+
+impl fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: BTreeMap<&str, &str> = self
+            .env
+            .keys()
+            .map(|k| (k.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("RunContext")
+            .field("execution_id", &self.execution_id)
+            .field("job_id", &self.job_id)
+            .field("engine", &self.engine)
+            .field("env", &env)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("stdout_path", &self.stdout_path)
+            .field("stderr_path", &self.stderr_path)
+            .field("scratch_dir", &self.scratch_dir)
+            .field("limits", &self.limits)
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Milestones an executor reports while it works. The compute node forwards them to the orchestrator as
@@ -198,4 +222,35 @@ pub trait Executor: Send + Sync + fmt::Debug {
         ctx: RunContext,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, ExecutorError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_context_debug_hides_env_values() {
+        let ctx = RunContext {
+            execution_id: ExecutionId::generate(),
+            job_id: JobId::generate(),
+            engine: EngineSpec::Unknown("x".into()),
+            env: BTreeMap::from([("TOKEN".to_owned(), "resolved-secret".to_owned())]),
+            inputs: vec![],
+            outputs: vec![],
+            stdout_path: PathBuf::from("/o"),
+            stderr_path: PathBuf::from("/e"),
+            scratch_dir: PathBuf::from("/s"),
+            limits: Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout: None,
+                max_output_bytes: 1,
+            },
+            network: NetworkConfig::default(),
+            progress: Progress::default(),
+        };
+        let shown = format!("{ctx:?}");
+        assert!(shown.contains("TOKEN"), "{shown}");
+        assert!(!shown.contains("resolved-secret"), "{shown}");
+    }
 }

@@ -207,14 +207,14 @@ pub async fn start(
             name: config.name.clone(),
             labels: raw.compute.labels.clone(),
             capacity: config.capacity,
-            max_job: config.capacity,
+            max_job: config.policy.max_job.applied_to(config.capacity),
             heartbeat_interval: config.heartbeat_interval,
             work_dir: raw.data_dir.join("executions"),
             max_output_bytes: config.max_output_bytes,
             default_timeout: config.default_timeout,
             job_defaults: config.orchestrator.job_defaults,
             address: raw.compute.publisher_address.clone(),
-            reject_networked_jobs: raw.compute.reject_networked_jobs,
+            policy: config.policy.clone(),
         };
         let caches = compute::Caches::open(
             &raw.data_dir.join("cache"),

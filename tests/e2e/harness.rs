@@ -41,6 +41,8 @@ pub struct Cod {
     pub name: String,
     pub dir: PathBuf,
     args: Vec<String>,
+    /// Variables added to the process's environment (a node's own secrets, say).
+    envs: Vec<(String, String)>,
     child: Option<Child>,
     pub api: String,
     pub node_id: String,
@@ -55,6 +57,11 @@ pub fn bin() -> &'static str {
 impl Cod {
     /// Starts `cod serve` with `extra` flags in a fresh temp dir.
     pub fn start(name: &str, extra: &[&str]) -> Cod {
+        Self::start_with_env(name, extra, &[])
+    }
+
+    /// Starts `cod serve` with `extra` flags and `envs` added to its environment.
+    pub fn start_with_env(name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Cod {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("cod-{name}-"))
             .tempdir()
@@ -64,6 +71,10 @@ impl Cod {
             name: name.to_owned(),
             dir,
             args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
             api: String::new(),
             node_id: String::new(),
@@ -105,6 +116,7 @@ impl Cod {
         let child = Command::new(bin())
             .args(&args)
             .env("COD_LOG", "info,cod=debug")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -155,6 +167,13 @@ impl Cod {
     /// Starts the process again on the same data dir and flags.
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// Starts the process again on the same data dir with other flags (a changed configuration).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.args = extra.iter().map(|s| (*s).to_owned()).collect();
         self.spawn();
     }
 

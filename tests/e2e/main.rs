@@ -21,6 +21,7 @@ mod ipfs_cids;
 mod kubo;
 #[cfg(feature = "executor-oci")]
 mod oci_pull;
+mod policy;
 #[cfg(feature = "executor-oci")]
 mod registry;
 #[cfg(feature = "storage-s3")]
