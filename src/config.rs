@@ -219,6 +219,10 @@ pub struct TransportConfig {
     /// Orchestrator multiaddrs a compute node dials.
     #[serde(rename = "Orchestrators")]
     pub orchestrators: Vec<String>,
+    /// A libp2p private network key (Kubo's `swarm.key` format): only nodes with the same key can connect.
+    /// Empty: no private network.
+    #[serde(rename = "SwarmKeyFile")]
+    pub swarm_key_file: String,
 }
 
 /// Orchestrator settings.
@@ -243,6 +247,105 @@ pub struct OrchestratorConfig {
     /// Memory for tasks that state none.
     #[serde(rename = "DefaultMemory")]
     pub default_memory: String,
+    /// Which compute nodes may join.
+    #[serde(rename = "Auth")]
+    pub auth: OrchestratorAuthConfig,
+}
+
+/// `Orchestrator.Auth`: compute node admission. With neither a token nor an allow-list every node may join
+/// (approved unless `ManualApproval`). With either, a node that proves the token or is listed joins, a wrong
+/// token is refused, and any other node waits in PENDING for `cod node approve` (refused with `RequireToken`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorAuthConfig {
+    /// The join token compute nodes must prove (Bacalhau's name). Never sent: nodes send an HMAC of it.
+    #[serde(rename = "Token")]
+    pub token: Secret,
+    /// A file holding the token (first line), instead of `Token` (so it need not sit in a unit's environment).
+    #[serde(rename = "TokenFile")]
+    pub token_file: String,
+    /// Node ids (libp2p peer ids) admitted without the token.
+    #[serde(rename = "AllowedNodes")]
+    pub allowed_nodes: Vec<String>,
+    /// Refuse nodes with neither the token nor a place on the allow-list instead of keeping them PENDING.
+    #[serde(rename = "RequireToken")]
+    pub require_token: bool,
+    /// The most nodes that may wait in PENDING without credentials; new ones beyond are refused (an
+    /// unauthenticated peer must not be able to fill the registry).
+    #[serde(rename = "MaxPendingNodes")]
+    pub max_pending_nodes: usize,
+}
+
+impl Default for OrchestratorAuthConfig {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            token_file: String::new(),
+            allowed_nodes: vec![],
+            require_token: false,
+            max_pending_nodes: 100,
+        }
+    }
+}
+
+/// `Compute.Auth`: the join token this compute node proves to its orchestrators.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ComputeAuthConfig {
+    /// The join token (Bacalhau's name).
+    #[serde(rename = "Token")]
+    pub token: Secret,
+    /// A file holding the token (first line), instead of `Token`.
+    #[serde(rename = "TokenFile")]
+    pub token_file: String,
+}
+
+/// Reads a token from `token` or `token_file` (one of them); `Ok(None)` when neither is set.
+fn join_token(
+    key: &'static str,
+    token: &Secret,
+    token_file: &str,
+) -> Result<Option<crate::transport::JoinToken>, ConfigError> {
+    let invalid = |value: String, reason: String| ConfigError::Invalid {
+        key,
+        value,
+        source_name: "configuration".into(),
+        reason,
+    };
+    let text = match (token.is_empty(), token_file.trim().is_empty()) {
+        (true, true) => return Ok(None),
+        (false, false) => {
+            return Err(invalid(
+                token_file.to_owned(),
+                "set the token or the token file, not both".into(),
+            ));
+        }
+        (false, true) => token.expose().to_owned(),
+        (true, false) => std::fs::read_to_string(token_file.trim())
+            .map_err(|e| {
+                invalid(
+                    token_file.to_owned(),
+                    format!("cannot read the token file: {e}"),
+                )
+            })?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    // Short tokens can be guessed offline from one captured proof; 16 characters is what
+    // `openssl rand -hex 8` gives.
+    match crate::transport::JoinToken::new(&text) {
+        Some(_) if text.trim().len() < 16 => Err(invalid(
+            "<redacted>".into(),
+            "the join token must have at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
+        )),
+        Some(t) => Ok(Some(t)),
+        None => Err(invalid(
+            token_file.to_owned(),
+            "the token file is empty".into(),
+        )),
+    }
 }
 
 /// Compute settings.
@@ -298,6 +401,9 @@ pub struct ComputeConfig {
     /// The `docker` engine.
     #[serde(rename = "Docker")]
     pub docker: DockerConfig,
+    /// The join token proved to orchestrators.
+    #[serde(rename = "Auth")]
+    pub auth: ComputeAuthConfig,
 }
 
 /// `docker` engine settings: registries, the image cache, and the sandbox's id range.
@@ -441,6 +547,7 @@ impl Default for TransportConfig {
         Self {
             listen: vec!["/ip4/0.0.0.0/tcp/1235".into()],
             orchestrators: vec![],
+            swarm_key_file: String::new(),
         }
     }
 }
@@ -454,6 +561,7 @@ impl Default for OrchestratorConfig {
             queue_backoff: "10s".into(),
             default_cpu: "100m".into(),
             default_memory: "64MiB".into(),
+            auth: OrchestratorAuthConfig::default(),
         }
     }
 }
@@ -478,6 +586,7 @@ impl Default for ComputeConfig {
             input_cache_size: "1GiB".into(),
             result_cache_size: "256MiB".into(),
             docker: DockerConfig::default(),
+            auth: ComputeAuthConfig::default(),
         }
     }
 }
@@ -580,6 +689,15 @@ pub fn apply_env(
     }
     if let Some(v) = take("COD_ALLOW_LISTED_LOCAL_PATHS") {
         config.compute.allow_listed_local_paths = split_list(&v);
+    }
+    // Tokens are recorded by name only.
+    if let Some(v) = env("COD_ORCHESTRATOR_AUTH_TOKEN") {
+        applied.push(("COD_ORCHESTRATOR_AUTH_TOKEN", "<redacted>".into()));
+        config.orchestrator.auth.token = Secret::new(v);
+    }
+    if let Some(v) = env("COD_COMPUTE_AUTH_TOKEN") {
+        applied.push(("COD_COMPUTE_AUTH_TOKEN", "<redacted>".into()));
+        config.compute.auth.token = Secret::new(v);
     }
     apply_aws_env(&mut config.s3, &env, &mut applied);
     applied
@@ -706,6 +824,10 @@ pub struct Resolved {
     pub input_read_timeout: Duration,
     /// `InputSources.MaxSize` in bytes.
     pub input_max_bytes: u64,
+    /// `Compute.Auth`: the join token a compute-only node proves to its orchestrators.
+    pub compute_join_token: Option<crate::transport::JoinToken>,
+    /// `Transport.SwarmKeyFile`, loaded.
+    pub swarm_key: Option<crate::transport::SwarmKey>,
 }
 
 impl Config {
@@ -755,6 +877,7 @@ impl Config {
                 cpu: default_cpu,
                 memory: bytes("Orchestrator.DefaultMemory", &o.default_memory)?,
             },
+            admission: self.admission_policy()?,
         };
         let s3 = &self.s3;
         if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
@@ -855,7 +978,63 @@ impl Config {
             )?,
             input_max_bytes: bytes("InputSources.MaxSize", &self.input_sources.max_size)?,
             ipfs_fetch_timeout: duration("Ipfs.FetchTimeout", &self.ipfs.fetch_timeout)?,
+            compute_join_token: join_token(
+                "Compute.Auth.Token",
+                &c.auth.token,
+                &c.auth.token_file,
+            )?,
+            swarm_key: self.swarm_key()?,
         })
+    }
+
+    /// `Orchestrator.Auth` checked and converted.
+    fn admission_policy(&self) -> Result<crate::orchestrator::admission::Policy, ConfigError> {
+        let a = &self.orchestrator.auth;
+        let token = join_token("Orchestrator.Auth.Token", &a.token, &a.token_file)?;
+        let allowed = a
+            .allowed_nodes
+            .iter()
+            .map(|text| {
+                crate::transport::parse_node_id(text).map_err(|reason| ConfigError::Invalid {
+                    key: "Orchestrator.Auth.AllowedNodes",
+                    value: text.clone(),
+                    source_name: "configuration".into(),
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if a.require_token && token.is_none() && a.allowed_nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "Orchestrator.Auth.RequireToken",
+                value: "true".into(),
+                source_name: "configuration".into(),
+                reason: "no node could ever join: set Orchestrator.Auth.Token (or TokenFile) or \
+                         Orchestrator.Auth.AllowedNodes"
+                    .into(),
+            });
+        }
+        Ok(crate::orchestrator::admission::Policy {
+            token,
+            allowed,
+            require_token: a.require_token,
+            max_pending: a.max_pending_nodes,
+        })
+    }
+
+    /// `Transport.SwarmKeyFile` loaded, or `None` when unset.
+    fn swarm_key(&self) -> Result<Option<crate::transport::SwarmKey>, ConfigError> {
+        let path = self.transport.swarm_key_file.trim();
+        if path.is_empty() {
+            return Ok(None);
+        }
+        crate::transport::SwarmKey::load(Path::new(path))
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                key: "Transport.SwarmKeyFile",
+                value: path.to_owned(),
+                source_name: "configuration".into(),
+                reason: format!("{e:#}"),
+            })
     }
 }
 

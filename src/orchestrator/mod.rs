@@ -9,6 +9,7 @@
 //!
 //! [`transport`]: crate::transport
 
+pub mod admission;
 mod events;
 mod jobs;
 mod registry;
@@ -47,6 +48,8 @@ pub struct Config {
     pub queue_backoff: Duration,
     /// Resources for tasks that do not state them.
     pub job_defaults: JobDefaults,
+    /// Who may join (`Orchestrator.Auth`).
+    pub admission: admission::Policy,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             housekeeping_interval: Duration::from_secs(5),
             queue_backoff: Duration::from_secs(10),
             job_defaults: JobDefaults::default(),
+            admission: admission::Policy::default(),
         }
     }
 }
