@@ -1065,6 +1065,7 @@ fn total_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NodeId;
 
     #[test]
     fn file_then_env_override_defaults() {
@@ -1224,5 +1225,98 @@ mod tests {
                 .to_string()
                 .contains("--orchestrators")
         );
+    }
+
+    #[test]
+    fn join_tokens_come_from_the_value_or_a_file_and_never_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-the-file-0123456789\nignored second line\n").expect("write");
+        let mut c = Config::default();
+        c.orchestrator.auth.token_file = file.display().to_string();
+        c.compute.auth.token = Secret::new("from-the-value-0123456789");
+        let r = c.resolve().expect("valid");
+        let policy = r.orchestrator.admission;
+        let (node, orch) = (NodeId::from("n".to_owned()), NodeId::from("o".to_owned()));
+        let file_token =
+            crate::transport::JoinToken::new("from-the-file-0123456789").expect("token");
+        let proof = file_token.prove(&node, &orch);
+        assert!(policy.token.expect("set").verify(&proof, &node, &orch));
+        assert!(r.compute_join_token.is_some());
+        let shown = serde_json::to_string(&c).expect("serializes");
+        assert!(!shown.contains("from-the-value"), "{shown}");
+
+        // Both at once, a short token, an empty or missing file: each names its key.
+        c.orchestrator.auth.token = Secret::new("another-value-0123456789");
+        for (setup, key, why) in [
+            (
+                Box::new(|_: &mut Config| {}) as Box<dyn Fn(&mut Config)>,
+                "Orchestrator.Auth.Token",
+                "not both",
+            ),
+            (
+                Box::new(|c: &mut Config| {
+                    c.orchestrator.auth.token_file.clear();
+                    c.orchestrator.auth.token = Secret::new("short");
+                }),
+                "Orchestrator.Auth.Token",
+                "at least 16",
+            ),
+            (
+                Box::new(|c: &mut Config| {
+                    c.orchestrator.auth.token_file.clear();
+                    c.compute.auth.token = Secret::default();
+                    c.compute.auth.token_file = "/nonexistent/token".into();
+                }),
+                "Compute.Auth.Token",
+                "cannot read",
+            ),
+        ] {
+            let mut bad = c.clone();
+            setup(&mut bad);
+            let err = bad.resolve().expect_err("invalid").to_string();
+            assert!(err.contains(key) && err.contains(why), "{err}");
+            assert!(
+                !err.contains("0123456789"),
+                "the error shows the token: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_nodes_must_be_peer_ids_and_require_token_needs_a_way_in() {
+        let mut c = Config::default();
+        c.orchestrator.auth.allowed_nodes = vec!["not-a-peer-id".into()];
+        let err = c.resolve().expect_err("invalid").to_string();
+        assert!(err.contains("Orchestrator.Auth.AllowedNodes"), "{err}");
+        let id = crate::transport::Identity::generate().node_id();
+        c.orchestrator.auth.allowed_nodes = vec![id.to_string()];
+        c.orchestrator.auth.require_token = true;
+        let policy = c.resolve().expect("valid").orchestrator.admission;
+        assert!(policy.allowed.contains(&id) && policy.require_token);
+        c.orchestrator.auth.allowed_nodes.clear();
+        let err = c.resolve().expect_err("no way in").to_string();
+        assert!(err.contains("Orchestrator.Auth.RequireToken"), "{err}");
+    }
+
+    #[test]
+    fn token_variables_are_applied_and_recorded_redacted() {
+        let mut c = Config::default();
+        let applied = apply_env(&mut c, |k| {
+            (k == "COD_COMPUTE_AUTH_TOKEN").then(|| "env-token-0123456789".to_owned())
+        });
+        assert_eq!(c.compute.auth.token.expose(), "env-token-0123456789");
+        assert_eq!(
+            applied,
+            vec![("COD_COMPUTE_AUTH_TOKEN", "<redacted>".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_bad_swarm_key_file_names_the_key() {
+        let mut c = Config::default();
+        c.transport.swarm_key_file = "/nonexistent/swarm.key".into();
+        let err = c.resolve().expect_err("missing").to_string();
+        assert!(err.contains("Transport.SwarmKeyFile"), "{err}");
     }
 }
