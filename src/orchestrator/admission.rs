@@ -9,7 +9,8 @@
 //! - no proof and not listed: PENDING until `cod node approve`, or refused when `RequireToken` is set. New
 //!   pending nodes are capped ([`Policy::max_pending`]) so unauthenticated peers cannot grow the registry;
 //! - REJECTED nodes are refused, whatever they present; nodes an operator approved keep their approval by
-//!   peer id (Noise proves it), with or without a proof.
+//!   peer id (Noise proves it), with or without a proof; nodes admitted by a credential they no longer
+//!   show (dropped from the allow-list, token removed) go back to PENDING on their next handshake.
 //!
 //! This module decides only; the caller records and answers.
 
@@ -112,22 +113,24 @@ impl Policy {
             return Verdict::Admit(NodeAdmission::Open);
         }
         match previous {
-            Some((NodeMembership::Approved, admission)) => Verdict::Admit(match admission {
-                // Approved by an operator, or on an earlier connection by a credential it no longer shows
-                // (an allow-list entry since removed): the operator's word stands until `cod node reject`.
-                NodeAdmission::None => NodeAdmission::Operator,
-                other => other,
-            }),
-            Some((NodeMembership::Pending, _)) => Verdict::Wait,
+            // An operator's approval stands (Noise proves the id), without a proof.
+            Some((NodeMembership::Approved, NodeAdmission::Operator)) => {
+                Verdict::Admit(NodeAdmission::Operator)
+            }
             _ if self.require_token => Verdict::Refuse(Refusal::TokenRequired),
-            _ if pending_count >= self.max_pending => Verdict::Refuse(Refusal::TooManyPending),
-            _ => Verdict::Wait,
+            // Known nodes keep their place whatever the cap. A node admitted by a credential it no longer
+            // shows (removed from the allow-list, token taken out of its config, or admitted before a policy
+            // was configured) goes back to waiting: removing a credential revokes it.
+            Some(_) => Verdict::Wait,
+            None if pending_count >= self.max_pending => Verdict::Refuse(Refusal::TooManyPending),
+            None => Verdict::Wait,
         }
     }
 }
 
 /// The membership an admitted or waiting node gets: admitted nodes are approved unless `manual_approval`
-/// holds them for an operator (the local half never waits); a node already approved stays approved.
+/// holds them for an operator (a node approved before and the local half never wait); waiting nodes are
+/// PENDING.
 pub fn membership(
     verdict: Verdict,
     previous: Option<NodeMembership>,
@@ -135,8 +138,9 @@ pub fn membership(
 ) -> NodeMembership {
     match verdict {
         Verdict::Admit(NodeAdmission::Local) => NodeMembership::Approved,
-        _ if previous == Some(NodeMembership::Approved) => NodeMembership::Approved,
-        Verdict::Admit(_) if !manual_approval => NodeMembership::Approved,
+        Verdict::Admit(_) if !manual_approval || previous == Some(NodeMembership::Approved) => {
+            NodeMembership::Approved
+        }
         _ => NodeMembership::Pending,
     }
 }
@@ -211,17 +215,35 @@ mod tests {
             ),
             Verdict::Wait
         );
-        // An operator's approval stands without a proof.
+        // An operator's approval stands without a proof; a credential no longer shown is revoked.
         assert_eq!(
             policy.decide(
                 &node,
                 &orch,
                 None,
-                Some((NodeMembership::Approved, NodeAdmission::None)),
+                Some((NodeMembership::Approved, NodeAdmission::Operator)),
                 0
             ),
             Verdict::Admit(NodeAdmission::Operator)
         );
+        for lost in [
+            NodeAdmission::AllowList,
+            NodeAdmission::Token,
+            NodeAdmission::Open,
+            NodeAdmission::None,
+        ] {
+            assert_eq!(
+                policy.decide(
+                    &node,
+                    &orch,
+                    None,
+                    Some((NodeMembership::Approved, lost)),
+                    2
+                ),
+                Verdict::Wait,
+                "{lost:?}"
+            );
+        }
         policy.require_token = true;
         assert_eq!(
             policy.decide(&node, &orch, None, None, 0),
@@ -278,8 +300,12 @@ mod tests {
             NodeMembership::Approved
         );
         assert_eq!(
-            membership(Verdict::Wait, Some(NodeMembership::Approved), true),
+            membership(token, Some(NodeMembership::Approved), true),
             NodeMembership::Approved
+        );
+        assert_eq!(
+            membership(Verdict::Wait, Some(NodeMembership::Approved), false),
+            NodeMembership::Pending
         );
         assert_eq!(
             membership(Verdict::Admit(NodeAdmission::Local), None, true),

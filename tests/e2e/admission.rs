@@ -81,7 +81,12 @@ fn ran_on(body: &Value) -> Vec<String> {
 fn the_join_token_admits_and_a_wrong_one_is_refused() {
     let (_t, token) = secret_file("token", &format!("{TOKEN}\n"));
     let (_w, wrong) = secret_file("wrong", WRONG_TOKEN);
-    let orch = orchestrator("orch-token", &["--auth-token-file", &arg(&token)]);
+    // The orchestrator has the token inline in its config file, the nodes in token files.
+    let (_c, config) = secret_file(
+        "orch.yaml",
+        &format!("Orchestrator:\n  Auth:\n    Token: {TOKEN}\n"),
+    );
+    let orch = orchestrator("orch-token", &["--config", &arg(&config)]);
     let bad = compute("bad-token", &orch, &["--auth-token-file", &arg(&wrong)]);
     let good = compute("good-token", &orch, &["--auth-token-file", &arg(&token)]);
 
@@ -115,6 +120,22 @@ fn the_join_token_admits_and_a_wrong_one_is_refused() {
     }
     let (_, config) = orch.get("/api/v1/agent/config");
     assert!(!config.to_string().contains(TOKEN), "{config:#}");
+    assert!(config.to_string().contains("<redacted>"), "{config:#}");
+    let shown = orch.cli_ok(&["agent", "config"]);
+    assert!(!shown.contains(TOKEN), "{shown}");
+}
+
+#[test]
+fn a_hybrid_node_runs_its_own_jobs_under_a_strict_policy() {
+    let (_t, token) = secret_file("token", TOKEN);
+    let hybrid = Cod::start(
+        "hybrid-strict",
+        &["--auth-token-file", &arg(&token), "--require-token"],
+    );
+    let body = hybrid.wait_terminal(&hybrid.submit(wasm_job(HELLO, json!({}))), DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+    let record = node_record(&hybrid, &hybrid).expect("the local half is registered");
+    assert_eq!(record["Admission"], "LOCAL", "{record:#}");
 }
 
 #[test]
