@@ -14,7 +14,9 @@
 //!
 //! This module decides only; the caller records and answers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::model::{NodeAdmission, NodeId, NodeMembership};
 use crate::transport::{JoinProof, JoinToken};
@@ -142,6 +144,39 @@ pub fn membership(
             NodeMembership::Approved
         }
         _ => NodeMembership::Pending,
+    }
+}
+
+/// Remembers when each refused node was last logged at warn level: a refused node retries its handshake
+/// every heartbeat, and a misconfigured fleet must not flood the orchestrator's log (and its SD card).
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    /// Last warn per node. Bounded by [`RefusalLog::MAX_NODES`]: cleared when full, which at worst logs a
+    /// few nodes again early.
+    last: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl RefusalLog {
+    /// How often one node's refusal is logged at warn level.
+    pub const EVERY: Duration = Duration::from_secs(60);
+    /// The most nodes remembered.
+    const MAX_NODES: usize = 1024;
+
+    /// Whether `peer`'s refusal should be logged at warn level now (otherwise at debug).
+    pub fn should_warn(&self, peer: &NodeId, now: Instant) -> bool {
+        // Never held across an await; a poisoned lock only means a panic elsewhere, so use the data.
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last
+            .get(peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) < Self::EVERY)
+        {
+            return false;
+        }
+        if last.len() >= Self::MAX_NODES {
+            last.clear();
+        }
+        last.insert(peer.clone(), now);
+        true
     }
 }
 
@@ -288,6 +323,16 @@ mod tests {
             policy.decide(&node, &orch, Some(&proof), None, 100),
             Verdict::Admit(NodeAdmission::Open)
         );
+    }
+
+    #[test]
+    fn refusals_are_logged_at_warn_once_a_minute_per_node() {
+        let log = RefusalLog::default();
+        let start = Instant::now();
+        assert!(log.should_warn(&id("a"), start));
+        assert!(!log.should_warn(&id("a"), start + Duration::from_secs(1)));
+        assert!(log.should_warn(&id("b"), start + Duration::from_secs(1)));
+        assert!(log.should_warn(&id("a"), start + RefusalLog::EVERY));
     }
 
     #[test]

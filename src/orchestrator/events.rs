@@ -125,8 +125,17 @@ impl Orchestrator {
         );
         let admission = match verdict {
             Verdict::Refuse(why) => {
-                // Not recorded in the registry (see admission.rs); the log is the orchestrator's record.
-                tracing::warn!(node_id = %peer, reason = %why, "compute node refused");
+                // Not recorded in the registry (see admission.rs); the log is the orchestrator's record,
+                // at warn level once a minute per node (it retries every heartbeat).
+                if self
+                    .inner
+                    .refusals
+                    .should_warn(peer, std::time::Instant::now())
+                {
+                    tracing::warn!(node_id = %peer, reason = %why, "compute node refused");
+                } else {
+                    tracing::debug!(node_id = %peer, reason = %why, "compute node refused");
+                }
                 return Response::Refused {
                     reason: why.to_string(),
                 };

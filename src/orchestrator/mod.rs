@@ -107,6 +107,8 @@ struct Inner {
     evaluate: mpsc::Sender<()>,
     /// Asks compute nodes for what is not durable (live output).
     client: Client,
+    /// Paces the log lines of refused handshakes.
+    refusals: admission::RefusalLog,
 }
 
 /// Cloneable handle used by the API.
@@ -158,6 +160,7 @@ impl Orchestrator {
             changes: watch::channel(0).0,
             evaluate,
             client,
+            refusals: admission::RefusalLog::default(),
         };
         let orchestrator = Orchestrator {
             inner: Arc::new(inner),
