@@ -768,9 +768,18 @@ impl EventLoop {
                 request_id,
                 error,
                 ..
-            } => {
-                debug!(peer = %peer, request_id = %request_id, error = %error, "inbound request failed");
-            }
+            } => match &error {
+                // An undecodable request is a peer of another wire version (or a broken one): the operator
+                // must act (upgrade the older side), and the sender only sees its stream close.
+                request_response::InboundFailure::Io(e)
+                    if e.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    warn!(peer = %peer, error = %e, "a peer sent a message this node cannot read");
+                }
+                _ => {
+                    debug!(peer = %peer, request_id = %request_id, error = %error, "inbound request failed")
+                }
+            },
             request_response::Event::ResponseSent {
                 peer, request_id, ..
             } => {
