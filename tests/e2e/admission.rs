@@ -141,13 +141,28 @@ fn a_hybrid_node_runs_its_own_jobs_under_a_strict_policy() {
 #[test]
 fn nodes_without_a_token_wait_for_approval_and_rejected_ones_stay_out() {
     let (_t, token) = secret_file("token", TOKEN);
-    let orch = orchestrator("orch-pending", &["--auth-token-file", &arg(&token)]);
+    // One node at most may wait without credentials.
+    let (_c, config) = secret_file(
+        "orch.yaml",
+        "Orchestrator:\n  Auth:\n    MaxPendingNodes: 1\n",
+    );
+    let orch = orchestrator(
+        "orch-pending",
+        &["--config", &arg(&config), "--auth-token-file", &arg(&token)],
+    );
     let mut node = compute("no-token", &orch, &[]);
 
     let record = wait_for_node(&orch, &node, "PENDING", "CONNECTED");
     assert_eq!(record["Admission"], "NONE", "{record:#}");
+    let second = compute("no-token-2", &orch, &[]);
+    wait_until("the second tokenless node refused", DEADLINE, || {
+        (log_count(&second, "too many nodes are waiting for approval") >= 1).then_some(())
+    });
+    assert!(node_record(&orch, &second).is_none());
     let id = queued_job(&orch, "waits-for-approval");
     orch.cli_ok(&["node", "approve", &node.node_id]);
+    // Its place in the queue freed, the second node gets in on its next try.
+    wait_for_node(&orch, &second, "PENDING", "CONNECTED");
     let body = orch.wait_terminal(&id, DEADLINE);
     assert_eq!(state(&body), "Completed", "{body:#}");
     let record = wait_for_node(&orch, &node, "APPROVED", "CONNECTED");
