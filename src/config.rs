@@ -290,6 +290,10 @@ pub struct TransportConfig {
     /// Orchestrator multiaddrs a compute node dials.
     #[serde(rename = "Orchestrators")]
     pub orchestrators: Vec<String>,
+    /// A libp2p private network key (Kubo's `swarm.key` format): only nodes with the same key can connect.
+    /// Empty: no private network.
+    #[serde(rename = "SwarmKeyFile")]
+    pub swarm_key_file: String,
 }
 
 /// Orchestrator settings.
@@ -314,6 +318,105 @@ pub struct OrchestratorConfig {
     /// Memory for tasks that state none.
     #[serde(rename = "DefaultMemory")]
     pub default_memory: String,
+    /// Which compute nodes may join.
+    #[serde(rename = "Auth")]
+    pub auth: OrchestratorAuthConfig,
+}
+
+/// `Orchestrator.Auth`: compute node admission. With neither a token nor an allow-list every node may join
+/// (approved unless `ManualApproval`). With either, a node that proves the token or is listed joins, a wrong
+/// token is refused, and any other node waits in PENDING for `cod node approve` (refused with `RequireToken`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorAuthConfig {
+    /// The join token compute nodes must prove (Bacalhau's name). Never sent: nodes send an HMAC of it.
+    #[serde(rename = "Token")]
+    pub token: Secret,
+    /// A file holding the token (first line), instead of `Token` (so it need not sit in a unit's environment).
+    #[serde(rename = "TokenFile")]
+    pub token_file: String,
+    /// Node ids (libp2p peer ids) admitted without the token.
+    #[serde(rename = "AllowedNodes")]
+    pub allowed_nodes: Vec<String>,
+    /// Refuse nodes with neither the token nor a place on the allow-list instead of keeping them PENDING.
+    #[serde(rename = "RequireToken")]
+    pub require_token: bool,
+    /// The most nodes that may wait in PENDING without credentials; new ones beyond are refused (an
+    /// unauthenticated peer must not be able to fill the registry).
+    #[serde(rename = "MaxPendingNodes")]
+    pub max_pending_nodes: usize,
+}
+
+impl Default for OrchestratorAuthConfig {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            token_file: String::new(),
+            allowed_nodes: vec![],
+            require_token: false,
+            max_pending_nodes: 100,
+        }
+    }
+}
+
+/// `Compute.Auth`: the join token this compute node proves to its orchestrators.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ComputeAuthConfig {
+    /// The join token (Bacalhau's name).
+    #[serde(rename = "Token")]
+    pub token: Secret,
+    /// A file holding the token (first line), instead of `Token`.
+    #[serde(rename = "TokenFile")]
+    pub token_file: String,
+}
+
+/// Reads a token from `token` or `token_file` (one of them); `Ok(None)` when neither is set.
+fn join_token(
+    key: &'static str,
+    token: &Secret,
+    token_file: &str,
+) -> Result<Option<crate::transport::JoinToken>, ConfigError> {
+    let invalid = |value: String, reason: String| ConfigError::Invalid {
+        key,
+        value,
+        source_name: "configuration".into(),
+        reason,
+    };
+    let text = match (token.is_empty(), token_file.trim().is_empty()) {
+        (true, true) => return Ok(None),
+        (false, false) => {
+            return Err(invalid(
+                token_file.to_owned(),
+                "set the token or the token file, not both".into(),
+            ));
+        }
+        (false, true) => token.expose().to_owned(),
+        (true, false) => std::fs::read_to_string(token_file.trim())
+            .map_err(|e| {
+                invalid(
+                    token_file.to_owned(),
+                    format!("cannot read the token file: {e}"),
+                )
+            })?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    // Short tokens can be guessed offline from one captured proof; 16 characters is what
+    // `openssl rand -hex 8` gives.
+    match crate::transport::JoinToken::new(&text) {
+        Some(_) if text.trim().len() < 16 => Err(invalid(
+            "<redacted>".into(),
+            "the join token must have at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
+        )),
+        Some(t) => Ok(Some(t)),
+        None => Err(invalid(
+            token_file.to_owned(),
+            "the token file is empty".into(),
+        )),
+    }
 }
 
 /// Compute settings.
@@ -375,6 +478,9 @@ pub struct ComputeConfig {
     /// Image allow-list and per-job maximum.
     #[serde(rename = "Policy")]
     pub policy: ComputePolicyConfig,
+    /// The join token proved to orchestrators.
+    #[serde(rename = "Auth")]
+    pub auth: ComputeAuthConfig,
 }
 
 /// `docker` engine settings: registries, the image cache, and the sandbox's id range.
@@ -520,6 +626,7 @@ impl Default for TransportConfig {
         Self {
             listen: vec!["/ip4/0.0.0.0/tcp/1235".into()],
             orchestrators: vec![],
+            swarm_key_file: String::new(),
         }
     }
 }
@@ -533,6 +640,7 @@ impl Default for OrchestratorConfig {
             queue_backoff: "10s".into(),
             default_cpu: "100m".into(),
             default_memory: "64MiB".into(),
+            auth: OrchestratorAuthConfig::default(),
         }
     }
 }
@@ -559,6 +667,7 @@ impl Default for ComputeConfig {
             docker: DockerConfig::default(),
             env: ComputeEnvConfig::default(),
             policy: ComputePolicyConfig::default(),
+            auth: ComputeAuthConfig::default(),
         }
     }
 }
@@ -661,6 +770,15 @@ pub fn apply_env(
     }
     if let Some(v) = take("COD_ALLOW_LISTED_LOCAL_PATHS") {
         config.compute.allow_listed_local_paths = split_list(&v);
+    }
+    // Tokens are recorded by name only.
+    if let Some(v) = env("COD_ORCHESTRATOR_AUTH_TOKEN") {
+        applied.push(("COD_ORCHESTRATOR_AUTH_TOKEN", "<redacted>".into()));
+        config.orchestrator.auth.token = Secret::new(v);
+    }
+    if let Some(v) = env("COD_COMPUTE_AUTH_TOKEN") {
+        applied.push(("COD_COMPUTE_AUTH_TOKEN", "<redacted>".into()));
+        config.compute.auth.token = Secret::new(v);
     }
     apply_aws_env(&mut config.s3, &env, &mut applied);
     applied
@@ -789,6 +907,10 @@ pub struct Resolved {
     pub input_max_bytes: u64,
     /// The compute policy (disabled backends, image allow-list, per-job maximum, networks, env references).
     pub policy: crate::compute::Policy,
+    /// `Compute.Auth`: the join token a compute-only node proves to its orchestrators.
+    pub compute_join_token: Option<crate::transport::JoinToken>,
+    /// `Transport.SwarmKeyFile`, loaded.
+    pub swarm_key: Option<crate::transport::SwarmKey>,
 }
 
 impl Config {
@@ -838,6 +960,7 @@ impl Config {
                 cpu: default_cpu,
                 memory: bytes("Orchestrator.DefaultMemory", &o.default_memory)?,
             },
+            admission: self.admission_policy()?,
         };
         let s3 = &self.s3;
         if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
@@ -938,6 +1061,12 @@ impl Config {
             )?,
             input_max_bytes: bytes("InputSources.MaxSize", &self.input_sources.max_size)?,
             ipfs_fetch_timeout: duration("Ipfs.FetchTimeout", &self.ipfs.fetch_timeout)?,
+            compute_join_token: join_token(
+                "Compute.Auth.Token",
+                &c.auth.token,
+                &c.auth.token_file,
+            )?,
+            swarm_key: self.swarm_key()?,
             policy: self.policy()?,
         })
     }
@@ -1048,6 +1177,56 @@ impl Config {
                 .collect(),
         })
     }
+
+    /// `Orchestrator.Auth` checked and converted.
+    fn admission_policy(&self) -> Result<crate::orchestrator::admission::Policy, ConfigError> {
+        let a = &self.orchestrator.auth;
+        let token = join_token("Orchestrator.Auth.Token", &a.token, &a.token_file)?;
+        let allowed = a
+            .allowed_nodes
+            .iter()
+            .map(|text| {
+                crate::transport::parse_node_id(text).map_err(|reason| ConfigError::Invalid {
+                    key: "Orchestrator.Auth.AllowedNodes",
+                    value: text.clone(),
+                    source_name: "configuration".into(),
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if a.require_token && token.is_none() && a.allowed_nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "Orchestrator.Auth.RequireToken",
+                value: "true".into(),
+                source_name: "configuration".into(),
+                reason: "no node could ever join: set Orchestrator.Auth.Token (or TokenFile) or \
+                         Orchestrator.Auth.AllowedNodes"
+                    .into(),
+            });
+        }
+        Ok(crate::orchestrator::admission::Policy {
+            token,
+            allowed,
+            require_token: a.require_token,
+            max_pending: a.max_pending_nodes,
+        })
+    }
+
+    /// `Transport.SwarmKeyFile` loaded, or `None` when unset.
+    fn swarm_key(&self) -> Result<Option<crate::transport::SwarmKey>, ConfigError> {
+        let path = self.transport.swarm_key_file.trim();
+        if path.is_empty() {
+            return Ok(None);
+        }
+        crate::transport::SwarmKey::load(Path::new(path))
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                key: "Transport.SwarmKeyFile",
+                value: path.to_owned(),
+                source_name: "configuration".into(),
+                reason: format!("{e:#}"),
+            })
+    }
 }
 
 /// Total memory of the machine (or of the cgroup, when that is smaller), from /proc.
@@ -1077,6 +1256,7 @@ fn total_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NodeId;
 
     #[test]
     fn file_then_env_override_defaults() {
@@ -1292,5 +1472,98 @@ mod tests {
                 .to_string()
                 .contains("--orchestrators")
         );
+    }
+
+    #[test]
+    fn join_tokens_come_from_the_value_or_a_file_and_never_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-the-file-0123456789\nignored second line\n").expect("write");
+        let mut c = Config::default();
+        c.orchestrator.auth.token_file = file.display().to_string();
+        c.compute.auth.token = Secret::new("from-the-value-0123456789");
+        let r = c.resolve().expect("valid");
+        let policy = r.orchestrator.admission;
+        let (node, orch) = (NodeId::from("n".to_owned()), NodeId::from("o".to_owned()));
+        let file_token =
+            crate::transport::JoinToken::new("from-the-file-0123456789").expect("token");
+        let proof = file_token.prove(&node, &orch);
+        assert!(policy.token.expect("set").verify(&proof, &node, &orch));
+        assert!(r.compute_join_token.is_some());
+        let shown = serde_json::to_string(&c).expect("serializes");
+        assert!(!shown.contains("from-the-value"), "{shown}");
+
+        // Both at once, a short token, an empty or missing file: each names its key.
+        c.orchestrator.auth.token = Secret::new("another-value-0123456789");
+        for (setup, key, why) in [
+            (
+                Box::new(|_: &mut Config| {}) as Box<dyn Fn(&mut Config)>,
+                "Orchestrator.Auth.Token",
+                "not both",
+            ),
+            (
+                Box::new(|c: &mut Config| {
+                    c.orchestrator.auth.token_file.clear();
+                    c.orchestrator.auth.token = Secret::new("short");
+                }),
+                "Orchestrator.Auth.Token",
+                "at least 16",
+            ),
+            (
+                Box::new(|c: &mut Config| {
+                    c.orchestrator.auth.token_file.clear();
+                    c.compute.auth.token = Secret::default();
+                    c.compute.auth.token_file = "/nonexistent/token".into();
+                }),
+                "Compute.Auth.Token",
+                "cannot read",
+            ),
+        ] {
+            let mut bad = c.clone();
+            setup(&mut bad);
+            let err = bad.resolve().expect_err("invalid").to_string();
+            assert!(err.contains(key) && err.contains(why), "{err}");
+            assert!(
+                !err.contains("0123456789"),
+                "the error shows the token: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_nodes_must_be_peer_ids_and_require_token_needs_a_way_in() {
+        let mut c = Config::default();
+        c.orchestrator.auth.allowed_nodes = vec!["not-a-peer-id".into()];
+        let err = c.resolve().expect_err("invalid").to_string();
+        assert!(err.contains("Orchestrator.Auth.AllowedNodes"), "{err}");
+        let id = crate::transport::Identity::generate().node_id();
+        c.orchestrator.auth.allowed_nodes = vec![id.to_string()];
+        c.orchestrator.auth.require_token = true;
+        let policy = c.resolve().expect("valid").orchestrator.admission;
+        assert!(policy.allowed.contains(&id) && policy.require_token);
+        c.orchestrator.auth.allowed_nodes.clear();
+        let err = c.resolve().expect_err("no way in").to_string();
+        assert!(err.contains("Orchestrator.Auth.RequireToken"), "{err}");
+    }
+
+    #[test]
+    fn token_variables_are_applied_and_recorded_redacted() {
+        let mut c = Config::default();
+        let applied = apply_env(&mut c, |k| {
+            (k == "COD_COMPUTE_AUTH_TOKEN").then(|| "env-token-0123456789".to_owned())
+        });
+        assert_eq!(c.compute.auth.token.expose(), "env-token-0123456789");
+        assert_eq!(
+            applied,
+            vec![("COD_COMPUTE_AUTH_TOKEN", "<redacted>".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_bad_swarm_key_file_names_the_key() {
+        let mut c = Config::default();
+        c.transport.swarm_key_file = "/nonexistent/swarm.key".into();
+        let err = c.resolve().expect_err("missing").to_string();
+        assert!(err.contains("Transport.SwarmKeyFile"), "{err}");
     }
 }

@@ -222,6 +222,8 @@ pub fn render_node(node: &NodeState) -> String {
     let c = &node.connection_state;
     let mut pairs = node_info_pairs(&node.info);
     pairs.push(("Approval", node.membership.as_str().to_owned()));
+    // Cod's extension: how the node was admitted (the list keeps Bacalhau's columns).
+    pairs.push(("Admission", node.admission.as_str().to_owned()));
     pairs.push(("Status", node.connection.as_str().to_owned()));
     for (key, value) in [
         ("Last Heartbeat", &c.last_heartbeat),

@@ -72,6 +72,19 @@ pub struct ServeArgs {
     /// new compute nodes wait for `cod node approve`
     #[argh(switch)]
     pub manual_approval: bool,
+    /// file holding the join token (first line): the orchestrator's Orchestrator.Auth.TokenFile and a
+    /// compute node's Compute.Auth.TokenFile
+    #[argh(option)]
+    pub auth_token_file: Option<String>,
+    /// node ids admitted without the join token, comma-separated (Orchestrator.Auth.AllowedNodes)
+    #[argh(option)]
+    pub allowed_nodes: Option<String>,
+    /// refuse compute nodes that have neither the join token nor a place on the allow-list
+    #[argh(switch)]
+    pub require_token: bool,
+    /// libp2p private network key file, Kubo's swarm.key format (Transport.SwarmKeyFile)
+    #[argh(option)]
+    pub swarm_key_file: Option<String>,
     /// host put in local-publisher result URLs (default 127.0.0.1)
     #[argh(option)]
     pub publisher_address: Option<String>,
@@ -161,6 +174,20 @@ impl ServeArgs {
         if self.manual_approval {
             config.orchestrator.manual_approval = true;
         }
+        if let Some(f) = &self.auth_token_file {
+            // One flag for both roles; the token itself is never a flag (it would show in `ps`).
+            config.orchestrator.auth.token_file.clone_from(f);
+            config.compute.auth.token_file.clone_from(f);
+            config.orchestrator.auth.token = config::Secret::default();
+            config.compute.auth.token = config::Secret::default();
+        }
+        if let Some(n) = &self.allowed_nodes {
+            config.orchestrator.auth.allowed_nodes = config::split_list(n);
+        }
+        if self.require_token {
+            config.orchestrator.auth.require_token = true;
+        }
+        set(&mut config.transport.swarm_key_file, &self.swarm_key_file);
         set(
             &mut config.compute.publisher_address,
             &self.publisher_address,

@@ -363,6 +363,8 @@ impl Compute {
         let request = Request::Handshake {
             info: self.node_info(),
             last_applied_seq: applied,
+            // The transport adds the join proof (it knows the authenticated peer ids).
+            join_proof: None,
         };
         match self.inner.client.request(&peer, request).await {
             Ok(Response::Welcome {

@@ -28,8 +28,8 @@ pub use job::{
     NetworkType, ResourcesConfig, ResultPath, SpecConfig, Task, TimeoutConfig, now_nanos,
 };
 pub use node::{
-    BuildVersionInfo, ComputeNodeInfo, ConnectionState, NodeConnection, NodeInfo, NodeMembership,
-    NodeState, NodeType, now_rfc3339,
+    BuildVersionInfo, ComputeNodeInfo, ConnectionState, NodeAdmission, NodeConnection, NodeInfo,
+    NodeMembership, NodeState, NodeType, now_rfc3339,
 };
 pub use resources::Resources;
 pub use spec::{

@@ -163,6 +163,44 @@ impl NodeMembership {
     }
 }
 
+/// How the orchestrator admitted a node (a Cod extension of Bacalhau's NodeState, shown as `Admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NodeAdmission {
+    /// Not admitted (yet): pending nodes without credentials, and records from before admission existed.
+    #[default]
+    #[serde(rename = "NONE")]
+    None,
+    /// The hybrid node's own in-process compute half.
+    #[serde(rename = "LOCAL")]
+    Local,
+    /// It proved knowledge of the join token.
+    #[serde(rename = "TOKEN")]
+    Token,
+    /// Its peer id is in `Orchestrator.Auth.AllowedNodes`.
+    #[serde(rename = "ALLOW_LIST")]
+    AllowList,
+    /// An operator approved it (`cod node approve`).
+    #[serde(rename = "OPERATOR")]
+    Operator,
+    /// No admission policy is configured: every node may join (subject to `ManualApproval`).
+    #[serde(rename = "OPEN")]
+    Open,
+}
+
+impl NodeAdmission {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Local => "LOCAL",
+            Self::Token => "TOKEN",
+            Self::AllowList => "ALLOW_LIST",
+            Self::Operator => "OPERATOR",
+            Self::Open => "OPEN",
+        }
+    }
+}
+
 /// Link state of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum NodeConnection {
@@ -226,6 +264,9 @@ pub struct NodeState {
     /// Link details.
     #[serde(rename = "ConnectionState", default)]
     pub connection_state: ConnectionState,
+    /// How it was admitted (Cod extension; Bacalhau clients ignore the extra key).
+    #[serde(rename = "Admission", default)]
+    pub admission: NodeAdmission,
 }
 
 /// RFC 3339 text of the current time (history and heartbeat timestamps).

@@ -135,6 +135,14 @@ pub async fn start(
         } else {
             vec![]
         },
+        // Only a compute-only node dials orchestrators; a hybrid's compute half is in-process and admitted as
+        // the orchestrator's own.
+        join_token: if raw.roles.compute && !raw.roles.orchestrator {
+            config.compute_join_token.clone()
+        } else {
+            None
+        },
+        swarm_key: config.swarm_key,
         ..transport::Config::default()
     };
     let (client, events, event_loop) = transport::new(identity, transport_config)?;
@@ -158,8 +166,12 @@ pub async fn start(
             config.orchestrator.clone(),
         )?;
         tasks.spawn(runner.run(shutdown.child_token()));
+        let admission = &config.orchestrator.admission;
         info!(
             auto_approve = config.orchestrator.auto_approve,
+            join_token = admission.token.is_some(),
+            allowed_nodes = admission.allowed.len(),
+            require_token = admission.require_token,
             "orchestrator started"
         );
         Some(orchestrator)

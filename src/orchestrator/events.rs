@@ -6,8 +6,9 @@ use crate::model::{
     NodeMembership, NodeState, NodeType, State, now_nanos,
 };
 use crate::store::{Reader, StoreError, WriteTxn};
-use crate::transport::{Message, Request, Response, Sequenced};
+use crate::transport::{JoinProof, Message, Request, Response, Sequenced};
 
+use super::admission::{self, Refusal, Verdict};
 use super::jobs::{AfterCommit, apply_decision};
 use super::scheduler::{self, Candidate};
 use super::state::{self, Tables};
@@ -20,8 +21,15 @@ impl Orchestrator {
             Request::Handshake {
                 info,
                 last_applied_seq,
-            } => self.handshake(peer, info, last_applied_seq).await,
+                join_proof,
+            } => {
+                self.handshake(peer, info, last_applied_seq, join_proof)
+                    .await
+            }
             Request::Heartbeat { available, .. } => {
+                if let Some(refused) = self.refuse_unless_admitted(peer) {
+                    return refused;
+                }
                 if self.inner.registry.heartbeat(peer, available) {
                     Response::Ack {
                         last_applied_seq: 0,
@@ -33,13 +41,13 @@ impl Orchestrator {
                 }
             }
             Request::UpdateInfo { info } => match self.inner.registry.get(peer) {
+                Some(state) if state.membership == NodeMembership::Rejected => Response::Refused {
+                    reason: Refusal::Rejected.to_string(),
+                },
                 Some(mut state) => {
                     state.info = info;
                     state.info.node_id = peer.clone();
-                    let state = self
-                        .inner
-                        .registry
-                        .connected(state, NodeMembership::Pending);
+                    let state = self.inner.registry.connected(state);
                     let t = self.inner.tables;
                     match self
                         .inner
@@ -90,33 +98,64 @@ impl Orchestrator {
         }
     }
 
+    /// `Some(Refused)` for a node an operator rejected: every request after the handshake is refused too,
+    /// so a rejected node that is still connected gets nothing done.
+    fn refuse_unless_admitted(&self, peer: &NodeId) -> Option<Response> {
+        let node = self.inner.registry.get(peer)?;
+        (node.membership == NodeMembership::Rejected).then(|| Response::Refused {
+            reason: Refusal::Rejected.to_string(),
+        })
+    }
+
     async fn handshake(
         &self,
         peer: &NodeId,
         mut info: crate::model::NodeInfo,
         compute_applied: u64,
+        proof: Option<JoinProof>,
     ) -> Response {
-        if let Some(existing) = self.inner.registry.get(peer)
-            && existing.membership == NodeMembership::Rejected
-        {
-            return Response::Refused {
-                reason: "this node was rejected by the orchestrator's operator".to_owned(),
-            };
-        }
+        let registry = &self.inner.registry;
+        let previous = registry.get(peer).map(|p| (p.membership, p.admission));
+        let verdict = self.inner.config.admission.decide(
+            peer,
+            &self.inner.node_id,
+            proof.as_ref(),
+            previous,
+            registry.pending_count(),
+        );
+        let admission = match verdict {
+            Verdict::Refuse(why) => {
+                // Not recorded in the registry (see admission.rs); the log is the orchestrator's record,
+                // at warn level once a minute per node (it retries every heartbeat).
+                if self
+                    .inner
+                    .refusals
+                    .should_warn(peer, std::time::Instant::now())
+                {
+                    tracing::warn!(node_id = %peer, reason = %why, "compute node refused");
+                } else {
+                    tracing::debug!(node_id = %peer, reason = %why, "compute node refused");
+                }
+                return Response::Refused {
+                    reason: why.to_string(),
+                };
+            }
+            Verdict::Admit(how) => how,
+            Verdict::Wait => previous.map(|(_, a)| a).unwrap_or_default(),
+        };
+        let membership = admission::membership(
+            verdict,
+            previous.map(|(m, _)| m),
+            !self.inner.config.auto_approve,
+        );
         info.node_id = peer.clone();
         info.node_type = NodeType::Compute;
-        let default = if self.inner.config.auto_approve {
-            NodeMembership::Approved
-        } else {
-            NodeMembership::Pending
-        };
-        let state = self.inner.registry.connected(
-            NodeState {
-                info,
-                ..Default::default()
-            },
-            default,
-        );
+        let state = self.inner.registry.connected(NodeState {
+            info,
+            membership,
+            admission,
+            ..Default::default()
+        });
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
         let (peer_id, stored) = (peer.clone(), state.clone());
@@ -136,7 +175,12 @@ impl Orchestrator {
                 };
             }
         };
-        tracing::info!(node_id = %peer, membership = state.membership.as_str(), "compute node connected");
+        tracing::info!(
+            node_id = %peer,
+            membership = state.membership.as_str(),
+            admission = state.admission.as_str(),
+            "compute node connected"
+        );
         self.inner
             .outbox
             .peer_connected(peer, compute_applied)
@@ -178,7 +222,7 @@ impl Orchestrator {
             Some(n) if n.membership != NodeMembership::Rejected => {}
             Some(_) => {
                 return Response::Refused {
-                    reason: "this node was rejected".to_owned(),
+                    reason: Refusal::Rejected.to_string(),
                 };
             }
             None => {

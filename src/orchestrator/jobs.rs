@@ -487,6 +487,14 @@ impl Orchestrator {
             }
         };
         tracing::info!(node_id = %node_id, action = ?action, "node membership changed");
+        // A rejected node gets nothing more: close its connection (it may redial; its handshake is then
+        // refused). The in-process half has no connection to close.
+        if action == NodeAction::Reject
+            && node_id != self.inner.node_id
+            && let Err(e) = self.inner.client.disconnect(&node_id).await
+        {
+            tracing::warn!(node_id = %node_id, error = %e, "cannot disconnect the rejected node");
+        }
         if action == NodeAction::Approve {
             self.enqueue_reevaluation_of_waiting_jobs().await?;
         }

@@ -9,6 +9,7 @@
 //!
 //! [`transport`]: crate::transport
 
+pub mod admission;
 mod events;
 mod jobs;
 mod registry;
@@ -47,6 +48,8 @@ pub struct Config {
     pub queue_backoff: Duration,
     /// Resources for tasks that do not state them.
     pub job_defaults: JobDefaults,
+    /// Who may join (`Orchestrator.Auth`).
+    pub admission: admission::Policy,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             housekeeping_interval: Duration::from_secs(5),
             queue_backoff: Duration::from_secs(10),
             job_defaults: JobDefaults::default(),
+            admission: admission::Policy::default(),
         }
     }
 }
@@ -103,6 +107,8 @@ struct Inner {
     evaluate: mpsc::Sender<()>,
     /// Asks compute nodes for what is not durable (live output).
     client: Client,
+    /// Paces the log lines of refused handshakes.
+    refusals: admission::RefusalLog,
 }
 
 /// Cloneable handle used by the API.
@@ -154,6 +160,7 @@ impl Orchestrator {
             changes: watch::channel(0).0,
             evaluate,
             client,
+            refusals: admission::RefusalLog::default(),
         };
         let orchestrator = Orchestrator {
             inner: Arc::new(inner),

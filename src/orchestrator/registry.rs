@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::model::{NodeConnection, NodeId, NodeMembership, NodeState, Resources, now_rfc3339};
+use crate::model::{
+    NodeAdmission, NodeConnection, NodeId, NodeMembership, NodeState, Resources, now_rfc3339,
+};
 
 use super::scheduler::Candidate;
 
@@ -74,15 +76,13 @@ impl Registry {
         v
     }
 
-    /// Records a node's (re)connection with its description; returns the stored state.
-    pub fn connected(&self, mut state: NodeState, default_membership: NodeMembership) -> NodeState {
+    /// Records a node's (re)connection with its description, membership and admission as the caller decided
+    /// them; returns the stored state.
+    pub fn connected(&self, mut state: NodeState) -> NodeState {
         let mut map = self.lock();
         let id = state.info.node_id.clone();
         let now = now_rfc3339();
         let previous = map.get(&id);
-        state.membership = previous
-            .map(|p| p.state.membership)
-            .unwrap_or(default_membership);
         state.connection = NodeConnection::Connected;
         state.connection_state.status = NodeConnection::Connected;
         state.connection_state.connected_since = now.clone();
@@ -97,6 +97,14 @@ impl Registry {
             },
         );
         state
+    }
+
+    /// How many nodes wait for an operator's decision (for the admission cap).
+    pub fn pending_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| e.state.membership == NodeMembership::Pending)
+            .count()
     }
 
     /// Records a heartbeat; false if the node is unknown (it must handshake first).
@@ -136,11 +144,15 @@ impl Registry {
             .collect()
     }
 
-    /// Sets a node's membership; returns the new state.
+    /// Sets a node's membership (an operator's decision); returns the new state.
     pub fn set_membership(&self, id: &NodeId, membership: NodeMembership) -> Option<NodeState> {
         let mut map = self.lock();
         let e = map.get_mut(id)?;
         e.state.membership = membership;
+        // Approving a node no credential admitted makes the operator its admission.
+        if membership == NodeMembership::Approved && e.state.admission == NodeAdmission::None {
+            e.state.admission = NodeAdmission::Operator;
+        }
         Some(e.state.clone())
     }
 

@@ -29,6 +29,11 @@ pub(super) enum Command {
         /// The attachment.
         reply: oneshot::Sender<(u64, mpsc::Receiver<Event>)>,
     },
+    /// Close every connection to a remote peer (a node the orchestrator rejected).
+    Disconnect {
+        /// The peer.
+        peer: NodeId,
+    },
 }
 
 /// Which side of a node a [`Client`] speaks for.
@@ -140,6 +145,15 @@ impl Client {
             .await
             .map_err(|_| TransportError::ShutDown)?;
         answer.await.map_err(|_| TransportError::ShutDown)?
+    }
+
+    /// Closes every connection to the remote `peer` (nothing happens when none is open, or for the in-process
+    /// peer). A compute node redials on its own; the orchestrator then refuses its handshake if it must.
+    pub async fn disconnect(&self, peer: &NodeId) -> Result<(), TransportError> {
+        self.commands
+            .send(Command::Disconnect { peer: peer.clone() })
+            .await
+            .map_err(|_| TransportError::ShutDown)
     }
 
     /// The addresses other nodes can dial, each ending in `/p2p/<id>`.

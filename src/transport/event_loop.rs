@@ -18,11 +18,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade;
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, identify, noise, ping, tcp, yamux,
+};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +36,10 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use super::client::{Command, Origin};
-use super::{Client, Config, Event, Identity, Request, Response, Streams, TransportError};
+use super::{
+    Client, Config, Event, Identity, JoinToken, Request, Response, Streams, SwarmKey,
+    TransportError,
+};
 use crate::model::NodeId;
 
 /// Capacity of each event channel (the node's and the in-process peer's).
@@ -94,6 +103,11 @@ pub struct EventLoop {
     min_backoff: Duration,
     /// Longest redial delay.
     max_backoff: Duration,
+    /// Proves the join token in outgoing handshakes (compute nodes that have one).
+    join_token: Option<JoinToken>,
+    /// Fingerprint of the private-network key, for dial error logs (a mismatched key looks like a broken
+    /// handshake, so the log says which key this node uses).
+    swarm_key_fingerprint: Option<String>,
 }
 
 /// An outbound request's caller.
@@ -331,10 +345,13 @@ pub(super) fn build(
     }
 
     let request_timeout = config.request_timeout;
-    let tcp_config = tcp::Config::default().nodelay(true);
+    let swarm_key = config.swarm_key;
     let builder = SwarmBuilder::with_existing_identity(identity.keypair().clone())
         .with_tokio()
-        .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+        .with_other_transport(|key| {
+            tcp_transport(key, swarm_key)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        })
         .map_err(|e| TransportError::Identity {
             path: identity.path().to_owned(),
             reason: format!("cannot derive the noise handshake key: {e}"),
@@ -392,8 +409,40 @@ pub(super) fn build(
         // A zero backoff would never grow and would redial in a tight loop.
         min_backoff: config.min_backoff.max(BACKOFF_FLOOR),
         max_backoff: config.max_backoff.max(BACKOFF_FLOOR),
+        join_token: config.join_token,
+        swarm_key_fingerprint: swarm_key.map(|k| k.fingerprint()),
     };
+    if let Some(fingerprint) = &event_loop.swarm_key_fingerprint {
+        info!(fingerprint = %fingerprint, "private network: only peers with the same swarm key can connect");
+    }
     Ok((client, event_rx, event_loop))
+}
+
+/// TCP + Noise + Yamux, as `SwarmBuilder::with_tcp` builds it, with the private-network handshake (pnet)
+/// between TCP and Noise when a swarm key is set. Boxed so both shapes are one type.
+fn tcp_transport(
+    key: &libp2p::identity::Keypair,
+    swarm_key: Option<SwarmKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let noise = noise::Config::new(key)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    Ok(match swarm_key {
+        None => tcp
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(p, c), _| (p, StreamMuxerBox::new(c)))
+            .boxed(),
+        Some(swarm_key) => {
+            let pnet = PnetConfig::new(swarm_key.psk());
+            tcp.and_then(move |socket, _| pnet.handshake(socket))
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .map(|(p, c), _| (p, StreamMuxerBox::new(c)))
+                .boxed()
+        }
+    })
 }
 
 // === impl EventLoop ===
@@ -582,12 +631,17 @@ impl EventLoop {
                     .position(|t| t.state == TargetState::Dialing(connection_id))
                 {
                     let delay = self.schedule_redial(idx);
+                    // A private-network mismatch (different keys, or a key on one side only) shows up as a
+                    // failed handshake, never as a clear refusal: pnet has no way to say "wrong key".
+                    let private_network = self.swarm_key_fingerprint.as_deref().unwrap_or("off");
                     warn!(
                         addr = %self.targets[idx].display_addr(),
                         kind = self.targets[idx].kind,
                         error = %error,
+                        private_network,
                         retry_in = ?delay,
-                        "cannot connect"
+                        "cannot connect (a handshake failure can mean the two nodes do not share the same \
+                         Transport.SwarmKeyFile)"
                     );
                 } else {
                     debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
@@ -714,9 +768,18 @@ impl EventLoop {
                 request_id,
                 error,
                 ..
-            } => {
-                debug!(peer = %peer, request_id = %request_id, error = %error, "inbound request failed");
-            }
+            } => match &error {
+                // An undecodable request is a peer of another wire version (or a broken one): the operator
+                // must act (upgrade the older side), and the sender only sees its stream close.
+                request_response::InboundFailure::Io(e)
+                    if e.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    warn!(peer = %peer, error = %e, "a peer sent a message this node cannot read");
+                }
+                _ => {
+                    debug!(peer = %peer, request_id = %request_id, error = %error, "inbound request failed")
+                }
+            },
             request_response::Event::ResponseSent {
                 peer, request_id, ..
             } => {
@@ -746,6 +809,13 @@ impl EventLoop {
                 reply,
             } => self.route_request(origin, peer, *request, reply),
             Command::AttachLocal { reply } => self.attach(reply),
+            Command::Disconnect { peer } => {
+                if let Ok(peer_id) = peer.as_str().parse::<PeerId>()
+                    && self.swarm.disconnect_peer_id(peer_id).is_ok()
+                {
+                    info!(peer = %peer_id, "closing the connection on request");
+                }
+            }
         }
     }
 
@@ -806,6 +876,17 @@ impl EventLoop {
                     let _ = reply.send(not_connected(peer));
                     return;
                 };
+                let mut request = request;
+                if let (
+                    Request::Handshake {
+                        join_proof: proof @ None,
+                        ..
+                    },
+                    Some(token),
+                ) = (&mut request, &self.join_token)
+                {
+                    *proof = Some(token.prove(&self.local_id, &peer));
+                }
                 let kind = request_kind(&request);
                 let request_id = self
                     .swarm
@@ -967,6 +1048,8 @@ mod tests {
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(200),
             idle_timeout: Duration::from_secs(60),
+            join_token: None,
+            swarm_key: None,
         }
     }
 
@@ -1112,6 +1195,113 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn swarm_key(hex_digit: char) -> SwarmKey {
+        let hex: String = std::iter::repeat_n(hex_digit, 64).collect();
+        SwarmKey::parse(&format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")).expect("valid key")
+    }
+
+    #[tokio::test]
+    async fn handshakes_to_remote_orchestrators_carry_a_proof_of_the_join_token() {
+        let token = JoinToken::new("a-join-token-for-tests").expect("non-empty");
+        let mut orchestrator = Node::start(Identity::generate(), listening());
+        let orchestrator_id = orchestrator.id();
+        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
+        let compute_config = Config {
+            orchestrators: vec![addrs[0].clone()],
+            join_token: Some(token.clone()),
+            ..config()
+        };
+        let mut compute = Node::start(Identity::generate(), compute_config);
+        let compute_id = compute.id();
+        assert_connected(compute.next_event().await, &orchestrator_id);
+        assert_connected(orchestrator.next_event().await, &compute_id);
+        let handshake = Request::Handshake {
+            info: Default::default(),
+            last_applied_seq: 0,
+            join_proof: None,
+        };
+        let (response, (_, request)) = tokio::join!(
+            compute.client.request(&orchestrator_id, handshake),
+            answer_next(
+                &mut orchestrator.events,
+                Response::Refused {
+                    reason: "test".into()
+                }
+            ),
+        );
+        response.expect("answered");
+        let Request::Handshake {
+            join_proof: Some(proof),
+            ..
+        } = request
+        else {
+            panic!("the transport adds the proof: {request:?}");
+        };
+        assert!(token.verify(&proof, &compute_id, &orchestrator_id));
+        compute.stop().await;
+        orchestrator.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_private_network_admits_only_peers_with_the_same_key() {
+        let with_key = |key: char| Config {
+            swarm_key: Some(swarm_key(key)),
+            ..listening()
+        };
+        let mut orchestrator = Node::start(Identity::generate(), with_key('a'));
+        let orchestrator_id = orchestrator.id();
+        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
+
+        // Same key: connects and talks.
+        let mut same = Node::start(
+            Identity::generate(),
+            Config {
+                orchestrators: vec![addrs[0].clone()],
+                swarm_key: Some(swarm_key('a')),
+                ..config()
+            },
+        );
+        let same_id = same.id();
+        assert_connected(same.next_event().await, &orchestrator_id);
+        assert_connected(orchestrator.next_event().await, &same_id);
+        let (response, _) = tokio::join!(
+            same.client.request(&orchestrator_id, heartbeat()),
+            answer_next(
+                &mut orchestrator.events,
+                Response::Ack {
+                    last_applied_seq: 0
+                }
+            ),
+        );
+        response.expect("answered");
+        same.stop().await;
+        assert_disconnected(orchestrator.next_event().await, &same_id);
+
+        // A different key, and no key at all: never connected, on either side, over several redials.
+        for key in [Some(swarm_key('b')), None] {
+            let mut other = Node::start(
+                Identity::generate(),
+                Config {
+                    orchestrators: vec![addrs[0].clone()],
+                    swarm_key: key,
+                    max_backoff: Duration::from_millis(50),
+                    ..config()
+                },
+            );
+            let other_id = other.id();
+            // Absence can only be watched for a while: 2 s is dozens of redials at a 50 ms backoff.
+            let seen = tokio::time::timeout(Duration::from_secs(2), other.events.recv()).await;
+            assert!(
+                seen.is_err(),
+                "no connection with a different key: {seen:?}"
+            );
+            assert!(!orchestrator.client.is_connected(&other_id));
+            assert!(orchestrator.events.try_recv().is_err());
+            other.stop().await;
+        }
+        orchestrator.stop().await;
     }
 
     #[tokio::test]

@@ -72,6 +72,16 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// Checks that `text` is a libp2p peer id (what node ids are) and returns it as a [`NodeId`].
+pub fn parse_node_id(text: &str) -> Result<NodeId, String> {
+    let text = text.trim();
+    text.parse::<libp2p::PeerId>()
+        .map(|p| NodeId::from(p.to_string()))
+        .map_err(|e| {
+            format!("not a node id (a libp2p peer id such as 12D3KooW…, see `cod node list`): {e}")
+        })
+}
+
 /// Loads the key from `path`, creating it (mode 0600) on first start.
 ///
 /// This does blocking file I/O on a file of a few dozen bytes; call it during startup, not on a hot path.

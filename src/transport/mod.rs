@@ -12,14 +12,18 @@
 //! [`Client::attach_local`] gives the in-process compute side its own client/event pair whose requests reach
 //! the orchestrator side's event stream (and vice versa) without a socket.
 
+mod join;
 pub mod protocol;
+mod swarm_key;
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::NodeId;
+pub use join::{JoinProof, JoinToken};
 pub use protocol::{Message, Request, Response, Sequenced};
+pub use swarm_key::{SwarmKey, SwarmKeyError};
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -39,6 +43,12 @@ pub struct Config {
     pub max_backoff: Duration,
     /// Close connections idle this long (heartbeats keep live ones open).
     pub idle_timeout: Duration,
+    /// Compute nodes: the join token. Outgoing handshakes to remote orchestrators get a proof of it
+    /// ([`Request::Handshake::join_proof`]); the token itself never leaves the node.
+    pub join_token: Option<JoinToken>,
+    /// The private-network key: every TCP connection is encrypted with it before Noise, so only nodes that
+    /// hold it can connect at all (IPFS peers included: a Kubo peer needs the same `swarm.key`).
+    pub swarm_key: Option<SwarmKey>,
 }
 
 impl Default for Config {
@@ -51,6 +61,8 @@ impl Default for Config {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            join_token: None,
+            swarm_key: None,
         }
     }
 }
@@ -130,7 +142,7 @@ mod stream;
 
 pub use client::Client;
 pub use event_loop::EventLoop;
-pub use identity::load_or_create_identity;
+pub use identity::{load_or_create_identity, parse_node_id};
 pub use stream::{IncomingStreams, PeerStream, Streams};
 
 /// A node identity (its keypair), opaque outside this module.

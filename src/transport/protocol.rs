@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::JoinProof;
 use crate::model::{
     Event, Execution, ExecutionId, ExecutionStateType, JobId, NodeId, NodeInfo, Resources,
     RunCommandResult, SpecConfig,
@@ -17,7 +18,11 @@ use crate::model::{
 pub const PROTOCOL_NAME: &str = "/cod/compute/1";
 
 /// Current envelope version.
-pub const WIRE_VERSION: u16 = 1;
+///
+/// 2: the handshake carries an optional join proof. Version 1 peers could not tell a handshake with a proof
+/// from a malformed one, so the version is bumped: an old peer and a new one each refuse the other's messages
+/// with [`CodecError::Version`] ("upgrade the older side") instead of misreading them.
+pub const WIRE_VERSION: u16 = 2;
 
 /// Largest encoded request or response accepted (inline WASM modules travel inside AskForBid).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -41,6 +46,10 @@ pub enum Request {
         info: NodeInfo,
         /// Highest orchestrator→compute sequence number this node has applied.
         last_applied_seq: u64,
+        /// Proof that the node knows the join token, bound to both peer ids (see [`super::JoinToken`]).
+        /// Compute code leaves it `None`: the transport fills it in on the way out when a token is configured,
+        /// because only the transport knows the Noise-authenticated ids it must be bound to.
+        join_proof: Option<JoinProof>,
     },
     /// Compute → orchestrator, periodically: still alive, and how much is free.
     Heartbeat {
@@ -247,6 +256,46 @@ mod tests {
         let bytes = encode(&req).expect("encodes");
         let back: Request = decode(&bytes).expect("decodes");
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn handshakes_carry_the_join_proof() {
+        let token = crate::transport::JoinToken::new("t0ken").expect("non-empty");
+        let (node, orch) = (
+            NodeId::from("node".to_owned()),
+            NodeId::from("orch".to_owned()),
+        );
+        for join_proof in [None, Some(token.prove(&node, &orch))] {
+            let req = Request::Handshake {
+                info: NodeInfo::default(),
+                last_applied_seq: 3,
+                join_proof,
+            };
+            let bytes = encode(&req).expect("encodes");
+            let back: Request = decode(&bytes).expect("decodes");
+            assert_eq!(back, req);
+            if let Request::Handshake {
+                join_proof: Some(p),
+                ..
+            } = back
+            {
+                assert!(token.verify(&p, &node, &orch));
+            }
+        }
+    }
+
+    #[test]
+    fn version_one_peers_are_refused_clearly() {
+        // What a pre-admission node sends: its handshake has no proof field and its envelope says 1.
+        let bytes = minicbor_serde::to_vec(Envelope {
+            version: 1,
+            body: Response::Ack {
+                last_applied_seq: 0,
+            },
+        })
+        .expect("encodes");
+        let err = decode::<Response>(&bytes).expect_err("old version");
+        assert!(err.to_string().contains("upgrade the older side"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Process-level tests: real `cod` processes on loopback, driven through the REST API and the CLI.
 
+mod admission;
 mod boards;
 mod cache;
 mod cli;
