@@ -14,7 +14,7 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -250,6 +250,10 @@ async fn handshake(acceptor: TlsAcceptor, mut tcp: TcpStream) -> Option<TlsStrea
     let mut first = [0u8; 1];
     let n = tcp.peek(&mut first).await.ok()?;
     if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        // Read the request first: closing a socket with unread data sends a reset, and the client would see
+        // that instead of the answer.
+        let mut request = [0u8; 8192];
+        let _ = tcp.read(&mut request).await;
         let body = r#"{"Status":400,"Message":"this API serves HTTPS only","Code":"BadRequest","Component":"APIServer","Hint":"use https:// (cod --tls, with --cacert for a self-signed certificate)"}"#;
         let response = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

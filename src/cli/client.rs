@@ -1066,7 +1066,18 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
         }
         current = err.source();
     }
-    false
+    // hyper-util boxes the connector's error, which hides its type from the checks above; rustls's own
+    // messages still name it.
+    let cause = root_cause(e);
+    [
+        "invalid peer certificate",
+        "received corrupt message",
+        "received fatal alert",
+        "peer is incompatible",
+        "peer misbehaved",
+    ]
+    .iter()
+    .any(|m| cause.contains(m))
 }
 
 /// The innermost cause of an error, which for a refused connection is the useful part.

@@ -1,5 +1,6 @@
 //! Process-level tests: real `cod` processes on loopback, driven through the REST API and the CLI.
 
+mod auth;
 mod boards;
 mod cache;
 mod cli;
