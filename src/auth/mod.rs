@@ -625,6 +625,28 @@ mod tests {
     }
 
     #[test]
+    fn users_load_from_yaml_in_bacalhaus_shape_with_any_key_case() {
+        let yaml = r#"
+api:
+  auth:
+    users:
+      - alias: ci
+        apikey: ci-key-0123456789abcdefgh
+        capabilities: [{actions: [submit]}]
+"#;
+        let value = crate::model::ci::parse_document(yaml).expect("yaml");
+        let config: crate::config::Config = crate::model::ci::from_value(value).expect("config");
+        let auth = Authenticator::from_config(&config.api.auth).expect("valid");
+        let who = auth
+            .authenticate(&Credential::Bearer("ci-key-0123456789abcdefgh".into()))
+            .expect("ci");
+        assert_eq!(who.alias, "ci");
+        // `cod config show` and /agent/config print the key redacted.
+        let shown = serde_json::to_string(&config).expect("json");
+        assert!(!shown.contains("ci-key-0123"), "{shown}");
+    }
+
+    #[test]
     fn credentials_never_print_their_secret() {
         let text = format!(
             "{:?} {:?}",
