@@ -641,7 +641,7 @@ api:
             .authenticate(&Credential::Bearer("ci-key-0123456789abcdefgh".into()))
             .expect("ci");
         assert_eq!(who.alias, "ci");
-        // `cod config show` and /agent/config print the key redacted.
+        // `cod agent config` and /api/v1/agent/config print the key redacted.
         let shown = serde_json::to_string(&config).expect("json");
         assert!(!shown.contains("ci-key-0123"), "{shown}");
     }

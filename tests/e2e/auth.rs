@@ -183,6 +183,11 @@ fn users_keys_and_capabilities_gate_the_api_and_the_cli() {
         methods["Methods"].get("basic").is_some() && methods["Methods"].get("apikey").is_some(),
         "{methods}"
     );
+    let info = ok(
+        cli(&orch, &["auth", "info"], &[]),
+        "auth info without a credential",
+    );
+    assert!(info.contains("basic") && info.contains("apikey"), "{info}");
     for path in ["/api/v1/agent/node", "/api/v1/agent/config"] {
         let (status, _, _) = call(
             reqwest::Method::GET,
