@@ -50,6 +50,8 @@ pub const FEATURES: &[&str] = &[
     "storage-s3",
     #[cfg(feature = "ipfs")]
     "ipfs",
+    #[cfg(feature = "tls-self-signed")]
+    "tls-self-signed",
 ];
 
 pub mod api;

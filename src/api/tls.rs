@@ -6,7 +6,6 @@
 //! plain HTTP to the TLS port gets a plain-HTTP 400 saying to use HTTPS, instead of a dropped connection.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +53,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// Generating the self-signed pair failed.
+    #[cfg(feature = "tls-self-signed")]
     #[error("API.TLS.SelfSigned: cannot generate a certificate")]
     Generate(#[source] rcgen::Error),
     /// rustls refused the certificate and key (a key that does not match the certificate, say).
@@ -123,7 +123,16 @@ pub fn server_config(
     Ok(Some(Arc::new(server)))
 }
 
+/// Without the `tls-self-signed` feature there is no generator: say so instead of ignoring the setting.
+#[cfg(not(feature = "tls-self-signed"))]
+fn generate_self_signed(_cert: &Path, _key: &Path, _host: &str) -> Result<(), TlsError> {
+    Err(TlsError::Invalid(
+        "SelfSigned needs a cod built with the `tls-self-signed` feature; give CertFile and KeyFile instead",
+    ))
+}
+
 /// Writes a self-signed certificate for this machine's names and `host`, with its key (mode 0600).
+#[cfg(feature = "tls-self-signed")]
 fn generate_self_signed(cert: &Path, key: &Path, host: &str) -> Result<(), TlsError> {
     let mut names = vec![
         "localhost".to_owned(),
@@ -139,6 +148,7 @@ fn generate_self_signed(cert: &Path, key: &Path, host: &str) -> Result<(), TlsEr
     if !host.is_empty() && host != "0.0.0.0" && host != "::" && !names.iter().any(|n| n == host) {
         names.push(host.to_owned());
     }
+    use std::os::unix::fs::OpenOptionsExt;
     let pair = rcgen::generate_simple_self_signed(names).map_err(TlsError::Generate)?;
     let write = |path: &Path, text: String, mode: u32| {
         let err = |source| TlsError::Write {
@@ -277,6 +287,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "tls-self-signed")]
     fn self_signed_pair_is_made_once_and_reused() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");

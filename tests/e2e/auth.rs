@@ -449,6 +449,7 @@ fn non_loopback_api_without_users_is_locked_by_a_generated_token() {
 }
 
 #[test]
+#[cfg(feature = "tls-self-signed")]
 fn tls_with_a_self_signed_certificate() {
     let cod = Cod::start("auth-tls", &["--api-tls-self-signed"]);
     let cert = cod.dir.join("data/tls/api-cert.pem");
