@@ -11,8 +11,8 @@ const MIN_PASSWORD: usize = 10;
 /// Longest password Bacalhau accepts.
 const MAX_PASSWORD: usize = 255;
 /// bcrypt cost of new hashes: 10, Go's `bcrypt.DefaultCost` that Bacalhau's `hash-password` uses. Measured
-/// on the 2-core build machine (release): cost 12 (the Rust crate's default) verifies in ~0.6 s, so 10 is
-/// ~0.15 s there and a few times that on a small board; checks of an unchanged password are cached by the
+/// on the 2-core build machine (release): a check at cost 12 (the Rust crate's default) takes ~0.6 s, at 10
+/// ~0.1 s, and a few times that on a small board; checks of an unchanged password are cached by the
 /// authenticator, so only the first login (or a wrong password) pays it.
 pub const HASH_COST: u32 = 10;
 
