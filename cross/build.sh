@@ -79,7 +79,7 @@ mkdir -p "$cache"
 features=()
 case "$flavor" in
   edge) features=(compute executor-wasm executor-oci storage-url storage-s3 ipfs) ;;
-  full|gpu) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs) ;;
+  full|gpu) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed) ;;
 esac
 ((qemu)) && features+=(lmdb-posix-sem)
 [[ -n "$extra_features" ]] && features+=(${extra_features//,/ })

@@ -278,6 +278,72 @@ pub struct ApiConfig {
     /// Listen port (0 = pick one; see the ready file).
     #[serde(rename = "Port")]
     pub port: u16,
+    /// Who may call the API (Bacalhau v1.7's `API.Auth`).
+    #[serde(rename = "Auth")]
+    pub auth: ApiAuthConfig,
+    /// HTTPS for the API (Bacalhau's `API.TLS`).
+    #[serde(rename = "TLS")]
+    pub tls: ApiTlsConfig,
+}
+
+/// `API.Auth`: the users allowed to call the API. With no users, a listener reachable from other machines
+/// is protected by a generated admin key in `<DataDir>/api-token`; a loopback-only one stays open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiAuthConfig {
+    /// Opens the API to anyone who can reach it, even on a non-loopback listener (logged as a warning).
+    #[serde(rename = "Disabled")]
+    pub disabled: bool,
+    /// Users: each has an API key (sent as `Authorization: Bearer`) or a user name and password (Basic).
+    #[serde(rename = "Users")]
+    pub users: Vec<ApiUserConfig>,
+}
+
+/// One API user, in Bacalhau v1.7's shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiUserConfig {
+    /// A name for logs (never a secret).
+    #[serde(rename = "Alias")]
+    pub alias: String,
+    /// Basic-auth user name (letters and digits).
+    #[serde(rename = "Username")]
+    pub username: String,
+    /// Basic-auth password: plain (10-255 characters) or a bcrypt hash from `cod auth hash-password`.
+    #[serde(rename = "Password")]
+    pub password: Secret,
+    /// Bearer API key (20-255 characters).
+    #[serde(rename = "APIKey")]
+    pub api_key: Secret,
+    /// What the user may do; the union of every entry's actions.
+    #[serde(rename = "Capabilities")]
+    pub capabilities: Vec<ApiCapabilityConfig>,
+}
+
+/// A set of allowed actions: `read:job`, `write:job`, `read:node`, `write:node`, `read:agent`,
+/// `write:agent`, with `*` for either half, or the shorthands `read`, `submit` and `admin`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiCapabilityConfig {
+    /// The actions.
+    #[serde(rename = "Actions")]
+    pub actions: Vec<String>,
+}
+
+/// `API.TLS`: serve the API over HTTPS from a certificate and key, or from a self-signed pair generated
+/// once into `<DataDir>/tls/`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiTlsConfig {
+    /// PEM certificate chain.
+    #[serde(rename = "CertFile")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    #[serde(rename = "KeyFile")]
+    pub key_file: Option<PathBuf>,
+    /// Generate (first start) and use a self-signed certificate.
+    #[serde(rename = "SelfSigned")]
+    pub self_signed: bool,
 }
 
 /// Transport settings.
@@ -617,6 +683,8 @@ impl Default for ApiConfig {
         Self {
             host: "0.0.0.0".into(),
             port: 1234,
+            auth: ApiAuthConfig::default(),
+            tls: ApiTlsConfig::default(),
         }
     }
 }
@@ -680,7 +748,8 @@ impl Default for StoreConfig {
     }
 }
 
-fn default_data_dir() -> PathBuf {
+/// `~/.cod`, or `/var/lib/cod` without a home; the CLI looks for the node's `api-token` here too.
+pub(crate) fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) if !home.is_empty() => PathBuf::from(home).join(".cod"),
         _ => PathBuf::from("/var/lib/cod"),

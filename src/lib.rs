@@ -12,7 +12,7 @@
 //! - [`orchestrator`]: job intake, scheduling, node registry, execution tracking.
 //! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher), and
 //!   the node's input cache (by content id) and result cache (opt-in reuse of finished results).
-//! - [`api`]: the Bacalhau v1 REST API.
+//! - [`api`]: the Bacalhau v1 REST API; [`auth`]: who may call it (users, capabilities, the api-token file).
 //! - [`node`]: the composition root that wires a node from its config.
 //! - [`config`]: the node's configuration (defaults < file < `COD_*` < flags), validated before start.
 //! - [`telemetry`]: logging and the panic hook; [`errors`]: error text for people.
@@ -50,9 +50,12 @@ pub const FEATURES: &[&str] = &[
     "storage-s3",
     #[cfg(feature = "ipfs")]
     "ipfs",
+    #[cfg(feature = "tls-self-signed")]
+    "tls-self-signed",
 ];
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod compute;
 pub mod config;

@@ -50,7 +50,7 @@ host_cod="$CARGO_TARGET_DIR/debug/cod"
 got="$(bash -c 'source "$1"; COMP_WORDS=(cod wasm r); COMP_CWORD=2; _cod; echo "${COMPREPLY[*]}"' _ "$work/cod.bash" || true)"
 [[ "$got" == run ]] && ok "bash completes 'cod wasm r' to run" || fail "bash completed 'cod wasm r' to '$got'"
 # Every command's word list is plain words: completing after each one prints no error.
-errors="$(bash -c 'source "$1"; for c in "" job wasm docker node agent version serve completions man; do
+errors="$(bash -c 'source "$1"; for c in "" job wasm docker node agent auth version serve completions man; do
   COMP_WORDS=(cod $c x); COMP_CWORD=${#COMP_WORDS[@]}; ((COMP_CWORD--)); _cod; done' _ "$work/cod.bash" 2>&1 >/dev/null || true)"
 [[ -z "$errors" ]] && ok "bash completion runs cleanly for every command" || fail "bash completion errors: $errors"
 got="$(bash -c 'source "$1"; COMP_WORDS=(cod serve --wasm); COMP_CWORD=2; _cod; echo "${COMPREPLY[*]}"' _ "$work/cod.bash" || true)"

@@ -8,13 +8,15 @@
 //! Layout: [`request`] holds what every request goes through (request id, version headers, one tracing span,
 //! query and path extraction), [`error`] the error body, and one file per endpoint group: [`jobs`] and [`logs`]
 //! (`/api/v1/orchestrator/jobs…`), [`nodes`] (`/api/v1/orchestrator/nodes…`), [`agent`] (`/api/v1/agent/…`
-//! plus the legacy redirects and the retired `/api/v1/requester` API).
+//! plus the legacy redirects and the retired `/api/v1/requester` API). [`auth`] gates every request by its
+//! credential (and serves `/api/v1/auth`); [`tls`] serves HTTPS when `API.TLS` asks for it.
 //!
 //! Requests are decoded case-insensitively ([`crate::model::ci`]), as Go's decoder does, and unknown keys are
 //! ignored. Responses use Bacalhau's PascalCase keys, plus lower-case twins where the Python 1.4.1 client reads
 //! them (`nodes`, `node`, `success`).
 
 mod agent;
+mod auth;
 mod error;
 mod jobs;
 mod logs;
@@ -22,6 +24,7 @@ mod nodes;
 mod request;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -52,6 +55,8 @@ pub struct ApiState {
     pub node_info: Arc<dyn Fn() -> NodeInfo + Send + Sync>,
     /// The node's configuration, already redacted, for `/api/v1/agent/config`.
     pub config: serde_json::Value,
+    /// Who may call the API.
+    pub auth: Arc<crate::auth::Access>,
     /// Signs `s3` results for `GET …/jobs/{id}/results`; `None` when `PreSignedURLDisabled`.
     #[cfg(feature = "storage-s3")]
     pub result_signer: Option<crate::s3::ResultSigner>,
@@ -90,13 +95,14 @@ struct Shared {
 
 type AppState = Arc<Shared>;
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then lets open requests finish (log streams
-/// are closed with 1001 "going away").
+/// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled, then lets open
+/// requests finish (log streams are closed with 1001 "going away").
 ///
 /// # Errors
 /// [`ApiError::Serve`] when accepting connections fails.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
@@ -104,12 +110,24 @@ pub async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "an unknown address".to_owned());
-    info!(addr = %addr, "API listening");
+    info!(addr = %addr, tls = tls.is_some(), "API listening");
     let app = build(state, shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|source| ApiError::Serve { addr, source })
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        Some(config) => match tls::TlsListener::new(listener, config) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+    };
+    served.map_err(|source| ApiError::Serve { addr, source })
 }
 
 /// The API's routes, for tests and embedding. Streams opened through it end only when their client leaves
@@ -135,11 +153,18 @@ fn build(state: ApiState, shutdown: CancellationToken) -> Router {
     Router::new()
         .nest("/api/v1/orchestrator", orchestrator)
         .merge(agent::routes())
+        .merge(auth::routes())
         .route("/api/v1/requester", any(agent::requester_gone))
         .route("/api/v1/requester/{*rest}", any(agent::requester_gone))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Inside `context`, so denials carry the request id and CORS preflights (answered there) need no
+        // credential.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            auth::require,
+        ))
         .layer(axum::middleware::from_fn(request::context))
         .with_state(shared)
 }
@@ -251,6 +276,7 @@ mod tests {
             compute: None,
             node_info: Arc::new(NodeInfo::default),
             config: json!({}),
+            auth: Arc::new(crate::auth::Access::Open(crate::auth::OpenReason::Loopback)),
             #[cfg(feature = "storage-s3")]
             result_signer: None,
         };
@@ -287,10 +313,11 @@ mod tests {
             compute: None,
             node_info: Arc::new(NodeInfo::default),
             config: json!({}),
+            auth: Arc::new(crate::auth::Access::Open(crate::auth::OpenReason::Loopback)),
             #[cfg(feature = "storage-s3")]
             result_signer: None,
         };
-        let server = tokio::spawn(serve(listener, state, shutdown.clone()));
+        let server = tokio::spawn(serve(listener, None, state, shutdown.clone()));
         shutdown.cancel();
         server.await.expect("joins").expect("clean exit");
     }

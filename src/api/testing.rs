@@ -23,8 +23,13 @@ pub(crate) struct TestServer {
 }
 
 impl TestServer {
-    /// Starts an orchestrator with no compute nodes and serves the API for it.
+    /// Starts an orchestrator with no compute nodes and serves the API for it, open to all.
     pub(crate) async fn start() -> Self {
+        Self::start_with_auth(crate::auth::Access::Open(crate::auth::OpenReason::Loopback)).await
+    }
+
+    /// Like [`TestServer::start`], with `auth` deciding who may call it.
+    pub(crate) async fn start_with_auth(auth: crate::auth::Access) -> Self {
         // reqwest is built without a default TLS provider; plain HTTP still needs one installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -47,6 +52,7 @@ impl TestServer {
                 ..NodeInfo::default()
             }),
             config: serde_json::json!({"API": {"Port": 0}, "Orchestrator": {"Enabled": true}}),
+            auth: Arc::new(auth),
             #[cfg(feature = "storage-s3")]
             result_signer: None,
         };
@@ -76,7 +82,7 @@ impl Drop for TestServer {
 pub(crate) async fn spawn_server(state: ApiState, shutdown: CancellationToken) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(super::serve(listener, state, shutdown));
+    tokio::spawn(super::serve(listener, None, state, shutdown));
     format!("http://{addr}")
 }
 

@@ -88,10 +88,15 @@ impl ApiAddress {
 
     /// `http://host:port`, with IPv6 literals bracketed.
     pub fn base_url(&self) -> String {
+        self.url_with_scheme("http")
+    }
+
+    /// `scheme://host:port`.
+    fn url_with_scheme(&self, scheme: &str) -> String {
         if self.host.contains(':') {
-            format!("http://[{}]:{}", self.host, self.port)
+            format!("{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            format!("http://{}:{}", self.host, self.port)
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -110,7 +115,7 @@ fn normalize_host(raw: &str, source: &str) -> Result<String, UsageError> {
         host = rest;
     } else if host.contains("://") {
         return Err(UsageError::new(format!(
-            "{source} {raw:?} must be a host name or IP address (the API is plain HTTP; TLS is not supported yet)"
+            "{source} {raw:?} must be a host name or IP address (for HTTPS add --tls)"
         )));
     }
     let host = host.trim_end_matches('/');
@@ -153,6 +158,35 @@ pub enum ClientError {
     ResultUnreachable {
         /// The result URL.
         url: String,
+        /// The innermost cause.
+        reason: String,
+    },
+    /// The API refused the credential (401) or its capabilities (403).
+    #[error(
+        "{}; {}",
+        api_error_text(.status, .code, .message, .hint),
+        denied_advice(*.status, .sent)
+    )]
+    Denied {
+        /// 401 or 403.
+        status: u16,
+        /// `Unauthorized` or `Forbidden`.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The server's hint.
+        hint: String,
+        /// Where the credential sent came from (`--api-key`, a file), if one was sent.
+        sent: Option<String>,
+    },
+    /// The TLS connection failed (an untrusted certificate, or a server that does not speak TLS).
+    #[error(
+        "TLS connection to {base} failed ({reason}): for a self-signed or private CA pass --cacert FILE \
+         (or --insecure to skip the check); if the node serves plain HTTP, drop --tls"
+    )]
+    Tls {
+        /// The API's base URL.
+        base: String,
         /// The innermost cause.
         reason: String,
     },
@@ -244,6 +278,22 @@ fn api_error_text(status: &u16, code: &str, message: &str, hint: &str) -> String
         text.push_str(&format!("; hint: {}", hint.trim()));
     }
     text
+}
+
+/// What to do about a 401/403, given what was sent.
+fn denied_advice(status: u16, sent: &Option<String>) -> String {
+    match (status, sent) {
+        (401, None) => "no credential was sent: pass --api-key (or COD_API_KEY), or --username and \
+                        --password; on the node's machine, COD_DATA_DIR pointing at its data dir lets the \
+                        CLI read the api-token file"
+            .to_owned(),
+        (401, Some(source)) => format!("the credential from {source} was refused: check it"),
+        (_, Some(source)) => format!(
+            "the credential from {source} is valid but not allowed to do this: use one with the \
+             capability"
+        ),
+        (_, None) => "pass a credential that has the capability".to_owned(),
+    }
 }
 
 impl ClientError {
@@ -472,33 +522,97 @@ fn requirement_string(r: &crate::model::LabelSelectorRequirement) -> String {
 /// A client of one node's API. Cheap to clone (reqwest shares its pool).
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    /// The connection pool.
+    /// The connection pool for the API: its TLS settings (a private CA, say) are the API's.
+    api_http: reqwest::Client,
+    /// The pool for everything else (result downloads from S3 or another node's publisher): system roots,
+    /// and never the API's credential.
     http: reqwest::Client,
-    /// `http://host:port/`.
+    /// `http(s)://host:port/`.
     base: Url,
+    /// Sent as `Authorization` to the API's origin only.
+    credential: Option<super::security::ClientCredential>,
+    /// The TLS config, for the log WebSocket (which does not go through reqwest).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Host and port, for the log WebSocket's connection.
+    address: ApiAddress,
 }
 
 // === impl ApiClient ===
 
 impl ApiClient {
-    /// A client for the API at `address`. Builds no connection yet.
+    /// A client for the open API at `address` (plain HTTP, no credential). Builds no connection yet.
     pub fn new(address: &ApiAddress) -> anyhow::Result<Self> {
+        Self::with_security(address, &super::security::ClientSecurity::default())
+    }
+
+    /// A client for the API at `address` that sends `security`'s credential and checks certificates as it
+    /// says.
+    pub fn with_security(
+        address: &ApiAddress,
+        security: &super::security::ClientSecurity,
+    ) -> anyhow::Result<Self> {
         // reqwest is built with `rustls-no-provider` and panics when building a client without a process-wide
         // crypto provider. `main` installs ring first thing; doing it here too (a no-op when already set) keeps
         // the client usable from tests and other library callers.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let base = Url::parse(&format!("{}/", address.base_url())).map_err(|e| {
-            UsageError::new(format!(
-                "{} is not a valid API address: {e}",
-                address.base_url()
-            ))
-        })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("cod/", env!("CARGO_PKG_VERSION")))
+        let tls = super::security::client_config(&security.tls)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base_url = address.url_with_scheme(scheme);
+        let base = Url::parse(&format!("{base_url}/"))
+            .map_err(|e| UsageError::new(format!("{base_url} is not a valid API address: {e}")))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("cod/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = builder()
             .build()
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
-        Ok(Self { http, base })
+        let api_http = match &tls {
+            Some(config) => builder()
+                .use_preconfigured_tls(rustls::ClientConfig::clone(config))
+                .build()
+                .map_err(|e| anyhow::anyhow!("building the HTTPS client: {e}"))?,
+            None => http.clone(),
+        };
+        Ok(Self {
+            api_http,
+            http,
+            base,
+            credential: security.credential.clone(),
+            tls,
+            address: address.clone(),
+        })
+    }
+
+    /// Whether `url` is on the API's own origin (scheme, host, port), the only place the credential goes.
+    fn is_api_origin(&self, url: &Url) -> bool {
+        url.origin() == self.base.origin()
+    }
+
+    /// Where the credential sent came from, for denial messages.
+    fn sent(&self) -> Option<String> {
+        self.credential.as_ref().map(|c| c.source.clone())
+    }
+
+    /// Maps a non-2xx answer, turning 401/403 into [`ClientError::Denied`].
+    fn answer_error(&self, status: u16, body: &[u8]) -> ClientError {
+        match api_error(status, body) {
+            ClientError::Api {
+                status: s @ (401 | 403),
+                code,
+                message,
+                hint,
+                ..
+            } => ClientError::Denied {
+                status: s,
+                code,
+                message,
+                hint,
+                sent: self.sent(),
+            },
+            other => other,
+        }
     }
 
     /// The API's base URL, for messages.
@@ -523,7 +637,12 @@ impl ApiClient {
     }
 
     fn map_send_error(&self, url: &Url, timeout: Duration, e: reqwest::Error) -> ClientError {
-        if e.is_connect() {
+        if self.tls.is_some() && is_tls_failure(&e) {
+            ClientError::Tls {
+                base: self.base().to_owned(),
+                reason: root_cause(&e),
+            }
+        } else if e.is_connect() {
             ClientError::Unreachable {
                 base: self.base().to_owned(),
                 reason: root_cause(&e),
@@ -549,9 +668,12 @@ impl ApiClient {
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
         let mut request = self
-            .http
+            .api_http
             .request(method, url.clone())
             .timeout(REQUEST_TIMEOUT);
+        if let Some(c) = &self.credential {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization(c));
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -565,7 +687,7 @@ impl ApiClient {
             .await
             .map_err(|e| self.map_send_error(&url, REQUEST_TIMEOUT, e))?;
         if !status.is_success() {
-            return Err(api_error(status.as_u16(), &bytes));
+            return Err(self.answer_error(status.as_u16(), &bytes));
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
@@ -690,16 +812,48 @@ impl ApiClient {
             query.push(("tail", "true".to_owned()));
         }
         let mut url = self.url(&["orchestrator", "jobs", id, "logs"], &query);
-        // Only the scheme changes; `set_scheme` refuses nothing between http and ws.
-        let _ = url.set_scheme("ws");
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        // Only the scheme changes; `set_scheme` refuses nothing between http(s) and ws(s).
+        let _ = url.set_scheme(if self.tls.is_some() { "wss" } else { "ws" });
+        let unreachable = |e: std::io::Error| ClientError::Unreachable {
+            base: self.base().to_owned(),
+            reason: e.to_string(),
+        };
+        let tcp = tokio::net::TcpStream::connect((self.address.host.as_str(), self.address.port))
+            .await
+            .map_err(unreachable)?;
+        let io: Box<dyn LogIo> = match &self.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(self.address.host.clone())
+                    .map_err(|e| ClientError::BadUrl {
+                        url: self.base().to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| ClientError::Tls {
+                        base: self.base().to_owned(),
+                        reason: root_cause(&e),
+                    })?;
+                Box::new(stream)
+            }
+        };
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
+            .map_err(|e| ClientError::WebSocket {
+                url: url.to_string(),
+                source: Box::new(e),
+            })?;
+        if let Some(c) = &self.credential {
+            request
+                .headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, authorization(c));
+        }
+        let (ws, _) = tokio_tungstenite::client_async(request, io)
             .await
             .map_err(|e| match e {
-                tungstenite::Error::Io(io) if is_connect_failure(&io) => ClientError::Unreachable {
-                    base: self.base().to_owned(),
-                    reason: io.to_string(),
-                },
-                tungstenite::Error::Http(response) => api_error(
+                tungstenite::Error::Io(io) if is_connect_failure(&io) => unreachable(io),
+                tungstenite::Error::Http(response) => self.answer_error(
                     response.status().as_u16(),
                     response.body().as_deref().unwrap_or_default(),
                 ),
@@ -761,6 +915,12 @@ impl ApiClient {
         self.get(&["agent", "node"], &[]).await
     }
 
+    /// `GET /api/v1/auth`: the auth methods the node takes, as raw JSON.
+    pub async fn auth_methods(&self) -> Result<Value, ClientError> {
+        let url = self.url(&["auth"], &[]);
+        self.call(Method::GET, url, None).await
+    }
+
     /// `GET /api/v1/agent/config`: the node's configuration, secrets redacted by the server. Kept as raw JSON:
     /// its shape belongs to the server's config module.
     pub async fn agent_config(&self) -> Result<Value, ClientError> {
@@ -798,17 +958,24 @@ impl ApiClient {
                 }
             }
         };
-        let response = self
-            .http
+        // A result on the API's own origin is served by the node and needs the credential; anywhere else
+        // (S3, another node's publisher) the credential must not go.
+        let own = self.is_api_origin(&parsed);
+        let mut request = if own { &self.api_http } else { &self.http }
             .get(parsed)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .timeout(timeout);
+        if own && let Some(c) = &self.credential {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization(c));
+        }
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
-            return Err(api_error(status.as_u16(), &body));
+            return Err(if own {
+                self.answer_error(status.as_u16(), &body)
+            } else {
+                api_error(status.as_u16(), &body)
+            });
         }
         let io = |op: &'static str| {
             move |source| ClientError::Io {
@@ -871,6 +1038,46 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
             }
         }
     }
+}
+
+/// The `Authorization` header for `c`, marked sensitive so HTTP debug output leaves it out.
+fn authorization(c: &super::security::ClientCredential) -> reqwest::header::HeaderValue {
+    // A header built from a key with control characters would be refused by the server anyway; send an
+    // empty one and let the 401 explain.
+    let mut value = reqwest::header::HeaderValue::from_str(c.header.expose())
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}
+
+/// Whether a request failed in the TLS layer (rustls is somewhere in its cause chain).
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    // hyper-util boxes the connector's error, which hides its type from the checks above; rustls's own
+    // messages still name it.
+    let cause = root_cause(e);
+    [
+        "invalid peer certificate",
+        "received corrupt message",
+        "received fatal alert",
+        "peer is incompatible",
+        "peer misbehaved",
+    ]
+    .iter()
+    .any(|m| cause.contains(m))
 }
 
 /// The innermost cause of an error, which for a refused connection is the useful part.
@@ -947,15 +1154,24 @@ fn parse_log_frame(text: &str) -> Result<Option<LogLine>, ClientError> {
     }))
 }
 
+/// The byte stream under a log WebSocket: TCP, or TLS over TCP.
+trait LogIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> LogIo for T {}
+
 /// An open log WebSocket.
-#[derive(Debug)]
 pub struct LogStream {
     /// The socket.
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: tokio_tungstenite::WebSocketStream<Box<dyn LogIo>>,
     /// For messages.
     url: String,
+}
+
+impl fmt::Debug for LogStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStream")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LogStream {

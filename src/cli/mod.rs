@@ -14,6 +14,7 @@ use std::fmt;
 use argh::FromArgs;
 
 pub mod agent;
+pub mod auth;
 pub mod client;
 pub mod docker;
 pub mod docs;
@@ -27,6 +28,7 @@ pub mod node;
 pub mod output;
 pub mod publisher;
 pub mod results;
+pub mod security;
 pub mod serve;
 pub mod spec_file;
 pub mod task_flags;
@@ -48,6 +50,24 @@ pub struct Cli {
     /// output format for commands that print data: table (default), json or yaml
     #[argh(option)]
     pub output: Option<OutputFormat>,
+    /// API key to send (default: $COD_API_KEY, $BACALHAU_API_KEY, then the node's <data dir>/api-token)
+    #[argh(option)]
+    pub api_key: Option<String>,
+    /// user name for Basic auth (with --password; env BACALHAU_API_USERNAME)
+    #[argh(option)]
+    pub username: Option<String>,
+    /// password for Basic auth (with --username; env BACALHAU_API_PASSWORD)
+    #[argh(option)]
+    pub password: Option<String>,
+    /// call the API over HTTPS (env COD_API_TLS, BACALHAU_API_TLS_USETLS)
+    #[argh(switch)]
+    pub tls: bool,
+    /// trust only this PEM CA certificate for HTTPS; implies --tls (env BACALHAU_API_TLS_CACERT)
+    #[argh(option)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// do not verify the API's certificate; implies --tls (env BACALHAU_API_TLS_INSECURE)
+    #[argh(switch)]
+    pub insecure: bool,
     /// the command to run
     #[argh(subcommand)]
     pub command: Command,
@@ -80,6 +100,8 @@ pub enum Command {
     /// `cod ipfs …`
     #[cfg(feature = "ipfs")]
     Ipfs(ipfs::IpfsArgs),
+    /// `cod auth …`
+    Auth(auth::AuthArgs),
 }
 
 /// How a command ended when it did not fail itself.
@@ -134,15 +156,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         api_host,
         api_port,
         output,
+        api_key,
+        username,
+        password,
+        tls,
+        cacert,
+        insecure,
         command,
     } = cli;
+    let flags = security::SecurityFlags {
+        api_key,
+        username,
+        password,
+        tls,
+        cacert,
+        insecure,
+    };
     // Built only for client commands: `serve` must not fail on a malformed `COD_API_PORT` meant for clients.
     let context = || -> anyhow::Result<Context> {
-        let address = ApiAddress::resolve(api_host.as_deref(), api_port, |name| {
-            std::env::var(name).ok()
-        })?;
+        let env = |name: &str| std::env::var(name).ok();
+        let address = ApiAddress::resolve(api_host.as_deref(), api_port, env)?;
+        // Where the node on this machine keeps its api-token and self-signed certificate.
+        let data_dir = env("COD_DATA_DIR")
+            .filter(|d| !d.trim().is_empty())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(crate::config::default_data_dir);
+        let security = security::ClientSecurity::resolve(&flags, env, &data_dir)?;
         Ok(Context {
-            client: ApiClient::new(&address)?,
+            client: ApiClient::with_security(&address, &security)?,
             output,
         })
     };
@@ -164,6 +205,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Man(args) => docs::man(args).map(|()| Outcome::Success),
         #[cfg(feature = "ipfs")]
         Command::Ipfs(args) => ipfs::run(args).await.map(|()| Outcome::Success),
+        Command::Auth(args) if auth::needs_api(&args) => {
+            auth::info(&context()?).await.map(|()| Outcome::Success)
+        }
+        Command::Auth(_) => auth::hash_password().map(|()| Outcome::Success),
     }
 }
 

@@ -112,6 +112,18 @@ pub struct ServeArgs {
     /// write the node's bound addresses here (JSON) once every listener is up
     #[argh(option)]
     pub ready_file: Option<PathBuf>,
+    /// serve the API without credentials even on a non-loopback host (API.Auth.Disabled)
+    #[argh(switch)]
+    pub api_auth_disabled: bool,
+    /// serve the API over HTTPS with this PEM certificate chain (API.TLS.CertFile)
+    #[argh(option)]
+    pub api_tls_cert: Option<PathBuf>,
+    /// private key of --api-tls-cert (API.TLS.KeyFile)
+    #[argh(option)]
+    pub api_tls_key: Option<PathBuf>,
+    /// serve the API over HTTPS with a certificate generated once into <data dir>/tls (API.TLS.SelfSigned)
+    #[argh(switch)]
+    pub api_tls_self_signed: bool,
 }
 
 impl ServeArgs {
@@ -134,6 +146,18 @@ impl ServeArgs {
         set(&mut config.api.host, &self.api_host);
         if let Some(p) = self.api_port {
             config.api.port = p;
+        }
+        if self.api_auth_disabled {
+            config.api.auth.disabled = true;
+        }
+        if let Some(c) = &self.api_tls_cert {
+            config.api.tls.cert_file = Some(c.clone());
+        }
+        if let Some(k) = &self.api_tls_key {
+            config.api.tls.key_file = Some(k.clone());
+        }
+        if self.api_tls_self_signed {
+            config.api.tls.self_signed = true;
         }
         if let Some(l) = &self.listen {
             config.transport.listen = config::split_list(l);
@@ -223,6 +247,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.apply(&mut config);
     let resolved = config
         .resolve()
+        .map_err(|e| UsageError::new(e.to_string()))?;
+    // Checked here too (the node builds the users again) so a bad user is a usage error (exit 64).
+    crate::auth::Authenticator::from_config(&config.api.auth)
         .map_err(|e| UsageError::new(e.to_string()))?;
     let shutdown = CancellationToken::new();
     let node = crate::node::start(resolved, args.ready_file.clone(), shutdown.clone())

@@ -256,6 +256,9 @@ pub async fn start(
         None
     };
 
+    let auth = Arc::new(api_access(raw)?);
+    let tls = api::tls::server_config(&raw.api.tls, &raw.data_dir, &raw.api.host)
+        .map_err(|e| NodeError::Config(crate::errors::chain(&e)))?;
     let api_addr = format!("{}:{}", raw.api.host, raw.api.port);
     let listener = tokio::net::TcpListener::bind(&api_addr)
         .await
@@ -296,12 +299,13 @@ pub async fn start(
         compute,
         node_info,
         config: serde_json::to_value(raw).unwrap_or_default(),
+        auth,
         #[cfg(feature = "storage-s3")]
         result_signer,
     };
     let api_shutdown = shutdown.child_token();
     tasks.spawn(async move {
-        if let Err(e) = api::serve(listener, state, api_shutdown).await {
+        if let Err(e) = api::serve(listener, tls, state, api_shutdown).await {
             warn!(error = %e, "API server stopped");
         }
     });
@@ -322,6 +326,43 @@ pub async fn start(
         tasks,
         shutdown,
         ready,
+    })
+}
+
+/// Decides who may call the API (see [`crate::auth::mode`]) and, for a non-loopback API without users,
+/// makes or reads `<DataDir>/api-token`. Logs the decision, never a key.
+fn api_access(raw: &crate::config::Config) -> Result<crate::auth::Access, NodeError> {
+    use crate::auth::{self, Access, Authenticator, Mode, OpenReason};
+    let config_error = |e: &dyn std::error::Error| NodeError::Config(crate::errors::chain(e));
+    Ok(match auth::mode(&raw.api.auth, &raw.api.host) {
+        Mode::Open(OpenReason::Loopback) => {
+            info!(host = %raw.api.host, "API open without credentials: it listens on loopback only");
+            Access::Open(OpenReason::Loopback)
+        }
+        Mode::Open(OpenReason::Disabled) => {
+            warn!(
+                host = %raw.api.host,
+                "API.Auth.Disabled: anyone who can reach the API may run jobs and manage nodes"
+            );
+            Access::Open(OpenReason::Disabled)
+        }
+        Mode::Users => {
+            let users = Authenticator::from_config(&raw.api.auth).map_err(|e| config_error(&e))?;
+            info!(users = ?users, "API requires credentials");
+            Access::Users(users)
+        }
+        Mode::TokenFile => {
+            let path = auth::token_file::path(&raw.data_dir);
+            let (key, created) =
+                auth::token_file::load_or_create(&path).map_err(|e| config_error(&e))?;
+            info!(
+                token_file = %path.display(),
+                created,
+                "API requires credentials: no API.Auth.Users and a non-loopback listener, so the admin key \
+                 is in the token file (the cod CLI on this machine uses it)"
+            );
+            Access::Users(Authenticator::single_admin_key("api-token", &key))
+        }
     })
 }
 

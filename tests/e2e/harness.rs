@@ -97,8 +97,6 @@ impl Cod {
             "serve".to_owned(),
             "--data-dir".into(),
             self.dir.join("data").display().to_string(),
-            "--api-host".into(),
-            "127.0.0.1".into(),
             "--api-port".into(),
             "0".into(),
             "--publisher-port".into(),
@@ -108,6 +106,10 @@ impl Cod {
         ];
         if !self.args.iter().any(|a| a == "--heartbeat-interval") {
             args.extend(["--heartbeat-interval".into(), "500ms".into()]);
+        }
+        // Loopback unless a test asks otherwise (the auth tests check what a non-loopback API does).
+        if !self.args.iter().any(|a| a == "--api-host") {
+            args.extend(["--api-host".into(), "127.0.0.1".into()]);
         }
         if !self.args.iter().any(|a| a == "--listen") {
             args.extend(["--listen".into(), "/ip4/127.0.0.1/tcp/0".into()]);

@@ -1,6 +1,7 @@
 //! Process-level tests: real `cod` processes on loopback, driven through the REST API and the CLI.
 
 mod admission;
+mod auth;
 mod boards;
 mod cache;
 mod cli;
