@@ -12,6 +12,7 @@ mod docker;
 mod durability;
 mod fixtures;
 mod harness;
+mod hostile;
 mod hybrid;
 #[cfg(feature = "ipfs")]
 mod ipfs;
