@@ -4,18 +4,21 @@
 //! without end fills neither the node's disk nor its memory, keeps running as it would with a slow terminal,
 //! and its outcome says that the output was cut, as for WASM.
 //!
-//! The node opens the FIFO for reading and writing: the helper's open never waits for a reader, and the read
-//! side sees no end of file while the container comes and goes. Once the container is gone (every process in
-//! its pid namespace is dead, so nothing else holds the write side), what is left in the pipe is drained.
+//! The drain is a blocking read on a thread of the blocking pool: a blocking reader takes what a fast writer
+//! piled up in one read, where readiness-driven reads woke once per small write and made `head -c 2G` about
+//! five times slower than into a file. The node also holds the FIFO open for writing until the run is over,
+//! so that the reader sees no end of file before the container opened its side; once the container is gone
+//! (every process of its pid namespace is dead) and the node lets go, the reader drains the pipe and ends.
 
-use std::io::{self, Read};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::stat::Mode;
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Bytes read from the pipe at a time (its default capacity).
 const CHUNK: usize = 64 * 1024;
@@ -25,9 +28,10 @@ const CHUNK: usize = 64 * 1024;
 pub(super) struct CappedStream {
     /// The FIFO the container writes into (given to the runtime as the stream's path).
     fifo: PathBuf,
-    /// Ends the draining once the container is gone.
-    done: CancellationToken,
-    /// The draining task; answers whether output was dropped.
+    /// The node's own write side: keeps the reader from seeing the end before the container opened the FIFO.
+    /// Dropped when the run is over (or the stream is dropped), which lets the drain end.
+    holder: Option<File>,
+    /// The draining thread; answers whether output was dropped.
     task: JoinHandle<io::Result<bool>>,
 }
 
@@ -41,23 +45,21 @@ impl CappedStream {
             _ => {}
         }
         nix::unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR).map_err(io::Error::from)?;
-        let pipe = pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(&fifo)?;
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)?;
+        // Non-blocking, the open does not wait for a writer; then blocking, for the drain.
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlag::O_NONBLOCK.bits())
+            .open(&fifo)?;
+        fcntl(reader.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).map_err(io::Error::from)?;
+        let holder = OpenOptions::new().write(true).open(&fifo)?;
+        let out = OpenOptions::new().create(true).append(true).open(file)?;
         let kept = out.metadata()?.len();
-        let done = CancellationToken::new();
-        let task = tokio::spawn(drain(
-            pipe,
-            tokio::fs::File::from_std(out),
-            kept,
-            cap,
-            done.clone(),
-        ));
-        Ok(CappedStream { fifo, done, task })
+        let task = tokio::task::spawn_blocking(move || drain(reader, out, kept, cap));
+        Ok(CappedStream {
+            fifo,
+            holder: Some(holder),
+            task,
+        })
     }
 
     /// The path the container's stream goes to.
@@ -65,9 +67,10 @@ impl CappedStream {
         &self.fifo
     }
 
-    /// Drains what the gone container left in the pipe; answers whether output was dropped.
+    /// Lets go of the pipe once the container is gone and waits for the drain; answers whether output was
+    /// dropped.
     pub(super) async fn finish(mut self) -> io::Result<bool> {
-        self.done.cancel();
+        drop(self.holder.take());
         let cut = (&mut self.task)
             .await
             .map_err(|e| io::Error::other(format!("the output drain failed: {e}")))?;
@@ -76,69 +79,26 @@ impl CappedStream {
     }
 }
 
-impl Drop for CappedStream {
-    /// A run that ended early (a setup error) still ends the drain task, which would otherwise wait forever.
-    fn drop(&mut self) {
-        self.done.cancel();
-    }
-}
-
-/// Copies `pipe` into `out` until `done`, then empties the pipe. `kept` bytes are in `out` already.
-async fn drain(
-    pipe: pipe::Receiver,
-    mut out: tokio::fs::File,
-    mut kept: u64,
-    cap: u64,
-    done: CancellationToken,
-) -> io::Result<bool> {
+/// Copies `pipe` into `out` until every writer is gone. `kept` bytes are in `out` already. Blocking.
+fn drain(mut pipe: File, mut out: File, mut kept: u64, cap: u64) -> io::Result<bool> {
     let mut buf = vec![0u8; CHUNK];
     let mut cut = false;
     loop {
-        tokio::select! {
-            r = pipe.readable() => r?,
-            _ = done.cancelled() => break,
-        }
-        match pipe.try_read(&mut buf) {
-            // Never 0 while this side holds the write end too; treated as the end all the same.
+        let n = match pipe.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => cut |= keep(&mut out, &buf[..n], &mut kept, cap).await?,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
+        };
+        let room = usize::try_from(cap.saturating_sub(kept)).unwrap_or(usize::MAX);
+        let keep = n.min(room);
+        if keep > 0 {
+            out.write_all(&buf[..keep])?;
+            kept += keep as u64;
         }
+        cut |= keep < n;
     }
-    // The last bytes, read straight from the descriptor: tokio's cached readiness may not have seen them yet.
-    let mut rest = std::fs::File::from(pipe.into_nonblocking_fd()?);
-    loop {
-        match rest.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => cut |= keep(&mut out, &buf[..n], &mut kept, cap).await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    out.flush().await?;
     Ok(cut)
-}
-
-/// Writes what of `data` fits under `cap`; answers whether some was dropped.
-async fn keep(
-    out: &mut tokio::fs::File,
-    data: &[u8],
-    kept: &mut u64,
-    cap: u64,
-) -> io::Result<bool> {
-    let room = usize::try_from(cap.saturating_sub(*kept)).unwrap_or(usize::MAX);
-    let n = data.len().min(room);
-    if n > 0 {
-        out.write_all(&data[..n]).await?;
-        *kept += n as u64;
-    }
-    Ok(n < data.len())
 }
 
 #[cfg(test)]
