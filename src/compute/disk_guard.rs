@@ -3,9 +3,10 @@
 //! without a bound while it runs one job can fill the disk the node's LMDB lives on. (stdout and stderr are
 //! capped where they are written, by each executor, at `Compute.MaxOutput`.)
 //!
-//! The guard measures the result folders every [`POLL`] and stops the run (through its cancellation token)
-//! once together they pass `Compute.MaxOutputSize`; the last measurement, after the run, catches what was
-//! written between two polls. So the disk holds at most the limit plus what the task writes in one interval.
+//! The guard measures the result folders every [`POLL`] (less often for huge trees, see [`BACKOFF`]) and
+//! stops the run (through its cancellation token) once together they pass `Compute.MaxOutputSize`; the last
+//! measurement, after the run, catches what was written between two polls. So the disk holds at most the
+//! limit plus what the task writes in one interval.
 //!
 //! Must never follow a symlink (the task controls them all) nor fail the run because a path vanished.
 
@@ -19,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 /// How often a running execution's files are measured: a writer at 1 GB/s overshoots by about this times
 /// that rate, and a tree of 10,000 entries takes a few milliseconds to walk.
 const POLL: Duration = Duration::from_millis(100);
+
+/// A walk that takes long (a tree of millions of files) waits this many times its own length before the next
+/// one, so that measuring never takes more than a fifth of a core.
+const BACKOFF: u32 = 4;
 
 /// What every file, folder or link costs at least, whatever its length: its inode and first block. Without
 /// it, millions of empty files would pass any byte limit and exhaust the file system's inodes.
@@ -71,16 +76,19 @@ impl Guard {
         let task = tokio::spawn({
             let (watched, done) = (watched.clone(), done.clone());
             async move {
+                let mut pause = POLL;
                 loop {
                     tokio::select! {
                         _ = done.cancelled() => return None,
-                        _ = tokio::time::sleep(POLL) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                     let w = watched.clone();
+                    let started = tokio::time::Instant::now();
                     if let Ok(Some(over)) = tokio::task::spawn_blocking(move || check(&w)).await {
                         stop.cancel();
                         return Some(over);
                     }
+                    pause = POLL.max(started.elapsed() * BACKOFF);
                 }
             }
         });
