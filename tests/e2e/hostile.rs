@@ -194,7 +194,8 @@ fn assert_no_host_content(dir: &Path) {
 
 /// Runs file operations named by its arguments against the WASI root preopen and prints one line each:
 /// `r<path>` opens and reads (prints `OPEN r<path> <first bytes>`), `w<path>` creates and writes `pwned`,
-/// `s<path>` makes a symlink at `<path>` whose target is the next argument. A refused operation prints
+/// `s<path>` makes a symlink at `<path>` whose target is the next argument, `h<path>` a hard link to the
+/// file the next argument names. A refused operation prints
 /// `DENY <arg> <errno>`. Ends with `END`.
 const PROBE: &str = r#"
 (module
@@ -205,6 +206,7 @@ const PROBE: &str = r#"
   (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_symlink" (func $path_symlink (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_link" (func $path_link (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (data (i32.const 0) "OPEN ")
   (data (i32.const 8) "DENY ")
@@ -246,6 +248,13 @@ const PROBE: &str = r#"
       (local.set $len (call $strlen (local.get $arg)))
       (local.set $op (i32.load8_u (local.get $arg)))
       (i32.store (i32.const 268) (i32.const 0))
+      (if (i32.eq (local.get $op) (i32.const 104))
+        (then
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (local.set $target (call $arg (local.get $i)))
+          (local.set $err (call $path_link
+            (i32.const 3) (i32.const 0) (local.get $target) (call $strlen (local.get $target)) (i32.const 3)
+            (i32.add (local.get $arg) (i32.const 1)) (i32.sub (local.get $len) (i32.const 1))))))
       (if (i32.eq (local.get $op) (i32.const 115))
         (then
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
@@ -253,7 +262,7 @@ const PROBE: &str = r#"
           (local.set $err (call $path_symlink
             (local.get $target) (call $strlen (local.get $target)) (i32.const 3)
             (i32.add (local.get $arg) (i32.const 1)) (i32.sub (local.get $len) (i32.const 1)))))
-        (else (if (i32.eq (local.get $op) (i32.const 119))
+        (else (if (i32.eq (local.get $op) (i32.const 104)) (then) (else (if (i32.eq (local.get $op) (i32.const 119))
           (then
             (local.set $err (call $path_open (i32.const 3) (i32.const 1)
               (i32.add (local.get $arg) (i32.const 1)) (i32.sub (local.get $len) (i32.const 1))
@@ -271,7 +280,7 @@ const PROBE: &str = r#"
               (i32.store (i32.const 256) (i32.const 4096))
               (i32.store (i32.const 260) (i32.const 64))
               (local.set $err (call $fd_read (i32.load (i32.const 272)) (i32.const 256) (i32.const 1) (i32.const 268)))
-              (drop (call $fd_close (i32.load (i32.const 272))))))))))
+              (drop (call $fd_close (i32.load (i32.const 272))))))))))))
       (if (local.get $err)
         (then
           (call $write (i32.const 8) (i32.const 5))
@@ -368,6 +377,9 @@ fn wasm_escapes_are_contained() {
     ];
     args.extend(reads.iter().cloned());
     args.extend(writes.iter().cloned());
+    // A hard link from a read-only input into the writable outputs would make the input writable.
+    args.extend(["houtputs/hard".to_owned(), "inputs/in.txt".to_owned()]);
+    args.push("woutputs/hard".to_owned());
     let id = cod.submit(wasm_job(
         PROBE,
         json!({
@@ -391,6 +403,7 @@ fn wasm_escapes_are_contained() {
             "{arg} must be refused: {out}"
         );
     }
+    assert_eq!(probe_result(&out, "houtputs/hard"), Some(false), "{out}");
     assert!(!out.contains(SECRET), "{out}");
     marker.assert_untouched();
     assert!(!Path::new("/cod-pwned").exists() && !Path::new("/etc/cod-pwned").exists());
