@@ -739,6 +739,55 @@ mod container {
         data.assert_intact(&cod);
     }
 
+    /// Mount points reached through symlinks in the image: the runtime must resolve result paths and input
+    /// targets inside the root filesystem, never on the host it sees while it sets the container up.
+    #[test]
+    fn mount_points_through_image_symlinks_stay_inside() {
+        let registry = TestRegistry::start();
+        let marker = Marker::new();
+        let input = tempfile::tempdir().expect("tmp");
+        std::fs::write(input.path().join("in.txt"), "input data").expect("input");
+        let host_dir = marker.dir.path().display().to_string();
+        let layer = TarBuilder::new()
+            .dir("bin", 0o755)
+            .file(
+                "bin/busybox",
+                &std::fs::read("/bin/busybox").expect("busybox"),
+                0o755,
+            )
+            .symlink("evil", &host_dir)
+            .symlink("evil-rel", &format!("../../../../../..{host_dir}"))
+            .build();
+        let image =
+            registry.push_raw_image("hostile/mount-links", "1", &RawImage::new(vec![layer]));
+        let allow = format!("{}:ro", input.path().display());
+        let cod = Cod::start("hostile-mounts", &["--allow-listed-local-paths", &allow]);
+        let data = NodeData::record(&cod);
+        for (result_path, target) in [("/evil/out", "/evil/in"), ("/evil-rel/out", "/evil-rel/in")]
+        {
+            let id = cod.submit(json!({"Type": "batch", "Count": 1, "Tasks": [{
+                "Name": "main",
+                "Engine": {"Type": "docker", "Params": {"Image": image.reference,
+                           "Entrypoint": ["/bin/busybox", "sh", "-c"],
+                           "Parameters": [format!("/bin/busybox cat {target}/in.txt; \
+                                                  echo pwned > {result_path}/x; /bin/busybox ls {host_dir}")]}},
+                "InputSources": [local_input(target, input.path())],
+                "Publisher": {"Type": "local"},
+                "ResultPaths": [{"Name": "outputs", "Path": result_path}],
+                "Timeouts": {"ExecutionTimeout": 60}
+            }]}));
+            let body = cod.wait_terminal(&id, DEADLINE);
+            // libcontainer resolves mount points with pathrs and refuses to pass through any symlink in the
+            // root filesystem, so the job fails at setup, naming the mount, before anything runs.
+            assert_eq!(state(&body), "Failed", "{body:#}");
+            let reason = failure_reasons(&body);
+            assert!(reason.contains("could not be set up"), "{reason}");
+            assert!(reason.contains(target), "names the mount: {reason}");
+            marker.assert_untouched();
+        }
+        data.assert_intact(&cod);
+    }
+
     #[test]
     fn container_bombs_are_bounded() {
         let registry = TestRegistry::start();
