@@ -875,6 +875,22 @@ mod container {
             "the node's data dir holds {on_disk} bytes"
         );
 
+        // The same limit holds for a sparse file (100 GiB of zeros the publisher would pack) and for a
+        // swarm of empty files (inodes): each counts its length, at least 4 KiB.
+        for bomb in [
+            "dd if=/dev/zero of=/outputs/sparse bs=1 count=1 seek=107374182400; sleep 30",
+            "cd /outputs && seq 1 40000 | xargs touch; sleep 30",
+        ] {
+            let id = cod.submit(sh(&image.reference, bomb, json!({})));
+            let body = cod.wait_terminal(&id, DEADLINE);
+            assert_eq!(state(&body), "Failed", "{bomb}: {body:#}");
+            assert!(
+                failure_reasons(&body).contains("Compute.MaxOutputSize"),
+                "{bomb}: {}",
+                failure_reasons(&body)
+            );
+        }
+
         // 1.1 GiB on stdout: the node keeps MaxOutput of it while the job runs and says it cut the rest.
         // (1 MiB writes: busybox `head` writes 4 KiB at a time, which on 2 busy cores takes minutes.)
         let started = std::time::Instant::now();
