@@ -876,13 +876,20 @@ mod container {
         );
 
         // The same limit holds for a sparse file (100 GiB of zeros the publisher would pack) and for a
-        // swarm of empty files (inodes): each counts its length, at least 4 KiB.
+        // swarm of 20,000 empty files (inodes): each counts its length, at least 4 KiB.
         for bomb in [
-            "dd if=/dev/zero of=/outputs/sparse bs=1 count=1 seek=107374182400; sleep 30",
-            "cd /outputs && seq 1 40000 | xargs touch; sleep 30",
+            "dd if=/dev/zero of=/outputs/sparse bs=1 count=1 seek=107374182400; sleep 100",
+            "cd /outputs && seq 1 20000 | xargs touch; sleep 100",
         ] {
-            let id = cod.submit(sh(&image.reference, bomb, json!({})));
-            let body = cod.wait_terminal(&id, DEADLINE);
+            let started = std::time::Instant::now();
+            let id = cod.submit(sh(
+                &image.reference,
+                bomb,
+                json!({"Timeouts": {"ExecutionTimeout": 110}}),
+            ));
+            // Generous: tens of thousands of file creations are slow on a busy 2-core machine.
+            let body = cod.wait_terminal(&id, Duration::from_secs(120));
+            eprintln!("{bomb}: {} after {:?}", state(&body), started.elapsed());
             assert_eq!(state(&body), "Failed", "{bomb}: {body:#}");
             assert!(
                 failure_reasons(&body).contains("Compute.MaxOutputSize"),
