@@ -21,9 +21,12 @@ use tokio_util::sync::CancellationToken;
 /// that rate, and a tree of 10,000 entries takes a few milliseconds to walk.
 const POLL: Duration = Duration::from_millis(100);
 
-/// A walk that takes long (a tree of millions of files) waits this many times its own length before the next
-/// one, so that measuring never takes more than a fifth of a core.
+/// A walk that takes long (a tree of millions of files, or a folder the task is busy filling) waits this many
+/// times its own length before the next one, so that measuring takes at most a fifth of a core...
 const BACKOFF: u32 = 4;
+
+/// ...but never longer than this between two walks: the overshoot past the limit grows with the pause.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// What every file, folder or link costs at least, whatever its length: its inode and first block. Without
 /// it, millions of empty files would pass any byte limit and exhaust the file system's inodes.
@@ -88,7 +91,7 @@ impl Guard {
                         stop.cancel();
                         return Some(over);
                     }
-                    pause = POLL.max(started.elapsed() * BACKOFF);
+                    pause = (started.elapsed() * BACKOFF).clamp(POLL, MAX_PAUSE);
                 }
             }
         });
