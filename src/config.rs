@@ -513,6 +513,9 @@ pub struct ComputeConfig {
     /// Cap on stdout and on stderr.
     #[serde(rename = "MaxOutput")]
     pub max_output: String,
+    /// Cap on the total size of one execution's result paths, enforced while it runs.
+    #[serde(rename = "MaxOutputSize")]
+    pub max_output_size: String,
     /// Timeout for tasks that set none (empty = none).
     #[serde(rename = "DefaultExecutionTimeout")]
     pub default_execution_timeout: String,
@@ -724,6 +727,7 @@ impl Default for ComputeConfig {
             heartbeat_interval: "15s".into(),
             wasm_slots: 0,
             max_output: "1GiB".into(),
+            max_output_size: "10GiB".into(),
             default_execution_timeout: String::new(),
             publisher_address: "127.0.0.1".into(),
             publisher_port: 6001,
@@ -950,6 +954,8 @@ pub struct Resolved {
     pub capacity: Resources,
     /// Output cap.
     pub max_output_bytes: u64,
+    /// Cap on one execution's result paths.
+    pub max_output_size_bytes: u64,
     /// Default execution timeout.
     pub default_timeout: Option<Duration>,
     /// LMDB map size.
@@ -1111,6 +1117,7 @@ impl Config {
                 gpu: 0,
             },
             max_output_bytes: bytes("Compute.MaxOutput", &c.max_output)?,
+            max_output_size_bytes: bytes("Compute.MaxOutputSize", &c.max_output_size)?,
             default_timeout,
             map_size,
             wasm_slots: if c.wasm_slots == 0 {

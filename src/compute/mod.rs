@@ -9,6 +9,7 @@
 mod backends;
 mod bidder;
 pub(crate) mod cache;
+mod disk_guard;
 mod glob;
 pub mod policy;
 mod runner;
@@ -60,6 +61,8 @@ pub struct Config {
     pub work_dir: PathBuf,
     /// Cap on stdout and on stderr of one execution.
     pub max_output_bytes: u64,
+    /// Cap on the total size of one execution's result paths (`Compute.MaxOutputSize`).
+    pub max_result_bytes: u64,
     /// Execution timeout for tasks that set none (`None`: unlimited).
     pub default_timeout: Option<Duration>,
     /// Resources for tasks that do not state them.

@@ -24,6 +24,7 @@ use super::Compute;
 use super::bidder::{decide, execution_resources};
 use super::cache::result::{self as result_cache, ResultCache, ResultKey, ResultMeta};
 use super::secrets::{self, Scrubber};
+use super::disk_guard::{Guard, Watched};
 use super::state::{LocalExecution, LocalState};
 
 /// RunOutput keeps this much of stdout and of stderr (Bacalhau's 2 KB).
@@ -696,13 +697,28 @@ impl Compute {
             progress,
         };
         let scrubbing = ScrubbingLive::register(&self.inner, &execution.id, scrubber.clone());
+        // The guard stops the run through a child token when it writes past the node's limits; the job's own
+        // cancellation still reaches the executor through the same token.
+        let run_cancel = cancel.child_token();
+        let guard = Guard::start(
+            Watched {
+                result_dirs: ctx.outputs.iter().map(|o| o.host_dir.clone()).collect(),
+                max_result_bytes: self.inner.config.max_result_bytes,
+            },
+            run_cancel.clone(),
+        );
         info!("execution started");
-        let outcome = executor.run(ctx, cancel).await;
+        let outcome = executor.run(ctx, run_cancel).await;
         drop(leases);
+        let overrun = guard.finish().await;
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => return failed(e.to_string()),
         };
+        if let Some(over) = overrun {
+            warn!(reason = %over, "execution over the node's output size limit");
+            return failed(over.to_string());
+        }
         let (code, truncated) = match outcome {
             RunOutcome::Exited {
                 code,

@@ -223,6 +223,7 @@ pub async fn start(
             heartbeat_interval: config.heartbeat_interval,
             work_dir: raw.data_dir.join("executions"),
             max_output_bytes: config.max_output_bytes,
+            max_result_bytes: config.max_output_size_bytes,
             default_timeout: config.default_timeout,
             job_defaults: config.orchestrator.job_defaults,
             address: raw.compute.publisher_address.clone(),

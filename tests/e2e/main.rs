@@ -14,6 +14,7 @@ mod docker;
 mod durability;
 mod fixtures;
 mod harness;
+mod hostile;
 mod hybrid;
 #[cfg(feature = "ipfs")]
 mod ipfs;

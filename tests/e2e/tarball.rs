@@ -53,6 +53,23 @@ impl TarBuilder {
         self.append(path, tar::EntryType::Directory, mode, b"")
     }
 
+    /// A symbolic link at `path` to `target`.
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_mode(0o777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header.set_size(0);
+        self.builder
+            .as_mut()
+            .expect("building")
+            .append_link(&mut header, path, target)
+            .expect("append link");
+        self
+    }
+
     /// The finished tar.
     pub fn build(mut self) -> Vec<u8> {
         self.builder

@@ -27,6 +27,7 @@ use super::netns::NetNs;
 use super::runtime::{
     BindMount, ContainerExit, ContainerNetwork, ContainerRuntime, ContainerSpec, IdMap,
 };
+use super::stream::CappedStream;
 use crate::executor::{Executor, ExecutorError, FailureReason, Progress, RunContext, RunOutcome};
 use crate::model::spec::DockerParams;
 use crate::model::{EngineKind, EngineSpec, NetworkType, Task};
@@ -466,6 +467,22 @@ impl OciExecutor {
             // The runtime's own empty namespace: only `lo`, and `/sys` shows only that.
             _ => (ContainerNetwork::None, None),
         };
+        // Both streams pass through the node, which keeps `max_output_bytes` of each while the container runs.
+        let cap = ctx.limits.max_output_bytes;
+        let streams =
+            CappedStream::start(ctx.scratch_dir.join("stdout.fifo"), &ctx.stdout_path, cap)
+                .and_then(|out| {
+                    let err = CappedStream::start(
+                        ctx.scratch_dir.join("stderr.fifo"),
+                        &ctx.stderr_path,
+                        cap,
+                    )?;
+                    Ok((out, err))
+                });
+        let (stdout, stderr) = match streams {
+            Ok(s) => s,
+            Err(e) => return setup(format!("cannot set up the output streams: {e}")),
+        };
         let spec = ContainerSpec {
             id: container_id(ctx),
             rootfs: rootfs.path().to_owned(),
@@ -475,8 +492,8 @@ impl OciExecutor {
             cwd,
             user,
             mounts,
-            stdout: ctx.stdout_path.clone(),
-            stderr: ctx.stderr_path.clone(),
+            stdout: stdout.path().to_owned(),
+            stderr: stderr.path().to_owned(),
             memory_bytes: ctx.limits.memory_bytes,
             cpu_millis: ctx.limits.cpu_millis,
             pids_limit: Some(self.config.pids_limit),
@@ -487,7 +504,15 @@ impl OciExecutor {
             Ok(e) => e,
             Err(e) => return setup(crate::errors::chain(&e)),
         };
-        let truncated = cap_output(
+        let mut truncated = false;
+        for stream in [stdout, stderr] {
+            match stream.finish().await {
+                Ok(cut) => truncated |= cut,
+                Err(e) => warn!(error = %e, "cannot collect the container's output"),
+            }
+        }
+        // Nothing else writes these files; the cut keeps the cap's promise should that change.
+        truncated |= cap_output(
             &[ctx.stdout_path.clone(), ctx.stderr_path.clone()],
             ctx.limits.max_output_bytes,
         )

@@ -5,11 +5,13 @@
 //! - [`runtime`]: one container in, one exit out, through the helper process.
 //! - [`netns`]: network namespaces the node makes for containers.
 //! - [`egress`]: the `HTTP` network mode's allow-list proxy.
+//! - `stream`: stdout and stderr through pipes the node drains, capped while the container runs.
 
 pub mod egress;
 pub mod engine;
 pub mod netns;
 pub mod runtime;
+mod stream;
 
 pub use engine::{OciConfig, OciExecutor, OciStartError};
 pub use runtime::IdMap;
