@@ -358,13 +358,17 @@ fn unpack(archive: &Path, target: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let file = fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     // Results are untrusted (a job chose their contents): the shared unpacker refuses anything that would
-    // land outside `target`, and caps the unpacked size.
-    crate::storage::archive::unpack_tar_gz(
+    // land outside `target`, and caps the unpacked size. Symlinks pointing outside are left out with a
+    // warning rather than costing the user every other file of the result.
+    let unpacked = crate::storage::archive::unpack_tar_gz_skipping_links(
         std::io::BufReader::new(file),
         target,
         RESULT_UNPACK_LIMIT,
     )
     .with_context(|| format!("unpacking {}", archive.display()))?;
+    for why in &unpacked.skipped_links {
+        eprintln!("warning: left out of the result: {why}");
+    }
     fs::remove_file(archive).with_context(|| format!("removing {}", archive.display()))
 }
 

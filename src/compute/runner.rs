@@ -23,8 +23,8 @@ use crate::transport::{Message, Request, Response, Sequenced};
 use super::Compute;
 use super::bidder::{decide, execution_resources};
 use super::cache::result::{self as result_cache, ResultCache, ResultKey, ResultMeta};
-use super::secrets::{self, Scrubber};
 use super::disk_guard::{Guard, Watched};
+use super::secrets::{self, Scrubber};
 use super::state::{LocalExecution, LocalState};
 
 /// RunOutput keeps this much of stdout and of stderr (Bacalhau's 2 KB).

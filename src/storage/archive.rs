@@ -103,6 +103,46 @@ impl ArchiveError {
 /// On error, what was already unpacked stays in `dest` (the caller owns it and removes it), except symlinks
 /// found to escape, which are removed before returning.
 pub fn unpack_tar_gz(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, ArchiveError> {
+    unpack(reader, dest, limit, EscapingLinks::Refuse).map(|u| u.bytes)
+}
+
+/// What [`unpack_tar_gz_skipping_links`] did.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    /// Bytes unpacked (data plus 512 per entry).
+    pub bytes: u64,
+    /// Symlinks left out because they point outside the destination, with why.
+    pub skipped_links: Vec<String>,
+}
+
+/// Like [`unpack_tar_gz`], but a symlink that would point outside `dest` (absolute, or climbing out through
+/// `..` or other links) is left out and reported instead of failing the whole archive. For job results: a
+/// job's output may hold such links (a Python virtualenv has absolute ones), and losing every other file for
+/// them would be worse than losing the links. Everything else is refused as [`unpack_tar_gz`] refuses it.
+pub fn unpack_tar_gz_skipping_links(
+    reader: impl Read,
+    dest: &Path,
+    limit: u64,
+) -> Result<Unpacked, ArchiveError> {
+    unpack(reader, dest, limit, EscapingLinks::Skip)
+}
+
+/// What to do with a symlink that points outside the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EscapingLinks {
+    /// Fail the archive.
+    Refuse,
+    /// Leave the link out and report it.
+    Skip,
+}
+
+fn unpack(
+    reader: impl Read,
+    dest: &Path,
+    limit: u64,
+    escaping: EscapingLinks,
+) -> Result<Unpacked, ArchiveError> {
+    let mut skipped_links = Vec::new();
     let mut archive = tar::Archive::new(GzDecoder::new(reader));
     let entries = archive
         .entries()
@@ -166,7 +206,13 @@ pub fn unpack_tar_gz(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, 
                         ArchiveError::unsafe_entry(&raw, "is a symlink without a target")
                     })?
                     .into_owned();
-                check_link_lexically(&raw, &rel, &link)?;
+                if let Err(e) = check_link_lexically(&raw, &rel, &link) {
+                    if escaping == EscapingLinks::Refuse {
+                        return Err(e);
+                    }
+                    skipped_links.push(e.to_string());
+                    continue;
+                }
                 ensure_parents(dest, &rel, &raw)?;
                 clear_path(&target)?;
                 std::os::unix::fs::symlink(&link, &target)
@@ -211,8 +257,19 @@ pub fn unpack_tar_gz(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, 
             _ => return Err(forbidden(&raw, "entry of an unknown type")),
         }
     }
-    audit_symlinks(dest, &symlinks)?;
-    Ok(total)
+    let escaped = audit_symlinks(dest, &symlinks);
+    match escaping {
+        EscapingLinks::Refuse => {
+            if let Some(first) = escaped.into_iter().next() {
+                return Err(first);
+            }
+        }
+        EscapingLinks::Skip => skipped_links.extend(escaped.iter().map(ToString::to_string)),
+    }
+    Ok(Unpacked {
+        bytes: total,
+        skipped_links,
+    })
 }
 
 fn forbidden(raw: &Path, kind: &'static str) -> ArchiveError {
@@ -391,10 +448,10 @@ fn check_link_lexically(raw: &Path, rel: &Path, link: &Path) -> Result<(), Archi
 }
 
 /// Second check of every symlink, once the tree is final: resolve each one on disk, following links inside
-/// `dest` the way the kernel would, and refuse any that climbs above `dest`. Offending links are removed
-/// before the error is returned so that nothing escaping is left behind.
-fn audit_symlinks(dest: &Path, symlinks: &[PathBuf]) -> Result<(), ArchiveError> {
-    let mut first_error = None;
+/// `dest` the way the kernel would, and report every one that climbs above `dest`. Offending links are removed
+/// so that nothing escaping is left behind.
+fn audit_symlinks(dest: &Path, symlinks: &[PathBuf]) -> Vec<ArchiveError> {
+    let mut escaped = Vec::new();
     for rel in symlinks {
         let path = dest.join(rel);
         // A link replaced by a later entry is no longer there (or no longer a link).
@@ -408,10 +465,10 @@ fn audit_symlinks(dest: &Path, symlinks: &[PathBuf]) -> Result<(), ArchiveError>
             // Removal failing would leave the link in place, which the caller's cleanup of `dest` handles; the
             // error below already refuses the archive.
             let _ = fs::remove_file(&path);
-            first_error.get_or_insert_with(|| ArchiveError::unsafe_entry(rel, reason));
+            escaped.push(ArchiveError::unsafe_entry(rel, reason));
         }
     }
-    first_error.map_or(Ok(()), Err)
+    escaped
 }
 
 /// Resolves the symlink at `dest/rel` component by component, following links found on disk, and reports
@@ -594,6 +651,43 @@ pub(crate) mod tests {
             "{result:?}"
         );
         assert!(!root.path().join("dest/abs").exists());
+    }
+
+    #[test]
+    fn result_mode_leaves_escaping_links_out_and_keeps_the_rest() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dest = root.path().join("dest");
+        fs::create_dir(&dest).expect("dest");
+        let archive = build_tar_gz(&[
+            TestEntry::File("keep.txt", b"kept"),
+            TestEntry::Symlink("abs", "/etc/passwd"),
+            TestEntry::Symlink("up", "../../x"),
+            TestEntry::Symlink("y", "x/.."),
+            TestEntry::Symlink("x", "."),
+            TestEntry::Symlink("inner", "keep.txt"),
+        ]);
+        let unpacked =
+            unpack_tar_gz_skipping_links(archive.as_slice(), &dest, 1 << 20).expect("unpacks");
+        assert_eq!(fs::read(dest.join("keep.txt")).expect("kept"), b"kept");
+        assert_eq!(fs::read(dest.join("inner")).expect("inner link"), b"kept");
+        for gone in ["abs", "up", "y"] {
+            assert!(
+                fs::symlink_metadata(dest.join(gone)).is_err(),
+                "{gone} is left out"
+            );
+        }
+        assert_eq!(
+            unpacked.skipped_links.len(),
+            3,
+            "{:?}",
+            unpacked.skipped_links
+        );
+        assert!(unpacked.skipped_links[0].contains("/etc/passwd"));
+        assert!(outside_entries(root.path()).is_empty());
+
+        // Everything else is refused as before.
+        let archive = build_tar_gz(&[TestEntry::File("../evil", b"x")]);
+        assert!(unpack_tar_gz_skipping_links(archive.as_slice(), &dest, 1 << 20).is_err());
     }
 
     #[test]
