@@ -19,7 +19,7 @@ mod state;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -274,7 +274,10 @@ impl Runner {
         let mut handshakes = JoinSet::new();
         let mut orchestrators: HashSet<NodeId> = HashSet::new();
         let mut welcomed: HashSet<NodeId> = HashSet::new();
-        let mut heartbeat = tokio::time::interval(compute.inner.config.heartbeat_interval);
+        // Orchestrators that refused this node: when to ask again, and the current backoff.
+        let mut refused: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
+        let interval = compute.inner.config.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut requests = JoinSet::new();
         loop {
@@ -301,8 +304,24 @@ impl Runner {
                     }
                 },
                 Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
-                    if let Ok((peer, ok)) = done && ok && orchestrators.contains(&peer) {
-                        welcomed.insert(peer);
+                    let Ok((peer, outcome)) = done else { continue };
+                    match outcome {
+                        Handshake::Welcomed => {
+                            refused.remove(&peer);
+                            if orchestrators.contains(&peer) {
+                                welcomed.insert(peer);
+                            }
+                        }
+                        Handshake::Refused => {
+                            // Asking again at every heartbeat would only repeat the refusal (and its log line):
+                            // back off until an operator had time to approve, up to five minutes.
+                            welcomed.remove(&peer);
+                            let backoff = refused
+                                .get(&peer)
+                                .map_or(interval, |(_, b)| (*b * 2).min(MAX_REFUSED_BACKOFF));
+                            refused.insert(peer, (Instant::now() + backoff, backoff));
+                        }
+                        Handshake::Failed | Handshake::Alive => {}
                     }
                 }
                 Some(work) = start_rx.recv() => {
@@ -323,6 +342,8 @@ impl Runner {
                             handshakes.spawn(async move { c.heartbeat(p).await });
                         } else if !handshakes.is_empty() {
                             // A handshake is in flight.
+                        } else if refused.get(peer).is_some_and(|(next, _)| Instant::now() < *next) {
+                            // Refused recently; see above.
                         } else {
                             handshakes.spawn(compute.clone().handshake(peer.clone()));
                         }
@@ -346,9 +367,25 @@ impl Runner {
     }
 }
 
+/// Longest wait before asking an orchestrator that refused this node again.
+const MAX_REFUSED_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How a handshake or heartbeat with an orchestrator ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// Welcomed: work may flow.
+    Welcomed,
+    /// A heartbeat was acknowledged (or failed in transit: the link watcher handles that).
+    Alive,
+    /// The orchestrator refused this node (not admitted, rejected).
+    Refused,
+    /// It could not be asked; try again at the next heartbeat.
+    Failed,
+}
+
 impl Compute {
     /// Introduces this node to an orchestrator and resumes delivery from what it has applied.
-    async fn handshake(self, peer: NodeId) -> (NodeId, bool) {
+    async fn handshake(self, peer: NodeId) -> (NodeId, Handshake) {
         let t = self.inner.outbox.clone();
         let p = peer.clone();
         let applied = match self
@@ -360,7 +397,7 @@ impl Compute {
             Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "cannot read delivery state");
-                return (peer, false);
+                return (peer, Handshake::Failed);
             }
         };
         let request = Request::Handshake {
@@ -378,32 +415,33 @@ impl Compute {
                     .outbox
                     .peer_connected(&peer, last_applied_seq)
                     .await;
-                (peer, true)
+                (peer, Handshake::Welcomed)
             }
             Ok(Response::Refused { reason }) => {
                 warn!(orchestrator = %peer, %reason, "orchestrator refused this node");
-                (peer, false)
+                (peer, Handshake::Refused)
             }
             Ok(other) => {
                 warn!(orchestrator = %peer, answer = ?other, "unexpected handshake answer");
-                (peer, false)
+                (peer, Handshake::Failed)
             }
             Err(e) => {
                 warn!(orchestrator = %peer, error = %e, "handshake failed; will retry");
-                (peer, false)
+                (peer, Handshake::Failed)
             }
         }
     }
 
-    async fn heartbeat(self, peer: NodeId) -> (NodeId, bool) {
+    async fn heartbeat(self, peer: NodeId) -> (NodeId, Handshake) {
         let request = Request::Heartbeat {
             available: self.inner.capacity.available(),
             running: self.running_count(),
         };
         match self.inner.client.request(&peer, request).await {
-            Ok(Response::Ack { .. }) => (peer, true),
+            Ok(Response::Ack { .. }) => (peer, Handshake::Alive),
+            // Forgotten (an orchestrator restart) or rejected since: introduce this node again.
             Ok(Response::Refused { .. }) => self.handshake(peer).await,
-            _ => (peer, true),
+            _ => (peer, Handshake::Alive),
         }
     }
 }
