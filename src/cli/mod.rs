@@ -16,6 +16,7 @@ use argh::FromArgs;
 pub mod agent;
 pub mod auth;
 pub mod client;
+pub mod client_config;
 pub mod docker;
 pub mod docs;
 pub mod input;
@@ -174,7 +175,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     // Built only for client commands: `serve` must not fail on a malformed `COD_API_PORT` meant for clients.
     let context = || -> anyhow::Result<Context> {
-        let env = |name: &str| std::env::var(name).ok();
+        let process_env = |name: &str| std::env::var(name).ok();
+        // The client config file stands in for variables that are not set (see client_config).
+        let (file, named) = client_config::path(process_env);
+        let file = client_config::load(&file, named)?;
+        let env = |name: &str| {
+            process_env(name)
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| file.get(name).cloned())
+        };
         let address = ApiAddress::resolve(api_host.as_deref(), api_port, env)?;
         // Where the node on this machine keeps its api-token and self-signed certificate.
         let data_dir = env("COD_DATA_DIR")

@@ -286,6 +286,32 @@ fn users_keys_and_capabilities_gate_the_api_and_the_cli() {
         "job logs",
     );
     assert!(logs.contains("hello hi"), "{logs}");
+    // The CLI's config file, with the credential in it, stands in for the variables.
+    let client_config = conf_dir.path().join("client.yaml");
+    std::fs::write(
+        &client_config,
+        format!("api:\n  auth:\n    apikey: {SUBMIT_KEY}\n"),
+    )
+    .expect("client config");
+    let client_config = client_config.to_str().expect("path");
+    let listed = ok(
+        cli(
+            &orch,
+            &["job", "describe", &id],
+            &[("COD_CLIENT_CONFIG", client_config)],
+        ),
+        "job describe with a client config",
+    );
+    assert!(listed.contains(&id), "{listed}");
+    let err = failed(
+        cli(
+            &orch,
+            &["job", "describe", &id],
+            &[("COD_CLIENT_CONFIG", "/nonexistent/client.yaml")],
+        ),
+        "a missing named client config",
+    );
+    assert!(err.contains("/nonexistent/client.yaml"), "{err}");
     let out_dir = orch.dir.join("results");
     ok(
         cli(
