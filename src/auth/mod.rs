@@ -302,10 +302,38 @@ impl Authenticator {
                 }
                 found
             }
-            Credential::Basic { username, password } => self.users.iter().find(|u| {
-                matches!(&u.login, Login::Basic { username: name, password: stored }
-                    if name == username && self.password_matches(name, stored, password))
-            }),
+            Credential::Basic { username, password } => {
+                let named = self.users.iter().find(
+                    |u| matches!(&u.login, Login::Basic { username: name, .. } if name == username),
+                );
+                match named {
+                    Some(u) => match &u.login {
+                        Login::Basic {
+                            username: name,
+                            password: stored,
+                        } => self.password_matches(name, stored, password).then_some(u),
+                        Login::ApiKey(_) => None,
+                    },
+                    None => {
+                        // An unknown name costs what a wrong password costs, so timing does not tell which
+                        // user names exist: check against some bcrypt hash and drop the answer.
+                        if let Some(Login::Basic {
+                            password: stored, ..
+                        }) = self.users.iter().map(|u| &u.login).find(|l| {
+                            matches!(
+                                l,
+                                Login::Basic {
+                                    password: Password::Bcrypt(_),
+                                    ..
+                                }
+                            )
+                        }) {
+                            let _ = stored.matches(password);
+                        }
+                        None
+                    }
+                }
+            }
         }?;
         Some(Principal {
             alias: user.alias.clone(),
