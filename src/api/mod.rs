@@ -16,10 +16,10 @@
 
 mod agent;
 mod error;
-mod jobs;
+pub(crate) mod jobs;
 mod logs;
 mod nodes;
-mod request;
+pub(crate) mod request;
 #[cfg(test)]
 mod testing;
 
