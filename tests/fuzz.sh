@@ -9,7 +9,7 @@
 # that come out of fuzzing run on stable with the other unit tests.
 #
 # Environment: CARGO_TARGET_DIR (default tests/fuzz/target) holds the fuzz build; FUZZ_ARGS adds libFuzzer
-# flags. One job per target (-jobs=1): build machines are shared.
+# flags. One fuzzing process per target, in the foreground (no -jobs/-workers): build machines are shared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +51,12 @@ max_len() {
   esac
 }
 
+# A dictionary of the format's keywords, where one is checked in, helps the search past key names.
+dict() {
+  [[ -f tests/fuzz/dict/$1.dict ]] && echo "-dict=tests/fuzz/dict/$1.dict"
+  return 0
+}
+
 failed=()
 for t in "${targets[@]}"; do
   artifacts="tests/fuzz/artifacts/$t/"
@@ -59,8 +65,8 @@ for t in "${targets[@]}"; do
   # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
   if ! cargo +nightly fuzz run --fuzz-dir tests/fuzz --target-dir "$target_dir" -s none --codegen-units 16 \
     "$t" "tests/fuzz/corpus/$t" -- \
-    -max_total_time="$seconds" -jobs=1 -workers=1 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -max_len="$(max_len "$t")" -artifact_prefix="$artifacts" -print_final_stats=1 ${FUZZ_ARGS:-} \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+    -max_len="$(max_len "$t")" -artifact_prefix="$artifacts" -print_final_stats=1 $(dict "$t") ${FUZZ_ARGS:-} \
     2>&1 | tee "tests/fuzz/artifacts/$t.log" | grep -E '^(#[0-9]+ +DONE|stat::|==|SUMMARY|INFO: Running)|panicked|Test unit written|artifact_prefix|Slow unit|out-of-memory|timeout'; then
     :
   fi
