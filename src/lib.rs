@@ -61,6 +61,9 @@ pub mod compute;
 pub mod config;
 pub mod errors;
 pub mod executor;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "ipfs")]
 pub mod ipfs;
 #[cfg(feature = "compute")]

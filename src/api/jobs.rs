@@ -81,11 +81,21 @@ pub(super) struct StopResponse {
 
 /// `PUT`/`POST /jobs`: validates, stores and schedules a job.
 pub(super) async fn submit(Orch(o): Orch, body: Body) -> Result<Json<PutJobResponse>, HttpError> {
+    let (job, force) = submitted_job(&body)?;
+    let answer = o.submit(job, force).await?;
+    Ok(Json(PutJobResponse {
+        job_id: answer.job_id,
+        evaluation_id: answer.evaluation_id.to_string(),
+        warnings: answer.warnings,
+    }))
+}
+
+/// The job and `Force` flag of a submission body. A bare spec (what `cod job run` reads from a file) is
+/// accepted too, so `curl --data-binary @job.yaml` works; Bacalhau's envelope is the documented form.
+pub(crate) fn submitted_job(body: &Body) -> Result<(Job, bool), HttpError> {
     let request: PutJobRequest = body.decode("job submission")?.ok_or_else(|| {
         HttpError::bad_request("request body is empty; send {\"Job\": {…}, \"Force\": false}")
     })?;
-    // A bare spec (what `cod job run` reads from a file) is accepted too, so `curl --data-binary @job.yaml`
-    // works; Bacalhau's envelope is the documented form.
     let job = match request.job {
         Some(job) => job,
         None => match body.decode::<Job>("job spec")? {
@@ -97,12 +107,7 @@ pub(super) async fn submit(Orch(o): Orch, body: Body) -> Result<Json<PutJobRespo
             }
         },
     };
-    let answer = o.submit(job, request.force).await?;
-    Ok(Json(PutJobResponse {
-        job_id: answer.job_id,
-        evaluation_id: answer.evaluation_id.to_string(),
-        warnings: answer.warnings,
-    }))
+    Ok((job, request.force))
 }
 
 /// `GET /jobs`: a page of jobs, newest first (`reverse` for oldest first).

@@ -18,10 +18,10 @@
 mod agent;
 mod auth;
 mod error;
-mod jobs;
+pub(crate) mod jobs;
 mod logs;
 mod nodes;
-mod request;
+pub(crate) mod request;
 #[cfg(test)]
 mod testing;
 pub mod tls;

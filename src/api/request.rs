@@ -270,6 +270,15 @@ pub(crate) struct Body {
 }
 
 impl Body {
+    /// A body as the extractor would produce it, for the fuzz targets (which have no HTTP request).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn new(content_type: &str, bytes: Bytes) -> Self {
+        Body {
+            content_type: content_type.to_ascii_lowercase(),
+            bytes,
+        }
+    }
+
     /// Decodes the body case-insensitively into `T` (`what` names it in errors). An empty body is `None`.
     pub(crate) fn decode<T: DeserializeOwned>(&self, what: &str) -> Result<Option<T>, HttpError> {
         if self.bytes.iter().all(u8::is_ascii_whitespace) {

@@ -176,8 +176,14 @@ pub fn validate_submission(job: &Job) -> Result<(), ValidationErrors> {
                 );
             }
         }
+        // Saturating: the timeouts come from the client, and two near i64::MAX would overflow (a panic in
+        // debug builds; in release a wrapped, negative sum that passes the check).
         if to.total_timeout > 0
-            && to.execution_timeout.max(0) + to.queue_timeout.max(0) > to.total_timeout
+            && to
+                .execution_timeout
+                .max(0)
+                .saturating_add(to.queue_timeout.max(0))
+                > to.total_timeout
         {
             err(
                 format!("{t}.Timeouts"),
@@ -308,6 +314,24 @@ mod tests {
 
     fn job(yaml: &str) -> Job {
         ci::from_value(ci::parse_document(yaml).expect("parses")).expect("decodes")
+    }
+
+    /// Found by the job_spec fuzz target (tests/fuzz/regressions/job_spec-timeout-sum-overflow.json): the
+    /// timeout sum overflowed i64 (a panic with overflow checks on; a wrapped sum that passed otherwise).
+    #[test]
+    fn huge_timeouts_are_refused_without_overflow() {
+        let j: Job = ci::from_value(
+            serde_json::from_str(include_str!(
+                "../../tests/fuzz/regressions/job_spec-timeout-sum-overflow.json"
+            ))
+            .expect("parses"),
+        )
+        .expect("decodes");
+        let errs = validate_submission(&j).expect_err("the sum exceeds TotalTimeout");
+        assert!(
+            errs.0.iter().any(|e| e.field == "Tasks[0].Timeouts"),
+            "{errs}"
+        );
     }
 
     #[test]

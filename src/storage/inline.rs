@@ -114,7 +114,11 @@ fn inline_url(spec: &InputSpec) -> Result<&str, StorageError> {
     }
 }
 
-fn prepare_blocking(url: &str, scratch: &Path, max_size: u64) -> Result<Volume, StorageError> {
+pub(crate) fn prepare_blocking(
+    url: &str,
+    scratch: &Path,
+    max_size: u64,
+) -> Result<Volume, StorageError> {
     let data = DataUrl::parse(url, max_size)?;
     if data.is_tarball() {
         archive::unpack_tar_gz(data.bytes.as_slice(), scratch, max_size)

@@ -67,7 +67,7 @@ impl libp2p::request_response::Codec for Codec {
 }
 
 /// Reads one length-prefixed frame and decodes it, refusing frames over [`MAX_MESSAGE_BYTES`].
-async fn read_frame<T, M>(io: &mut T) -> io::Result<M>
+pub(crate) async fn read_frame<T, M>(io: &mut T) -> io::Result<M>
 where
     T: AsyncRead + Unpin + Send,
     M: DeserializeOwned,

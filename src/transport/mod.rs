@@ -141,6 +141,9 @@ mod inbound;
 mod stream;
 
 pub use client::Client;
+/// The frame reader, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) use codec::read_frame;
 pub use event_loop::EventLoop;
 pub use identity::{load_or_create_identity, parse_node_id};
 pub use stream::{IncomingStreams, PeerStream, Streams};
