@@ -918,6 +918,8 @@ mod tests {
     use super::*;
 
     fn client(settings: S3Settings) -> S3Client {
+        // reqwest is built without a default provider (main installs ring); tests run in any order.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         S3Client::new(reqwest::Client::new(), settings)
     }
 

@@ -372,6 +372,8 @@ mod tests {
     use crate::s3::S3Settings;
 
     fn publisher() -> S3Publisher {
+        // reqwest is built without a default provider (main installs ring); tests run in any order.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         S3Publisher::new(
             S3Client::new(reqwest::Client::new(), S3Settings::default()),
             S3PublisherConfig::default(),

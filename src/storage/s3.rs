@@ -544,6 +544,8 @@ mod tests {
     use crate::s3::S3Settings;
 
     fn source() -> S3Source {
+        // reqwest is built without a default provider (main installs ring); tests run in any order.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         S3Source::new(
             S3Client::new(reqwest::Client::new(), S3Settings::default()),
             S3SourceConfig::default(),
@@ -678,6 +680,7 @@ mod tests {
 
     #[test]
     fn maps_missing_objects_and_buckets_to_not_found() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = S3Client::new(reqwest::Client::new(), S3Settings::default());
         let target = client
             .target("b", "", "http://127.0.0.1:9")
