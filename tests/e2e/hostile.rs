@@ -428,23 +428,6 @@ fn wasm_escapes_are_contained() {
 /// Grows memory by 64 KiB pages until refused, then traps.
 const MEMORY_BOMB: &str = crate::fixtures::MEMORY_BOMB;
 
-/// Writes 24,000 blocks of 64 KiB (1.5 GiB) to stdout, then exits 0.
-const STDOUT_BOMB: &str = r#"
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (func (export "_start") (local $i i32)
-    (memory.fill (i32.const 1024) (i32.const 121) (i32.const 65536))
-    (i32.store (i32.const 0) (i32.const 1024))
-    (i32.store (i32.const 4) (i32.const 65536))
-    (block $end (loop $l
-      (br_if $end (i32.ge_u (local.get $i) (i32.const 24000)))
-      (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $l))))
-)
-"#;
-
 /// Appends 64 KiB blocks to `outputs/fill` until a write fails (at most 3 GiB), then exits 1.
 const DISK_BOMB: &str = r#"
 (module
@@ -500,7 +483,8 @@ fn wasm_bombs_are_bounded() {
     let rss_before = peak_rss(&cod);
     let started = std::time::Instant::now();
     let id = cod.submit(wasm_job(
-        STDOUT_BOMB,
+        // 24,000 blocks of 64 KiB: 1.5 GiB.
+        &crate::fixtures::stdout_blocks(24_000, 65_536, b'y'),
         json!({"Timeouts": {"ExecutionTimeout": 120}}),
     ));
     let body = cod.wait_terminal(&id, Duration::from_secs(150));

@@ -20,7 +20,7 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use crate::fixtures::{BIG_STDOUT, CAT, HELLO};
+use crate::fixtures::{CAT, HELLO, stdout_blocks};
 use crate::harness::{Cod, DEADLINE, failure_reasons, http, state, wait_until, wasm_job};
 
 const ACCESS_KEY: &str = "codtestkey";
@@ -464,7 +464,11 @@ fn results_publish_to_s3_and_download_through_presigned_urls() {
 
     // plain: every file under Key/; a file larger than one part goes up as a multipart upload.
     let plain = cod.submit(wasm_job(HELLO, publisher("plain/{executionID}", "plain")));
-    let big = cod.submit(wasm_job(BIG_STDOUT, publisher("big/{jobID}", "plain")));
+    let big = cod.submit(wasm_job(
+        // 1100 blocks of 8 KiB (9,011,200 bytes): a result file larger than one upload part.
+        &stdout_blocks(1100, 8192, b'x'),
+        publisher("big/{jobID}", "plain"),
+    ));
     let body = cod.wait_terminal(&plain, JOB_DEADLINE);
     assert_eq!(state(&body), "Completed", "{body:#}");
     let exec = body["Executions"]["Items"][0]["ID"]
