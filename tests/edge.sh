@@ -71,10 +71,11 @@ timing
 
 # === 2. static builds and the size budget ===
 # The issue's budget is 8 MiB. With the OCI engine linked (libcontainer, oci-client, pathrs, libseccomp) the
-# x86_64 edge build was 11.46 MiB; S3 and IPFS (which the budget includes) took it to 12.62 MiB. CI holds the
-# line at a 13 MiB ceiling, which fails on any further growth, and reports the 8 MiB target without failing
-# until the size work lands (cross/README.md, "Size").
-ceiling=$((13 * 1048576))
+# x86_64 edge build was 11.46 MiB; S3 and IPFS (which the budget includes) took it to 12.62 MiB, and the
+# security work (API auth and TLS serving, bcrypt, the join proof, the libp2p private network, compute policy)
+# to 13.17 MiB. CI holds the line at a 13.5 MiB ceiling, which fails on any further growth, and reports the
+# 8 MiB target without failing until the size work lands (cross/README.md, "Size").
+ceiling=$((27 * 1048576 / 2))
 target_report() {
   local size
   size="$(stat -c %s "$1")"
