@@ -283,6 +283,7 @@ mod tests {
 
     use super::*;
     use crate::model::{ExecutionId, JobId, NodeId};
+    use crate::publisher::tarball::tests::result_dir;
     use crate::storage::archive::unpack_tar_gz;
 
     fn client() -> reqwest::Client {
@@ -318,17 +319,6 @@ mod tests {
             node_id: NodeId::default(),
             spec: PublisherSpec::Local,
         }
-    }
-
-    fn result_dir(root: &Path) -> PathBuf {
-        let dir = root.join("result");
-        fs::create_dir_all(dir.join("outputs/sub")).expect("outputs");
-        fs::write(dir.join("stdout"), "hello\n").expect("stdout");
-        fs::write(dir.join("stderr"), "").expect("stderr");
-        fs::write(dir.join("exitCode"), "0").expect("exitCode");
-        fs::write(dir.join("outputs/sub/data.txt"), "data").expect("data");
-        std::os::unix::fs::symlink("sub/data.txt", dir.join("outputs/link")).expect("symlink");
-        dir
     }
 
     /// A raw HTTP/1.1 request, for paths an HTTP client would normalize away.

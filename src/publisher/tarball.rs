@@ -70,13 +70,14 @@ fn append_tree<W: io::Write>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Read;
     use std::path::PathBuf;
 
     use super::*;
 
-    fn result_dir(root: &Path) -> PathBuf {
+    /// A result folder with the three streams, a nested output file and a relative symlink to it.
+    pub(crate) fn result_dir(root: &Path) -> PathBuf {
         let dir = root.join("result");
         fs::create_dir_all(dir.join("outputs/sub")).expect("outputs");
         fs::write(dir.join("stdout"), "hello\n").expect("stdout");

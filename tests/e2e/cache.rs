@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::fixtures::HELLO;
-use crate::harness::{Cod, DEADLINE, state, wasm_job};
+use crate::harness::{Cod, DEADLINE, execution, run_stdout as stdout, state, wasm_job};
 
 /// A plain HTTP/1.1 file server on 127.0.0.1:0 that counts GETs per path. It serves until the test process
 /// ends (its thread blocks in accept; nothing else shares it).
@@ -115,17 +115,6 @@ fn history_messages(body: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn execution(body: &Value) -> &Value {
-    &body["Executions"]["Items"][0]
-}
-
-fn stdout(body: &Value) -> String {
-    execution(body)["RunOutput"]["Stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Cod, DEADLINE, state, wait_until};
+use crate::harness::{Cod, DEADLINE, execution, run_stdout as stdout, state, wait_until};
 use crate::registry::{PushOptions, RawImage, TestRegistry, busybox};
 use crate::tarball::TarBuilder;
 
@@ -45,17 +45,6 @@ fn merge(into: &mut Value, from: Value) {
 /// `sh -c SCRIPT` in the busybox image.
 fn sh(image: &str, script: &str, task_extra: Value) -> Value {
     docker_job(image, &["/bin/sh", "-c"], &[script], task_extra)
-}
-
-fn execution(body: &Value) -> &Value {
-    &body["Executions"]["Items"][0]
-}
-
-fn stdout(body: &Value) -> String {
-    execution(body)["RunOutput"]["Stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn exit_code(body: &Value) -> i64 {

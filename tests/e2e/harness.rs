@@ -289,6 +289,19 @@ pub fn http() -> reqwest::blocking::Client {
         .expect("client")
 }
 
+/// The first execution of a job fetched with `include=executions`.
+pub fn execution(body: &Value) -> &Value {
+    &body["Executions"]["Items"][0]
+}
+
+/// The first execution's captured stdout (empty when there is none).
+pub fn run_stdout(body: &Value) -> String {
+    execution(body)["RunOutput"]["Stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Every execution's ComputeState message, joined (the reason a failed job gives).
 pub fn failure_reasons(body: &Value) -> String {
     body["Executions"]["Items"]

@@ -12,9 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Cod, DEADLINE, failure_reasons, fetch_result, state, wait_until, wasm_job};
+use crate::harness::{
+    Cod, DEADLINE, execution, failure_reasons, fetch_result, run_stdout as stdout_of, state,
+    wait_until, wasm_job,
+};
 
 /// A secret on the host that no job may read or change.
 const SECRET: &str = "host-secret-7f3a";
@@ -132,17 +135,6 @@ fn du(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn execution(body: &Value) -> &Value {
-    &body["Executions"]["Items"][0]
-}
-
-fn stdout_of(body: &Value) -> String {
-    execution(body)["RunOutput"]["Stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// `cod job get` into a fresh dir: the CLI's status, its stderr, and the dir.
@@ -605,6 +597,8 @@ mod container {
     use std::process::Command;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::Value;
 
     use super::*;
     use crate::registry::{PushOptions, RawImage, TestRegistry};

@@ -21,7 +21,9 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::fixtures::{CAT, HELLO, stdout_blocks};
-use crate::harness::{Cod, DEADLINE, failure_reasons, http, state, wait_until, wasm_job};
+use crate::harness::{
+    Cod, DEADLINE, failure_reasons, http, run_stdout as stdout_of, state, wait_until, wasm_job,
+};
 
 const ACCESS_KEY: &str = "codtestkey";
 const SECRET_KEY: &str = "codtestsecret-0123456789";
@@ -255,13 +257,6 @@ fn cat_job(files: &[&str], inputs: Vec<Value>) -> Value {
         CAT,
         json!({"InputSources": inputs, "Engine": {"Params": {"Parameters": files}}}),
     )
-}
-
-fn stdout_of(body: &Value) -> String {
-    body["Executions"]["Items"][0]["RunOutput"]["Stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// `text` without terminal colour codes (the node logs with them).
