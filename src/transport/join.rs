@@ -5,17 +5,15 @@
 //! `HMAC-SHA256(token, "cod-join-v1" || len || node id || len || orchestrator id)`. Both ids are the peer ids that
 //! Noise has already authenticated, so a proof is good for one node talking to one orchestrator only: a rogue
 //! orchestrator that receives it cannot replay it to another orchestrator, and another node cannot reuse it.
-//! Verification compares in constant time (hmac's `verify_slice`).
+//! Verification compares in constant time (`ring::hmac::verify`).
 
-use hmac::{KeyInit, Mac};
+use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
 
 /// Domain separation: a proof for this protocol cannot be mistaken for an HMAC computed for anything else.
 const DOMAIN: &[u8] = b"cod-join-v1";
-
-type HmacSha256 = hmac::Hmac<sha2_v011::Sha256>;
 
 /// The shared join token. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,27 +34,32 @@ impl JoinToken {
 
     /// The proof that `node` knows this token, for `orchestrator`.
     pub fn prove(&self, node: &NodeId, orchestrator: &NodeId) -> JoinProof {
-        let mac = self.mac(node, orchestrator);
-        JoinProof(mac.finalize().into_bytes().into())
+        let tag = hmac::sign(&self.key(), &message(node, orchestrator));
+        let mut proof = [0u8; 32];
+        proof.copy_from_slice(tag.as_ref());
+        JoinProof(proof)
     }
 
     /// Whether `proof` is what `node` must send to `orchestrator` with this token (constant-time compare).
     pub fn verify(&self, proof: &JoinProof, node: &NodeId, orchestrator: &NodeId) -> bool {
-        self.mac(node, orchestrator).verify_slice(&proof.0).is_ok()
+        hmac::verify(&self.key(), &message(node, orchestrator), &proof.0).is_ok()
     }
 
-    fn mac(&self, node: &NodeId, orchestrator: &NodeId) -> HmacSha256 {
-        // HMAC takes keys of any length (long ones are hashed first), so this cannot fail.
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC accepts keys of any length");
-        mac.update(DOMAIN);
-        // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
-        for id in [node.as_str(), orchestrator.as_str()] {
-            mac.update(&(id.len() as u64).to_be_bytes());
-            mac.update(id.as_bytes());
-        }
-        mac
+    fn key(&self) -> hmac::Key {
+        // HMAC takes keys of any length (long ones are hashed first).
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0)
     }
+}
+
+/// What the proof signs: the domain, then both ids, each length-prefixed so that ("ab", "c") and ("a", "bc")
+/// stay apart.
+fn message(node: &NodeId, orchestrator: &NodeId) -> Vec<u8> {
+    let mut m = DOMAIN.to_vec();
+    for id in [node.as_str(), orchestrator.as_str()] {
+        m.extend_from_slice(&(id.len() as u64).to_be_bytes());
+        m.extend_from_slice(id.as_bytes());
+    }
+    m
 }
 
 impl std::fmt::Debug for JoinToken {
@@ -149,9 +152,11 @@ mod tests {
         // Pins the construction (a changed domain or layout would break every deployed node).
         let token = JoinToken::new("key").expect("non-empty");
         let proof = token.prove(&id("n"), &id("o"));
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(b"key").expect("any key");
-        mac.update(b"cod-join-v1\0\0\0\0\0\0\0\x01n\0\0\0\0\0\0\0\x01o");
-        assert_eq!(proof.0, <[u8; 32]>::from(mac.finalize().into_bytes()));
+        // HMAC-SHA256(b"key", b"cod-join-v1\0\0\0\0\0\0\0\x01n\0\0\0\0\0\0\0\x01o"), computed apart from this
+        // crate (Python's hmac module).
+        let expected = "0667d806944f90a5ce9dc013c3d3230d2894c04fa5f0028bc8c24dd0ed3e1a01";
+        let hex: String = proof.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
     }
 
     #[test]
