@@ -13,7 +13,6 @@
 //! image's, else `/`. The user is the image's `USER`, resolved in the image's own `/etc/passwd`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -511,12 +510,6 @@ impl OciExecutor {
                 Err(e) => warn!(error = %e, "cannot collect the container's output"),
             }
         }
-        // Nothing else writes these files; the cut keeps the cap's promise should that change.
-        truncated |= cap_output(
-            &[ctx.stdout_path.clone(), ctx.stderr_path.clone()],
-            ctx.limits.max_output_bytes,
-        )
-        .await;
         match exit {
             ContainerExit::Exited { code } => RunOutcome::Exited {
                 code,
@@ -551,25 +544,6 @@ fn container_id(ctx: &RunContext) -> String {
             }
         })
         .collect()
-}
-
-/// Cuts stdout/stderr files that grew past the cap (the container writes them directly); true if any was cut.
-async fn cap_output(files: &[PathBuf], cap: u64) -> bool {
-    let files = files.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut cut = false;
-        for f in files {
-            if let Ok(meta) = std::fs::metadata(&f)
-                && meta.size() > cap
-                && let Ok(file) = std::fs::OpenOptions::new().write(true).open(&f)
-            {
-                cut |= file.set_len(cap).is_ok();
-            }
-        }
-        cut
-    })
-    .await
-    .unwrap_or(false)
 }
 
 /// Resolves an image's `USER` (`uid`, `uid:gid`, `name`, `name:group`) to numeric ids; names are looked up
