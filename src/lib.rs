@@ -15,6 +15,7 @@
 //! - [`api`]: the Bacalhau v1 REST API; [`auth`]: who may call it (users, capabilities, the api-token file).
 //! - [`node`]: the composition root that wires a node from its config.
 //! - [`config`]: the node's configuration (defaults < file < `COD_*` < flags), validated before start.
+//! - [`metrics`]: Prometheus `/metrics` (event counters, latency histograms, the text format).
 //! - [`telemetry`]: logging and the panic hook; [`errors`]: error text for people.
 //! - [`cli`]: the `cod` command line.
 //!
@@ -68,6 +69,7 @@ pub mod fuzzing;
 pub mod ipfs;
 #[cfg(feature = "compute")]
 mod keyed;
+pub mod metrics;
 pub mod model;
 pub mod node;
 #[cfg(feature = "executor-oci")]
