@@ -66,6 +66,25 @@ pub struct Config {
     /// Bacalhau's `JobAdmissionControl` (only `RejectNetworkedJobs`, the same as `Compute.RejectNetworkedJobs`).
     #[serde(rename = "JobAdmissionControl")]
     pub job_admission_control: JobAdmissionControlConfig,
+    /// Prometheus `GET /metrics` on the API.
+    #[serde(rename = "Metrics")]
+    pub metrics: MetricsConfig,
+}
+
+/// `Metrics`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (default on; off answers 404). Scrapes need the `read:agent` capability when the
+    /// API requires credentials.
+    #[serde(rename = "Enabled")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `Engines`: engine types (`wasm`, `docker`) this node refuses although it was built with them.
@@ -677,6 +696,7 @@ impl Default for Config {
             input_sources: InputSourcesConfig::default(),
             engines: EnginesConfig::default(),
             job_admission_control: JobAdmissionControlConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -61,6 +61,8 @@ struct Acked {
     upto: HashMap<NodeId, u64>,
     /// Peers whose acknowledged entries may still be in the table.
     dirty: HashSet<NodeId>,
+    /// Peers with messages queued since this process started and not yet all acknowledged (`/metrics`).
+    backlog: HashSet<NodeId>,
 }
 
 impl Acked {
@@ -186,6 +188,16 @@ impl Outbox {
         self.last_applied(txn, peer)
     }
 
+    /// Messages still in the table (undelivered, plus acknowledged ones not yet trimmed): O(1).
+    pub fn pending_messages(&self, txn: &impl Reader) -> Result<u64, StoreError> {
+        txn.count(self.messages)
+    }
+
+    /// Peers with messages queued since start-up and not yet all acknowledged.
+    pub fn peers_pending(&self) -> u64 {
+        lock(&self.acked).backlog.len() as u64
+    }
+
     /// The highest sequence number applied from `peer`.
     pub fn last_applied(&self, txn: &impl Reader, peer: &NodeId) -> Result<u64, StoreError> {
         Ok(txn.get(self.counters, &format!("in/{peer}"))?.unwrap_or(0))
@@ -193,6 +205,7 @@ impl Outbox {
 
     /// Wakes delivery for `peer` after new messages were committed.
     pub fn kick(&self, peer: &NodeId) {
+        lock(&self.acked).backlog.insert(peer.clone());
         // A full channel means the delivery task has plenty of wake-ups queued; dropping one loses nothing
         // because every drain reads the whole outbox of its peer.
         let _ = self.commands.try_send(Command::Kick(peer.clone()));
@@ -292,6 +305,8 @@ impl Delivery {
                                 state.dirty = false;
                                 state.in_flight = true;
                                 drains.spawn(self.drain(peer));
+                            } else if !state.dirty {
+                                lock(&self.acked).backlog.remove(&peer);
                             }
                         }
                         DrainEnd::Failed(peer, reason) => {
@@ -350,11 +365,13 @@ impl Delivery {
                 let Some(highest) = items.last().map(|s| s.seq) else {
                     return DrainEnd::Drained(peer);
                 };
+                let started = std::time::Instant::now();
                 match client
                     .request(&peer, Request::Deliver { messages: items })
                     .await
                 {
                     Ok(Response::Ack { last_applied_seq }) => {
+                        crate::metrics::outbox_round_trip(messages.name(), started.elapsed());
                         let applied = last_applied_seq.min(highest);
                         lock(&acked).record(&peer, applied);
                         if applied < highest {

@@ -8,7 +8,7 @@
 //! Layout: [`request`] holds what every request goes through (request id, version headers, one tracing span,
 //! query and path extraction), [`error`] the error body, and one file per endpoint group: [`jobs`] and [`logs`]
 //! (`/api/v1/orchestrator/jobs…`), [`nodes`] (`/api/v1/orchestrator/nodes…`), [`agent`] (`/api/v1/agent/…`
-//! plus the legacy redirects and the retired `/api/v1/requester` API). [`auth`] gates every request by its
+//! plus the legacy redirects and the retired `/api/v1/requester` API), [`metrics`] (`/metrics`, Prometheus). [`auth`] gates every request by its
 //! credential (and serves `/api/v1/auth`); [`tls`] serves HTTPS when `API.TLS` asks for it.
 //!
 //! Requests are decoded case-insensitively ([`crate::model::ci`]), as Go's decoder does, and unknown keys are
@@ -20,6 +20,7 @@ mod auth;
 mod error;
 pub(crate) mod jobs;
 mod logs;
+mod metrics;
 mod nodes;
 pub(crate) mod request;
 #[cfg(test)]
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub config: serde_json::Value,
     /// Who may call the API.
     pub auth: Arc<crate::auth::Access>,
+    /// Whether `GET /metrics` is served (`Metrics.Enabled`).
+    pub metrics: bool,
     /// Signs `s3` results for `GET …/jobs/{id}/results`; `None` when `PreSignedURLDisabled`.
     #[cfg(feature = "storage-s3")]
     pub result_signer: Option<crate::s3::ResultSigner>,
@@ -154,6 +157,7 @@ fn build(state: ApiState, shutdown: CancellationToken) -> Router {
         .nest("/api/v1/orchestrator", orchestrator)
         .merge(agent::routes())
         .merge(auth::routes())
+        .route("/metrics", get(metrics::scrape))
         .route("/api/v1/requester", any(agent::requester_gone))
         .route("/api/v1/requester/{*rest}", any(agent::requester_gone))
         .fallback(unknown_route)
@@ -277,6 +281,7 @@ mod tests {
             node_info: Arc::new(NodeInfo::default),
             config: json!({}),
             auth: Arc::new(crate::auth::Access::Open(crate::auth::OpenReason::Loopback)),
+            metrics: true,
             #[cfg(feature = "storage-s3")]
             result_signer: None,
         };
@@ -314,6 +319,7 @@ mod tests {
             node_info: Arc::new(NodeInfo::default),
             config: json!({}),
             auth: Arc::new(crate::auth::Access::Open(crate::auth::OpenReason::Loopback)),
+            metrics: true,
             #[cfg(feature = "storage-s3")]
             result_signer: None,
         };

@@ -53,6 +53,7 @@ impl TestServer {
             }),
             config: serde_json::json!({"API": {"Port": 0}, "Orchestrator": {"Enabled": true}}),
             auth: Arc::new(auth),
+            metrics: true,
             #[cfg(feature = "storage-s3")]
             result_signer: None,
         };

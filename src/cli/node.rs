@@ -1,5 +1,7 @@
 //! `cod node …`: list, describe and admit compute nodes through the orchestrator's API.
 
+use std::time::SystemTime;
+
 use anyhow::{Context as _, bail};
 use argh::FromArgs;
 
@@ -195,10 +197,40 @@ fn capacity(info: &NodeInfo, dim: impl Fn(&Resources) -> String) -> String {
     format!("{} / {}", dim(&c.available_capacity), dim(&c.max_capacity))
 }
 
-/// The `node list` table (Bacalhau's columns; capacities as available / total).
+/// How long ago an RFC 3339 time was, in the largest whole unit ("3s ago", "5m ago", "2h ago", "4d ago");
+/// `-` when there is none or it does not parse. A time in the future (clock skew) reads "just now".
+fn age(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(then) = humantime::parse_rfc3339_weak(rfc3339.trim()) else {
+        return "-".to_owned();
+    };
+    let secs = now.duration_since(then).map_or(0, |d| d.as_secs());
+    match secs {
+        0 => "just now".to_owned(),
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// The `node list` table: Bacalhau's columns (capacities as available / total), plus the age of the last
+/// heartbeat (`-o json`/`yaml` carry it as RFC 3339 in `ConnectionState.LastHeartbeat`).
 pub fn render_node_list(nodes: &[NodeState]) -> String {
+    render_node_list_at(nodes, SystemTime::now())
+}
+
+fn render_node_list_at(nodes: &[NodeState], now: SystemTime) -> String {
     let mut t = Table::new(&[
-        "id", "type", "approval", "status", "labels", "cpu", "memory", "disk", "gpu",
+        "id",
+        "type",
+        "approval",
+        "status",
+        "last heartbeat",
+        "labels",
+        "cpu",
+        "memory",
+        "disk",
+        "gpu",
     ]);
     for n in nodes {
         let info = &n.info;
@@ -207,6 +239,7 @@ pub fn render_node_list(nodes: &[NodeState]) -> String {
             node_type(info.node_type).to_owned(),
             n.membership.as_str().to_owned(),
             n.connection.as_str().to_owned(),
+            age(&n.connection_state.last_heartbeat, now),
             labels(info),
             capacity(info, |r| format!("{:.1}", r.cpu)),
             capacity(info, |r| bytes(r.memory)),
@@ -219,6 +252,10 @@ pub fn render_node_list(nodes: &[NodeState]) -> String {
 
 /// `node describe` as key/value lines.
 pub fn render_node(node: &NodeState) -> String {
+    render_node_at(node, SystemTime::now())
+}
+
+fn render_node_at(node: &NodeState, now: SystemTime) -> String {
     let c = &node.connection_state;
     let mut pairs = node_info_pairs(&node.info);
     pairs.push(("Approval", node.membership.as_str().to_owned()));
@@ -231,7 +268,12 @@ pub fn render_node(node: &NodeState) -> String {
         ("Disconnected Since", &c.disconnected_since),
         ("Last Error", &c.last_error),
     ] {
-        if !value.is_empty() {
+        if value.is_empty() {
+            continue;
+        }
+        if key == "Last Heartbeat" {
+            pairs.push((key, format!("{value} ({})", age(value, now))));
+        } else {
             pairs.push((key, value.clone()));
         }
     }
@@ -315,20 +357,45 @@ mod tests {
         }
     }
 
+    fn at(rfc3339: &str) -> SystemTime {
+        humantime::parse_rfc3339(rfc3339).expect("time")
+    }
+
     #[test]
     fn node_list_table() {
-        let text = render_node_list(&[node()]);
+        let mut n = node();
+        n.connection_state.last_heartbeat = "2026-01-02T03:04:05.5Z".into();
+        let text = render_node_list_at(&[n], at("2026-01-02T03:04:08.9Z"));
         let expected = "\
-ID            TYPE     APPROVAL  STATUS     LABELS         CPU        MEMORY             DISK       GPU
-12D3KooWAbCd  Compute  PENDING   CONNECTED  os_arch=arm64  3.5 / 4.0  2.0 GiB / 4.0 GiB  0 B / 0 B  0 / 0
+ID            TYPE     APPROVAL  STATUS     LAST HEARTBEAT  LABELS         CPU        MEMORY             DISK       GPU
+12D3KooWAbCd  Compute  PENDING   CONNECTED  3s ago          os_arch=arm64  3.5 / 4.0  2.0 GiB / 4.0 GiB  0 B / 0 B  0 / 0
 ";
         assert_eq!(text, expected);
     }
 
     #[test]
-    fn node_describe_lists_capabilities() {
-        let text = render_node(&node());
+    fn heartbeat_ages_use_the_largest_whole_unit() {
+        let now = at("2026-01-10T00:00:00Z");
+        assert_eq!(age("", now), "-");
+        assert_eq!(age("yesterday", now), "-");
+        assert_eq!(age("2026-01-10T00:00:00Z", now), "just now");
+        assert_eq!(age("2026-01-10T00:00:30Z", now), "just now", "future: skew");
+        assert_eq!(age("2026-01-09T23:58:59Z", now), "1m ago");
+        assert_eq!(age("2026-01-09T21:00:00Z", now), "3h ago");
+        assert_eq!(age("2026-01-07T00:00:00Z", now), "3d ago");
+    }
+
+    #[test]
+    fn node_describe_lists_capabilities_and_heartbeat_age() {
+        let mut n = node();
+        n.connection_state.last_heartbeat = "2026-01-02T03:04:05Z".into();
+        let text = render_node_at(&n, at("2026-01-02T03:06:05Z"));
         assert!(text.contains("Engines         = wasm\n"), "{text}");
         assert!(text.contains("Approval        = PENDING\n"), "{text}");
+        assert!(text.contains("Status          = CONNECTED\n"), "{text}");
+        assert!(
+            text.contains("Last Heartbeat  = 2026-01-02T03:04:05Z (2m ago)\n"),
+            "{text}"
+        );
     }
 }

@@ -11,6 +11,7 @@ mod bidder;
 pub(crate) mod cache;
 mod disk_guard;
 mod glob;
+pub mod metrics;
 pub mod policy;
 mod runner;
 mod secrets;
@@ -292,6 +293,7 @@ impl Runner {
                     Some(Event::PeerDisconnected(peer)) => {
                         orchestrators.remove(&peer);
                         welcomed.remove(&peer);
+                        crate::metrics::COMPUTE.orchestrators_connected.set(welcomed.len() as u64);
                         compute.inner.outbox.peer_disconnected(&peer).await;
                         info!(orchestrator = %peer, "orchestrator disconnected; working offline");
                     }
@@ -311,11 +313,13 @@ impl Runner {
                             if orchestrators.contains(&peer) {
                                 welcomed.insert(peer);
                             }
+                            crate::metrics::COMPUTE.orchestrators_connected.set(welcomed.len() as u64);
                         }
                         Handshake::Refused => {
                             // Asking again at every heartbeat would only repeat the refusal (and its log line):
                             // back off until an operator had time to approve, up to five minutes.
                             welcomed.remove(&peer);
+                            crate::metrics::COMPUTE.orchestrators_connected.set(welcomed.len() as u64);
                             let backoff = refused
                                 .get(&peer)
                                 .map_or(interval, |(_, b)| (*b * 2).min(MAX_REFUSED_BACKOFF));
@@ -437,7 +441,12 @@ impl Compute {
             available: self.inner.capacity.available(),
             running: self.running_count(),
         };
-        match self.inner.client.request(&peer, request).await {
+        let started = Instant::now();
+        let answer = self.inner.client.request(&peer, request).await;
+        crate::metrics::COMPUTE
+            .heartbeat_round_trip
+            .observe(started.elapsed());
+        match answer {
             Ok(Response::Ack { .. }) => (peer, Handshake::Alive),
             // Forgotten (an orchestrator restart) or rejected since: introduce this node again.
             Ok(Response::Refused { .. }) => self.handshake(peer).await,

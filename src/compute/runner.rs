@@ -73,6 +73,21 @@ pub(super) enum Ending {
     },
 }
 
+impl Ending {
+    /// The `/metrics` counter of this outcome.
+    fn counter(&self) -> &'static crate::metrics::Counter {
+        let m = &crate::metrics::COMPUTE;
+        match self {
+            Ending::Completed { .. } => &m.executions_completed,
+            Ending::Failed {
+                state: ExecutionStateType::Cancelled,
+                ..
+            } => &m.executions_cancelled,
+            Ending::Failed { .. } => &m.executions_failed,
+        }
+    }
+}
+
 impl Compute {
     pub(super) async fn handle_request(&self, peer: &NodeId, request: Request) -> Response {
         match request {
@@ -864,6 +879,7 @@ impl Compute {
         let need = execution_resources(&record.execution, &self.inner.config.job_defaults);
         let orchestrator = record.orchestrator.clone();
         let id = record.execution.id.clone();
+        let outcome = ending.counter();
         let result = self
             .inner
             .store
@@ -879,7 +895,10 @@ impl Compute {
             .await;
         self.inner.capacity.release(&need);
         match result {
-            Ok(()) => self.inner.outbox.kick(&orchestrator),
+            Ok(()) => {
+                outcome.inc();
+                self.inner.outbox.kick(&orchestrator);
+            }
             Err(e) => {
                 warn!(error = %e, "cannot record the end of an execution; it will run again after a restart")
             }
@@ -1109,6 +1128,7 @@ fn apply(
             let (id, job_id) = (execution.id.clone(), execution.job_id.clone());
             match verdict {
                 Err(reason) => {
+                    crate::metrics::COMPUTE.bids_rejected.inc();
                     info!(execution_id = %id, %reason, "bid declined");
                     inner.outbox.enqueue(
                         txn,
@@ -1122,6 +1142,7 @@ fn apply(
                     )?;
                 }
                 Ok(()) => {
+                    crate::metrics::COMPUTE.bids_accepted.inc();
                     let state = if accept_directly {
                         LocalState::Running
                     } else {

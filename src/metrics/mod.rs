@@ -259,6 +259,63 @@ pub fn outbox_round_trip(outbox_table: &str, took: Duration) {
     }
 }
 
+/// One role's outbox at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct OutboxGauges {
+    /// `orchestrator` or `compute`.
+    pub role: &'static str,
+    /// Messages still in the table: undelivered, plus acknowledged ones not yet trimmed (trimmed within
+    /// seconds by the next write or sweep).
+    pub messages: u64,
+    /// Peers with messages queued and not yet acknowledged since this process started.
+    pub peers_pending: u64,
+}
+
+/// Writes the outbox families for the roles this node has (a hybrid node has two outboxes, told apart by
+/// `role`, in one family each, as the format requires).
+pub fn render_outboxes(e: &mut Encoder, outboxes: &[OutboxGauges]) {
+    if outboxes.is_empty() {
+        return;
+    }
+    e.family(
+        "cod_outbox_messages",
+        "Durable messages in the outbox, by role (undelivered, plus acknowledged ones not yet trimmed)",
+        exposition::Kind::Gauge,
+    );
+    for o in outboxes {
+        e.count("cod_outbox_messages", &[("role", o.role)], o.messages);
+    }
+    e.family(
+        "cod_outbox_peers_pending",
+        "Peers with outbox messages not yet acknowledged, by role",
+        exposition::Kind::Gauge,
+    );
+    for o in outboxes {
+        e.count(
+            "cod_outbox_peers_pending",
+            &[("role", o.role)],
+            o.peers_pending,
+        );
+    }
+    e.family(
+        "cod_outbox_delivery_duration_seconds",
+        "Round trip of one outbox delivery (a batch of messages until acknowledged), by role",
+        exposition::Kind::Histogram,
+    );
+    for o in outboxes {
+        let h = if o.role == "orchestrator" {
+            &ORCHESTRATOR.outbox_round_trip
+        } else {
+            &COMPUTE.outbox_round_trip
+        };
+        e.histogram(
+            "cod_outbox_delivery_duration_seconds",
+            &[("role", o.role)],
+            h,
+        );
+    }
+}
+
 /// Writes the families every node has: build info and the process's own figures.
 pub fn render_common(e: &mut Encoder) {
     e.family(

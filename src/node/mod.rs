@@ -301,6 +301,7 @@ pub async fn start(
         node_info,
         config: serde_json::to_value(raw).unwrap_or_default(),
         auth,
+        metrics: raw.metrics.enabled,
         #[cfg(feature = "storage-s3")]
         result_signer,
     };

@@ -406,6 +406,7 @@ fn apply_report(
     let mut ended = false;
     let event = match message {
         Message::BidResult { accepted: true, .. } => {
+            crate::metrics::ORCHESTRATOR.bids_accepted.inc();
             exec.compute_state = State::new(ExecutionStateType::BidAccepted, "bid accepted");
             Event::new(
                 "Exec Scanning",
@@ -418,6 +419,7 @@ fn apply_report(
             reason,
             ..
         } => {
+            crate::metrics::ORCHESTRATOR.bids_rejected.inc();
             exec.compute_state = State::new(ExecutionStateType::AskForBidRejected, reason.clone());
             ended = true;
             Event::new("Exec Scanning", format!("node {peer} declined: {reason}"))

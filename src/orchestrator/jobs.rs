@@ -209,6 +209,7 @@ impl Orchestrator {
                 other => OrchestratorError::Store(other),
             })?;
         self.after_commit(after);
+        crate::metrics::ORCHESTRATOR.jobs_submitted.inc();
         tracing::info!(job_id = %response_job, "job submitted");
         Ok(SubmitResponse {
             job_id: response_job,

@@ -12,6 +12,7 @@
 pub mod admission;
 mod events;
 mod jobs;
+pub mod metrics;
 mod registry;
 pub mod scheduler;
 mod state;
@@ -136,6 +137,7 @@ impl Orchestrator {
         config: Config,
     ) -> Result<(Orchestrator, Runner), OrchestratorError> {
         let tables = Tables::open(&store)?;
+        store.write_sync(|txn| metrics::seed(txn, &tables))?;
         let (outbox, delivery) = Outbox::new(
             &store,
             client.clone(),
@@ -220,7 +222,9 @@ impl Runner {
                     Some(Event::Request { peer, request, reply }) => {
                         let o = orchestrator.clone();
                         requests.spawn(async move {
+                            let (kind, started) = (crate::metrics::RequestKind::of(&request), std::time::Instant::now());
                             let response = o.handle_request(&peer, *request).await;
+                            crate::metrics::ORCHESTRATOR.request_handled(kind, started.elapsed());
                             let _ = reply.send(response);
                         });
                     }

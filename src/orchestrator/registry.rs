@@ -99,6 +99,17 @@ impl Registry {
         state
     }
 
+    /// How many nodes are in each (connection, membership), for `/metrics`: one pass, nothing cloned.
+    pub fn counts(&self) -> std::collections::BTreeMap<(&'static str, &'static str), u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for e in self.lock().values() {
+            *counts
+                .entry((e.state.connection.as_str(), e.state.membership.as_str()))
+                .or_default() += 1;
+        }
+        counts
+    }
+
     /// How many nodes wait for an operator's decision (for the admission cap).
     pub fn pending_count(&self) -> usize {
         self.lock()

@@ -21,6 +21,8 @@ pub(crate) struct Tables {
     pub evaluations: Table<Evaluation>,
     pub nodes: Table<NodeState>,
     pub counters: Table<u64>,
+    /// State-only views of `jobs` and `executions`, for the state counts of `/metrics`.
+    pub probes: super::metrics::Probes,
 }
 
 impl Tables {
@@ -33,6 +35,7 @@ impl Tables {
             evaluations: store.table("orchestrator.evaluations")?,
             nodes: store.table("orchestrator.nodes")?,
             counters: store.table("orchestrator.counters")?,
+            probes: super::metrics::Probes::open(store)?,
         })
     }
 }
@@ -93,6 +96,7 @@ pub(crate) fn save_job(
     t: &Tables,
     job: &mut Job,
 ) -> Result<(), StoreError> {
+    super::metrics::job_saved(txn, t, job)?;
     job.revision += 1;
     job.modify_time = now_nanos();
     txn.put(t.jobs, job.id.as_str(), job)
@@ -104,6 +108,7 @@ pub(crate) fn save_execution(
     t: &Tables,
     exec: &mut Execution,
 ) -> Result<(), StoreError> {
+    super::metrics::execution_saved(txn, t, exec)?;
     exec.revision += 1;
     exec.modify_time = now_nanos();
     txn.put(t.executions, &exec_key(&exec.job_id, &exec.id), exec)
