@@ -287,6 +287,7 @@ impl Compute {
             Ok(result) => {
                 let ending = joined(result);
                 self.forget_running(&id);
+                let finished = ending.counter();
                 let outcome = self
                     .inner
                     .store
@@ -302,6 +303,10 @@ impl Compute {
                     })
                     .await;
                 self.inner.capacity.release(&need);
+                if outcome.is_ok() {
+                    crate::metrics::COMPUTE.bids_accepted.inc();
+                    finished.inc();
+                }
                 let response = self.acknowledge(peer, outcome);
                 self.discard_work_dir(&id).await;
                 Ok(response)
@@ -323,6 +328,8 @@ impl Compute {
                 if outcome.is_err() {
                     // Not accepted after all: stop it; the orchestrator will ask again.
                     cancel.cancel();
+                } else {
+                    crate::metrics::COMPUTE.bids_accepted.inc();
                 }
                 // Either way the run task is reaped (and, if accepted, reported) by the runner.
                 let _ = self

@@ -22,6 +22,7 @@ mod ipfs;
 mod ipfs_cids;
 #[cfg(feature = "ipfs")]
 mod kubo;
+mod metrics;
 #[cfg(feature = "executor-oci")]
 mod oci_pull;
 mod policy;
