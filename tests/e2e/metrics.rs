@@ -439,3 +439,28 @@ fn the_strict_parser_rejects_what_prometheus_would() {
         assert!(caught.is_err(), "accepted {bad:?}");
     }
 }
+
+#[test]
+fn a_hybrid_node_reports_both_roles_in_one_valid_page() {
+    let node = Cod::start("metrics-hybrid", &[]);
+    let body = node.wait_terminal(&node.submit(wasm_job(HELLO, json!({}))), DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+    // Strict parsing also proves that no family is declared twice although both roles (and both
+    // outboxes) report.
+    let s = scrape(&node);
+    assert_eq!(s.value("cod_jobs", &[("state", "Completed")]), 1.0);
+    assert_eq!(
+        s.value(
+            "cod_compute_executions_finished_total",
+            &[("outcome", "completed")]
+        ),
+        1.0
+    );
+    for role in ["orchestrator", "compute"] {
+        s.value("cod_outbox_messages", &[("role", role)]);
+        s.value(
+            "cod_outbox_delivery_duration_seconds_count",
+            &[("role", role)],
+        );
+    }
+}
