@@ -222,7 +222,8 @@ impl Runner {
                     Some(Event::Request { peer, request, reply }) => {
                         let o = orchestrator.clone();
                         requests.spawn(async move {
-                            let (kind, started) = (crate::metrics::RequestKind::of(&request), std::time::Instant::now());
+                            let kind = crate::metrics::RequestKind::of(&request);
+                            let started = std::time::Instant::now();
                             let response = o.handle_request(&peer, *request).await;
                             crate::metrics::ORCHESTRATOR.request_handled(kind, started.elapsed());
                             let _ = reply.send(response);
