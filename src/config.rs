@@ -372,6 +372,9 @@ pub struct OrchestratorConfig {
     /// A node silent this long is disconnected.
     #[serde(rename = "DisconnectTimeout")]
     pub disconnect_timeout: String,
+    /// A node disconnected this long is lost: its batch and service executions move to other nodes.
+    #[serde(rename = "NodeLostAfter")]
+    pub node_lost_after: String,
     /// Timer period.
     #[serde(rename = "HousekeepingInterval")]
     pub housekeeping_interval: String,
@@ -707,6 +710,7 @@ impl Default for OrchestratorConfig {
         Self {
             manual_approval: false,
             disconnect_timeout: "60s".into(),
+            node_lost_after: "10m".into(),
             housekeeping_interval: "5s".into(),
             queue_backoff: "10s".into(),
             default_cpu: "100m".into(),
@@ -1021,15 +1025,28 @@ impl Config {
                 source_name: "configuration".into(),
                 reason: e.to_string(),
             })?;
+        let node_lost_after = duration("Orchestrator.NodeLostAfter", &o.node_lost_after)?;
+        if node_lost_after.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "Orchestrator.NodeLostAfter",
+                value: o.node_lost_after.clone(),
+                source_name: "configuration".into(),
+                reason:
+                    "must be longer than zero (a node is lost after being disconnected this long)"
+                        .into(),
+            });
+        }
         let orchestrator = crate::orchestrator::Config {
             auto_approve: !o.manual_approval,
             disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
-            // Disconnects are noticed on housekeeping ticks, so tick at least twice per timeout.
+            node_lost_after,
+            // Disconnects and losses are noticed on housekeeping ticks, so tick at least twice per timeout.
             housekeeping_interval: duration(
                 "Orchestrator.HousekeepingInterval",
                 &o.housekeeping_interval,
             )?
-            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2),
+            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2)
+            .min(node_lost_after / 2),
             queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
             job_defaults: crate::model::resources::JobDefaults {
                 cpu: default_cpu,

@@ -191,6 +191,26 @@ impl Outbox {
         Ok(txn.get(self.counters, &format!("in/{peer}"))?.unwrap_or(0))
     }
 
+    /// The messages queued for `peer` that it has not applied (sequence numbers above `peer_applied`), in
+    /// order: what is still going to be delivered, which a reconciliation must not mistake for a disagreement.
+    pub fn pending(
+        &self,
+        txn: &impl Reader,
+        peer: &NodeId,
+        peer_applied: u64,
+    ) -> Result<Vec<Message>, StoreError> {
+        Ok(txn
+            .prefix_after(
+                self.messages,
+                &format!("{peer}/"),
+                &message_key(peer, peer_applied),
+                usize::MAX,
+            )?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
     /// Wakes delivery for `peer` after new messages were committed.
     pub fn kick(&self, peer: &NodeId) {
         // A full channel means the delivery task has plenty of wake-ups queued; dropping one loses nothing
