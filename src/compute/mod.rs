@@ -418,6 +418,16 @@ impl Compute {
                 last_applied_seq, ..
             }) => {
                 info!(orchestrator = %peer, "connected to orchestrator");
+                let (outbox, p) = (self.inner.outbox.clone(), peer.clone());
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .write(move |txn| outbox.rebase(txn, &p, last_applied_seq))
+                    .await
+                {
+                    warn!(orchestrator = %peer, error = %e, "cannot renumber queued reports; will retry");
+                    return (peer, Handshake::Failed);
+                }
                 self.inner
                     .outbox
                     .peer_connected(&peer, last_applied_seq)

@@ -175,6 +175,8 @@ impl Orchestrator {
             .store
             .write(move |txn| {
                 txn.put(t.nodes, stored.info.node_id.as_str(), &stored)?;
+                // A node that applied more than this orchestrator sent outlived this orchestrator's state.
+                outbox.rebase(txn, &peer_id, compute_applied)?;
                 let planning = Planning {
                     t: &t,
                     outbox: &outbox,

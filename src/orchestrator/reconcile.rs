@@ -81,7 +81,11 @@ pub(crate) fn reconcile(
     let ours_by_id: HashMap<&ExecutionId, &Execution> = ours.iter().map(|e| (&e.id, e)).collect();
     let mut corrections = Vec::new();
     for e in ours {
-        if !e.is_terminal() && !held_by_id.contains_key(&e.id) && !asked.contains(&e.id) {
+        // The node had it if its ask is no longer queued, or if the node reported on it (a node that lost
+        // its state also lost its count of applied messages, so an old ask can look queued again).
+        let reached =
+            !asked.contains(&e.id) || e.compute_state.state_type != ExecutionStateType::AskForBid;
+        if !e.is_terminal() && !held_by_id.contains_key(&e.id) && reached {
             corrections.push(Correction::Forgotten {
                 job_id: e.job_id.clone(),
                 execution_id: e.id.clone(),
@@ -128,6 +132,30 @@ pub(crate) fn run(
         .collect();
     let pending = planning.outbox.pending(txn, node, node_applied)?;
     let corrections = reconcile(held, &ours, &pending);
+    // Queued asks and acceptances for executions that ended (or were just found forgotten) would only start
+    // them again on the node: withdraw them.
+    let mut ended: HashSet<&ExecutionId> = ours
+        .iter()
+        .filter(|e| {
+            e.is_terminal() || e.desired_state.state_type == ExecutionDesiredStateType::Stopped
+        })
+        .map(|e| &e.id)
+        .collect();
+    for c in &corrections {
+        if let Correction::Forgotten { execution_id, .. } = c {
+            ended.insert(execution_id);
+        }
+    }
+    let withdrawn = planning
+        .outbox
+        .discard(txn, node, node_applied, |m| match m {
+            Message::AskForBid { execution, .. } => ended.contains(&execution.id),
+            Message::BidAccepted { execution_id } => ended.contains(execution_id),
+            _ => false,
+        })?;
+    if withdrawn > 0 {
+        tracing::info!(node_id = %node, withdrawn, "withdrew queued asks for executions that ended");
+    }
     let mut replan = Vec::new();
     for c in &corrections {
         match c {
@@ -244,6 +272,23 @@ mod tests {
             vec![Correction::Forgotten {
                 job_id: JobId::from("j".to_owned()),
                 execution_id: id("forgotten"),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_node_that_reported_on_an_execution_had_it_even_if_its_ask_looks_queued() {
+        // A wiped node says it applied nothing, so the old ask is "pending" again; but it reported Running.
+        let ours = [exec("ran", S::Running, D::Running)];
+        let pending = [Message::AskForBid {
+            execution: Box::new(exec("ran", S::AskForBid, D::Running)),
+            accept_directly: true,
+        }];
+        assert_eq!(
+            reconcile(&[], &ours, &pending),
+            vec![Correction::Forgotten {
+                job_id: JobId::from("j".to_owned()),
+                execution_id: id("ran"),
             }]
         );
     }

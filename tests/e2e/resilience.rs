@@ -587,3 +587,60 @@ fn an_orchestrator_killed_mid_job_completes_it_once_after_restart() {
     let body = assert_exactly_once(&orch, &id, 1);
     assert_eq!(executions(&body).len(), 1, "{body:#}");
 }
+
+#[test]
+fn a_node_that_lost_its_state_has_its_forgotten_work_placed_again() {
+    let orch = orchestrator(
+        "orch-wipe",
+        &["--disconnect-timeout", "2s", "--node-lost-after", "10m"],
+    );
+    let gate = Gate::new();
+    let allow = gate.allow();
+    let mut node = compute("wiped", &orch, &["--allow-listed-local-paths", &allow]);
+    wait_connection(&orch, &node, "CONNECTED");
+    let id = orch.submit(gate.job());
+    let forgotten = wait_execution(&orch, &id, "execution running", |e| {
+        e["ComputeState"]["StateType"] == RUNNING
+    });
+    // The board's storage is replaced: everything but its identity is gone.
+    node.kill9();
+    for entry in std::fs::read_dir(node.dir.join("data")).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n != "identity.key") {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("wipe");
+            } else {
+                std::fs::remove_file(&path).expect("wipe");
+            }
+        }
+    }
+    node.restart();
+    // The reconciliation fails the execution the node no longer has and places the partition again, on the
+    // same node (it is not to blame).
+    let again = wait_execution(&orch, &id, "the partition placed again", |e| {
+        e["ID"] != forgotten["ID"] && e["NodeID"] == node.node_id.as_str()
+    });
+    gate.open();
+    orch.wait_terminal(&id, DEADLINE);
+    let body = assert_exactly_once(&orch, &id, 1);
+    let first = executions(&body)
+        .into_iter()
+        .find(|e| e["ID"] == forgotten["ID"])
+        .expect("first execution");
+    assert_eq!(first["ComputeState"]["StateType"], FAILED, "{body:#}");
+    assert!(
+        first["ComputeState"]["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no longer has execution"),
+        "{body:#}"
+    );
+    assert_ne!(again["ID"], forgotten["ID"]);
+    let history = history(&body);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.contains("no longer has execution")),
+        "{history:#?}"
+    );
+}
