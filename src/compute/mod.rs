@@ -463,9 +463,11 @@ impl Compute {
     }
 }
 
-/// What this node tells `orchestrator` it holds, for the reconciliation: every execution on record for it, and
-/// every execution a report still queued in the outbox is about (a declined bid leaves no record, only its
-/// queued answer), as ended, so the orchestrator waits for those reports instead of calling them forgotten.
+/// What this node tells `orchestrator` it holds, for the reconciliation: every execution it runs or bid on for
+/// it, and every execution a report still queued in the outbox is about (a finished one, or a declined bid,
+/// which leaves no record), as ended, so the orchestrator waits for those reports instead of calling them
+/// forgotten. Ended executions whose reports were delivered are left out: the orchestrator has them ended
+/// too, and the handshake stays as small as the node's current work.
 fn held_executions(
     txn: &impl crate::store::Reader,
     t: &Tables,
@@ -476,9 +478,12 @@ fn held_executions(
         .all(t.executions)?
         .into_iter()
         .map(|(_, e)| e)
-        .filter(|e| &e.orchestrator == orchestrator)
+        .filter(|e| {
+            &e.orchestrator == orchestrator
+                && matches!(e.state, LocalState::Bid | LocalState::Running)
+        })
         .map(|e| HeldExecution {
-            active: matches!(e.state, LocalState::Bid | LocalState::Running),
+            active: true,
             execution_id: e.execution.id,
             job_id: e.execution.job_id,
         })

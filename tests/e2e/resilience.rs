@@ -461,6 +461,15 @@ fn a_late_result_is_kept_and_the_unfinished_replacement_stopped() {
         history.iter().any(|h| h.contains("late result")),
         "{history:#?}"
     );
+    // The replacement was stopped because the late result won, or (if the frozen spare was lost first) failed
+    // with its node.
+    let spare_lost = format!("node {} lost", spare.node_id);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.contains("stopping execution") || h.contains(&spare_lost)),
+        "{history:#?}"
+    );
 }
 
 #[test]
