@@ -15,6 +15,7 @@ use crate::store::{Reader, StoreError, WriteTxn};
 
 use super::jobs::AfterCommit;
 use super::replan::Planning;
+use super::state;
 
 /// True for an execution the orchestrator failed itself because its node was lost (or no longer had it):
 /// the only terminal executions a node may still deliver a result for.
@@ -69,12 +70,7 @@ pub(crate) fn lose_node(
     after: &mut AfterCommit,
 ) -> Result<usize, StoreError> {
     let t = planning.t;
-    let on_node: Vec<Execution> = txn
-        .all(t.executions)?
-        .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| &e.node_id == node && !e.is_terminal())
-        .collect();
+    let on_node = state::active_on_node(txn, t, node)?;
     let mut jobs = Vec::new();
     for exec in on_node {
         let Some(job) = txn.get(t.jobs, exec.job_id.as_str())? else {

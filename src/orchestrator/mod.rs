@@ -142,6 +142,7 @@ impl Orchestrator {
         config: Config,
     ) -> Result<(Orchestrator, Runner), OrchestratorError> {
         let tables = Tables::open(&store)?;
+        store.write_sync(|txn| state::rebuild_node_index(txn, &tables))?;
         let (outbox, delivery) = Outbox::new(
             &store,
             client.clone(),

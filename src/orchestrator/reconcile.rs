@@ -124,12 +124,16 @@ pub(crate) fn run(
     after: &mut AfterCommit,
 ) -> Result<usize, StoreError> {
     let t = planning.t;
-    let ours: Vec<Execution> = txn
-        .all(t.executions)?
-        .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| &e.node_id == node)
-        .collect();
+    // What we have active on the node, and our record of everything the node says it holds.
+    let mut ours = state::active_on_node(txn, t, node)?;
+    for h in held {
+        if !ours.iter().any(|e| e.id == h.execution_id)
+            && let Some(e) = txn.get(t.executions, &state::exec_key(&h.job_id, &h.execution_id))?
+            && &e.node_id == node
+        {
+            ours.push(e);
+        }
+    }
     let pending = planning.outbox.pending(txn, node, node_applied)?;
     let corrections = reconcile(held, &ours, &pending);
     // Queued asks and acceptances for executions that ended (or were just found forgotten) would only start
