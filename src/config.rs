@@ -1552,6 +1552,29 @@ mod tests {
     }
 
     #[test]
+    fn node_lost_after_defaults_to_ten_minutes_and_must_be_positive() {
+        let resolved = Config::default().resolve().expect("defaults");
+        assert_eq!(
+            resolved.orchestrator.node_lost_after,
+            Duration::from_secs(600)
+        );
+        let mut c = Config::default();
+        c.orchestrator.node_lost_after = "3s".into();
+        let resolved = c.resolve().expect("3s");
+        assert_eq!(
+            resolved.orchestrator.node_lost_after,
+            Duration::from_secs(3)
+        );
+        assert!(resolved.orchestrator.housekeeping_interval <= Duration::from_millis(1500));
+        for bad in ["0s", "later"] {
+            let mut c = Config::default();
+            c.orchestrator.node_lost_after = bad.into();
+            let err = c.resolve().expect_err(bad).to_string();
+            assert!(err.contains("Orchestrator.NodeLostAfter"), "{err}");
+        }
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let mut c = Config::default();
         c.compute.heartbeat_interval = "soon".into();
