@@ -391,6 +391,9 @@ pub struct OrchestratorConfig {
     /// A node silent this long is disconnected.
     #[serde(rename = "DisconnectTimeout")]
     pub disconnect_timeout: String,
+    /// A node disconnected this long is lost: its batch and service executions move to other nodes.
+    #[serde(rename = "NodeLostAfter")]
+    pub node_lost_after: String,
     /// Timer period.
     #[serde(rename = "HousekeepingInterval")]
     pub housekeeping_interval: String,
@@ -727,6 +730,7 @@ impl Default for OrchestratorConfig {
         Self {
             manual_approval: false,
             disconnect_timeout: "60s".into(),
+            node_lost_after: "10m".into(),
             housekeeping_interval: "5s".into(),
             queue_backoff: "10s".into(),
             default_cpu: "100m".into(),
@@ -1041,15 +1045,28 @@ impl Config {
                 source_name: "configuration".into(),
                 reason: e.to_string(),
             })?;
+        let node_lost_after = duration("Orchestrator.NodeLostAfter", &o.node_lost_after)?;
+        if node_lost_after.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "Orchestrator.NodeLostAfter",
+                value: o.node_lost_after.clone(),
+                source_name: "configuration".into(),
+                reason:
+                    "must be longer than zero (a node is lost after being disconnected this long)"
+                        .into(),
+            });
+        }
         let orchestrator = crate::orchestrator::Config {
             auto_approve: !o.manual_approval,
             disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
-            // Disconnects are noticed on housekeeping ticks, so tick at least twice per timeout.
+            node_lost_after,
+            // Disconnects and losses are noticed on housekeeping ticks, so tick at least twice per timeout.
             housekeeping_interval: duration(
                 "Orchestrator.HousekeepingInterval",
                 &o.housekeeping_interval,
             )?
-            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2),
+            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2)
+            .min(node_lost_after / 2),
             queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
             job_defaults: crate::model::resources::JobDefaults {
                 cpu: default_cpu,
@@ -1552,6 +1569,29 @@ mod tests {
         c.compute.policy.image_allow_list = vec!["a//b".into()];
         let err = c.resolve().expect_err("bad pattern").to_string();
         assert!(err.contains("Compute.Policy.ImageAllowList"), "{err}");
+    }
+
+    #[test]
+    fn node_lost_after_defaults_to_ten_minutes_and_must_be_positive() {
+        let resolved = Config::default().resolve().expect("defaults");
+        assert_eq!(
+            resolved.orchestrator.node_lost_after,
+            Duration::from_secs(600)
+        );
+        let mut c = Config::default();
+        c.orchestrator.node_lost_after = "3s".into();
+        let resolved = c.resolve().expect("3s");
+        assert_eq!(
+            resolved.orchestrator.node_lost_after,
+            Duration::from_secs(3)
+        );
+        assert!(resolved.orchestrator.housekeeping_interval <= Duration::from_millis(1500));
+        for bad in ["0s", "later"] {
+            let mut c = Config::default();
+            c.orchestrator.node_lost_after = bad.into();
+            let err = c.resolve().expect_err(bad).to_string();
+            assert!(err.contains("Orchestrator.NodeLostAfter"), "{err}");
+        }
     }
 
     #[test]

@@ -203,6 +203,78 @@ impl Outbox {
         Ok(txn.get(self.counters, &format!("in/{peer}"))?.unwrap_or(0))
     }
 
+    /// Renumbers what is queued for `peer` after `peer_applied` when the peer says it applied more than this
+    /// side ever sent: this side lost its state (a wiped data dir), not the peer, and the peer's replay
+    /// protection would otherwise drop the new messages as already applied. Returns whether it renumbered.
+    pub fn rebase(
+        &self,
+        txn: &mut WriteTxn<'_, '_>,
+        peer: &NodeId,
+        peer_applied: u64,
+    ) -> Result<bool, StoreError> {
+        let key = format!("out/{peer}");
+        let sent = txn.get(self.counters, &key)?.unwrap_or(0);
+        if sent >= peer_applied {
+            return Ok(false);
+        }
+        let queued = txn.prefix(self.messages, &format!("{peer}/"))?;
+        let mut seq = peer_applied;
+        for (old, message) in queued {
+            txn.delete(self.messages, &old)?;
+            seq += 1;
+            txn.put(self.messages, &message_key(peer, seq), &message)?;
+        }
+        txn.put(self.counters, &key, &seq)?;
+        warn!(peer = %peer, sent, peer_applied, "the peer applied more than this node sent: this node's state was lost; renumbered its queued messages");
+        Ok(true)
+    }
+
+    /// The messages queued for `peer` that it has not applied (sequence numbers above `peer_applied`), in
+    /// order: what is still going to be delivered, which a reconciliation must not mistake for a disagreement.
+    pub fn pending(
+        &self,
+        txn: &impl Reader,
+        peer: &NodeId,
+        peer_applied: u64,
+    ) -> Result<Vec<Message>, StoreError> {
+        Ok(txn
+            .prefix_after(
+                self.messages,
+                &format!("{peer}/"),
+                &message_key(peer, peer_applied),
+                usize::MAX,
+            )?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// Withdraws the messages queued for `peer` above `peer_applied` that `stale` picks (asks for executions
+    /// that ended meanwhile); returns how many. The receiver accepts the gaps: it only refuses sequence
+    /// numbers at or below the last it applied.
+    pub fn discard(
+        &self,
+        txn: &mut WriteTxn<'_, '_>,
+        peer: &NodeId,
+        peer_applied: u64,
+        stale: impl Fn(&Message) -> bool,
+    ) -> Result<usize, StoreError> {
+        let queued = txn.prefix_after(
+            self.messages,
+            &format!("{peer}/"),
+            &message_key(peer, peer_applied),
+            usize::MAX,
+        )?;
+        let mut n = 0;
+        for (key, message) in queued {
+            if stale(&message) {
+                txn.delete(self.messages, &key)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Wakes delivery for `peer` after new messages were committed.
     pub fn kick(&self, peer: &NodeId) {
         lock(&self.acked).backlog.insert(peer.clone());

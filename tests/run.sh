@@ -10,8 +10,9 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # Containers: libseccomp for libcontainer's filter; a real registry, image tools and busybox for test images
 # (apache2-utils: htpasswd, for the registry's basic-auth tests);
 # crun and runc as the peers the container benchmark compares against.
-# The hostile-job suite compiles a static C probe (libc6-dev has libc.a) and adds a veth pair (iproute2).
-for pkg in libseccomp-dev busybox-static umoci skopeo docker-registry apache2-utils crun runc libc6-dev iproute2; do
+# The hostile-job suite compiles a static C probe (libc6-dev has libc.a) and adds a veth pair (iproute2); the
+# resilience suite cuts links with iptables inside network namespaces.
+for pkg in libseccomp-dev busybox-static umoci skopeo docker-registry apache2-utils crun runc libc6-dev iproute2 iptables; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// a silent node is disconnected after this (default 60s)
     #[argh(option)]
     pub disconnect_timeout: Option<String>,
+    /// a node disconnected this long is lost and its batch/service work moves (default 10m)
+    #[argh(option)]
+    pub node_lost_after: Option<String>,
     /// concurrent WASM executions (default: one per core)
     #[argh(option)]
     pub wasm_slots: Option<usize>,
@@ -226,6 +229,10 @@ impl ServeArgs {
         set(
             &mut config.orchestrator.disconnect_timeout,
             &self.disconnect_timeout,
+        );
+        set(
+            &mut config.orchestrator.node_lost_after,
+            &self.node_lost_after,
         );
         if let Some(s) = self.wasm_slots {
             config.compute.wasm_slots = s;

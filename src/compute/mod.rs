@@ -34,7 +34,8 @@ use crate::model::{
 };
 use crate::outbox::{self, Delivery, Outbox};
 use crate::store::{Store, StoreError};
-use crate::transport::{Client, Event, Request, Response};
+use crate::transport::protocol::HeldExecution;
+use crate::transport::{Client, Event, Message, Request, Response};
 
 pub use backends::Backends;
 pub use cache::CacheError;
@@ -390,14 +391,19 @@ enum Handshake {
 impl Compute {
     /// Introduces this node to an orchestrator and resumes delivery from what it has applied.
     async fn handshake(self, peer: NodeId) -> (NodeId, Handshake) {
-        let t = self.inner.outbox.clone();
+        let outbox = self.inner.outbox.clone();
+        let t = self.inner.tables;
         let p = peer.clone();
-        let applied = match self
+        let known = self
             .inner
             .store
-            .read(move |txn| t.last_applied(txn, &p))
-            .await
-        {
+            .read(move |txn| {
+                let applied = outbox.last_applied(txn, &p)?;
+                let held = held_executions(txn, &t, &outbox, &p)?;
+                Ok((applied, held))
+            })
+            .await;
+        let (applied, executions) = match known {
             Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "cannot read delivery state");
@@ -409,12 +415,23 @@ impl Compute {
             last_applied_seq: applied,
             // The transport adds the join proof (it knows the authenticated peer ids).
             join_proof: None,
+            executions,
         };
         match self.inner.client.request(&peer, request).await {
             Ok(Response::Welcome {
                 last_applied_seq, ..
             }) => {
                 info!(orchestrator = %peer, "connected to orchestrator");
+                let (outbox, p) = (self.inner.outbox.clone(), peer.clone());
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .write(move |txn| outbox.rebase(txn, &p, last_applied_seq))
+                    .await
+                {
+                    warn!(orchestrator = %peer, error = %e, "cannot renumber queued reports; will retry");
+                    return (peer, Handshake::Failed);
+                }
                 self.inner
                     .outbox
                     .peer_connected(&peer, last_applied_seq)
@@ -453,4 +470,65 @@ impl Compute {
             _ => (peer, Handshake::Alive),
         }
     }
+}
+
+/// What this node tells `orchestrator` it holds, for the reconciliation: every execution it runs or bid on for
+/// it, and every execution a report still queued in the outbox is about (a finished one, or a declined bid,
+/// which leaves no record), as ended, so the orchestrator waits for those reports instead of calling them
+/// forgotten. Ended executions whose reports were delivered are left out: the orchestrator has them ended
+/// too, and the handshake stays as small as the node's current work.
+fn held_executions(
+    txn: &impl crate::store::Reader,
+    t: &Tables,
+    outbox: &Outbox,
+    orchestrator: &NodeId,
+) -> Result<Vec<HeldExecution>, StoreError> {
+    let mut held: Vec<HeldExecution> = txn
+        .all(t.executions)?
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| {
+            &e.orchestrator == orchestrator
+                && matches!(e.state, LocalState::Bid | LocalState::Running)
+        })
+        .map(|e| HeldExecution {
+            active: true,
+            execution_id: e.execution.id,
+            job_id: e.execution.job_id,
+        })
+        .collect();
+    let mut known: HashSet<ExecutionId> = held.iter().map(|h| h.execution_id.clone()).collect();
+    for message in outbox.pending(txn, orchestrator, 0)? {
+        let (Message::BidResult {
+            execution_id,
+            job_id,
+            ..
+        }
+        | Message::ExecutionProgress {
+            execution_id,
+            job_id,
+            ..
+        }
+        | Message::RunResult {
+            execution_id,
+            job_id,
+            ..
+        }
+        | Message::ComputeError {
+            execution_id,
+            job_id,
+            ..
+        }) = message
+        else {
+            continue;
+        };
+        if known.insert(execution_id.clone()) {
+            held.push(HeldExecution {
+                execution_id,
+                job_id,
+                active: false,
+            });
+        }
+    }
+    Ok(held)
 }

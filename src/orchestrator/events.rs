@@ -6,10 +6,14 @@ use crate::model::{
     NodeMembership, NodeState, NodeType, State, now_nanos,
 };
 use crate::store::{Reader, StoreError, WriteTxn};
+use crate::transport::protocol::HeldExecution;
 use crate::transport::{JoinProof, Message, Request, Response, Sequenced};
 
 use super::admission::{self, Refusal, Verdict};
-use super::jobs::{AfterCommit, apply_decision};
+use super::jobs::{AfterCommit, apply_decision, stop_execution};
+use super::liveness::{self, ResultFate};
+use super::reconcile;
+use super::replan::{Planning, held as held_resources};
 use super::scheduler::{self, Candidate};
 use super::state::{self, Tables};
 use super::{Orchestrator, OrchestratorError};
@@ -22,8 +26,9 @@ impl Orchestrator {
                 info,
                 last_applied_seq,
                 join_proof,
+                executions,
             } => {
-                self.handshake(peer, info, last_applied_seq, join_proof)
+                self.handshake(peer, info, last_applied_seq, join_proof, executions)
                     .await
             }
             Request::Heartbeat { available, .. } => {
@@ -113,6 +118,7 @@ impl Orchestrator {
         mut info: crate::model::NodeInfo,
         compute_applied: u64,
         proof: Option<JoinProof>,
+        held: Vec<HeldExecution>,
     ) -> Response {
         let registry = &self.inner.registry;
         let previous = registry.get(peer).map(|p| (p.membership, p.admission));
@@ -159,16 +165,39 @@ impl Orchestrator {
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
         let (peer_id, stored) = (peer.clone(), state.clone());
+        let candidates = self.inner.registry.candidates();
+        let defaults = self.inner.config.job_defaults;
+        let backoff = self.inner.config.queue_backoff;
+        // The reconciliation runs in the same transaction as the node's registration, before the outbox
+        // resumes: what it compares cannot change underneath it.
         let applied = self
             .inner
             .store
             .write(move |txn| {
                 txn.put(t.nodes, stored.info.node_id.as_str(), &stored)?;
-                outbox.last_applied(txn, &peer_id)
+                // A node that applied more than this orchestrator sent outlived this orchestrator's state.
+                outbox.rebase(txn, &peer_id, compute_applied)?;
+                let planning = Planning {
+                    t: &t,
+                    outbox: &outbox,
+                    candidates: &candidates,
+                    defaults: &defaults,
+                    backoff,
+                };
+                let mut after = AfterCommit::default();
+                let corrected =
+                    reconcile::run(txn, &planning, &peer_id, compute_applied, &held, &mut after)?;
+                Ok((outbox.last_applied(txn, &peer_id)?, corrected, after))
             })
             .await;
         let applied = match applied {
-            Ok(a) => a,
+            Ok((a, corrected, after)) => {
+                if corrected > 0 {
+                    tracing::info!(node_id = %peer, corrected, "reconciliation corrected executions");
+                }
+                self.after_commit(after);
+                a
+            }
             Err(e) => {
                 return Response::Refused {
                     reason: format!("orchestrator cannot store node state: {e}"),
@@ -400,7 +429,78 @@ fn apply_report(
     let Some(mut job) = txn.get(t.jobs, job_id.as_str())? else {
         return Ok(());
     };
-    if exec.is_terminal() {
+    // Exactly one result per partition: a result for a partition another execution already completed is
+    // discarded (the execution ends superseded); the first result stops the partition's other executions.
+    // A late result from a lost node arrives for an execution the orchestrator failed itself, and counts.
+    let was_terminal = exec.is_terminal();
+    if matches!(message, Message::RunResult { .. })
+        && (!was_terminal || liveness::ended_by_orchestrator(&exec))
+    {
+        let execs = state::executions_of(txn, t, &job.id)?;
+        match liveness::settle(&exec, &execs) {
+            ResultFate::Superseded { by } => {
+                let why = format!(
+                    "superseded: partition {} was already completed by execution {by}; this result from node {peer} was discarded",
+                    exec.partition_index
+                );
+                exec.compute_state = State::new(ExecutionStateType::Cancelled, why.clone());
+                state::save_execution(txn, t, &mut exec)?;
+                state::record(
+                    txn,
+                    t,
+                    &job,
+                    Some(&exec.id),
+                    Event::new("Execution", why).with("NewState", "Cancelled"),
+                )?;
+                if !was_terminal {
+                    after
+                        .allocations
+                        .push((exec.node_id.clone(), held_resources(&exec), true));
+                }
+                return Ok(());
+            }
+            ResultFate::Keep { stop } => {
+                if was_terminal {
+                    state::record(
+                        txn,
+                        t,
+                        &job,
+                        Some(&exec.id),
+                        Event::new(
+                            "Execution",
+                            format!(
+                                "late result from node {peer} for partition {} kept: no other execution completed it",
+                                exec.partition_index
+                            ),
+                        ),
+                    )?;
+                }
+                for id in stop {
+                    let Some(other) = txn.get(t.executions, &state::exec_key(&job.id, &id))? else {
+                        continue;
+                    };
+                    let reason = format!(
+                        "superseded: execution {} on node {peer} completed partition {} first",
+                        exec.id, exec.partition_index
+                    );
+                    state::record(
+                        txn,
+                        t,
+                        &job,
+                        Some(&id),
+                        Event::new(
+                            "Execution",
+                            format!(
+                                "stopping execution {id} on node {}: {reason}",
+                                other.node_id
+                            ),
+                        ),
+                    )?;
+                    stop_execution(txn, t, outbox, other, "superseded", &reason, after)?;
+                }
+            }
+        }
+    } else if was_terminal {
         return Ok(());
     }
     let mut ended = false;
@@ -462,14 +562,11 @@ fn apply_report(
     state::save_execution(txn, t, &mut exec)?;
     state::record(txn, t, &job, Some(&exec.id), event)?;
     if ended {
-        let need = exec
-            .allocated_resources
-            .tasks
-            .values()
-            .next()
-            .copied()
-            .unwrap_or_default();
-        after.allocations.push((exec.node_id.clone(), need, true));
+        if !was_terminal {
+            after
+                .allocations
+                .push((exec.node_id.clone(), held_resources(&exec), true));
+        }
         if !job.state.state_type.is_terminal() {
             let execs = state::executions_of(txn, t, &job.id)?;
             let decision = scheduler::plan(&job, &execs, candidates, defaults, now_nanos());

@@ -690,7 +690,7 @@ pub(crate) fn apply_decision(
 
 /// Asks the node running `e` to stop it (unless it already ended or was asked): desired state Stopped
 /// (`why` says why) and a durable CancelExecution carrying `reason` for the node's report.
-fn stop_execution(
+pub(crate) fn stop_execution(
     txn: &mut WriteTxn<'_, '_>,
     t: &Tables,
     outbox: &crate::outbox::Outbox,

@@ -12,8 +12,11 @@
 pub mod admission;
 mod events;
 mod jobs;
+mod liveness;
 pub mod metrics;
+mod reconcile;
 mod registry;
+mod replan;
 pub mod scheduler;
 mod state;
 
@@ -43,6 +46,8 @@ pub struct Config {
     pub auto_approve: bool,
     /// A connected node silent this long is marked disconnected.
     pub disconnect_timeout: Duration,
+    /// A node disconnected this long is lost: its batch and service executions are placed elsewhere.
+    pub node_lost_after: Duration,
     /// How often timers (disconnects, queued jobs) are checked.
     pub housekeeping_interval: Duration,
     /// How long a queued job waits before it is evaluated again.
@@ -58,6 +63,7 @@ impl Default for Config {
         Self {
             auto_approve: true,
             disconnect_timeout: Duration::from_secs(60),
+            node_lost_after: Duration::from_secs(600),
             housekeeping_interval: Duration::from_secs(5),
             queue_backoff: Duration::from_secs(10),
             job_defaults: JobDefaults::default(),
@@ -137,7 +143,10 @@ impl Orchestrator {
         config: Config,
     ) -> Result<(Orchestrator, Runner), OrchestratorError> {
         let tables = Tables::open(&store)?;
-        store.write_sync(|txn| metrics::seed(txn, &tables))?;
+        store.write_sync(|txn| {
+            metrics::seed(txn, &tables)?;
+            state::rebuild_node_index(txn, &tables)
+        })?;
         let (outbox, delivery) = Outbox::new(
             &store,
             client.clone(),
@@ -263,8 +272,54 @@ impl Orchestrator {
         {
             self.node_gone(&id, "heartbeats stopped").await;
         }
+        for lost in self
+            .inner
+            .registry
+            .newly_lost(self.inner.config.node_lost_after)
+        {
+            self.node_lost(lost).await;
+        }
         if let Err(e) = self.run_due_evaluations().await {
             warn!(error = %e, "evaluations failed; will retry");
+        }
+    }
+}
+
+impl Orchestrator {
+    /// Records a node as lost and moves its batch and service work elsewhere, in one transaction.
+    async fn node_lost(&self, node: crate::model::NodeState) {
+        let id = node.info.node_id.clone();
+        tracing::warn!(node_id = %id, "compute node lost; rescheduling its executions");
+        let retry = id.clone();
+        let t = self.inner.tables;
+        let outbox = self.inner.outbox.clone();
+        let candidates = self.inner.registry.candidates();
+        let defaults = self.inner.config.job_defaults;
+        let backoff = self.inner.config.queue_backoff;
+        let lost_after = self.inner.config.node_lost_after;
+        let result = self
+            .inner
+            .store
+            .write(move |txn| {
+                txn.put(t.nodes, id.as_str(), &node)?;
+                let planning = replan::Planning {
+                    t: &t,
+                    outbox: &outbox,
+                    candidates: &candidates,
+                    defaults: &defaults,
+                    backoff,
+                };
+                let mut after = jobs::AfterCommit::default();
+                liveness::lose_node(txn, &planning, &id, lost_after, &mut after)?;
+                Ok(after)
+            })
+            .await;
+        match result {
+            Ok(after) => self.after_commit(after),
+            Err(e) => {
+                warn!(node_id = %retry, error = %e, "cannot reschedule a lost node's executions; will retry");
+                self.inner.registry.not_lost_yet(&retry);
+            }
         }
     }
 }

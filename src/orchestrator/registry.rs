@@ -18,6 +18,10 @@ struct Entry {
     allocated: Resources,
     /// Monotonic time of the last sign of life, for the disconnect timeout.
     last_seen: std::time::Instant,
+    /// Since when it is disconnected (monotonic), for `NodeLostAfter`; `None` while connected.
+    disconnected_at: Option<std::time::Instant>,
+    /// Declared lost (its work moved) since it disconnected.
+    lost: bool,
 }
 
 /// Shared, in-memory registry. A std mutex: it is never held across an `.await`.
@@ -47,6 +51,9 @@ impl Registry {
                     state: n,
                     allocated: alloc,
                     last_seen: std::time::Instant::now(),
+                    // A restart does not know how long the node was away before: count from now.
+                    disconnected_at: Some(std::time::Instant::now()),
+                    lost: false,
                 },
             );
         }
@@ -94,6 +101,8 @@ impl Registry {
                 state: state.clone(),
                 allocated,
                 last_seen: std::time::Instant::now(),
+                disconnected_at: None,
+                lost: false,
             },
         );
         state
@@ -141,7 +150,32 @@ impl Registry {
         e.state.connection_state.status = NodeConnection::Disconnected;
         e.state.connection_state.disconnected_since = now_rfc3339();
         e.state.connection_state.last_error = why.to_owned();
+        e.disconnected_at = Some(std::time::Instant::now());
         Some(e.state.clone())
+    }
+
+    /// Nodes disconnected for longer than `lost_after` and not yet declared lost: declares them lost (the
+    /// connection stays DISCONNECTED, Bacalhau's API has no other state; `LastError` says lost) and returns
+    /// their states.
+    pub fn newly_lost(&self, lost_after: std::time::Duration) -> Vec<NodeState> {
+        let mut map = self.lock();
+        let mut lost = Vec::new();
+        for e in map.values_mut() {
+            let overdue = e
+                .disconnected_at
+                .is_some_and(|at| at.elapsed() > lost_after);
+            if overdue && !e.lost && e.state.connection == NodeConnection::Disconnected {
+                e.lost = true;
+                e.state.connection_state.last_error = format!(
+                    "lost: disconnected for longer than NodeLostAfter ({}s); its batch and service executions were rescheduled (was: {})",
+                    lost_after.as_secs(),
+                    e.state.connection_state.last_error
+                );
+                lost.push(e.state.clone());
+            }
+        }
+        lost.sort_by(|a, b| a.info.node_id.cmp(&b.info.node_id));
+        lost
     }
 
     /// Nodes connected but silent for longer than `timeout`.
@@ -153,6 +187,13 @@ impl Registry {
             })
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// Undoes [`Registry::newly_lost`] for a node whose loss could not be stored, so the next check retries.
+    pub fn not_lost_yet(&self, id: &NodeId) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.lost = false;
+        }
     }
 
     /// Sets a node's membership (an operator's decision); returns the new state.

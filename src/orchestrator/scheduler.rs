@@ -176,7 +176,11 @@ pub fn plan(
                 | ExecutionStateType::AskForBidRejected
                 | ExecutionStateType::BidRejected
         ) {
-            failed_nodes.insert(e.node_id.clone());
+            // A failure the orchestrator ordered itself (desired Stopped: the node was lost, or no longer had
+            // the execution) is not the node's fault; it may take the partition again once it is back.
+            if e.desired_state.state_type != ExecutionDesiredStateType::Stopped {
+                failed_nodes.insert(e.node_id.clone());
+            }
             last_error.insert(
                 e.partition_index,
                 format!(
@@ -376,6 +380,31 @@ mod tests {
             panic!("fail")
         };
         assert!(reason.contains("boom"), "{reason}");
+    }
+
+    #[test]
+    fn a_lost_nodes_partition_is_placed_elsewhere_and_the_node_not_blamed() {
+        let j = job("");
+        // The orchestrator failed it itself (node lost): desired state Stopped.
+        let mut lost = exec("a", 0, ExecutionStateType::Failed);
+        lost.desired_state = State::new(ExecutionDesiredStateType::Stopped, "node a lost");
+        let Decision::Run { place } = plan(
+            &j,
+            &[lost.clone()],
+            &[node("b", &[])],
+            &JobDefaults::default(),
+            0,
+        ) else {
+            panic!("run")
+        };
+        assert_eq!(place, vec![(0, NodeId::from("b".to_owned()))]);
+        // Back, and alone: the lost node may take the partition again.
+        let Decision::Run { place } =
+            plan(&j, &[lost], &[node("a", &[])], &JobDefaults::default(), 0)
+        else {
+            panic!("run")
+        };
+        assert_eq!(place, vec![(0, NodeId::from("a".to_owned()))]);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! numbers (`hist/<job id>`).
 
 use crate::model::{
-    Evaluation, Event, Execution, ExecutionId, HistoryType, Job, JobHistory, JobId, NodeState,
-    now_nanos,
+    Evaluation, Event, Execution, ExecutionId, HistoryType, Job, JobHistory, JobId, NodeId,
+    NodeState, now_nanos,
 };
 use crate::store::{Reader, Store, StoreError, Table, WriteTxn};
 
@@ -23,6 +23,9 @@ pub(crate) struct Tables {
     pub counters: Table<u64>,
     /// State-only views of `jobs` and `executions`, for the state counts of `/metrics`.
     pub probes: super::metrics::Probes,
+    /// Index of active executions by node: `<node id>/<job id>/<execution id>` (the execution's key after the
+    /// node id), so a node's handshake or loss reads that node's work, not every execution.
+    pub node_executions: Table<u8>,
 }
 
 impl Tables {
@@ -36,6 +39,7 @@ impl Tables {
             nodes: store.table("orchestrator.nodes")?,
             counters: store.table("orchestrator.counters")?,
             probes: super::metrics::Probes::open(store)?,
+            node_executions: store.table("orchestrator.node_executions")?,
         })
     }
 }
@@ -111,5 +115,44 @@ pub(crate) fn save_execution(
     super::metrics::execution_saved(txn, t, exec)?;
     exec.revision += 1;
     exec.modify_time = now_nanos();
-    txn.put(t.executions, &exec_key(&exec.job_id, &exec.id), exec)
+    let key = exec_key(&exec.job_id, &exec.id);
+    let indexed = format!("{}/{key}", exec.node_id);
+    if exec.is_terminal() {
+        txn.delete(t.node_executions, &indexed)?;
+    } else {
+        txn.put(t.node_executions, &indexed, &0)?;
+    }
+    txn.put(t.executions, &key, exec)
+}
+
+/// The executions active (not terminal) on `node`, through the index.
+pub(crate) fn active_on_node(
+    txn: &impl Reader,
+    t: &Tables,
+    node: &NodeId,
+) -> Result<Vec<Execution>, StoreError> {
+    let prefix = format!("{node}/");
+    let mut out = Vec::new();
+    for (indexed, _) in txn.prefix(t.node_executions, &prefix)? {
+        if let Some(e) = txn.get(t.executions, &indexed[prefix.len()..])?
+            && !e.is_terminal()
+        {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds the node index from the executions (at start-up: a state written by an older release has none,
+/// and a rebuilt index cannot drift).
+pub(crate) fn rebuild_node_index(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<(), StoreError> {
+    for (key, _) in txn.all(t.node_executions)? {
+        txn.delete(t.node_executions, &key)?;
+    }
+    for (key, e) in txn.all(t.executions)? {
+        if !e.is_terminal() {
+            txn.put(t.node_executions, &format!("{}/{key}", e.node_id), &0)?;
+        }
+    }
+    Ok(())
 }

@@ -1221,6 +1221,7 @@ mod tests {
             info: Default::default(),
             last_applied_seq: 0,
             join_proof: None,
+            executions: Vec::new(),
         };
         let (response, (_, request)) = tokio::join!(
             compute.client.request(&orchestrator_id, handshake),

@@ -22,7 +22,11 @@ pub const PROTOCOL_NAME: &str = "/cod/compute/1";
 /// 2: the handshake carries an optional join proof. Version 1 peers could not tell a handshake with a proof
 /// from a malformed one, so the version is bumped: an old peer and a new one each refuse the other's messages
 /// with [`CodecError::Version`] ("upgrade the older side") instead of misreading them.
-pub const WIRE_VERSION: u16 = 2;
+///
+/// 3: the handshake carries the executions the node holds, for the reconciliation (see
+/// `orchestrator::reconcile`). A version 2 handshake has no such field and would read as "the node holds
+/// nothing", which would fail every execution it runs; the bump makes both sides refuse each other instead.
+pub const WIRE_VERSION: u16 = 3;
 
 /// Largest encoded request or response accepted (inline WASM modules travel inside AskForBid).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -50,6 +54,9 @@ pub enum Request {
         /// Compute code leaves it `None`: the transport fills it in on the way out when a token is configured,
         /// because only the transport knows the Noise-authenticated ids it must be bound to.
         join_proof: Option<JoinProof>,
+        /// Every execution this node holds for this orchestrator and where it is, so both sides can compare
+        /// what they know (the reconciliation).
+        executions: Vec<HeldExecution>,
     },
     /// Compute → orchestrator, periodically: still alive, and how much is free.
     Heartbeat {
@@ -78,6 +85,17 @@ pub enum Request {
         /// Bytes of stderr already seen.
         stderr_offset: u64,
     },
+}
+
+/// One execution as a compute node knows it, sent in its handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldExecution {
+    /// The execution.
+    pub execution_id: ExecutionId,
+    /// Its job.
+    pub job_id: JobId,
+    /// Whether it still runs (or waits to) on the node, or has ended there (its report is queued or delivered).
+    pub active: bool,
 }
 
 /// A durable message with its sender-assigned sequence number (the idempotency key).
@@ -270,6 +288,11 @@ mod tests {
                 info: NodeInfo::default(),
                 last_applied_seq: 3,
                 join_proof,
+                executions: vec![HeldExecution {
+                    execution_id: ExecutionId::generate(),
+                    job_id: JobId::from("j-1".to_owned()),
+                    active: true,
+                }],
             };
             let bytes = encode(&req).expect("encodes");
             let back: Request = decode(&bytes).expect("decodes");

@@ -43,6 +43,8 @@ pub struct Cod {
     args: Vec<String>,
     /// Variables added to the process's environment (a node's own secrets, say).
     envs: Vec<(String, String)>,
+    /// A command the process runs under (`ip netns exec NS`), which must exec `cod` in its place.
+    wrapper: Vec<String>,
     child: Option<Child>,
     pub api: String,
     pub node_id: String,
@@ -60,8 +62,18 @@ impl Cod {
         Self::start_with_env(name, extra, &[])
     }
 
+    /// Starts `cod serve` with `extra` flags under `wrapper` (e.g. `ip netns exec NS`: it must exec `cod`, so
+    /// that kill -9 and restarts reach the node itself).
+    pub fn start_wrapped(name: &str, wrapper: &[&str], extra: &[&str]) -> Cod {
+        Self::start_full(name, wrapper, extra, &[])
+    }
+
     /// Starts `cod serve` with `extra` flags and `envs` added to its environment.
     pub fn start_with_env(name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Cod {
+        Self::start_full(name, &[], extra, envs)
+    }
+
+    fn start_full(name: &str, wrapper: &[&str], extra: &[&str], envs: &[(&str, &str)]) -> Cod {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("cod-{name}-"))
             .tempdir()
@@ -75,6 +87,7 @@ impl Cod {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
             api: String::new(),
             node_id: String::new(),
@@ -115,7 +128,15 @@ impl Cod {
             args.extend(["--listen".into(), "/ip4/127.0.0.1/tcp/0".into()]);
         }
         args.extend(self.args.iter().cloned());
-        let child = Command::new(bin())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .args(&args)
             .env("COD_LOG", "info,cod=debug")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))

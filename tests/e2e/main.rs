@@ -28,6 +28,7 @@ mod oci_pull;
 mod policy;
 #[cfg(feature = "executor-oci")]
 mod registry;
+mod resilience;
 #[cfg(feature = "storage-s3")]
 mod s3;
 mod tarball;
