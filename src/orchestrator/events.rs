@@ -101,8 +101,8 @@ impl Orchestrator {
     /// `Some(Refused)` for a node an operator rejected: every request after the handshake is refused too,
     /// so a rejected node that is still connected gets nothing done.
     fn refuse_unless_admitted(&self, peer: &NodeId) -> Option<Response> {
-        let node = self.inner.registry.get(peer)?;
-        (node.membership == NodeMembership::Rejected).then(|| Response::Refused {
+        let membership = self.inner.registry.membership(peer)?;
+        (membership == NodeMembership::Rejected).then(|| Response::Refused {
             reason: Refusal::Rejected.to_string(),
         })
     }
@@ -218,8 +218,8 @@ impl Orchestrator {
     }
 
     async fn deliver(&self, peer: &NodeId, messages: Vec<Sequenced>) -> Response {
-        match self.inner.registry.get(peer) {
-            Some(n) if n.membership != NodeMembership::Rejected => {}
+        match self.inner.registry.membership(peer) {
+            Some(m) if m != NodeMembership::Rejected => {}
             Some(_) => {
                 return Response::Refused {
                     reason: Refusal::Rejected.to_string(),
