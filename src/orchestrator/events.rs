@@ -48,18 +48,15 @@ impl Orchestrator {
                     state.info = info;
                     state.info.node_id = peer.clone();
                     let state = self.inner.registry.connected(state);
-                    let t = self.inner.tables;
-                    match self
-                        .inner
-                        .store
-                        .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state))
-                        .await
-                    {
-                        Ok(()) => Response::Ack {
+                    match self.inner.node_writes.put(state).await {
+                        Ok(Ok(())) => Response::Ack {
                             last_applied_seq: 0,
                         },
-                        Err(e) => Response::Refused {
+                        Ok(Err(e)) => Response::Refused {
                             reason: format!("cannot store node info: {e}"),
+                        },
+                        Err(_) => Response::Refused {
+                            reason: "the orchestrator is shutting down".to_owned(),
                         },
                     }
                 }
@@ -156,22 +153,31 @@ impl Orchestrator {
             admission,
             ..Default::default()
         });
-        let t = self.inner.tables;
+        // The node's state is durable before it is welcomed; concurrent handshakes share the commit.
+        let stored = match self.inner.node_writes.put(state.clone()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the orchestrator is shutting down".to_owned()),
+        };
+        if let Err(e) = stored {
+            return Response::Refused {
+                reason: format!("orchestrator cannot store node state: {e}"),
+            };
+        }
+        // Only this node's own deliveries move its applied sequence number, and it sends none before the
+        // Welcome: a read is as good as reading inside the write.
         let outbox = self.inner.outbox.clone();
-        let (peer_id, stored) = (peer.clone(), state.clone());
-        let applied = self
+        let peer_id = peer.clone();
+        let applied = match self
             .inner
             .store
-            .write(move |txn| {
-                txn.put(t.nodes, stored.info.node_id.as_str(), &stored)?;
-                outbox.last_applied(txn, &peer_id)
-            })
-            .await;
-        let applied = match applied {
+            .read(move |txn| outbox.last_applied(txn, &peer_id))
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 return Response::Refused {
-                    reason: format!("orchestrator cannot store node state: {e}"),
+                    reason: format!("orchestrator cannot read delivery state: {e}"),
                 };
             }
         };
@@ -205,15 +211,9 @@ impl Orchestrator {
             return;
         };
         tracing::info!(node_id = %peer, reason = why, "compute node disconnected");
-        let t = self.inner.tables;
-        if let Err(e) = self
-            .inner
-            .store
-            .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state))
-            .await
-        {
-            tracing::warn!(node_id = %peer, error = %e, "cannot store node state");
-        }
+        // Queued, not awaited: the registry already says disconnected (in event order), and a fleet losing
+        // its link must not hold the event loop for a commit per node. The writer logs a failure.
+        drop(self.inner.node_writes.put(state));
         self.changed();
     }
 
@@ -279,6 +279,21 @@ impl Orchestrator {
         &self,
     ) -> Result<(), OrchestratorError> {
         let t = self.inner.tables;
+        // Every approved handshake lands here: with nothing queued (the common case when a fleet connects)
+        // a read answers it, with no commit to wait for.
+        let any_queued = self
+            .inner
+            .store
+            .read(move |txn| {
+                Ok(txn
+                    .all(t.jobs)?
+                    .into_iter()
+                    .any(|(_, job)| job.state.state_type == JobStateType::Queued))
+            })
+            .await?;
+        if !any_queued {
+            return Ok(());
+        }
         self.inner
             .store
             .write(move |txn| {

@@ -12,6 +12,7 @@
 pub mod admission;
 mod events;
 mod jobs;
+mod node_writes;
 mod registry;
 pub mod scheduler;
 mod state;
@@ -32,6 +33,7 @@ use crate::transport::{Client, Event};
 pub use jobs::{HistoryFilter, HistoryPage, JobListing, NodeAction, SubmitResponse};
 pub use scheduler::JobDefaults;
 
+use node_writes::NodeWrites;
 use registry::Registry;
 use state::Tables;
 
@@ -98,6 +100,8 @@ struct Inner {
     store: Store,
     tables: Tables,
     registry: Registry,
+    /// The `nodes` table's writes, batched (handshakes and disconnects of a whole fleet share commits).
+    node_writes: NodeWrites,
     /// Durable messages to compute nodes.
     outbox: Outbox,
     config: Config,
@@ -124,6 +128,7 @@ pub struct Runner {
     events: mpsc::Receiver<Event>,
     delivery: Delivery,
     evaluate_rx: mpsc::Receiver<()>,
+    node_writer: node_writes::Writer,
 }
 
 impl Orchestrator {
@@ -150,11 +155,13 @@ impl Orchestrator {
         info!(nodes = nodes.len(), "orchestrator state loaded");
         registry.load(nodes, allocated);
         let (evaluate, evaluate_rx) = mpsc::channel(1);
+        let (node_writes, node_writer) = NodeWrites::new(store.clone(), tables);
         let inner = Inner {
             node_id: client.local_id().clone(),
             store,
             tables,
             registry,
+            node_writes,
             outbox,
             config,
             changes: watch::channel(0).0,
@@ -170,6 +177,7 @@ impl Orchestrator {
             events,
             delivery,
             evaluate_rx,
+            node_writer,
         };
         Ok((orchestrator, runner))
     }
@@ -201,9 +209,11 @@ impl Runner {
             mut events,
             delivery,
             mut evaluate_rx,
+            node_writer,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(delivery.run(shutdown.child_token()));
+        tasks.spawn(node_writer.run());
         // Evaluations left from before a restart (queued jobs) run now.
         orchestrator.wake_evaluations();
         let mut housekeeping =

@@ -186,3 +186,87 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodeInfo;
+
+    fn node(id: &str) -> NodeState {
+        NodeState {
+            info: NodeInfo {
+                node_id: id.to_owned().into(),
+                ..Default::default()
+            },
+            membership: NodeMembership::Approved,
+            ..Default::default()
+        }
+    }
+
+    fn id(s: &str) -> NodeId {
+        s.to_owned().into()
+    }
+
+    #[test]
+    fn snapshots_share_states_and_come_out_ordered() {
+        let r = Registry::default();
+        for n in ["c", "a", "b"] {
+            r.connected(node(n));
+        }
+        let first = r.candidates();
+        let ids: Vec<&str> = first.iter().map(|c| c.node.info.node_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let all: Vec<String> = r
+            .all()
+            .into_iter()
+            .map(|n| n.info.node_id.as_str().to_owned())
+            .collect();
+        assert_eq!(all, ["a", "b", "c"]);
+        // A second snapshot points at the same states: nothing was copied.
+        let second = r.candidates();
+        for (x, y) in first.iter().zip(&second) {
+            assert!(Arc::ptr_eq(&x.node, &y.node));
+        }
+    }
+
+    #[test]
+    fn changes_after_a_snapshot_leave_it_as_it_was() {
+        let r = Registry::default();
+        r.connected(node("a"));
+        let before = r.candidates();
+        let free = Resources {
+            cpu: 1.5,
+            ..Default::default()
+        };
+        assert!(r.heartbeat(&id("a"), free));
+        r.allocate(&id("a"), &free, false);
+        assert!(r.disconnected(&id("a"), "gone").is_some());
+        // The snapshot a scheduling decision holds does not move under it.
+        let old = &before[0];
+        assert_eq!(old.node.connection, NodeConnection::Connected);
+        assert_eq!(old.node.info.compute_node_info.available_capacity.cpu, 0.0);
+        assert_eq!(old.allocated.cpu, 0.0);
+        // The registry has the new state.
+        let now = &r.candidates()[0];
+        assert!(!Arc::ptr_eq(&old.node, &now.node));
+        assert_eq!(now.node.connection, NodeConnection::Disconnected);
+        assert_eq!(now.node.connection_state.last_error, "gone");
+        assert_eq!(now.node.info.compute_node_info.available_capacity.cpu, 1.5);
+        assert_eq!(now.allocated.cpu, 1.5);
+    }
+
+    #[test]
+    fn membership_is_read_without_the_description() {
+        let r = Registry::default();
+        assert_eq!(r.membership(&id("a")), None);
+        r.connected(node("a"));
+        assert_eq!(r.membership(&id("a")), Some(NodeMembership::Approved));
+        r.set_membership(&id("a"), NodeMembership::Rejected);
+        assert_eq!(r.membership(&id("a")), Some(NodeMembership::Rejected));
+        assert_eq!(
+            r.remove(&id("a")).map(|n| n.membership),
+            Some(NodeMembership::Rejected)
+        );
+        assert_eq!(r.membership(&id("a")), None);
+    }
+}
