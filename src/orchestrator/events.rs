@@ -49,7 +49,7 @@ impl Orchestrator {
                     state.info.node_id = peer.clone();
                     let state = self.inner.registry.connected(state);
                     match self.inner.node_writes.put(state).await {
-                        Ok(Ok(())) => Response::Ack {
+                        Ok(Ok(_)) => Response::Ack {
                             last_applied_seq: 0,
                         },
                         Ok(Err(e)) => Response::Refused {
@@ -153,31 +153,18 @@ impl Orchestrator {
             admission,
             ..Default::default()
         });
-        // The node's state is durable before it is welcomed; concurrent handshakes share the commit.
-        let stored = match self.inner.node_writes.put(state.clone()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("the orchestrator is shutting down".to_owned()),
-        };
-        if let Err(e) = stored {
-            return Response::Refused {
-                reason: format!("orchestrator cannot store node state: {e}"),
-            };
-        }
-        // Only this node's own deliveries move its applied sequence number, and it sends none before the
-        // Welcome: a read is as good as reading inside the write.
-        let outbox = self.inner.outbox.clone();
-        let peer_id = peer.clone();
-        let applied = match self
-            .inner
-            .store
-            .read(move |txn| outbox.last_applied(txn, &peer_id))
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
+        // The node's state is durable before it is welcomed; concurrent handshakes share the commit, which
+        // also reads what the orchestrator applied from the node.
+        let applied = match self.inner.node_writes.put(state.clone()).await {
+            Ok(Ok(applied)) => applied,
+            Ok(Err(e)) => {
                 return Response::Refused {
-                    reason: format!("orchestrator cannot read delivery state: {e}"),
+                    reason: format!("orchestrator cannot store node state: {e}"),
+                };
+            }
+            Err(_) => {
+                return Response::Refused {
+                    reason: "the orchestrator is shutting down".to_owned(),
                 };
             }
         };
@@ -191,10 +178,8 @@ impl Orchestrator {
             .outbox
             .peer_connected(peer, compute_applied)
             .await;
-        if state.membership == NodeMembership::Approved
-            && let Err(e) = self.enqueue_reevaluation_of_waiting_jobs().await
-        {
-            tracing::warn!(error = %e, "cannot re-evaluate queued jobs");
+        if state.membership == NodeMembership::Approved {
+            self.reevaluate_waiting_jobs_soon();
         }
         self.changed();
         Response::Welcome {
@@ -272,6 +257,23 @@ impl Orchestrator {
                 }
             }
         }
+    }
+
+    /// [`Orchestrator::enqueue_reevaluation_of_waiting_jobs`] for a node that was just approved, coalesced: while
+    /// a pass is queued, further joins ride on it (the evaluations it queues read the registry when they run).
+    fn reevaluate_waiting_jobs_soon(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.reevaluation_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let o = self.clone();
+        tokio::spawn(async move {
+            // Cleared before the pass reads anything: a node approved from now on queues the next pass.
+            o.inner.reevaluation_pending.store(false, Ordering::Release);
+            if let Err(e) = o.enqueue_reevaluation_of_waiting_jobs().await {
+                tracing::warn!(error = %e, "cannot re-evaluate queued jobs");
+            }
+        });
     }
 
     /// Writes an evaluation for every job waiting for nodes, and wakes the worker.

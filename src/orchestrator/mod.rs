@@ -113,6 +113,9 @@ struct Inner {
     client: Client,
     /// Paces the log lines of refused handshakes.
     refusals: admission::RefusalLog,
+    /// A re-evaluation of queued jobs for newly approved nodes is on its way (one pass serves every node
+    /// that joined before it starts, so a fleet connecting at once costs a few passes, not one per node).
+    reevaluation_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Cloneable handle used by the API.
@@ -155,7 +158,7 @@ impl Orchestrator {
         info!(nodes = nodes.len(), "orchestrator state loaded");
         registry.load(nodes, allocated);
         let (evaluate, evaluate_rx) = mpsc::channel(1);
-        let (node_writes, node_writer) = NodeWrites::new(store.clone(), tables);
+        let (node_writes, node_writer) = NodeWrites::new(store.clone(), tables, outbox.clone());
         let inner = Inner {
             node_id: client.local_id().clone(),
             store,
@@ -168,6 +171,7 @@ impl Orchestrator {
             evaluate,
             client,
             refusals: admission::RefusalLog::default(),
+            reevaluation_pending: Default::default(),
         };
         let orchestrator = Orchestrator {
             inner: Arc::new(inner),

@@ -2,11 +2,14 @@
 //! node's state; one fsync'd commit each would cap a fleet's (re)connection at the disk's commit rate (10,000
 //! nodes at ~8 ms per LMDB commit is over a minute, and a simulator process dying takes 1,000 nodes at once).
 //! Writes are queued in order and the writer commits everything queued so far in one transaction, so
-//! concurrent handshakes share an fsync and a burst of disconnects costs a few commits.
+//! concurrent handshakes share an fsync and a burst of disconnects costs a few commits. Each write also answers
+//! what the orchestrator has applied from that node (the handshake's Welcome needs it), read in the same
+//! transaction, so a handshake costs no blocking task of its own.
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::NodeState;
+use crate::outbox::Outbox;
 use crate::store::Store;
 
 use super::state::Tables;
@@ -14,8 +17,11 @@ use super::state::Tables;
 /// Most node states in one commit (bounds the transaction while thousands wait).
 const MAX_BATCH: usize = 1024;
 
+/// What a write answers: the highest sequence number applied from the node, or why the write failed.
+pub(crate) type Written = Result<u64, String>;
+
 /// One queued write and who waits for it.
-type Queued = (NodeState, oneshot::Sender<Result<(), String>>);
+type Queued = (NodeState, oneshot::Sender<Written>);
 
 /// The queue's sending side: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
@@ -29,10 +35,11 @@ pub(crate) struct Writer {
     queue: mpsc::UnboundedReceiver<Queued>,
     store: Store,
     tables: Tables,
+    outbox: Outbox,
 }
 
 impl NodeWrites {
-    pub fn new(store: Store, tables: Tables) -> (Self, Writer) {
+    pub fn new(store: Store, tables: Tables, outbox: Outbox) -> (Self, Writer) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Self { queue: tx },
@@ -40,13 +47,14 @@ impl NodeWrites {
                 queue: rx,
                 store,
                 tables,
+                outbox,
             },
         )
     }
 
     /// Queues `state` for the next commit. Order is kept: of two writes of one node, the later wins. Await
     /// the answer to know it is durable (an error says why it is not); dropping it leaves the write queued.
-    pub fn put(&self, state: NodeState) -> oneshot::Receiver<Result<(), String>> {
+    pub fn put(&self, state: NodeState) -> oneshot::Receiver<Written> {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError((_, tx))) = self.queue.send((state, tx)) {
             let _ = tx.send(Err("the orchestrator is shutting down".to_owned()));
@@ -60,23 +68,32 @@ impl Writer {
     pub async fn run(mut self) {
         let mut batch: Vec<Queued> = Vec::new();
         while self.queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let t = self.tables;
+            let (t, outbox) = (self.tables, self.outbox.clone());
             let states: Vec<NodeState> = batch.iter().map(|(s, _)| s.clone()).collect();
             let result = self
                 .store
                 .write(move |txn| {
+                    let mut applied = Vec::with_capacity(states.len());
                     for s in &states {
                         txn.put(t.nodes, s.info.node_id.as_str(), s)?;
+                        applied.push(outbox.last_applied(txn, &s.info.node_id)?);
                     }
-                    Ok(())
+                    Ok(applied)
                 })
                 .await
                 .map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::warn!(nodes = batch.len(), error = %e, "cannot store node states");
-            }
-            for (_, done) in batch.drain(..) {
-                let _ = done.send(result.clone());
+            match result {
+                Ok(applied) => {
+                    for ((_, done), a) in batch.drain(..).zip(applied) {
+                        let _ = done.send(Ok(a));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(nodes = batch.len(), error = %e, "cannot store node states");
+                    for (_, done) in batch.drain(..) {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
             }
         }
     }
@@ -104,7 +121,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("state"), &Default::default()).expect("store");
         let tables = Tables::open(&store).expect("tables");
-        let (writes, writer) = NodeWrites::new(store.clone(), tables);
+        let (outbox, _delivery) = Outbox::new(
+            &store,
+            crate::transport::new(crate::transport::Identity::generate(), Default::default())
+                .expect("transport")
+                .0,
+            crate::outbox::Tables {
+                messages: "test.outbox",
+                counters: "test.outbox_counters",
+            },
+        )
+        .expect("outbox");
+        let (writes, writer) = NodeWrites::new(store.clone(), tables, outbox);
         // Queued before the writer runs, as handshakes arriving at start-up are.
         let mut answers: Vec<_> = (0..500)
             .map(|i| writes.put(state(&format!("n{i:03}"), NodeConnection::Connected)))
@@ -112,7 +140,7 @@ mod tests {
         answers.push(writes.put(state("n007", NodeConnection::Disconnected)));
         let task = tokio::spawn(writer.run());
         for a in answers {
-            assert_eq!(a.await.expect("answered"), Ok(()));
+            assert_eq!(a.await.expect("answered"), Ok(0), "nothing applied yet");
         }
         let (count, n7) = store
             .read(move |txn| Ok((txn.all(tables.nodes)?.len(), txn.get(tables.nodes, "n007")?)))
