@@ -165,10 +165,12 @@ fn main() {
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client");
+    // Each row is printed as soon as it is measured (a run cut short still shows how far it got) and again in
+    // the final table.
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut json_out = serde_json::Map::new();
     let rss0 = rss_kib(pid);
-    rows.push((
+    emit(&mut rows, (
         "orchestrator RSS, 0 nodes".into(),
         format!("{:.1} MiB", rss0 as f64 / 1024.0),
         String::new(),
@@ -212,7 +214,7 @@ fn main() {
         let rss = rss_kib(pid);
         rss_at.push((target, rss));
         json_out.insert(format!("rss_kib_{target}"), json!(rss));
-        rows.push((
+        emit(&mut rows, (
             format!("orchestrator RSS, {target} nodes"),
             format!("{:.1} MiB", rss as f64 / 1024.0),
             format!(
@@ -228,7 +230,7 @@ fn main() {
         (nodes, nodes),
         "the orchestrator lists every node connected and approved"
     );
-    rows.push((
+    emit(&mut rows, (
         format!("connect + approve {nodes} nodes"),
         format!("{:.1} s", connect_time.as_secs_f64()),
         format!("{CONNECT_RATE} nodes/s per simulator process ramp"),
@@ -251,7 +253,7 @@ fn main() {
     let wrongly_disconnected = nodes - approved_after;
     let disconnects = sum(&latest, "disconnects") - disc0;
     let rate = ok as f64 / window.as_secs_f64();
-    rows.push((
+    emit(&mut rows, (
         "heartbeats handled".into(),
         format!("{rate:.0} /s"),
         format!(
@@ -260,12 +262,12 @@ fn main() {
             heartbeat
         ),
     ));
-    rows.push((
+    emit(&mut rows, (
         "heartbeats missed / late".into(),
         format!("{missed} / {late}"),
         "target 0 / 0".into(),
     ));
-    rows.push((
+    emit(&mut rows, (
         "nodes wrongly disconnected".into(),
         format!("{wrongly_disconnected} (links closed: {disconnects})"),
         "target 0".into(),
@@ -305,7 +307,7 @@ fn main() {
         state == "Completed"
     });
     let job_time = t.elapsed();
-    rows.push((
+    emit(&mut rows, (
         format!("job Count {COUNT}: submit -> Completed"),
         format!("{:.2} s", job_time.as_secs_f64()),
         format!("over {nodes} nodes"),
@@ -313,7 +315,7 @@ fn main() {
     json_out.insert("job_count100_s".into(), json!(job_time.as_secs_f64()));
     let rss_end = rss_kib(pid);
     json_out.insert("rss_kib_end".into(), json!(rss_end));
-    rows.push((
+    emit(&mut rows, (
         "orchestrator RSS at the end".into(),
         format!("{:.1} MiB", rss_end as f64 / 1024.0),
         format!(
@@ -344,6 +346,11 @@ fn main() {
     }
     drop(sims);
     drop(orch);
+}
+
+fn emit(rows: &mut Vec<(String, String, String)>, row: (String, String, String)) {
+    println!("{:<40} {:>14}  {}", row.0, row.1, row.2);
+    rows.push(row);
 }
 
 fn start_orchestrator(dir: &Path, config: &Path) -> (Proc, String, String) {
