@@ -170,11 +170,14 @@ fn main() {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut json_out = serde_json::Map::new();
     let rss0 = rss_kib(pid);
-    emit(&mut rows, (
-        "orchestrator RSS, 0 nodes".into(),
-        format!("{:.1} MiB", rss0 as f64 / 1024.0),
-        String::new(),
-    ));
+    emit(
+        &mut rows,
+        (
+            "orchestrator RSS, 0 nodes".into(),
+            format!("{:.1} MiB", rss0 as f64 / 1024.0),
+            String::new(),
+        ),
+    );
     json_out.insert("rss_kib_0".into(), json!(rss0));
 
     let latest: Latest = Arc::default();
@@ -214,15 +217,18 @@ fn main() {
         let rss = rss_kib(pid);
         rss_at.push((target, rss));
         json_out.insert(format!("rss_kib_{target}"), json!(rss));
-        emit(&mut rows, (
-            format!("orchestrator RSS, {target} nodes"),
-            format!("{:.1} MiB", rss as f64 / 1024.0),
-            format!(
-                "{:.1} KiB/node over idle; budget {} MiB at 10,000",
-                (rss.saturating_sub(rss0)) as f64 / target as f64,
-                RSS_BUDGET >> 20
+        emit(
+            &mut rows,
+            (
+                format!("orchestrator RSS, {target} nodes"),
+                format!("{:.1} MiB", rss as f64 / 1024.0),
+                format!(
+                    "{:.1} KiB/node over idle; budget {} MiB at 10,000",
+                    (rss.saturating_sub(rss0)) as f64 / target as f64,
+                    RSS_BUDGET >> 20
+                ),
             ),
-        ));
+        );
     }
     let (approved, total) = listed(&client, &api);
     assert_eq!(
@@ -230,11 +236,14 @@ fn main() {
         (nodes, nodes),
         "the orchestrator lists every node connected and approved"
     );
-    emit(&mut rows, (
-        format!("connect + approve {nodes} nodes"),
-        format!("{:.1} s", connect_time.as_secs_f64()),
-        format!("{CONNECT_RATE} nodes/s per simulator process ramp"),
-    ));
+    emit(
+        &mut rows,
+        (
+            format!("connect + approve {nodes} nodes"),
+            format!("{:.1} s", connect_time.as_secs_f64()),
+            format!("{CONNECT_RATE} nodes/s per simulator process ramp"),
+        ),
+    );
     json_out.insert("connect_s".into(), json!(connect_time.as_secs_f64()));
 
     // Heartbeats over two intervals, with every node connected.
@@ -253,25 +262,34 @@ fn main() {
     let wrongly_disconnected = nodes - approved_after;
     let disconnects = sum(&latest, "disconnects") - disc0;
     let rate = ok as f64 / window.as_secs_f64();
-    emit(&mut rows, (
-        "heartbeats handled".into(),
-        format!("{rate:.0} /s"),
-        format!(
-            "expected {:.0} /s ({nodes} nodes every {:?})",
-            nodes as f64 / heartbeat.as_secs_f64(),
-            heartbeat
+    emit(
+        &mut rows,
+        (
+            "heartbeats handled".into(),
+            format!("{rate:.0} /s"),
+            format!(
+                "expected {:.0} /s ({nodes} nodes every {:?})",
+                nodes as f64 / heartbeat.as_secs_f64(),
+                heartbeat
+            ),
         ),
-    ));
-    emit(&mut rows, (
-        "heartbeats missed / late".into(),
-        format!("{missed} / {late}"),
-        "target 0 / 0".into(),
-    ));
-    emit(&mut rows, (
-        "nodes wrongly disconnected".into(),
-        format!("{wrongly_disconnected} (links closed: {disconnects})"),
-        "target 0".into(),
-    ));
+    );
+    emit(
+        &mut rows,
+        (
+            "heartbeats missed / late".into(),
+            format!("{missed} / {late}"),
+            "target 0 / 0".into(),
+        ),
+    );
+    emit(
+        &mut rows,
+        (
+            "nodes wrongly disconnected".into(),
+            format!("{wrongly_disconnected} (links closed: {disconnects})"),
+            "target 0".into(),
+        ),
+    );
     json_out.insert("heartbeats_per_s".into(), json!(rate));
     json_out.insert("heartbeats_missed".into(), json!(missed));
     json_out.insert("heartbeats_late".into(), json!(late));
@@ -307,28 +325,44 @@ fn main() {
         state == "Completed"
     });
     let job_time = t.elapsed();
-    emit(&mut rows, (
-        format!("job Count {COUNT}: submit -> Completed"),
-        format!("{:.2} s", job_time.as_secs_f64()),
-        format!("over {nodes} nodes"),
-    ));
+    emit(
+        &mut rows,
+        (
+            format!("job Count {COUNT}: submit -> Completed"),
+            format!("{:.2} s", job_time.as_secs_f64()),
+            format!("over {nodes} nodes"),
+        ),
+    );
     json_out.insert("job_count100_s".into(), json!(job_time.as_secs_f64()));
     let rss_end = rss_kib(pid);
     json_out.insert("rss_kib_end".into(), json!(rss_end));
-    emit(&mut rows, (
-        "orchestrator RSS at the end".into(),
-        format!("{:.1} MiB", rss_end as f64 / 1024.0),
-        format!(
-            "{} the {} MiB budget",
-            if rss_end * 1024 <= RSS_BUDGET {
-                "within"
-            } else {
-                "OVER"
-            },
-            RSS_BUDGET >> 20
+    emit(
+        &mut rows,
+        (
+            "orchestrator RSS at the end".into(),
+            format!("{:.1} MiB", rss_end as f64 / 1024.0),
+            format!(
+                "{} the {} MiB budget",
+                if rss_end * 1024 <= RSS_BUDGET {
+                    "within"
+                } else {
+                    "OVER"
+                },
+                RSS_BUDGET >> 20
+            ),
         ),
-    ));
+    );
     json_out.insert("nodes".into(), json!(nodes));
+    // Connect time and heartbeat rates depend on the build (`cargo bench` is release; a dev build's crypto is
+    // slower), RSS much less.
+    json_out.insert(
+        "profile".into(),
+        json!(if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        }),
+    );
     json_out.insert("heartbeat_s".into(), json!(heartbeat.as_secs_f64()));
 
     let mut out = std::io::stdout().lock();
