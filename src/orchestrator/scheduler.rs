@@ -19,8 +19,8 @@ use crate::model::{
 /// A node the scheduler may use, with what is already allocated on it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    /// The node as registered.
-    pub node: NodeState,
+    /// The node as registered, shared with the registry (a snapshot of 10,000 nodes copies pointers only).
+    pub node: std::sync::Arc<NodeState>,
     /// Resources held by its active executions.
     pub allocated: Resources,
 }
@@ -295,7 +295,8 @@ mod tests {
                 membership: NodeMembership::Approved,
                 connection: NodeConnection::Connected,
                 ..Default::default()
-            },
+            }
+            .into(),
             allocated: Resources::default(),
         }
     }

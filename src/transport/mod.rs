@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::model::NodeId;
 pub use join::{JoinProof, JoinToken};
-pub use protocol::{Message, Request, Response, Sequenced};
+pub use protocol::{HeldExecution, Message, Request, Response, Sequenced};
 pub use swarm_key::{SwarmKey, SwarmKeyError};
 
 /// Transport settings.

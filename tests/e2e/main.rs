@@ -13,6 +13,7 @@ mod data;
 mod docker;
 mod durability;
 mod fixtures;
+mod fleet;
 mod harness;
 mod hostile;
 mod hybrid;
