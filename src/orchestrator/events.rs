@@ -2,14 +2,14 @@
 //! evaluation worker that re-plans jobs when something changed.
 
 use crate::model::{
-    Evaluation, EvaluationId, EvaluationTrigger, Event, ExecutionStateType, JobStateType, NodeId,
-    NodeMembership, NodeState, NodeType, State, now_nanos,
+    Evaluation, EvaluationId, Event, ExecutionStateType, NodeId, NodeMembership, NodeState,
+    NodeType, State, now_nanos,
 };
 use crate::store::{Reader, StoreError, WriteTxn};
 use crate::transport::{JoinProof, Message, Request, Response, Sequenced};
 
 use super::admission::{self, Refusal, Verdict};
-use super::jobs::{AfterCommit, apply_decision};
+use super::jobs::{self, AfterCommit, apply_decision};
 use super::scheduler::{self, Candidate};
 use super::state::{self, Tables};
 use super::{Orchestrator, OrchestratorError};
@@ -234,8 +234,7 @@ impl Orchestrator {
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
         let candidates = self.inner.registry.candidates();
-        let defaults = self.inner.config.job_defaults;
-        let backoff = self.inner.config.queue_backoff;
+        let settings = self.inner.config.scheduler();
         let peer_id = peer.clone();
         let result = self
             .inner
@@ -250,8 +249,7 @@ impl Orchestrator {
                         &peer_id,
                         message,
                         &candidates,
-                        &defaults,
-                        backoff,
+                        &settings,
                         &mut after,
                     )
                 })?;
@@ -274,35 +272,21 @@ impl Orchestrator {
         }
     }
 
-    /// Writes an evaluation for every job waiting for nodes, and wakes the worker.
+    /// Asks for an evaluation of every waiting job (queued jobs, daemon jobs), and wakes the worker.
     pub(crate) async fn enqueue_reevaluation_of_waiting_jobs(
         &self,
     ) -> Result<(), OrchestratorError> {
         let t = self.inner.tables;
         self.inner
             .store
-            .write(move |txn| {
-                for (_, job) in txn.all(t.jobs)? {
-                    if job.state.state_type == JobStateType::Queued {
-                        let eval = Evaluation {
-                            id: EvaluationId::generate(),
-                            job_id: job.id.clone(),
-                            namespace: job.namespace.clone(),
-                            triggered_by: EvaluationTrigger::NodeUpdate,
-                            wait_until: 0,
-                            create_time: now_nanos(),
-                        };
-                        txn.put(t.evaluations, eval.id.as_str(), &eval)?;
-                    }
-                }
-                Ok(())
-            })
+            .write(move |txn| jobs::wake_waiting(txn, &t))
             .await?;
         self.wake_evaluations();
         Ok(())
     }
 
-    /// Runs every evaluation that is due, one transaction each.
+    /// Runs every evaluation that is due, one transaction each, jobs of higher `Priority` first (then older
+    /// jobs), so queued jobs with a higher priority take freed capacity first.
     pub(crate) async fn run_due_evaluations(&self) -> Result<(), OrchestratorError> {
         let t = self.inner.tables;
         let now = now_nanos();
@@ -310,34 +294,42 @@ impl Orchestrator {
             .inner
             .store
             .read(move |txn| {
-                Ok(txn
-                    .all(t.evaluations)?
-                    .into_iter()
-                    .map(|(_, e)| e)
-                    .filter(|e| e.wait_until <= now)
-                    .collect())
+                let mut due = Vec::new();
+                for (_, e) in txn.all(t.evaluations)? {
+                    if e.wait_until <= now {
+                        let order = txn
+                            .get(t.jobs, e.job_id.as_str())?
+                            .map(|j| (std::cmp::Reverse(j.priority), j.create_time))
+                            .unwrap_or((std::cmp::Reverse(i64::MIN), 0));
+                        due.push((order, e));
+                    }
+                }
+                due.sort_by_key(|(order, _)| *order);
+                Ok(due.into_iter().map(|(_, e)| e).collect())
             })
             .await?;
         for eval in due {
             let outbox = self.inner.outbox.clone();
             let candidates = self.inner.registry.candidates();
-            let defaults = self.inner.config.job_defaults;
-            let backoff = self.inner.config.queue_backoff;
+            let settings = self.inner.config.scheduler();
             let after = self
                 .inner
                 .store
                 .write(move |txn| {
                     let mut after = AfterCommit::default();
-                    txn.delete(t.evaluations, eval.id.as_str())?;
+                    // Gone when a newer wake-up replaced and ran it already; nothing to do then.
+                    if !txn.delete(t.evaluations, eval.id.as_str())? {
+                        return Ok(after);
+                    }
                     if let Some(mut job) = txn.get(t.jobs, eval.job_id.as_str())?
                         && !job.state.state_type.is_terminal()
                     {
                         let execs = state::executions_of(txn, &t, &job.id)?;
                         let decision =
-                            scheduler::plan(&job, &execs, &candidates, &defaults, now_nanos());
+                            scheduler::plan(&job, &execs, &candidates, &settings, now_nanos());
                         apply_decision(
-                            txn, &t, &outbox, &mut job, &execs, decision, &eval.id, &defaults,
-                            backoff, &mut after,
+                            txn, &t, &outbox, &mut job, &execs, decision, &eval.id, &settings,
+                            &mut after,
                         )?;
                     }
                     Ok(after)
@@ -358,8 +350,7 @@ fn apply_report(
     peer: &NodeId,
     message: Message,
     candidates: &[Candidate],
-    defaults: &scheduler::JobDefaults,
-    backoff: std::time::Duration,
+    settings: &scheduler::Settings,
     after: &mut AfterCommit,
 ) -> Result<(), StoreError> {
     let (job_id, exec_id) = match &message {
@@ -468,12 +459,18 @@ fn apply_report(
             .copied()
             .unwrap_or_default();
         after.allocations.push((exec.node_id.clone(), need, true));
-        if !job.state.state_type.is_terminal() {
+        // Capacity freed: jobs waiting for it are evaluated, highest priority first, by the worker. While
+        // any wait, this job joins them rather than jumping the queue.
+        let others_wait = jobs::wake_waiting(txn, t)?;
+        if others_wait && !job.state.state_type.is_terminal() {
+            jobs::schedule_wake(txn, t, &job, 0)?;
+            after.evaluate = true;
+        } else if !job.state.state_type.is_terminal() {
             let execs = state::executions_of(txn, t, &job.id)?;
-            let decision = scheduler::plan(&job, &execs, candidates, defaults, now_nanos());
+            let decision = scheduler::plan(&job, &execs, candidates, settings, now_nanos());
             let eval_id = EvaluationId::generate();
             apply_decision(
-                txn, t, outbox, &mut job, &execs, decision, &eval_id, defaults, backoff, after,
+                txn, t, outbox, &mut job, &execs, decision, &eval_id, settings, after,
             )?;
         }
     }

@@ -48,6 +48,8 @@ pub struct Config {
     pub queue_backoff: Duration,
     /// Resources for tasks that do not state them.
     pub job_defaults: JobDefaults,
+    /// A node is given work up to its capacity times this (≥ 1; `Orchestrator.OverSubscriptionFactor`).
+    pub over_subscription: f64,
     /// Who may join (`Orchestrator.Auth`).
     pub admission: admission::Policy,
 }
@@ -60,7 +62,19 @@ impl Default for Config {
             housekeeping_interval: Duration::from_secs(5),
             queue_backoff: Duration::from_secs(10),
             job_defaults: JobDefaults::default(),
+            over_subscription: 1.0,
             admission: admission::Policy::default(),
+        }
+    }
+}
+
+impl Config {
+    /// What the scheduler needs of these settings.
+    pub(crate) fn scheduler(&self) -> scheduler::Settings {
+        scheduler::Settings {
+            defaults: self.job_defaults,
+            over_subscription: self.over_subscription,
+            queue_backoff: self.queue_backoff,
         }
     }
 }

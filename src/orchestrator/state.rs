@@ -3,7 +3,9 @@
 //! Keys: `jobs` by job id; `job_names` by `<namespace>/<name>`; `executions` by `<job id>/<execution id>` (a
 //! prefix scan lists a job's executions, and compute messages carry both ids); `history` by
 //! `<job id>/<seq:020>`; `evaluations` by evaluation id; `nodes` by node id; `counters` for history sequence
-//! numbers (`hist/<job id>`).
+//! numbers (`hist/<job id>`); `waiting` indexes the jobs to evaluate again when a node joins or capacity frees
+//! (queued jobs and daemon jobs), keyed by [`waiting_key`] so a scan yields them highest priority first and
+//! nothing has to scan the job table.
 
 use crate::model::{
     Evaluation, Event, Execution, ExecutionId, HistoryType, Job, JobHistory, JobId, NodeState,
@@ -21,6 +23,7 @@ pub(crate) struct Tables {
     pub evaluations: Table<Evaluation>,
     pub nodes: Table<NodeState>,
     pub counters: Table<u64>,
+    pub waiting: Table<JobId>,
 }
 
 impl Tables {
@@ -33,12 +36,21 @@ impl Tables {
             evaluations: store.table("orchestrator.evaluations")?,
             nodes: store.table("orchestrator.nodes")?,
             counters: store.table("orchestrator.counters")?,
+            waiting: store.table("orchestrator.waiting")?,
         })
     }
 }
 
 pub(crate) fn name_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
+}
+
+/// The `waiting` key of `job`: priority descending, then oldest first. Depends only on fields an update keeps
+/// or rewrites with the key (see `jobs::submit`), so the owner can always delete it.
+pub(crate) fn waiting_key(job: &Job) -> String {
+    // Map i64 priority onto u64 so that higher priorities sort first as text.
+    let inverted = u64::try_from(i128::from(i64::MAX) - i128::from(job.priority)).unwrap_or(0);
+    format!("{inverted:020}/{:020}/{}", job.create_time.max(0), job.id)
 }
 
 pub(crate) fn exec_key(job: &JobId, exec: &ExecutionId) -> String {
