@@ -20,6 +20,7 @@ mod hybrid;
 mod ipfs;
 #[cfg(feature = "ipfs")]
 mod ipfs_cids;
+mod jobtypes;
 #[cfg(feature = "ipfs")]
 mod kubo;
 #[cfg(feature = "executor-oci")]
