@@ -120,3 +120,31 @@ pub(crate) fn save_execution(
     exec.modify_time = now_nanos();
     txn.put(t.executions, &exec_key(&exec.job_id, &exec.id), exec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_keys_sort_highest_priority_then_oldest_first() {
+        let job = |id: &str, priority: i64, created: i64| Job {
+            id: JobId::from(id.to_owned()),
+            priority,
+            create_time: created,
+            ..Default::default()
+        };
+        let mut keys = [
+            waiting_key(&job("low-old", -5, 1)),
+            waiting_key(&job("mid-new", 0, 9)),
+            waiting_key(&job("top", i64::MAX, 50)),
+            waiting_key(&job("mid-old", 0, 2)),
+            waiting_key(&job("bottom", i64::MIN, 0)),
+        ];
+        keys.sort();
+        let order: Vec<&str> = keys
+            .iter()
+            .map(|k| k.rsplit('/').next().unwrap_or_default())
+            .collect();
+        assert_eq!(order, ["top", "mid-old", "mid-new", "low-old", "bottom"]);
+    }
+}
