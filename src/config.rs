@@ -1552,6 +1552,19 @@ mod tests {
     }
 
     #[test]
+    fn over_subscription_factor_is_bounded() {
+        for bad in [0.5, f64::NAN, 101.0] {
+            let mut c = Config::default();
+            c.orchestrator.over_subscription_factor = bad;
+            let err = c.resolve().expect_err("invalid").to_string();
+            assert!(err.contains("Orchestrator.OverSubscriptionFactor"), "{err}");
+        }
+        let mut c = Config::default();
+        c.orchestrator.over_subscription_factor = 1.5;
+        assert!(c.resolve().is_ok());
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let mut c = Config::default();
         c.compute.heartbeat_interval = "soon".into();
