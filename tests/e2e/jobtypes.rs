@@ -251,3 +251,36 @@ fn priority_orders_queued_jobs_and_timeouts_fail_them_with_reasons() {
     assert!(msg.contains("TotalTimeout"), "{msg}");
     assert!(executions(&body).iter().all(|e| !live(e)), "{body:#}");
 }
+
+#[test]
+fn a_node_policy_declining_ops_and_service_jobs_reaches_the_user() {
+    let orch = orchestrator("orch", &[]);
+    let _strict = compute("compute-strict", &orch, &["--reject-networked-jobs"]);
+    connected(&orch, 1);
+    let networked = json!({"Network": {"Type": "Host"}});
+    let reason = "this node does not run networked jobs";
+
+    // Ops: every node declined, so the job fails with the node's reason.
+    let ops = orch.submit(typed("ops", HELLO, networked.clone()));
+    let body = orch.wait_terminal(&ops, DEADLINE);
+    assert_eq!(state(&body), "Failed", "{body:#}");
+    let msg = body["Job"]["State"]["Message"].as_str().unwrap_or_default();
+    assert!(msg.contains(reason), "{msg}");
+
+    // Service: the decline is in the history and, while it cannot place, in the job's message.
+    let svc = orch.submit(typed(
+        "service",
+        HELLO,
+        json!({"Network": {"Type": "Host"}, "Timeouts": {"QueueTimeout": 60}}),
+    ));
+    let body = wait_until("service says why it waits", DEADLINE, || {
+        let body = orch.job(&svc);
+        body["Job"]["State"]["Message"]
+            .as_str()
+            .is_some_and(|m| m.contains(reason))
+            .then_some(body)
+    });
+    assert!(history_text(&body).contains(reason), "{body:#}");
+    stop(&orch, &svc);
+    assert_eq!(state(&orch.wait_terminal(&svc, DEADLINE)), "Stopped");
+}
