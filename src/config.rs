@@ -400,6 +400,10 @@ pub struct OrchestratorConfig {
     /// Delay before a queued job is evaluated again.
     #[serde(rename = "QueueBackoff")]
     pub queue_backoff: String,
+    /// A compute node is given work up to its capacity times this (≥ 1; 1 = no over-subscription). Bacalhau
+    /// bounds at 1.5 × capacity; the node's own bidder queues what it cannot run at once.
+    #[serde(rename = "OverSubscriptionFactor")]
+    pub over_subscription_factor: f64,
     /// CPU for tasks that state none.
     #[serde(rename = "DefaultCPU")]
     pub default_cpu: String,
@@ -733,6 +737,7 @@ impl Default for OrchestratorConfig {
             node_lost_after: "10m".into(),
             housekeeping_interval: "5s".into(),
             queue_backoff: "10s".into(),
+            over_subscription_factor: 1.0,
             default_cpu: "100m".into(),
             default_memory: "64MiB".into(),
             auth: OrchestratorAuthConfig::default(),
@@ -1068,6 +1073,18 @@ impl Config {
             .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2)
             .min(node_lost_after / 2),
             queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
+            over_subscription: if o.over_subscription_factor.is_finite()
+                && (1.0..=100.0).contains(&o.over_subscription_factor)
+            {
+                o.over_subscription_factor
+            } else {
+                return Err(ConfigError::Invalid {
+                    key: "Orchestrator.OverSubscriptionFactor",
+                    value: o.over_subscription_factor.to_string(),
+                    source_name: "configuration".into(),
+                    reason: "must be a number from 1 (no over-subscription) to 100".into(),
+                });
+            },
             job_defaults: crate::model::resources::JobDefaults {
                 cpu: default_cpu,
                 memory: bytes("Orchestrator.DefaultMemory", &o.default_memory)?,
@@ -1592,6 +1609,19 @@ mod tests {
             let err = c.resolve().expect_err(bad).to_string();
             assert!(err.contains("Orchestrator.NodeLostAfter"), "{err}");
         }
+    }
+
+    #[test]
+    fn over_subscription_factor_is_bounded() {
+        for bad in [0.5, f64::NAN, 101.0] {
+            let mut c = Config::default();
+            c.orchestrator.over_subscription_factor = bad;
+            let err = c.resolve().expect_err("invalid").to_string();
+            assert!(err.contains("Orchestrator.OverSubscriptionFactor"), "{err}");
+        }
+        let mut c = Config::default();
+        c.orchestrator.over_subscription_factor = 1.5;
+        assert!(c.resolve().is_ok());
     }
 
     #[test]

@@ -693,8 +693,14 @@ impl Compute {
         );
         env.insert("BACALHAU_NODE_ID".into(), self.inner.node_id.to_string());
         let need = execution_resources(execution, &self.inner.config.job_defaults);
+        // Long-running jobs (daemon, service) run until stopped: the node's default timeout is for batch work.
+        let long_running = matches!(
+            job.job_type,
+            crate::model::JobType::Daemon | crate::model::JobType::Service
+        );
         let timeout = match task.timeouts.execution_timeout {
             n if n > 0 => Some(Duration::from_secs(u64::try_from(n).unwrap_or(u64::MAX))),
+            _ if long_running => None,
             _ => self.inner.config.default_timeout,
         };
         let stdout_path = result_dir.join("stdout");

@@ -2,15 +2,15 @@
 //! evaluation worker that re-plans jobs when something changed.
 
 use crate::model::{
-    Evaluation, EvaluationId, EvaluationTrigger, Event, ExecutionStateType, JobStateType, NodeId,
-    NodeMembership, NodeState, NodeType, State, now_nanos,
+    Evaluation, EvaluationId, Event, ExecutionStateType, NodeId, NodeMembership, NodeState,
+    NodeType, State, now_nanos,
 };
 use crate::store::{Reader, StoreError, WriteTxn};
 use crate::transport::protocol::HeldExecution;
 use crate::transport::{JoinProof, Message, Request, Response, Sequenced};
 
 use super::admission::{self, Refusal, Verdict};
-use super::jobs::{AfterCommit, apply_decision, stop_execution};
+use super::jobs::{self, AfterCommit, apply_decision, stop_execution};
 use super::liveness::{self, ResultFate};
 use super::reconcile;
 use super::replan::{Planning, held as held_resources};
@@ -163,8 +163,7 @@ impl Orchestrator {
         let outbox = self.inner.outbox.clone();
         let (peer_id, stored) = (peer.clone(), state.clone());
         let candidates = self.inner.registry.candidates();
-        let defaults = self.inner.config.job_defaults;
-        let backoff = self.inner.config.queue_backoff;
+        let settings = self.inner.config.scheduler();
         // The reconciliation runs in the same transaction as the node's registration, before the outbox
         // resumes: what it compares cannot change underneath it.
         let applied = self
@@ -178,8 +177,7 @@ impl Orchestrator {
                     t: &t,
                     outbox: &outbox,
                     candidates: &candidates,
-                    defaults: &defaults,
-                    backoff,
+                    settings: &settings,
                 };
                 let mut after = AfterCommit::default();
                 let corrected =
@@ -252,8 +250,7 @@ impl Orchestrator {
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
         let candidates = self.inner.registry.candidates();
-        let defaults = self.inner.config.job_defaults;
-        let backoff = self.inner.config.queue_backoff;
+        let settings = self.inner.config.scheduler();
         let peer_id = peer.clone();
         let result = self
             .inner
@@ -268,8 +265,7 @@ impl Orchestrator {
                         &peer_id,
                         message,
                         &candidates,
-                        &defaults,
-                        backoff,
+                        &settings,
                         &mut after,
                     )
                 })?;
@@ -309,50 +305,32 @@ impl Orchestrator {
         });
     }
 
-    /// Writes an evaluation for every job waiting for nodes, and wakes the worker.
+    /// Asks for an evaluation of every waiting job (queued jobs, daemon jobs), and wakes the worker.
     pub(crate) async fn enqueue_reevaluation_of_waiting_jobs(
         &self,
     ) -> Result<(), OrchestratorError> {
         let t = self.inner.tables;
-        // Every approved handshake lands here: with nothing queued (the common case when a fleet connects)
-        // a read answers it, with no commit to wait for.
-        let any_queued = self
+        // Every approved handshake lands here: with nothing waiting (the common case when a fleet connects)
+        // a read of the index's size answers it, with no commit to wait for.
+        if self
             .inner
             .store
-            .read(move |txn| {
-                Ok(txn
-                    .all(t.jobs)?
-                    .into_iter()
-                    .any(|(_, job)| job.state.state_type == JobStateType::Queued))
-            })
-            .await?;
-        if !any_queued {
+            .read(move |txn| txn.count(t.waiting))
+            .await?
+            == 0
+        {
             return Ok(());
         }
         self.inner
             .store
-            .write(move |txn| {
-                for (_, job) in txn.all(t.jobs)? {
-                    if job.state.state_type == JobStateType::Queued {
-                        let eval = Evaluation {
-                            id: EvaluationId::generate(),
-                            job_id: job.id.clone(),
-                            namespace: job.namespace.clone(),
-                            triggered_by: EvaluationTrigger::NodeUpdate,
-                            wait_until: 0,
-                            create_time: now_nanos(),
-                        };
-                        txn.put(t.evaluations, eval.id.as_str(), &eval)?;
-                    }
-                }
-                Ok(())
-            })
+            .write(move |txn| jobs::wake_waiting(txn, &t))
             .await?;
         self.wake_evaluations();
         Ok(())
     }
 
-    /// Runs every evaluation that is due, one transaction each.
+    /// Runs every evaluation that is due, one transaction each, jobs of higher `Priority` first (then older
+    /// jobs), so queued jobs with a higher priority take freed capacity first.
     pub(crate) async fn run_due_evaluations(&self) -> Result<(), OrchestratorError> {
         let t = self.inner.tables;
         let now = now_nanos();
@@ -360,34 +338,42 @@ impl Orchestrator {
             .inner
             .store
             .read(move |txn| {
-                Ok(txn
-                    .all(t.evaluations)?
-                    .into_iter()
-                    .map(|(_, e)| e)
-                    .filter(|e| e.wait_until <= now)
-                    .collect())
+                let mut due = Vec::new();
+                for (_, e) in txn.all(t.evaluations)? {
+                    if e.wait_until <= now {
+                        let order = txn
+                            .get(t.jobs, e.job_id.as_str())?
+                            .map(|j| (std::cmp::Reverse(j.priority), j.create_time))
+                            .unwrap_or((std::cmp::Reverse(i64::MIN), 0));
+                        due.push((order, e));
+                    }
+                }
+                due.sort_by_key(|(order, _)| *order);
+                Ok(due.into_iter().map(|(_, e)| e).collect())
             })
             .await?;
         for eval in due {
             let outbox = self.inner.outbox.clone();
             let candidates = self.inner.registry.candidates();
-            let defaults = self.inner.config.job_defaults;
-            let backoff = self.inner.config.queue_backoff;
+            let settings = self.inner.config.scheduler();
             let after = self
                 .inner
                 .store
                 .write(move |txn| {
                     let mut after = AfterCommit::default();
-                    txn.delete(t.evaluations, eval.id.as_str())?;
+                    // Gone when a newer wake-up replaced and ran it already; nothing to do then.
+                    if !txn.delete(t.evaluations, eval.id.as_str())? {
+                        return Ok(after);
+                    }
                     if let Some(mut job) = txn.get(t.jobs, eval.job_id.as_str())?
                         && !job.state.state_type.is_terminal()
                     {
                         let execs = state::executions_of(txn, &t, &job.id)?;
                         let decision =
-                            scheduler::plan(&job, &execs, &candidates, &defaults, now_nanos());
+                            scheduler::plan(&job, &execs, &candidates, &settings, now_nanos());
                         apply_decision(
-                            txn, &t, &outbox, &mut job, &execs, decision, &eval.id, &defaults,
-                            backoff, &mut after,
+                            txn, &t, &outbox, &mut job, &execs, decision, &eval.id, &settings,
+                            &mut after,
                         )?;
                     }
                     Ok(after)
@@ -408,8 +394,7 @@ fn apply_report(
     peer: &NodeId,
     message: Message,
     candidates: &[Candidate],
-    defaults: &scheduler::JobDefaults,
-    backoff: std::time::Duration,
+    settings: &scheduler::Settings,
     after: &mut AfterCommit,
 ) -> Result<(), StoreError> {
     let (job_id, exec_id) = match &message {
@@ -588,12 +573,18 @@ fn apply_report(
                 .allocations
                 .push((exec.node_id.clone(), held_resources(&exec), true));
         }
-        if !job.state.state_type.is_terminal() {
+        // Capacity freed: jobs waiting for it are evaluated, highest priority first, by the worker. While
+        // any wait, this job joins them rather than jumping the queue.
+        let others_wait = jobs::wake_waiting(txn, t)?;
+        if others_wait && !job.state.state_type.is_terminal() {
+            jobs::schedule_wake(txn, t, &job, 0)?;
+            after.evaluate = true;
+        } else if !job.state.state_type.is_terminal() {
             let execs = state::executions_of(txn, t, &job.id)?;
-            let decision = scheduler::plan(&job, &execs, candidates, defaults, now_nanos());
+            let decision = scheduler::plan(&job, &execs, candidates, settings, now_nanos());
             let eval_id = EvaluationId::generate();
             apply_decision(
-                txn, t, outbox, &mut job, &execs, decision, &eval_id, defaults, backoff, after,
+                txn, t, outbox, &mut job, &execs, decision, &eval_id, settings, after,
             )?;
         }
     }

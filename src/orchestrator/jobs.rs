@@ -11,7 +11,7 @@ use crate::model::{
 use crate::store::{Reader, StoreError, WriteTxn};
 use crate::transport::Message;
 
-use super::scheduler::{self, Decision, JobDefaults};
+use super::scheduler::{self, Decision, JobDefaults, Settings};
 use super::state::{self, Tables};
 use super::{Orchestrator, OrchestratorError};
 
@@ -123,12 +123,6 @@ impl Orchestrator {
             ));
             job.tasks.truncate(1);
         }
-        if !matches!(job.job_type, JobType::Batch) {
-            return Err(OrchestratorError::BadRequest(format!(
-                "job type {} is not supported yet (supported: batch)",
-                job.job_type
-            )));
-        }
         if !job.id.as_str().is_empty() {
             warnings.push(format!(
                 "the ID {} given in the spec was ignored; the server assigns ids",
@@ -173,8 +167,7 @@ impl Orchestrator {
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
         let candidates = self.inner.registry.candidates();
-        let defaults = self.inner.config.job_defaults;
-        let backoff = self.inner.config.queue_backoff;
+        let settings = self.inner.config.scheduler();
         let eval_id = EvaluationId::generate();
         let eval = eval_id.clone();
         let (response_job, after) = self
@@ -182,25 +175,26 @@ impl Orchestrator {
             .store
             .write(move |txn| {
                 let name_key = state::name_key(&job.namespace, &job.name);
-                if let Some(existing_id) = txn.get(t.job_names, &name_key)? {
-                    let existing = txn.get(t.jobs, existing_id.as_str())?;
-                    let same = existing.as_ref().is_some_and(|e| e.tasks == job.tasks && e.count == job.count
-                        && e.constraints == job.constraints);
-                    let reason = if same && !force {
-                        format!("no changes detected for job {:?} ({existing_id}); submit with Force to run it again", job.name)
-                    } else {
-                        format!(
-                            "a job named {:?} already exists ({existing_id}); choose another name (updating jobs by name is not supported yet)",
-                            job.name
-                        )
-                    };
-                    return Err(StoreError::Aborted(reason));
-                }
-                txn.put(t.job_names, &name_key, &job.id)?;
-                state::record(txn, &t, &job, None, Event::new("Submission", "Job submitted"))?;
+                let mut executions = Vec::new();
                 let mut after = AfterCommit::default();
-                let decision = scheduler::plan(&job, &[], &candidates, &defaults, now);
-                apply_decision(txn, &t, &outbox, &mut job, &[], decision, &eval, &defaults, backoff, &mut after)?;
+                if let Some(existing_id) = txn.get(t.job_names, &name_key)? {
+                    let Some(existing) = txn.get(t.jobs, existing_id.as_str())? else {
+                        return Err(StoreError::Aborted(format!(
+                            "the name {:?} points to job {existing_id}, which is missing; choose another name",
+                            job.name
+                        )));
+                    };
+                    job = new_version(txn, &t, &outbox, existing, job, force, &mut after)?;
+                    executions = state::executions_of(txn, &t, &job.id)?;
+                } else {
+                    txn.put(t.job_names, &name_key, &job.id)?;
+                    state::record(txn, &t, &job, None, Event::new("Submission", "Job submitted"))?;
+                }
+                if let Some(deadline) = scheduler::total_deadline(&job) {
+                    schedule_deadline(txn, &t, &job, deadline)?;
+                }
+                let decision = scheduler::plan(&job, &executions, &candidates, &settings, now);
+                apply_decision(txn, &t, &outbox, &mut job, &executions, decision, &eval, &settings, &mut after)?;
                 Ok((job.id.clone(), after))
             })
             .await
@@ -390,6 +384,7 @@ impl Orchestrator {
                 for e in state::executions_of(txn, &t, &job.id)? {
                     stop_execution(txn, &t, &outbox, e, &reason, &reason, &mut after)?;
                 }
+                set_waiting(txn, &t, &job, false)?;
                 let previous = job.state.state_type;
                 job.state = JobState {
                     state_type: JobStateType::Stopped,
@@ -554,6 +549,100 @@ pub(crate) fn load_registry(
     Ok((nodes, allocated))
 }
 
+/// Makes `spec` the next version of `existing` (same id, `Version` + 1): the older version's executions are
+/// stopped and the job is scheduled afresh (Bacalhau's update by `Name`). An identical spec is refused unless
+/// `force`, as Bacalhau does.
+#[allow(clippy::too_many_arguments)]
+fn new_version(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    outbox: &crate::outbox::Outbox,
+    mut existing: Job,
+    spec: Job,
+    force: bool,
+    after: &mut AfterCommit,
+) -> Result<Job, StoreError> {
+    if existing.job_type != spec.job_type {
+        return Err(StoreError::Aborted(format!(
+            "job {:?} ({}) is a {} job and cannot become a {} job; stop it and submit under another name",
+            existing.name, existing.id, existing.job_type, spec.job_type
+        )));
+    }
+    let user_meta = |j: &Job| -> BTreeMap<String, String> {
+        j.meta
+            .iter()
+            .filter(|(k, _)| !k.starts_with(RESERVED_META))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let same = existing.tasks == spec.tasks
+        && existing.count == spec.count
+        && existing.constraints == spec.constraints
+        && existing.priority == spec.priority
+        && existing.labels == spec.labels
+        && user_meta(&existing) == user_meta(&spec);
+    if same && !force {
+        return Err(StoreError::Aborted(format!(
+            "no changes detected for job {:?} ({}); submit with Force to run it again",
+            spec.name, existing.id
+        )));
+    }
+    // The waiting key depends on the priority, which the update may change.
+    set_waiting(txn, t, &existing, false)?;
+    let reason = format!("job updated to version {}", existing.version + 1);
+    for e in state::executions_of(txn, t, &existing.id)? {
+        stop_execution(txn, t, outbox, e, &reason, &reason, after)?;
+    }
+    let previous = existing.state.state_type;
+    existing.version += 1;
+    existing.priority = spec.priority;
+    existing.count = spec.count;
+    existing.constraints = spec.constraints;
+    existing.labels = spec.labels;
+    existing.tasks = spec.tasks;
+    existing.meta = spec.meta;
+    // Queue and total timeouts of the new version count from now.
+    existing.meta.insert(
+        scheduler::VERSION_TIME_META.to_owned(),
+        now_nanos().to_string(),
+    );
+    existing.state = JobState {
+        state_type: JobStateType::Pending,
+        message: reason.clone(),
+    };
+    state::record(
+        txn,
+        t,
+        &existing,
+        None,
+        Event::new(
+            "Job Update",
+            format!("{reason}; older executions are stopped"),
+        )
+        .with("NewState", "Pending")
+        .with("PreviousState", previous.to_string()),
+    )?;
+    Ok(existing)
+}
+
+/// Asks for an evaluation of `job` when its `TotalTimeout` passes (one per job; an update replaces it).
+fn schedule_deadline(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    job: &Job,
+    at: i64,
+) -> Result<(), StoreError> {
+    let eval = Evaluation {
+        id: EvaluationId::from(format!("deadline-{}", job.id)),
+        job_id: job.id.clone(),
+        namespace: job.namespace.clone(),
+        triggered_by: EvaluationTrigger::Queue,
+        wait_until: at,
+        create_time: now_nanos(),
+    };
+    txn.put(t.evaluations, eval.id.as_str(), &eval)
+}
+
 /// Applies a scheduler decision to `job` inside the caller's transaction.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_decision(
@@ -564,15 +653,14 @@ pub(crate) fn apply_decision(
     executions: &[Execution],
     decision: Decision,
     eval_id: &EvaluationId,
-    defaults: &JobDefaults,
-    queue_backoff: std::time::Duration,
+    settings: &Settings,
     after: &mut AfterCommit,
 ) -> Result<(), StoreError> {
     let place = match &decision {
-        Decision::Run { place } | Decision::Wait { place, .. } => place.clone(),
+        Decision::Run { place, .. } | Decision::Wait { place, .. } => place.clone(),
         _ => vec![],
     };
-    let need = scheduler::job_resources(job, defaults);
+    let need = scheduler::job_resources(job, &settings.defaults);
     let task_name = job.task().map(|t| t.name.clone()).unwrap_or_default();
     for (partition, node) in place {
         let now = now_nanos();
@@ -622,33 +710,45 @@ pub(crate) fn apply_decision(
         after.kick.push(node.clone());
         after.allocations.push((node, need, false));
     }
+    let any_active = executions.iter().any(scheduler::active);
     let new_state = match &decision {
         Decision::Complete => Some((JobStateType::Completed, String::new())),
         Decision::Fail { reason } => Some((JobStateType::Failed, reason.clone())),
-        Decision::Run { .. } if !job.state.state_type.is_terminal() => {
-            Some((JobStateType::Running, String::new()))
+        Decision::Run { place, wake_at } if !job.state.state_type.is_terminal() => {
+            if let Some(at) = wake_at {
+                schedule_wake(txn, t, job, *at)?;
+            }
+            // A long-running job with nothing placed anywhere yet waits for nodes (it is in the waiting index).
+            let idle = !any_active && place.is_empty();
+            Some(if idle && job.job_type == JobType::Daemon {
+                (
+                    JobStateType::Queued,
+                    "waiting for a matching compute node".to_owned(),
+                )
+            } else {
+                (JobStateType::Running, String::new())
+            })
         }
-        Decision::Wait { place, reason } => {
-            let active = executions.iter().any(|e| !e.is_terminal()) || !place.is_empty();
-            let eval = Evaluation {
-                id: EvaluationId::generate(),
-                job_id: job.id.clone(),
-                namespace: job.namespace.clone(),
-                triggered_by: EvaluationTrigger::Queue,
-                wait_until: now_nanos()
-                    + i64::try_from(queue_backoff.as_nanos()).unwrap_or(i64::MAX),
-                create_time: now_nanos(),
-            };
-            txn.put(t.evaluations, eval.id.as_str(), &eval)?;
-            state::record(
-                txn,
-                t,
-                job,
-                None,
-                Event::new("Queueing", format!("job queued: {reason}")),
-            )?;
+        Decision::Wait {
+            place,
+            reason,
+            deadline,
+        } => {
+            let backoff = now_nanos().saturating_add(
+                i64::try_from(settings.queue_backoff.as_nanos()).unwrap_or(i64::MAX),
+            );
+            schedule_wake(txn, t, job, deadline.map_or(backoff, |d| d.min(backoff)))?;
+            if job.state.message != *reason {
+                state::record(
+                    txn,
+                    t,
+                    job,
+                    None,
+                    Event::new("Queueing", format!("job queued: {reason}")),
+                )?;
+            }
             Some((
-                if active {
+                if any_active || !place.is_empty() {
                     JobStateType::Running
                 } else {
                     JobStateType::Queued
@@ -664,6 +764,14 @@ pub(crate) fn apply_decision(
             stop_execution(txn, t, outbox, e.clone(), "job failed", reason, after)?;
         }
     }
+    // The waiting index holds what a node joining or capacity freeing may unblock: queued work, and daemon
+    // jobs (they spread to nodes that join later) until they end.
+    let waits = match &decision {
+        Decision::Wait { .. } => true,
+        Decision::Complete | Decision::Fail { .. } => false,
+        Decision::Run { .. } => job.job_type == JobType::Daemon,
+    };
+    set_waiting(txn, t, job, waits)?;
     if let Some((new, message)) = new_state
         && (job.state.state_type != new || job.state.message != message)
     {
@@ -686,6 +794,69 @@ pub(crate) fn apply_decision(
         state::record(txn, t, job, None, event)?;
     }
     state::save_job(txn, t, job)
+}
+
+/// Adds `job` to (or removes it from) the waiting index.
+pub(crate) fn set_waiting(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    job: &Job,
+    waits: bool,
+) -> Result<(), StoreError> {
+    let key = state::waiting_key(job);
+    if waits {
+        txn.put(t.waiting, &key, &job.id)
+    } else {
+        txn.delete(t.waiting, &key).map(|_| ())
+    }
+}
+
+/// The id of a job's single pending re-evaluation: a wake-up written again replaces the previous one, so
+/// node joins, freed capacity and timers never pile evaluations up.
+fn wake_id(job: &JobId) -> EvaluationId {
+    EvaluationId::from(format!("wake-{job}"))
+}
+
+/// Asks for an evaluation of `job` at `at` (Unix ns; 0 = now). An earlier pending wake-up is kept.
+pub(crate) fn schedule_wake(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    job: &Job,
+    at: i64,
+) -> Result<(), StoreError> {
+    let id = wake_id(&job.id);
+    if let Some(pending) = txn.get(t.evaluations, id.as_str())?
+        && pending.wait_until <= at
+    {
+        return Ok(());
+    }
+    let eval = Evaluation {
+        id: id.clone(),
+        job_id: job.id.clone(),
+        namespace: job.namespace.clone(),
+        triggered_by: if at == 0 {
+            EvaluationTrigger::NodeUpdate
+        } else {
+            EvaluationTrigger::Queue
+        },
+        wait_until: at,
+        create_time: now_nanos(),
+    };
+    txn.put(t.evaluations, id.as_str(), &eval)
+}
+
+/// Asks for an evaluation of every waiting job now (a node joined, was approved, or capacity freed). Costs
+/// one counter read when nothing waits, so a finishing execution does not scan anything.
+pub(crate) fn wake_waiting(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<bool, StoreError> {
+    if txn.count(t.waiting)? == 0 {
+        return Ok(false);
+    }
+    for (_, job_id) in txn.all(t.waiting)? {
+        if let Some(job) = txn.get(t.jobs, job_id.as_str())? {
+            schedule_wake(txn, t, &job, 0)?;
+        }
+    }
+    Ok(true)
 }
 
 /// Asks the node running `e` to stop it (unless it already ended or was asked): desired state Stopped

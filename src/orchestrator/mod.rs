@@ -56,6 +56,8 @@ pub struct Config {
     pub queue_backoff: Duration,
     /// Resources for tasks that do not state them.
     pub job_defaults: JobDefaults,
+    /// A node is given work up to its capacity times this (≥ 1; `Orchestrator.OverSubscriptionFactor`).
+    pub over_subscription: f64,
     /// Who may join (`Orchestrator.Auth`).
     pub admission: admission::Policy,
 }
@@ -69,7 +71,19 @@ impl Default for Config {
             housekeeping_interval: Duration::from_secs(5),
             queue_backoff: Duration::from_secs(10),
             job_defaults: JobDefaults::default(),
+            over_subscription: 1.0,
             admission: admission::Policy::default(),
+        }
+    }
+}
+
+impl Config {
+    /// What the scheduler needs of these settings.
+    pub(crate) fn scheduler(&self) -> scheduler::Settings {
+        scheduler::Settings {
+            defaults: self.job_defaults,
+            over_subscription: self.over_subscription,
+            queue_backoff: self.queue_backoff,
         }
     }
 }
@@ -308,8 +322,7 @@ impl Orchestrator {
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
         let candidates = self.inner.registry.candidates();
-        let defaults = self.inner.config.job_defaults;
-        let backoff = self.inner.config.queue_backoff;
+        let settings = self.inner.config.scheduler();
         let lost_after = self.inner.config.node_lost_after;
         let result = self
             .inner
@@ -320,8 +333,7 @@ impl Orchestrator {
                     t: &t,
                     outbox: &outbox,
                     candidates: &candidates,
-                    defaults: &defaults,
-                    backoff,
+                    settings: &settings,
                 };
                 let mut after = jobs::AfterCommit::default();
                 liveness::lose_node(txn, &planning, &id, lost_after, &mut after)?;

@@ -1,8 +1,6 @@
 //! Re-planning one job inside the caller's transaction, for the corrections that end executions outside a
 //! compute node's own reports (a lost node, a reconciliation).
 
-use std::time::Duration;
-
 use crate::model::{
     EvaluationId, Event, Execution, ExecutionDesiredStateType, ExecutionStateType, JobId, State,
     now_nanos,
@@ -11,7 +9,7 @@ use crate::outbox::Outbox;
 use crate::store::{Reader, StoreError, WriteTxn};
 
 use super::jobs::{AfterCommit, apply_decision};
-use super::scheduler::{self, Candidate, JobDefaults};
+use super::scheduler::{self, Candidate, Settings};
 use super::state::{self, Tables};
 
 /// What a re-plan needs besides the transaction.
@@ -20,8 +18,7 @@ pub(crate) struct Planning<'a> {
     pub t: &'a Tables,
     pub outbox: &'a Outbox,
     pub candidates: &'a [Candidate],
-    pub defaults: &'a JobDefaults,
-    pub backoff: Duration,
+    pub settings: &'a Settings,
 }
 
 impl Planning<'_> {
@@ -40,7 +37,7 @@ impl Planning<'_> {
             return Ok(());
         }
         let execs = state::executions_of(txn, t, &job.id)?;
-        let decision = scheduler::plan(&job, &execs, self.candidates, self.defaults, now_nanos());
+        let decision = scheduler::plan(&job, &execs, self.candidates, self.settings, now_nanos());
         apply_decision(
             txn,
             t,
@@ -49,8 +46,7 @@ impl Planning<'_> {
             &execs,
             decision,
             &EvaluationId::generate(),
-            self.defaults,
-            self.backoff,
+            self.settings,
             after,
         )
     }

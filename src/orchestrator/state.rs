@@ -3,7 +3,9 @@
 //! Keys: `jobs` by job id; `job_names` by `<namespace>/<name>`; `executions` by `<job id>/<execution id>` (a
 //! prefix scan lists a job's executions, and compute messages carry both ids); `history` by
 //! `<job id>/<seq:020>`; `evaluations` by evaluation id; `nodes` by node id; `counters` for history sequence
-//! numbers (`hist/<job id>`).
+//! numbers (`hist/<job id>`); `waiting` indexes the jobs to evaluate again when a node joins or capacity frees
+//! (queued jobs and daemon jobs), keyed by [`waiting_key`] so a scan yields them highest priority first and
+//! nothing has to scan the job table.
 
 use crate::model::{
     Evaluation, Event, Execution, ExecutionId, HistoryType, Job, JobHistory, JobId, NodeId,
@@ -26,6 +28,8 @@ pub(crate) struct Tables {
     /// Index of active executions by node: `<node id>/<job id>/<execution id>` (the execution's key after the
     /// node id), so a node's handshake or loss reads that node's work, not every execution.
     pub node_executions: Table<u8>,
+    /// Jobs to evaluate again when a node joins or capacity frees, highest priority first.
+    pub waiting: Table<JobId>,
 }
 
 impl Tables {
@@ -40,12 +44,21 @@ impl Tables {
             counters: store.table("orchestrator.counters")?,
             probes: super::metrics::Probes::open(store)?,
             node_executions: store.table("orchestrator.node_executions")?,
+            waiting: store.table("orchestrator.waiting")?,
         })
     }
 }
 
 pub(crate) fn name_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
+}
+
+/// The `waiting` key of `job`: priority descending, then oldest first. Depends only on fields an update keeps
+/// or rewrites with the key (see `jobs::submit`), so the owner can always delete it.
+pub(crate) fn waiting_key(job: &Job) -> String {
+    // Map i64 priority onto u64 so that higher priorities sort first as text.
+    let inverted = u64::try_from(i128::from(i64::MAX) - i128::from(job.priority)).unwrap_or(0);
+    format!("{inverted:020}/{:020}/{}", job.create_time.max(0), job.id)
 }
 
 pub(crate) fn exec_key(job: &JobId, exec: &ExecutionId) -> String {
@@ -155,4 +168,32 @@ pub(crate) fn rebuild_node_index(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_keys_sort_highest_priority_then_oldest_first() {
+        let job = |id: &str, priority: i64, created: i64| Job {
+            id: JobId::from(id.to_owned()),
+            priority,
+            create_time: created,
+            ..Default::default()
+        };
+        let mut keys = [
+            waiting_key(&job("low-old", -5, 1)),
+            waiting_key(&job("mid-new", 0, 9)),
+            waiting_key(&job("top", i64::MAX, 50)),
+            waiting_key(&job("mid-old", 0, 2)),
+            waiting_key(&job("bottom", i64::MIN, 0)),
+        ];
+        keys.sort();
+        let order: Vec<&str> = keys
+            .iter()
+            .map(|k| k.rsplit('/').next().unwrap_or_default())
+            .collect();
+        assert_eq!(order, ["top", "mid-old", "mid-new", "low-old", "bottom"]);
+    }
 }

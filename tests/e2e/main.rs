@@ -21,6 +21,7 @@ mod hybrid;
 mod ipfs;
 #[cfg(feature = "ipfs")]
 mod ipfs_cids;
+mod jobtypes;
 #[cfg(feature = "ipfs")]
 mod kubo;
 mod metrics;
