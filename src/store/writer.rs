@@ -154,7 +154,8 @@ fn run(env: &Env<WithoutTls>, jobs: &mpsc::Receiver<Job>, counters: &Counters) {
 }
 
 /// Runs `f` in a transaction nested in `parent`: committed into the parent on `Ok`, rolled back on an error
-/// or a panic (which becomes this caller's error; the other closures of the batch are untouched).
+/// or a panic (which becomes this caller's error; the other closures of the batch are untouched). Release
+/// builds use `panic = "abort"`, where a panic still ends the process, as it did before group commit.
 fn run_nested<R>(
     env: &Env<WithoutTls>,
     parent: &mut RwTxn<'_>,
