@@ -12,7 +12,8 @@
 //!
 //! Run: `cargo bench --bench edge`, or `bench/run.sh`, which builds the static binaries first and keeps the
 //! results. Environment: `COD_BENCH_COMPUTE_BIN` = a second binary (the static edge build) whose connected
-//! compute node's idle RSS is measured beside this build's; `COD_BENCH_JSON` = write every figure there.
+//! compute node's idle RSS is measured beside this build's; `COD_BENCH_JSON` = write every figure there;
+//! `COD_BENCH_ONLY=jobs` = only the jobs/s figures and the fsync ceiling (no JSON written).
 //! Numbers vary with the machine; compare runs on the same one only.
 
 use std::io::Write;
@@ -315,6 +316,58 @@ fn throughput(api: &str, job: &Value) -> f64 {
     FLEET_JOBS as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The jobs/s figures (fleet, single hybrid node), printed and added to `rows`. Reuses `hybrid` if given
+/// (the latency run's node) so its warm caches are the same as before this was split out.
+fn jobs_per_second(
+    out: &mut impl Write,
+    rows: &mut Vec<Row>,
+    client: &reqwest::blocking::Client,
+    dir: &Path,
+    hybrid: Option<Node>,
+    f50: f64,
+) -> (f64, f64) {
+    let node = hybrid.unwrap_or_else(|| start(dir, "hybrid", &[]));
+    let job = hello_job();
+    let single = throughput(&node.api, &job);
+    drop(node);
+    let orch = start(dir, "fleet-orch", &["--orchestrator"]);
+    let addr = orch.p2p.first().expect("p2p").clone();
+    let fleet: Vec<Node> = (0..FLEET)
+        .map(|i| {
+            start(
+                dir,
+                &format!("fleet-{i}"),
+                &[
+                    "--compute",
+                    "--orchestrators",
+                    &addr,
+                    "--heartbeat-interval",
+                    "1s",
+                ],
+            )
+        })
+        .collect();
+    wait_connected(client, &orch.api, FLEET);
+    let many = throughput(&orch.api, &job);
+    drop(fleet);
+    writeln!(
+        out,
+        "jobs/s, {CLIENTS} clients x {FLEET_JOBS} hello jobs: 1 orchestrator + {FLEET} compute nodes {many:.1}/s; 1 hybrid node {single:.1}/s; fsync ceiling {:.0} commits/s",
+        1e3 / f50
+    )
+    .ok();
+    rows.push(row(
+        format!("jobs/s, 1 orchestrator + {FLEET} compute nodes"),
+        format!("{many:.1} jobs/s"),
+        format!(
+            "1 hybrid node: {single:.1} jobs/s; fsync ceiling {:.0} commits/s",
+            1e3 / f50
+        ),
+        "",
+    ));
+    (many, single)
+}
+
 fn main() {
     // `cargo bench` passes flags like --bench; this harness takes none.
     let tmp = tempfile::tempdir().expect("tmp");
@@ -324,6 +377,14 @@ fn main() {
     let client = reqwest::blocking::Client::new();
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
+
+    // `COD_BENCH_ONLY=jobs`: the jobs/s figures and the fsync ceiling they are compared with, nothing else.
+    if std::env::var("COD_BENCH_ONLY").is_ok_and(|v| v == "jobs") {
+        let (f50, _) = fsync_ms(dir);
+        jobs_per_second(&mut out, &mut rows, &client, dir, None, f50);
+        print_table(&mut out, &rows);
+        return;
+    }
 
     let size = std::fs::metadata(env!("CARGO_BIN_EXE_cod"))
         .map(|m| m.len())
@@ -460,43 +521,7 @@ fn main() {
     ));
 
     // Throughput: the same closed loop through the hybrid node, then through an orchestrator with a fleet.
-    let single = throughput(&node.api, &job);
-    drop(node);
-    let orch = start(dir, "fleet-orch", &["--orchestrator"]);
-    let addr = orch.p2p.first().expect("p2p").clone();
-    let fleet: Vec<Node> = (0..FLEET)
-        .map(|i| {
-            start(
-                dir,
-                &format!("fleet-{i}"),
-                &[
-                    "--compute",
-                    "--orchestrators",
-                    &addr,
-                    "--heartbeat-interval",
-                    "1s",
-                ],
-            )
-        })
-        .collect();
-    wait_connected(&client, &orch.api, FLEET);
-    let many = throughput(&orch.api, &job);
-    drop(fleet);
-    writeln!(
-        out,
-        "jobs/s, {CLIENTS} clients x {FLEET_JOBS} hello jobs: 1 orchestrator + {FLEET} compute nodes {many:.1}/s; 1 hybrid node {single:.1}/s; fsync ceiling {:.0} commits/s",
-        1e3 / f50
-    )
-    .ok();
-    rows.push(row(
-        format!("jobs/s, 1 orchestrator + {FLEET} compute nodes"),
-        format!("{many:.1} jobs/s"),
-        format!(
-            "1 hybrid node: {single:.1} jobs/s; fsync ceiling {:.0} commits/s",
-            1e3 / f50
-        ),
-        "",
-    ));
+    let (many, single) = jobs_per_second(&mut out, &mut rows, &client, dir, Some(node), f50);
     // Slots for the comparisons that arrive with their issues.
     rows.push(row(
         "container start (docker engine)",

@@ -1,15 +1,19 @@
 //! Durable state in one LMDB environment (heed), behind an async facade.
 //!
-//! Every state transition of the node is one write transaction: [`Store::write`] runs a closure with a
-//! [`WriteTxn`] on a blocking thread and commits it (fsync) before returning, so callers never hold a
-//! transaction across an `.await` and never block a runtime worker. LMDB already serializes writers, so there
-//! are no locks here. Values are JSON (the model's serde shapes); keys are strings built so that a prefix scan
+//! Every state transition of the node is one closure over a [`WriteTxn`]: [`Store::write`] hands it to the
+//! store's writer thread and returns once a commit (fsync) carrying it is done, so callers never hold a
+//! transaction across an `.await` and never block a runtime worker. The writer commits every transition
+//! waiting at the time in one transaction, each in its own nested transaction ([`writer`]: group commit), so
+//! concurrent transitions share one fsync. LMDB already serializes writers, so there are no locks here. Values are JSON (the model's serde shapes); keys are strings built so that a prefix scan
 //! returns related records in order (`<job id>/<seq:020>`).
 //!
 //! Never opened with `NO_SYNC`: power loss is normal at the edge, and a committed transition must survive it.
 //! heed types (`RoTxn`, `RwTxn`, `Database`) do not leave this module.
 
 mod env;
+mod writer;
+
+pub use writer::CommitStats;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -68,9 +72,14 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// The blocking task running the transaction panicked or was cancelled.
+    /// The blocking task running the transaction panicked or was cancelled, or the writer thread is gone.
     #[error("state database task failed: {0}")]
     Task(String),
+    /// The writer thread could not be started.
+    #[error(
+        "cannot start the state database writer thread (is the process out of threads or memory?)"
+    )]
+    Writer(#[source] std::io::Error),
     /// A caller's own rule failed inside a transaction (the transaction is rolled back).
     #[error("{0}")]
     Aborted(String),
@@ -102,6 +111,8 @@ impl<V> Table<V> {
 #[derive(Clone)]
 pub struct Store {
     env: Env<WithoutTls>,
+    /// Owns LMDB's write side (group commit).
+    writer: Arc<writer::Writer>,
     /// The data dir, for messages.
     path: Arc<PathBuf>,
 }
@@ -116,8 +127,10 @@ impl Store {
     /// Opens the environment in `dir`.
     pub fn open(dir: &Path, config: &Config) -> Result<Self, StoreError> {
         let env = env::open(dir, config.map_size, 64)?;
+        let writer = writer::Writer::start(env.clone()).map_err(StoreError::Writer)?;
         Ok(Self {
             env,
+            writer: Arc::new(writer),
             path: Arc::new(dir.to_owned()),
         })
     }
@@ -162,17 +175,19 @@ impl Store {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// Runs `f` in a write transaction on a blocking thread and commits it if `f` returns `Ok`. The commit is
-    /// durable (fsync) when this returns.
+    /// Runs `f` in a write transaction on the writer thread and commits it if `f` returns `Ok`; an error (or a
+    /// panic) in `f` rolls back only `f`'s changes. The commit is durable (fsync) when this returns `Ok`. If
+    /// the returned future is dropped, the write still happens.
     pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError> + Send + 'static,
     {
-        let env = self.env.clone();
-        tokio::task::spawn_blocking(move || Self::write_blocking(&env, f))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.submit(f, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.await.map_err(|_| writer_gone())?
     }
 
     /// [`Store::read`] for code already on a blocking thread.
@@ -189,31 +204,29 @@ impl Store {
     }
 
     /// [`Store::write`] for code already on a blocking thread (the IPFS block store, whose callers are
-    /// synchronous).
-    pub fn write_sync<R>(
+    /// synchronous). Must not be called from inside a write closure (it would wait for its own batch).
+    pub fn write_sync<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,
+        f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        Self::write_blocking(&self.env, f)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.writer.submit(f, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.recv().map_err(|_| writer_gone())?
     }
 
-    fn write_blocking<R>(
-        env: &Env<WithoutTls>,
-        f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let mut txn = env.write_txn().map_err(|source| StoreError::Lmdb {
-            op: "begin write",
-            table: "-",
-            source,
-        })?;
-        let out = f(&mut WriteTxn { txn: &mut txn })?;
-        txn.commit().map_err(|source| StoreError::Lmdb {
-            op: "commit",
-            table: "-",
-            source,
-        })?;
-        Ok(out)
+    /// Commits and transitions so far (transitions per commit is the group commit's gain).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.writer.stats()
     }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Task(
+        "the state database writer did not run this write (see the log for the LMDB error)"
+            .to_owned(),
+    )
 }
 
 fn decode<V: DeserializeOwned>(
@@ -534,5 +547,196 @@ mod tests {
             .expect("write");
         let all = store.read(move |txn| txn.all(t)).await.expect("scan");
         assert_eq!(all, vec![("a".to_owned(), 1), ("b".to_owned(), 2)]);
+    }
+
+    /// Holds the writer thread inside a closure until the returned sender is dropped or sent to, so the
+    /// writes submitted meanwhile queue up and go into the next batch together.
+    async fn hold_writer(
+        store: &Store,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (entered, inside) = tokio::sync::oneshot::channel();
+        let held = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_| {
+                        let _ = entered.send(());
+                        let _ = gate.recv();
+                        Ok(())
+                    })
+                    .await
+                    .expect("gate write");
+            }
+        });
+        inside.await.expect("writer entered the gate");
+        (release, held)
+    }
+
+    /// Waits until `n` writes are queued behind the held writer.
+    async fn wait_queued(store: &Store, n: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let s = store.commit_stats();
+            // The held write is submitted but not yet counted as run.
+            if s.submitted - s.transitions == n + 1 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} writes never queued: {s:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_one_commit_and_all_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &Config::default()).expect("open");
+            let t: Table<u64> = store.table("numbers").expect("table");
+            let before = store.commit_stats();
+            let (release, held) = hold_writer(&store).await;
+            let writers: Vec<_> = (0..50u64)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .write(move |txn| txn.put(t, &format!("k/{i:03}"), &i))
+                            .await
+                    })
+                })
+                .collect();
+            wait_queued(&store, 50).await;
+            release.send(()).expect("release");
+            held.await.expect("gate task");
+            for w in writers {
+                w.await.expect("task").expect("write");
+            }
+            let after = store.commit_stats();
+            assert_eq!(after.transitions - before.transitions, 51);
+            assert_eq!(
+                after.commits - before.commits,
+                2,
+                "the 50 queued writes must share one commit"
+            );
+        }
+        let store = Store::open(dir.path(), &Config::default()).expect("reopen");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        let got = store
+            .read(move |txn| txn.prefix(t, "k/"))
+            .await
+            .expect("read");
+        assert_eq!(
+            got.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            (0..50).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aborting_or_panicking_write_rolls_back_only_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Config::default()).expect("open");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        let before = store.commit_stats();
+        let (release, held) = hold_writer(&store).await;
+        type Closure = Box<dyn FnOnce(&mut WriteTxn<'_, '_>) -> Result<(), StoreError> + Send>;
+        let spawn_write = |f: Closure| {
+            let store = store.clone();
+            tokio::spawn(async move { store.write(f).await })
+        };
+        let ok1 = spawn_write(Box::new(move |txn| txn.put(t, "ok/1", &1)));
+        wait_queued(&store, 1).await;
+        let aborted = spawn_write(Box::new(move |txn| {
+            txn.put(t, "aborted", &2)?;
+            txn.delete(t, "ok/1")?;
+            Err(StoreError::Aborted("rule failed".into()))
+        }));
+        wait_queued(&store, 2).await;
+        let panicked = spawn_write(Box::new(move |txn| {
+            txn.put(t, "panicked", &3)?;
+            panic!("bug in a closure")
+        }));
+        wait_queued(&store, 3).await;
+        let ok2 = spawn_write(Box::new(move |txn| txn.put(t, "ok/2", &4)));
+        wait_queued(&store, 4).await;
+        release.send(()).expect("release");
+        held.await.expect("gate task");
+        ok1.await.expect("task").expect("first write");
+        assert!(matches!(
+            aborted.await.expect("task"),
+            Err(StoreError::Aborted(_))
+        ));
+        let panic = panicked
+            .await
+            .expect("task")
+            .expect_err("a panic is that caller's error");
+        assert!(panic.to_string().contains("bug in a closure"), "{panic}");
+        ok2.await.expect("task").expect("last write");
+        assert_eq!(
+            store.commit_stats().commits - before.commits,
+            2,
+            "all four were one batch"
+        );
+        let all = store.read(move |txn| txn.all(t)).await.expect("read");
+        assert_eq!(all, vec![("ok/1".to_owned(), 1), ("ok/2".to_owned(), 4)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_in_one_batch_see_the_earlier_ones_in_queue_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Config::default()).expect("open");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        let (release, held) = hold_writer(&store).await;
+        let mut steps = Vec::new();
+        for i in 0..20u64 {
+            let writer = store.clone();
+            // Each step requires the previous one's value: out of order or unseen, it aborts.
+            steps.push(tokio::spawn(async move {
+                writer
+                    .write(move |txn| {
+                        let seen = txn.get(t, "counter")?.unwrap_or(0);
+                        if seen != i {
+                            return Err(StoreError::Aborted(format!("step {i} saw {seen}")));
+                        }
+                        txn.put(t, "counter", &(i + 1))
+                    })
+                    .await
+            }));
+            wait_queued(&store, i + 1).await;
+        }
+        release.send(()).expect("release");
+        held.await.expect("gate task");
+        for s in steps {
+            s.await.expect("task").expect("step");
+        }
+        let counter = store
+            .read(move |txn| txn.get(t, "counter"))
+            .await
+            .expect("read");
+        assert_eq!(counter, Some(20));
+    }
+
+    #[test]
+    fn write_sync_from_plain_threads_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &Config::default()).expect("open");
+            let t: Table<u64> = store.table("numbers").expect("table");
+            std::thread::scope(|s| {
+                for i in 0..8u64 {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        store
+                            .write_sync(move |txn| txn.put(t, &format!("{i}"), &i))
+                            .expect("write")
+                    });
+                }
+            });
+        }
+        let store = Store::open(dir.path(), &Config::default()).expect("reopen");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        assert_eq!(store.read_sync(move |txn| txn.count(t)).expect("count"), 8);
     }
 }
