@@ -322,27 +322,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &crate::store::Config::default()).expect("store");
         let t = Tables::open(&store).expect("tables");
-        store.write_sync(|txn| seed(txn, &t)).expect("seed");
+        store.write_sync(move |txn| seed(txn, &t)).expect("seed");
         let mut job = Job {
             id: JobId::generate(),
             ..Default::default()
         };
         job.state.state_type = JobStateType::Pending;
-        store
-            .write_sync(|txn| state::save_job(txn, &t, &mut job))
+        let mut job = store
+            .write_sync(move |txn| state::save_job(txn, &t, &mut job).map(|()| job))
             .expect("save");
         job.state.state_type = JobStateType::Running;
-        store
-            .write_sync(|txn| {
+        let job = store
+            .write_sync(move |txn| {
                 state::save_job(txn, &t, &mut job)?;
                 // Saving again without a state change counts nothing.
-                state::save_job(txn, &t, &mut job)
+                state::save_job(txn, &t, &mut job).map(|()| job)
             })
             .expect("save");
         // An aborted transaction leaves the counts as they were.
         let mut done = job.clone();
         done.state.state_type = JobStateType::Completed;
-        let aborted = store.write_sync(|txn| {
+        let aborted = store.write_sync(move |txn| {
             state::save_job(txn, &t, &mut done)?;
             Err::<(), _>(StoreError::Aborted("no".into()))
         });
@@ -354,13 +354,13 @@ mod tests {
 
         // A database from before the counters is counted once at start-up.
         store
-            .write_sync(|txn| {
+            .write_sync(move |txn| {
                 txn.delete_prefix_through(t.counters, "metrics/", "metrics/~")
                     .map(|_| ())
             })
             .expect("wipe");
-        store.write_sync(|txn| seed(txn, &t)).expect("seed");
-        store.write_sync(|txn| seed(txn, &t)).expect("seed again");
+        store.write_sync(move |txn| seed(txn, &t)).expect("seed");
+        store.write_sync(move |txn| seed(txn, &t)).expect("seed again");
         let c = counts(&store, &t);
         assert_eq!(c.get("metrics/job/Running"), Some(&1), "{c:?}");
         assert_eq!(c.get("metrics/job/Pending"), None, "{c:?}");

@@ -165,7 +165,7 @@ impl Orchestrator {
         config: Config,
     ) -> Result<(Orchestrator, Runner), OrchestratorError> {
         let tables = Tables::open(&store)?;
-        store.write_sync(|txn| {
+        store.write_sync(move |txn| {
             metrics::seed(txn, &tables)?;
             state::rebuild_node_index(txn, &tables)
         })?;
