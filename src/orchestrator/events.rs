@@ -2,8 +2,8 @@
 //! evaluation worker that re-plans jobs when something changed.
 
 use crate::model::{
-    Evaluation, EvaluationId, Event, ExecutionStateType, NodeId, NodeMembership, NodeState,
-    NodeType, State, now_nanos,
+    Evaluation, EvaluationId, Event, ExecutionStateType, JobType, NodeId, NodeMembership,
+    NodeState, NodeType, State, now_nanos,
 };
 use crate::store::{Reader, StoreError, WriteTxn};
 use crate::transport::protocol::HeldExecution;
@@ -438,8 +438,11 @@ fn apply_report(
     // Exactly one result per partition: a result for a partition another execution already completed is
     // discarded (the execution ends superseded); the first result stops the partition's other executions.
     // A late result from a lost node arrives for an execution the orchestrator failed itself, and counts.
+    // Only batch partitions are exclusive: ops and daemon executions are one per node, and a service's
+    // executions are interchangeable replicas (all planned as partition 0), so one ending stops no other.
     let was_terminal = exec.is_terminal();
     if matches!(message, Message::RunResult { .. })
+        && job.job_type == JobType::Batch
         && (!was_terminal || liveness::ended_by_orchestrator(&exec))
     {
         let execs = state::executions_of(txn, t, &job.id)?;

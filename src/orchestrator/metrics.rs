@@ -360,7 +360,9 @@ mod tests {
             })
             .expect("wipe");
         store.write_sync(move |txn| seed(txn, &t)).expect("seed");
-        store.write_sync(move |txn| seed(txn, &t)).expect("seed again");
+        store
+            .write_sync(move |txn| seed(txn, &t))
+            .expect("seed again");
         let c = counts(&store, &t);
         assert_eq!(c.get("metrics/job/Running"), Some(&1), "{c:?}");
         assert_eq!(c.get("metrics/job/Pending"), None, "{c:?}");

@@ -118,6 +118,11 @@ fn ops_runs_once_per_node_and_daemon_follows_joining_nodes_and_restarts() {
     assert_eq!(execs.len(), 2, "{body:#}");
     assert_eq!(on_node(&execs, &a.node_id).len(), 1);
     assert_eq!(on_node(&execs, &b.node_id).len(), 1);
+    // Each node's run is its own result: one finishing first must not supersede or stop the other.
+    // (Execution state 9 is Completed in Bacalhau's v1.6+ numbering.)
+    for e in &execs {
+        assert_eq!(e["ComputeState"]["StateType"], 9, "{body:#}");
+    }
 
     // Stopping the daemon stops every execution and keeps it stopped (no replacement).
     stop(&orch, &daemon);
