@@ -576,6 +576,30 @@ pub struct ComputeConfig {
     /// The join token proved to orchestrators.
     #[serde(rename = "Auth")]
     pub auth: ComputeAuthConfig,
+    /// NVIDIA GPUs.
+    #[serde(rename = "GPU")]
+    pub gpu: GpuConfig,
+}
+
+/// `Compute.GPU`: finding NVIDIA GPUs and exposing them to containers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuConfig {
+    /// Look for GPUs (NVML, then the fallbacks). `false` advertises none.
+    #[serde(rename = "Enabled")]
+    pub enabled: bool,
+    /// Where the driver's device nodes and libraries live (`/`; as the NVIDIA container toolkit's `root`).
+    #[serde(rename = "DriverRoot")]
+    pub driver_root: String,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            driver_root: "/".into(),
+        }
+    }
 }
 
 /// `docker` engine settings: registries, the image cache, and the sandbox's id range.
@@ -769,6 +793,7 @@ impl Default for ComputeConfig {
             env: ComputeEnvConfig::default(),
             policy: ComputePolicyConfig::default(),
             auth: ComputeAuthConfig::default(),
+            gpu: GpuConfig::default(),
         }
     }
 }

@@ -65,6 +65,7 @@ pub mod executor;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gpu;
 #[cfg(feature = "ipfs")]
 pub mod ipfs;
 #[cfg(feature = "compute")]

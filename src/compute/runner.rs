@@ -723,6 +723,8 @@ impl Compute {
             },
             network: task.network.clone(),
             progress,
+            // Filled by GPU allocation (issue 8).
+            gpus: vec![],
         };
         let scrubbing = ScrubbingLive::register(&self.inner, &execution.id, scrubber.clone());
         // The guard stops the run through a child token when it writes past the node's limits; the job's own

@@ -86,6 +86,8 @@ pub struct RunContext {
     pub network: NetworkConfig,
     /// Where the executor reports milestones (an image pulled, say) for the job's history.
     pub progress: Progress,
+    /// The GPUs this run holds (empty for most); an executor that cannot expose them declines the task.
+    pub gpus: Vec<crate::gpu::Gpu>,
 }
 
 impl fmt::Debug for RunContext {
@@ -107,6 +109,7 @@ impl fmt::Debug for RunContext {
             .field("scratch_dir", &self.scratch_dir)
             .field("limits", &self.limits)
             .field("network", &self.network)
+            .field("gpus", &self.gpus)
             .finish_non_exhaustive()
     }
 }
@@ -248,6 +251,7 @@ mod tests {
             },
             network: NetworkConfig::default(),
             progress: Progress::default(),
+            gpus: vec![],
         };
         let shown = format!("{ctx:?}");
         assert!(shown.contains("TOKEN"), "{shown}");

@@ -236,6 +236,7 @@ mod tests {
                     domains: Vec::new(),
                 },
                 progress: crate::executor::Progress::default(),
+                gpus: vec![],
             };
             let mut job = Job { dir, ctx };
             job.module("/main.wasm", &wat::parse_str(wat).unwrap());
