@@ -125,6 +125,7 @@ fn cod_start(dir: &Path) -> Option<Vec<f64>> {
             cwd: "/".into(),
             user: None,
             mounts: vec![],
+            devices: vec![],
             stdout: dir.join("out"),
             stderr: dir.join("err"),
             memory_bytes: Some(64 << 20),

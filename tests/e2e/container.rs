@@ -96,6 +96,7 @@ impl Fixture {
             cwd: "/".to_owned(),
             user: None,
             mounts: vec![],
+            devices: vec![],
             stdout: self.path(&format!("{id}.out")),
             stderr: self.path(&format!("{id}.err")),
             memory_bytes: Some(64 << 20),

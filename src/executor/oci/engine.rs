@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::egress::{self, AllowList};
+use super::gpu::{self, GpuExposure};
 use super::netns::NetNs;
 use super::runtime::{
     BindMount, ContainerExit, ContainerNetwork, ContainerRuntime, ContainerSpec, IdMap,
@@ -64,6 +65,9 @@ pub struct OciConfig {
     pub allow_loopback_egress: bool,
     /// The binary re-executed as the container helper (default: the running one).
     pub helper_exe: Option<PathBuf>,
+    /// Where the GPU driver's device nodes and libraries are (`Compute.GPU.DriverRoot`; `/` on a normal host).
+    /// Read only for runs that hold GPUs.
+    pub gpu_driver_root: PathBuf,
 }
 
 /// Why the `docker` executor cannot start on this node.
@@ -342,6 +346,22 @@ impl Executor for OciExecutor {
 }
 
 impl OciExecutor {
+    /// What the container gets for the GPUs the run holds (nothing for none), read from the driver root.
+    async fn gpu_exposure(&self, ctx: &RunContext) -> Result<GpuExposure, String> {
+        if ctx.gpus.is_empty() {
+            return Ok(GpuExposure::default());
+        }
+        let (gpus, root) = (ctx.gpus.clone(), self.config.gpu_driver_root.clone());
+        match tokio::task::spawn_blocking(move || gpu::plan(&gpus, &root)).await {
+            Ok(Ok(e)) => Ok(e),
+            Ok(Err(e)) => Err(format!(
+                "cannot give the container its GPUs: {}",
+                crate::errors::chain(&e)
+            )),
+            Err(e) => Err(format!("cannot give the container its GPUs: {e}")),
+        }
+    }
+
     async fn run_in_rootfs(
         &self,
         ctx: &RunContext,
@@ -426,6 +446,12 @@ impl OciExecutor {
             target: o.path.clone(),
             read_only: false,
         }));
+        let exposure = match self.gpu_exposure(ctx).await {
+            Ok(e) => e,
+            Err(m) => return setup(m),
+        };
+        exposure.apply_env(&mut env);
+        mounts.extend(exposure.mounts);
         // The namespace and proxy live until the container is gone (dropped at the end of this function).
         let stop_proxy = CancellationToken::new();
         let _stop_proxy_on_exit = stop_proxy.clone().drop_guard();
@@ -491,6 +517,7 @@ impl OciExecutor {
             cwd,
             user,
             mounts,
+            devices: exposure.devices,
             stdout: stdout.path().to_owned(),
             stderr: stderr.path().to_owned(),
             memory_bytes: ctx.limits.memory_bytes,

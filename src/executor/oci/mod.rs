@@ -5,10 +5,12 @@
 //! - [`runtime`]: one container in, one exit out, through the helper process.
 //! - [`netns`]: network namespaces the node makes for containers.
 //! - [`egress`]: the `HTTP` network mode's allow-list proxy.
+//! - [`gpu`]: what a container gets for the GPUs it holds (device nodes, driver libraries, environment).
 //! - `stream`: stdout and stderr through pipes the node drains, capped while the container runs.
 
 pub mod egress;
 pub mod engine;
+pub mod gpu;
 pub mod netns;
 pub mod runtime;
 mod stream;

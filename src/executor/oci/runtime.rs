@@ -17,9 +17,12 @@
 //! `/dev/shm` tmpfs; bind mounts `nosuid,nodev`. cgroups at `/<cgroup_root>/<id>` in every hierarchy:
 //! memory (swap included, so it cannot swap around the limit), CPU quota, pids (1024 unless set).
 //!
+//! Extra device nodes ([`DeviceNode`], a GPU's) are host nodes bound into `/dev` without `nodev` (the user
+//! namespace forbids `mknod`), each allowed by the v1 device cgroup for its own numbers only.
+//!
 //! On cgroup v2, device rules would need libcontainer's eBPF support (`cgroupsv2_devices`, off: it needs
 //! libbpf); the user namespace already forbids creating device nodes, so a container reaches only the
-//! standard devices bound into its `/dev`.
+//! standard devices and the [`DeviceNode`]s bound into its `/dev`.
 //!
 //! # Process model
 //! `run` writes `config.json` into the bundle and a request to `<state_root>/<id>.request.json`, then
@@ -124,6 +127,8 @@ pub struct ContainerSpec {
     pub user: Option<(u32, u32)>,
     /// Bind mounts, always `nosuid,nodev`.
     pub mounts: Vec<BindMount>,
+    /// Host device nodes to make usable (GPUs); empty for most containers.
+    pub devices: Vec<DeviceNode>,
     /// File receiving the container's stdout (created if missing, appended to).
     pub stdout: PathBuf,
     /// File receiving the container's stderr (created if missing, appended to).
@@ -149,6 +154,31 @@ pub struct BindMount {
     pub target: String,
     /// Whether the container may only read it.
     pub read_only: bool,
+}
+
+/// A host device node made usable in the container: bound (a user namespace may not `mknod`) without
+/// `nodev`, and allowed (`rwm`) by the device cgroup for exactly its numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// The host's node (absolute).
+    pub source: PathBuf,
+    /// Where it appears inside the container: under `/dev/`.
+    pub target: String,
+    /// Character or block device.
+    pub kind: DeviceKind,
+    /// Major number, as the host node has it.
+    pub major: u64,
+    /// Minor number, as the host node has it.
+    pub minor: u64,
+}
+
+/// The kind of a [`DeviceNode`] (the device cgroup tells them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Character device (`c`).
+    Char,
+    /// Block device (`b`).
+    Block,
 }
 
 /// The container's network.
@@ -735,8 +765,13 @@ impl ContainerRuntime {
         std::fs::create_dir_all(&self.state_root).map_err(prepare_err(&self.state_root))?;
         std::fs::create_dir_all(&spec.bundle_dir).map_err(prepare_err(&spec.bundle_dir))?;
         check_reachable(id, &spec.rootfs, spec.id_map.host_base)?;
-        for m in &spec.mounts {
-            check_reachable(id, &m.source, spec.id_map.host_base)?;
+        for source in spec
+            .mounts
+            .iter()
+            .map(|m| &m.source)
+            .chain(spec.devices.iter().map(|d| &d.source))
+        {
+            check_reachable(id, source, spec.id_map.host_base)?;
         }
 
         let layout = cgroup::Layout::detect().map_err(prepare_err(Path::new("/sys/fs/cgroup")))?;
@@ -832,6 +867,21 @@ impl ContainerSpec {
                 p.push(format!(
                     "mount target {:?} must be absolute, without '..'",
                     m.target
+                ));
+            }
+        }
+        for d in &self.devices {
+            if !d.source.is_absolute() {
+                p.push(format!(
+                    "device source {} must be absolute",
+                    d.source.display()
+                ));
+            }
+            // Only under /dev: a device node anywhere else would be a way around the read-only root.
+            if !d.target.starts_with("/dev/") || d.target.split('/').any(|s| s == "..") {
+                p.push(format!(
+                    "device target {:?} must be under /dev/, without '..'",
+                    d.target
                 ));
             }
         }
@@ -967,6 +1017,7 @@ mod tests {
             cwd: "/".to_owned(),
             user: None,
             mounts: vec![],
+            devices: vec![],
             stdout: PathBuf::from("/o"),
             stderr: PathBuf::from("/e"),
             memory_bytes: None,
@@ -996,7 +1047,14 @@ mod tests {
             target: "/a/../b".to_owned(),
             read_only: true,
         }];
-        assert_eq!(s.problems().len(), 8, "{:?}", s.problems());
+        s.devices = vec![DeviceNode {
+            source: PathBuf::from("dev/nvidia0"),
+            target: "/usr/nvidia0".to_owned(),
+            kind: DeviceKind::Char,
+            major: 195,
+            minor: 0,
+        }];
+        assert_eq!(s.problems().len(), 10, "{:?}", s.problems());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use self::interrupt::{Interrupt, TriggerOnDrop};
 use self::worker::Job;
 use super::{Executor, ExecutorError, FailureReason, RunContext, RunOutcome};
-use crate::model::{EngineKind, EngineSpec, NetworkType, Task};
+use crate::model::{EngineKind, EngineSpec, NetworkType, Task, resources};
 
 /// Fuel per slice when not configured: about a million wasm instructions, a few milliseconds on
 /// the boards we target, so a deadline or cancel is noticed within that.
@@ -123,6 +123,12 @@ impl Executor for WasmExecutor {
                 )));
             }
             Err(e) => return Err(unsupported(e.to_string())),
+        }
+        // Said at bid time, so the orchestrator's "no node can run this" names the reason.
+        if resources::parse_gpu(&task.resources.gpu).is_ok_and(|n| n > 0) {
+            return Err(unsupported(
+                "the wasm engine cannot use GPUs; use the docker engine".to_owned(),
+            ));
         }
         match &task.network.kind {
             NetworkType::Default | NetworkType::None => Ok(()),
@@ -767,5 +773,20 @@ mod tests {
         let docker = serde_json::json!({"Type": "docker", "Params": {"Image": "x"}});
         let err = exec.validate(&task(docker, NetworkType::None)).unwrap_err();
         assert!(err.to_string().contains("not wasm"), "{err}");
+    }
+
+    #[test]
+    fn validate_declines_gpu_tasks() {
+        let exec = executor(1);
+        let wasm = serde_json::json!({"Type": "wasm", "Params": {"EntryModule": "/m.wasm"}});
+        let mut t = task(wasm, NetworkType::None);
+        t.resources.gpu = "1".to_owned();
+        let err = exec.validate(&t).unwrap_err().to_string();
+        assert!(
+            err.contains("the wasm engine cannot use GPUs; use the docker engine"),
+            "{err}"
+        );
+        t.resources.gpu = "0".to_owned();
+        exec.validate(&t).unwrap();
     }
 }

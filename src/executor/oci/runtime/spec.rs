@@ -10,14 +10,14 @@ use std::path::PathBuf;
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use super::{ContainerNetwork, ContainerSpec, seccomp};
+use super::{ContainerNetwork, ContainerSpec, DeviceKind, seccomp};
 
 /// Docker's default capability set (moby `oci/caps/defaults.go`): enough to run package managers and
 /// daemons that drop privileges, nothing that reaches outside the container's namespaces.
@@ -210,7 +210,51 @@ fn system_mounts(spec: &ContainerSpec) -> Result<Vec<Mount>, OciSpecError> {
                 .build()?,
         );
     }
+    // After the /dev tmpfs, which they land on. No `nodev`: the node must open; the device cgroup still
+    // decides what it may do.
+    for d in &spec.devices {
+        mounts.push(
+            MountBuilder::default()
+                .destination(&d.target)
+                .typ("bind")
+                .source(&d.source)
+                .options(vec![
+                    "rbind".to_owned(),
+                    "rprivate".to_owned(),
+                    "nosuid".to_owned(),
+                    "noexec".to_owned(),
+                    "rw".to_owned(),
+                ])
+                .build()?,
+        );
+    }
     Ok(mounts)
+}
+
+/// The device cgroup: deny everything, then allow each of the spec's device nodes by its own numbers.
+/// libcontainer adds its standard set (null, zero, full, tty, random, urandom, the ptys) after these.
+fn device_rules(spec: &ContainerSpec) -> Result<Vec<LinuxDeviceCgroup>, OciSpecError> {
+    let mut rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?,
+    ];
+    for d in &spec.devices {
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(match d.kind {
+                    DeviceKind::Char => LinuxDeviceType::C,
+                    DeviceKind::Block => LinuxDeviceType::B,
+                })
+                .major(i64::try_from(d.major).unwrap_or(i64::MAX))
+                .minor(i64::try_from(d.minor).unwrap_or(i64::MAX))
+                .access("rwm")
+                .build()?,
+        );
+    }
+    Ok(rules)
 }
 
 fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace, OciSpecError> {
@@ -299,14 +343,7 @@ pub(super) fn build(
     }
     let pids = spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT);
     let resources = LinuxResourcesBuilder::default()
-        // Deny every device; libcontainer then allows its standard set (null, zero, full, tty, random,
-        // urandom, the pty master/slaves), which is what it creates in /dev.
-        .devices(vec![
-            LinuxDeviceCgroupBuilder::default()
-                .allow(false)
-                .access("rwm")
-                .build()?,
-        ])
+        .devices(device_rules(spec)?)
         .memory(memory.build()?)
         .cpu(cpu.build()?)
         .pids(
@@ -360,7 +397,7 @@ mod tests {
     use oci_spec::runtime::LinuxSeccompAction;
 
     use super::*;
-    use crate::executor::oci::runtime::{BindMount, IdMap};
+    use crate::executor::oci::runtime::{BindMount, DeviceNode, IdMap};
 
     fn spec() -> ContainerSpec {
         ContainerSpec {
@@ -376,6 +413,7 @@ mod tests {
                 target: "/inputs".to_owned(),
                 read_only: true,
             }],
+            devices: vec![],
             stdout: PathBuf::from("/o"),
             stderr: PathBuf::from("/e"),
             memory_bytes: Some(64 << 20),
@@ -541,6 +579,55 @@ mod tests {
         assert_eq!(
             (r["soft"].as_u64(), r["hard"].as_u64()),
             (Some(1024), Some(4096))
+        );
+    }
+
+    #[test]
+    fn device_nodes_are_bound_without_nodev_and_allowed_by_their_numbers() {
+        let mut s = spec();
+        s.devices = vec![DeviceNode {
+            source: PathBuf::from("/dev/nvidia1"),
+            target: "/dev/nvidia1".to_owned(),
+            kind: DeviceKind::Char,
+            major: 195,
+            minor: 1,
+        }];
+        let v = json(&s, &host());
+        let mounts = v["mounts"].as_array().expect("mounts");
+        let dev_at = mounts
+            .iter()
+            .position(|m| m["destination"] == "/dev")
+            .expect("/dev");
+        let node_at = mounts
+            .iter()
+            .position(|m| m["destination"] == "/dev/nvidia1")
+            .expect("/dev/nvidia1");
+        assert!(node_at > dev_at, "bound onto the /dev tmpfs, not under it");
+        let node = &mounts[node_at];
+        assert_eq!(node["source"], "/dev/nvidia1");
+        let opts = node["options"].as_array().expect("options");
+        assert!(!opts.iter().any(|o| o == "nodev"), "{opts:?}");
+        assert!(opts.iter().any(|o| o == "nosuid"), "{opts:?}");
+        let rules = v["linux"]["resources"]["devices"]
+            .as_array()
+            .expect("rules");
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0]["allow"], false);
+        assert_eq!(
+            rules[1],
+            serde_json::json!({"allow": true, "type": "c", "major": 195, "minor": 1, "access": "rwm"})
+        );
+        // Other bind mounts keep nodev.
+        let inputs = mounts
+            .iter()
+            .find(|m| m["destination"] == "/inputs")
+            .expect("/inputs");
+        assert!(
+            inputs["options"]
+                .as_array()
+                .expect("options")
+                .iter()
+                .any(|o| o == "nodev")
         );
     }
 
