@@ -23,7 +23,7 @@ use crate::harness::{DEADLINE, wait_until};
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "ip", "ifconfig", "sleep", "yes", "dd", "true", "false",
     "env", "pwd", "touch", "mount", "unshare", "grep", "wc", "head", "seq", "hostname", "stat",
-    "printf", "mkdir", "rm", "kill", "chroot", "tr", "cut",
+    "printf", "mkdir", "rm", "kill", "chroot", "tr", "cut", "sed",
 ];
 
 const BASE: u32 = 100_000;
@@ -989,4 +989,219 @@ fn run_true_latency() {
         times[times.len() - 1]
     );
     assert!(median < Duration::from_secs(2), "median {median:?}");
+}
+
+// === GPUs: a fake driver root, exposed by the real plan and runtime ===
+
+/// Driver version of the fake driver root's libraries.
+const FAKE_DRIVER: &str = "535.104.05";
+
+/// A character device node at `path` with numbers `major:minor`, mode 0666 (as the driver makes its nodes).
+fn mknod_char(path: &Path, major: u64, minor: u64) {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    mknod(
+        path,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+    // mknod is subject to the umask.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).expect("chmod");
+}
+
+/// A fake driver root under the fixture: `dev/<name>` nodes with the given numbers, `libnvidia-ml` with its
+/// soname link, and an `nvidia-smi` that lists the GPU nodes it sees and the visible devices it was told.
+fn fake_driver_root(fx: &Fixture, nodes: &[(&str, u64, u64)]) -> PathBuf {
+    let root = fx.path("driver");
+    fs::create_dir_all(root.join("dev")).expect("mkdir");
+    for (name, major, minor) in nodes {
+        mknod_char(&root.join("dev").join(name), *major, *minor);
+    }
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    fs::create_dir_all(&lib).expect("mkdir");
+    fs::write(
+        lib.join(format!("libnvidia-ml.so.{FAKE_DRIVER}")),
+        "fake nvml\n",
+    )
+    .expect("lib");
+    symlink(
+        format!("libnvidia-ml.so.{FAKE_DRIVER}"),
+        lib.join("libnvidia-ml.so.1"),
+    )
+    .expect("soname link");
+    let bin = root.join("usr/bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    fs::write(
+        bin.join("nvidia-smi"),
+        "#!/bin/sh\nls /dev/nvidia[0-9]*\necho \"visible $NVIDIA_VISIBLE_DEVICES\"\n",
+    )
+    .expect("nvidia-smi");
+    fs::set_permissions(bin.join("nvidia-smi"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    root
+}
+
+fn fake_gpu(index: u32) -> cod::gpu::Gpu {
+    cod::gpu::Gpu {
+        index,
+        name: "Fake GPU".to_owned(),
+        vendor: cod::gpu::GpuVendor::Nvidia,
+        memory_bytes: 16 << 30,
+        pci_address: format!("0000:0{index}:00.0"),
+        uuid: format!("GPU-fake-{index}"),
+        minor: Some(index),
+    }
+}
+
+/// `spec` with the exposure of `gpus` from `driver_root` applied, as the engine does.
+fn with_gpus(mut spec: ContainerSpec, gpus: &[cod::gpu::Gpu], driver_root: &Path) -> ContainerSpec {
+    let exposure = cod::executor::oci::gpu::plan(gpus, driver_root).expect("plan");
+    let mut env: std::collections::BTreeMap<String, String> = spec
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    env.insert(
+        "PATH".to_owned(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+    );
+    exposure.apply_env(&mut env);
+    spec.env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    spec.mounts.extend(exposure.mounts);
+    spec.devices = exposure.devices;
+    spec
+}
+
+#[test]
+fn a_container_given_gpu_1_of_2_sees_only_it_with_the_driver_files() {
+    let fx = Fixture::new("gpu");
+    // /dev/null's and /dev/zero's numbers: the fake nodes read like them.
+    let root = fake_driver_root(
+        &fx,
+        &[
+            ("nvidia0", 1, 3),
+            ("nvidia1", 1, 5),
+            ("nvidiactl", 1, 3),
+            ("nvidia-uvm", 1, 3),
+        ],
+    );
+    let spec = with_gpus(
+        fx.spec(
+            "gpu",
+            "echo \"dev $(ls /dev | grep nvidia | tr '\\n' ' ')\"; \
+             echo \"read $(head -c 16 /dev/nvidia1 | wc -c)\"; \
+             echo \"smi $(command -v nvidia-smi)\"; nvidia-smi; \
+             echo \"lib $(cat /usr/local/nvidia/lib64/libnvidia-ml.so.1)\"; \
+             echo \"libs $(ls /usr/local/nvidia/lib64 | tr '\\n' ' ')\"; \
+             echo \"ld $LD_LIBRARY_PATH\"; echo \"caps $NVIDIA_DRIVER_CAPABILITIES\"; \
+             echo \"cuda ${CUDA_VISIBLE_DEVICES-unset}\"; \
+             echo \"mount $(grep ' /dev/nvidia1 ' /proc/self/mounts | cut -d' ' -f4)\"",
+        ),
+        &[fake_gpu(1)],
+        &root,
+    );
+    let (exit, out, err) = fx.run(spec);
+    assert_eq!(exit, ContainerExit::Exited { code: 0 }, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"dev nvidia-uvm nvidia1 nvidiactl "),
+        "only the given GPU's node and the control nodes: {out}"
+    );
+    for expected in [
+        "read 16",
+        "smi /usr/local/nvidia/bin/nvidia-smi",
+        "/dev/nvidia1",
+        "visible GPU-fake-1",
+        "lib fake nvml",
+        &format!("libs libnvidia-ml.so.1 libnvidia-ml.so.{FAKE_DRIVER} "),
+        "ld /usr/local/nvidia/lib64",
+        "caps compute,utility",
+        "cuda unset",
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} missing: {out}");
+    }
+    // nvidia-smi's listing has exactly one GPU node.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("/dev/nvidia"))
+            .count(),
+        1,
+        "{out}"
+    );
+    let mount = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("mount "))
+        .expect("mount line");
+    assert!(
+        mount.contains("nosuid") && !mount.contains("nodev"),
+        "device bound without nodev: {mount}"
+    );
+}
+
+/// A character major no driver of this host has registered (`/proc/devices`): nodes with it open past the
+/// device cgroup and then fail with ENXIO, while the cgroup refuses with EPERM.
+fn unregistered_char_major() -> u64 {
+    let devices = fs::read_to_string("/proc/devices").expect("/proc/devices");
+    let used: BTreeSet<u64> = devices
+        .lines()
+        .take_while(|l| !l.starts_with("Block"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    (200..=239)
+        .rev()
+        .find(|m| !used.contains(m))
+        .expect("a free character major in 200..=239")
+}
+
+#[test]
+fn the_device_cgroup_allows_only_the_given_gpus_numbers() {
+    if is_v2() {
+        eprintln!("cgroup v2: device rules need eBPF, which the runtime does not use; skipped");
+        return;
+    }
+    let fx = Fixture::new("gpucg");
+    let major = unregistered_char_major();
+    let root = fake_driver_root(
+        &fx,
+        &[
+            ("nvidia0", major, 0),
+            ("nvidia1", major, 1),
+            ("nvidiactl", major, 255),
+        ],
+    );
+    // Copies of both GPUs' nodes in the image itself, where the container can reach them: the same file
+    // system and mode for both, so only the device cgroup tells them apart.
+    let mnt = fx.path("rootfs/mnt");
+    mknod_char(&mnt.join("copy0"), major, 0);
+    mknod_char(&mnt.join("copy1"), major, 1);
+    let spec = with_gpus(
+        fx.spec(
+            "gpucg",
+            "for d in /dev/nvidia1 /mnt/copy1 /mnt/copy0; do \
+               echo \"$d $(cat $d 2>&1 >/dev/null | sed 's/.*: //')\"; \
+             done; \
+             echo \"rules $(grep ' rwm' /sys/fs/cgroup/devices/devices.list | grep -c \"^c $0:\")\"",
+        ),
+        &[fake_gpu(1)],
+        &root,
+    );
+    // `$0` of `sh -c script name`: the major, so the script can count the rules with it.
+    let spec = ContainerSpec {
+        args: [spec.args.clone(), vec![major.to_string()]].concat(),
+        ..spec
+    };
+    let (exit, out, err) = fx.run(spec);
+    assert_eq!(exit, ContainerExit::Exited { code: 0 }, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    for expected in [
+        "/dev/nvidia1 No such device or address",
+        "/mnt/copy1 No such device or address",
+        "/mnt/copy0 Operation not permitted",
+        // nvidia1 and nvidiactl, never nvidia0.
+        "rules 2",
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} missing: {out}");
+    }
 }
