@@ -14,6 +14,8 @@ mod docker;
 mod durability;
 mod fixtures;
 mod fleet;
+#[cfg(feature = "executor-oci")]
+mod gpu_container;
 mod harness;
 mod hostile;
 mod hybrid;
