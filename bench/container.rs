@@ -126,6 +126,7 @@ fn cod_start(dir: &Path) -> Option<Vec<f64>> {
             user: None,
             mounts: vec![],
             devices: vec![],
+            masked_paths: vec![],
             stdout: dir.join("out"),
             stderr: dir.join("err"),
             memory_bytes: Some(64 << 20),

@@ -97,6 +97,7 @@ impl Fixture {
             user: None,
             mounts: vec![],
             devices: vec![],
+            masked_paths: vec![],
             stdout: self.path(&format!("{id}.out")),
             stderr: self.path(&format!("{id}.err")),
             memory_bytes: Some(64 << 20),
@@ -1070,6 +1071,7 @@ fn with_gpus(mut spec: ContainerSpec, gpus: &[cod::gpu::Gpu], driver_root: &Path
     spec.env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     spec.mounts.extend(exposure.mounts);
     spec.devices = exposure.devices;
+    spec.masked_paths = exposure.masked_paths;
     spec
 }
 

@@ -518,6 +518,7 @@ impl OciExecutor {
             user,
             mounts,
             devices: exposure.devices,
+            masked_paths: exposure.masked_paths,
             stdout: stdout.path().to_owned(),
             stderr: stderr.path().to_owned(),
             memory_bytes: ctx.limits.memory_bytes,

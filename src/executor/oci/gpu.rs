@@ -86,6 +86,10 @@ const TOOLS: &[&str] = &["nvidia-smi", "nvidia-debugdump", "nvidia-persistenced"
 /// JetPack's lists of the host files a container needs on a Tegra board (package `nvidia-container-csv-*`).
 pub const TEGRA_CSV_DIR: &str = "etc/nvidia-container-runtime/host-files-for-container.d";
 
+/// The driver's per-GPU information (model, bus id, IRQ...): one directory per GPU, named by PCI bus id. Global
+/// in every procfs, so the GPUs a run does not hold are masked, as the toolkit hides them.
+const PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
+
 /// `NVIDIA_DRIVER_CAPABILITIES` when the job sets none: what the exposed files serve.
 const DEFAULT_CAPABILITIES: &str = "compute,utility";
 
@@ -167,10 +171,21 @@ pub struct GpuExposure {
     pub library_path: Vec<String>,
     /// Directories to put first on `PATH`.
     pub path: Vec<String>,
+    /// Container paths to hide: the other GPUs' [`PROC_GPUS`] entries.
+    pub masked_paths: Vec<String>,
 }
 
 /// The exposure of `gpus` (what a run holds) from the driver under `driver_root`. Empty for no GPUs.
 pub fn plan(gpus: &[Gpu], driver_root: &Path) -> Result<GpuExposure, GpuExposureError> {
+    plan_with(gpus, driver_root, Path::new(PROC_GPUS))
+}
+
+/// [`plan`], with the host's [`PROC_GPUS`] at `proc_gpus` (tests).
+fn plan_with(
+    gpus: &[Gpu],
+    driver_root: &Path,
+    proc_gpus: &Path,
+) -> Result<GpuExposure, GpuExposureError> {
     let mut plan = GpuExposure {
         uuids: gpus.iter().map(|g| g.uuid.clone()).collect(),
         ..GpuExposure::default()
@@ -202,6 +217,12 @@ pub fn plan(gpus: &[Gpu], driver_root: &Path) -> Result<GpuExposure, GpuExposure
             plan.path.push(CONTAINER_BIN_DIR.to_owned());
         }
         plan.mounts.extend(tools);
+        plan.masked_paths = names(proc_gpus)?
+            .into_iter()
+            .filter(|bus| !discrete.iter().any(|(g, _)| same_bus(&g.pci_address, bus)))
+            .map(|bus| format!("{PROC_GPUS}/{bus}"))
+            .collect();
+        plan.masked_paths.sort();
     }
     if let Some(gpu) = gpus.iter().find(|g| g.minor.is_none()) {
         tegra(gpu, driver_root, &mut plan)?;
@@ -239,6 +260,18 @@ fn prepend(env: &mut BTreeMap<String, String>, key: &str, dirs: &[String]) {
         .filter(|d| !d.is_empty() && !dirs.iter().any(|n| n == d));
     let value: Vec<&str> = dirs.iter().map(String::as_str).chain(kept).collect();
     env.insert(key.to_owned(), value.join(":"));
+}
+
+/// Whether two PCI bus ids name the same device: NVML writes `00000000:3B:00.0`, procfs `0000:3b:00.0`.
+fn same_bus(a: &str, b: &str) -> bool {
+    let split = |id: &str| -> Option<(u32, String)> {
+        let (domain, rest) = id.split_once(':')?;
+        Some((
+            u32::from_str_radix(domain, 16).ok()?,
+            rest.to_ascii_lowercase(),
+        ))
+    };
+    matches!((split(a), split(b)), (Some(x), Some(y)) if x == y)
 }
 
 fn device_error(gpu: &Gpu, root: &Path, node: &str) -> GpuExposureError {
@@ -611,6 +644,26 @@ mod tests {
         assert_eq!(p.uuids, ["GPU-1"]);
         assert_eq!(p.library_path, [CONTAINER_LIB_DIR]);
         assert_eq!(p.path, [CONTAINER_BIN_DIR]);
+    }
+
+    #[test]
+    fn the_other_gpus_proc_entries_are_masked() {
+        let root = driver_root(&["nvidia0", "nvidia1", "nvidiactl"]);
+        let proc = tempfile::tempdir().expect("tempdir");
+        for bus in ["0000:01:00.0", "0000:3b:00.0"] {
+            fs::create_dir(proc.path().join(bus)).expect("mkdir");
+        }
+        let mut held = gpu(1, Some(1));
+        held.pci_address = "00000000:3B:00.0".to_owned();
+        let p = plan_with(&[held], root.path(), proc.path()).expect("plan");
+        assert_eq!(p.masked_paths, ["/proc/driver/nvidia/gpus/0000:01:00.0"]);
+        // No driver proc dir (or no driver loaded yet): nothing to mask.
+        let p =
+            plan_with(&[gpu(1, Some(1))], root.path(), &proc.path().join("none")).expect("plan");
+        assert!(p.masked_paths.is_empty());
+        assert!(same_bus("0000:3B:00.0", "0000:3b:00.0"));
+        assert!(!same_bus("0000:3B:00.0", "0001:3b:00.0"));
+        assert!(!same_bus("", ""));
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub struct ContainerSpec {
     pub mounts: Vec<BindMount>,
     /// Host device nodes to make usable (GPUs); empty for most containers.
     pub devices: Vec<DeviceNode>,
+    /// Paths hidden from the container besides Docker's list (other GPUs' `/proc/driver/nvidia` entries).
+    pub masked_paths: Vec<String>,
     /// File receiving the container's stdout (created if missing, appended to).
     pub stdout: PathBuf,
     /// File receiving the container's stderr (created if missing, appended to).
@@ -885,6 +887,11 @@ impl ContainerSpec {
                 ));
             }
         }
+        for m in &self.masked_paths {
+            if !m.starts_with('/') || m.split('/').any(|s| s == "..") {
+                p.push(format!("masked path {m:?} must be absolute, without '..'"));
+            }
+        }
         for (what, path) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             if !path.is_absolute() {
                 p.push(format!(
@@ -1018,6 +1025,7 @@ mod tests {
             user: None,
             mounts: vec![],
             devices: vec![],
+            masked_paths: vec![],
             stdout: PathBuf::from("/o"),
             stderr: PathBuf::from("/e"),
             memory_bytes: None,

@@ -364,6 +364,7 @@ pub(super) fn build(
             MASKED_PATHS
                 .iter()
                 .map(|p| (*p).to_owned())
+                .chain(spec.masked_paths.iter().cloned())
                 .collect::<Vec<_>>(),
         )
         .readonly_paths(
@@ -414,6 +415,7 @@ mod tests {
                 read_only: true,
             }],
             devices: vec![],
+            masked_paths: vec![],
             stdout: PathBuf::from("/o"),
             stderr: PathBuf::from("/e"),
             memory_bytes: Some(64 << 20),
@@ -616,6 +618,15 @@ mod tests {
         assert_eq!(
             rules[1],
             serde_json::json!({"allow": true, "type": "c", "major": 195, "minor": 1, "access": "rwm"})
+        );
+        let mut s = spec();
+        s.masked_paths = vec!["/proc/driver/nvidia/gpus/0000:3b:00.0".to_owned()];
+        let masked = json(&s, &host())["linux"]["maskedPaths"].clone();
+        let masked = masked.as_array().expect("masked paths");
+        assert_eq!(masked.len(), MASKED_PATHS.len() + 1);
+        assert_eq!(
+            masked[MASKED_PATHS.len()],
+            "/proc/driver/nvidia/gpus/0000:3b:00.0"
         );
         // Other bind mounts keep nodev.
         let inputs = mounts
