@@ -1207,3 +1207,58 @@ fn the_device_cgroup_allows_only_the_given_gpus_numbers() {
         assert!(lines.contains(&expected), "{expected:?} missing: {out}");
     }
 }
+
+#[test]
+fn an_integrated_gpu_gets_the_files_jetpacks_lists_name() {
+    let fx = Fixture::new("tegra");
+    let root = fx.path("driver");
+    let csv_dir = root.join(cod::executor::oci::gpu::TEGRA_CSV_DIR);
+    fs::create_dir_all(&csv_dir).expect("mkdir");
+    fs::create_dir_all(root.join("dev")).expect("mkdir");
+    mknod_char(&root.join("dev/nvhost-ctrl"), 1, 5);
+    let lib = root.join("usr/lib/aarch64-linux-gnu");
+    fs::create_dir_all(lib.join("tegra")).expect("mkdir");
+    fs::write(lib.join("tegra/libcuda.so.1.1"), "fake tegra cuda\n").expect("lib");
+    fs::write(lib.join("tegra/libnvrm_gpu.so"), "fake nvrm\n").expect("lib");
+    symlink("tegra/libcuda.so.1.1", lib.join("libcuda.so")).expect("link");
+    fs::write(
+        csv_dir.join("l4t.csv"),
+        "dev, /dev/nvhost-ctrl\n\
+         dev, /dev/nvhost-ctrl-gpu\n\
+         lib, /usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1.1\n\
+         sym, /usr/lib/aarch64-linux-gnu/libcuda.so\n\
+         dir, /usr/lib/aarch64-linux-gnu/tegra\n",
+    )
+    .expect("csv");
+    let orin = cod::gpu::Gpu {
+        minor: None,
+        pci_address: String::new(),
+        name: "Orin (nvgpu)".to_owned(),
+        ..fake_gpu(0)
+    };
+    let spec = with_gpus(
+        fx.spec(
+            "tegra",
+            "echo \"dev $(ls /dev | grep nv | tr '\\n' ' ')\"; \
+             echo \"read $(head -c 4 /dev/nvhost-ctrl | wc -c)\"; \
+             echo \"sym $(cat /usr/lib/aarch64-linux-gnu/libcuda.so)\"; \
+             echo \"dir $(ls /usr/lib/aarch64-linux-gnu/tegra | tr '\\n' ' ')\"; \
+             echo \"ld $LD_LIBRARY_PATH\"; echo \"visible $NVIDIA_VISIBLE_DEVICES\"",
+        ),
+        &[orin],
+        &root,
+    );
+    let (exit, out, err) = fx.run(spec);
+    assert_eq!(exit, ContainerExit::Exited { code: 0 }, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    for expected in [
+        "dev nvhost-ctrl ",
+        "read 4",
+        "sym fake tegra cuda",
+        "dir libcuda.so.1.1 libnvrm_gpu.so ",
+        "ld /usr/lib/aarch64-linux-gnu/tegra",
+        "visible GPU-fake-0",
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} missing: {out}");
+    }
+}
