@@ -217,12 +217,18 @@ fn plan_with(
             plan.path.push(CONTAINER_BIN_DIR.to_owned());
         }
         plan.mounts.extend(tools);
-        plan.masked_paths = names(proc_gpus)?
-            .into_iter()
-            .filter(|bus| !discrete.iter().any(|(g, _)| same_bus(&g.pci_address, bus)))
-            .map(|bus| format!("{PROC_GPUS}/{bus}"))
-            .collect();
-        plan.masked_paths.sort();
+        // Only when every held GPU's bus id is known: otherwise its own entry could not be told apart.
+        if discrete
+            .iter()
+            .all(|(g, _)| bus_id(&g.pci_address).is_some())
+        {
+            plan.masked_paths = names(proc_gpus)?
+                .into_iter()
+                .filter(|bus| !discrete.iter().any(|(g, _)| same_bus(&g.pci_address, bus)))
+                .map(|bus| format!("{PROC_GPUS}/{bus}"))
+                .collect();
+            plan.masked_paths.sort();
+        }
     }
     if let Some(gpu) = gpus.iter().find(|g| g.minor.is_none()) {
         tegra(gpu, driver_root, &mut plan)?;
@@ -262,16 +268,19 @@ fn prepend(env: &mut BTreeMap<String, String>, key: &str, dirs: &[String]) {
     env.insert(key.to_owned(), value.join(":"));
 }
 
-/// Whether two PCI bus ids name the same device: NVML writes `00000000:3B:00.0`, procfs `0000:3b:00.0`.
+/// A PCI bus id as (domain, `bus:device.function` in lower case): NVML writes `00000000:3B:00.0`, procfs
+/// `0000:3b:00.0`.
+fn bus_id(id: &str) -> Option<(u32, String)> {
+    let (domain, rest) = id.split_once(':')?;
+    Some((
+        u32::from_str_radix(domain, 16).ok()?,
+        rest.to_ascii_lowercase(),
+    ))
+}
+
+/// Whether two PCI bus ids name the same device.
 fn same_bus(a: &str, b: &str) -> bool {
-    let split = |id: &str| -> Option<(u32, String)> {
-        let (domain, rest) = id.split_once(':')?;
-        Some((
-            u32::from_str_radix(domain, 16).ok()?,
-            rest.to_ascii_lowercase(),
-        ))
-    };
-    matches!((split(a), split(b)), (Some(x), Some(y)) if x == y)
+    matches!((bus_id(a), bus_id(b)), (Some(x), Some(y)) if x == y)
 }
 
 fn device_error(gpu: &Gpu, root: &Path, node: &str) -> GpuExposureError {
@@ -516,6 +525,7 @@ fn tegra(gpu: &Gpu, root: &Path, plan: &mut GpuExposure) -> Result<(), GpuExposu
             let (CsvEntry::Dev(p) | CsvEntry::Lib(p) | CsvEntry::Sym(p) | CsvEntry::Dir(p)) =
                 &entry;
             let source = root.join(p.trim_start_matches('/'));
+            // Lists overlap (a base list and a board's); each path is bound once.
             if plan.devices.iter().any(|d| d.target == *p)
                 || plan.mounts.iter().any(|m| m.target == *p)
             {
@@ -657,6 +667,11 @@ mod tests {
         held.pci_address = "00000000:3B:00.0".to_owned();
         let p = plan_with(&[held], root.path(), proc.path()).expect("plan");
         assert_eq!(p.masked_paths, ["/proc/driver/nvidia/gpus/0000:01:00.0"]);
+        // A held GPU without a bus id: its own entry is unknown, so nothing is masked.
+        let mut unknown = gpu(1, Some(1));
+        unknown.pci_address = String::new();
+        let p = plan_with(&[unknown], root.path(), proc.path()).expect("plan");
+        assert!(p.masked_paths.is_empty());
         // No driver proc dir (or no driver loaded yet): nothing to mask.
         let p =
             plan_with(&[gpu(1, Some(1))], root.path(), &proc.path().join("none")).expect("plan");
