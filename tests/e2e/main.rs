@@ -14,6 +14,7 @@ mod docker;
 mod durability;
 mod fixtures;
 mod fleet;
+mod gpu;
 mod harness;
 mod hostile;
 mod hybrid;

@@ -1,0 +1,295 @@
+//! GPUs end to end without a GPU: a stand-in `libnvidia-ml.so.1` (fixtures/nvml_stub.c, compiled here with
+//! `cc`) is loaded by the node's real NVML probe through `LD_LIBRARY_PATH`, and answers for
+//! `COD_NVML_STUB_GPUS` fake GPUs. Discovery, advertising, scheduling and allocation are the real code paths;
+//! only the library is fake. Exposure inside containers is the docker engine's (its own tests).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::fixtures::HELLO;
+use crate::harness::{Cod, DEADLINE, failure_reasons, state, wait_until, wasm_job};
+
+/// Compiles the NVML stub into `dir/libnvidia-ml.so.1` and returns `dir`.
+fn nvml_stub(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/fixtures/nvml_stub.c");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(dir.join("libnvidia-ml.so.1"))
+        .arg(&src)
+        .output()
+        .expect("cc is installed (tests/run.sh installs gcc)");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_owned()
+}
+
+/// A hybrid node whose NVML is the stub with `gpus` GPUs.
+fn gpu_node(name: &str, lib_dir: &Path, gpus: u32, extra: &[&str]) -> Cod {
+    let lib = lib_dir.display().to_string();
+    let n = gpus.to_string();
+    Cod::start_with_env(
+        name,
+        extra,
+        &[("LD_LIBRARY_PATH", &lib), ("COD_NVML_STUB_GPUS", &n)],
+    )
+}
+
+/// The node's record at the orchestrator (`GET /api/v1/orchestrator/nodes`), once it has one.
+fn node_record(orch: &Cod, node_id: &str) -> Value {
+    wait_until("the node's record", DEADLINE, || {
+        let (_, body) = orch.get("/api/v1/orchestrator/nodes");
+        body["Nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["Info"]["NodeID"] == node_id)
+            .cloned()
+    })
+}
+
+/// Everything a user reads about why a job ended: its state message, the executions' messages and the
+/// history.
+fn reasons(body: &Value) -> String {
+    let history: Vec<&str> = body["History"]["Items"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e["Event"]["Message"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} | {} | {}",
+        body["Job"]["State"]["Message"].as_str().unwrap_or_default(),
+        failure_reasons(body),
+        history.join(" | ")
+    )
+}
+
+#[test]
+fn a_node_with_nvml_advertises_its_gpus_and_schedules_by_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lib = nvml_stub(tmp.path());
+    let cod = gpu_node("gpu", &lib, 2, &[]);
+    assert!(
+        cod.log().contains("NVIDIA GPUs found") && cod.log().contains("source=NVML"),
+        "discovery is logged:\n{}",
+        cod.log()
+    );
+
+    // Bacalhau's shape: the count and the list (memory in MiB) in MaxCapacity and AvailableCapacity.
+    let record = node_record(&cod, &cod.node_id);
+    let info = &record["Info"];
+    let max = &info["ComputeNodeInfo"]["MaxCapacity"];
+    assert_eq!(max["GPU"], 2, "{info:#}");
+    let gpus = max["GPUs"].as_array().expect("GPUs listed");
+    assert_eq!(gpus.len(), 2, "{info:#}");
+    assert_eq!(
+        gpus[1],
+        json!({"Index": 1, "Name": "NVIDIA Stub T4", "Vendor": "NVIDIA", "Memory": 16384,
+               "PCIAddress": "0000:02:00.0"})
+    );
+    let available = &info["ComputeNodeInfo"]["AvailableCapacity"];
+    assert_eq!(available["GPU"], 2);
+    assert_eq!(available["GPUs"].as_array().map(Vec::len), Some(2));
+    // Labels as Bacalhau writes them, plus Cod's driver and CUDA labels.
+    let labels = &info["Labels"];
+    assert_eq!(labels["GPU-0"], "NVIDIA-Stub-T4");
+    assert_eq!(labels["GPU-1-Memory"], "16384-MiB");
+    assert_eq!(labels["GPU-Driver-Version"], "550.54.15");
+    assert_eq!(labels["GPU-CUDA-Version"], "12.4");
+    // The CLI shows them.
+    let shown = cod.cli_ok(&["agent", "node"]);
+    assert!(
+        shown.contains("GPUs")
+            && shown.contains("1: NVIDIA Stub T4 (16384 MiB, 0000:02:00.0, free)"),
+        "{shown}"
+    );
+    let described = cod.cli_ok(&["node", "describe", &cod.node_id]);
+    assert!(described.contains("0: NVIDIA Stub T4"), "{described}");
+
+    // More GPUs than any node has: not placed, and the user is told why.
+    let mut job = wasm_job(HELLO, json!({"Resources": {"GPU": "3"}}));
+    job["Tasks"][0]["Engine"] = json!({"Type": "docker", "Params": {"Image": "busybox:1"}});
+    job["Tasks"][0]["InputSources"] = json!([]);
+    let body = cod.wait_terminal(&cod.submit(job), DEADLINE);
+    assert_eq!(state(&body), "Failed", "{body:#}");
+    assert!(
+        reasons(&body).contains("needs 3 GPUs; node has 2 free (of 2)"),
+        "{}",
+        reasons(&body)
+    );
+
+    // The wasm engine cannot use a GPU: the node declines with that reason.
+    let body = cod.wait_terminal(
+        &cod.submit(wasm_job(HELLO, json!({"Resources": {"GPU": "1"}}))),
+        DEADLINE,
+    );
+    assert_eq!(state(&body), "Failed", "{body:#}");
+    assert!(
+        reasons(&body).contains("the wasm engine cannot use GPUs"),
+        "{}",
+        reasons(&body)
+    );
+
+    // Everything else runs as before.
+    let body = cod.wait_terminal(&cod.submit(wasm_job(HELLO, json!({}))), DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+}
+
+#[test]
+fn a_node_without_a_gpu_says_so_and_runs_wasm_unchanged() {
+    let cod = Cod::start("nogpu", &[]);
+    let log = cod.log();
+    assert!(
+        log.contains("no NVIDIA GPU found (NVML: not available"),
+        "the reason is logged once:\n{log}"
+    );
+    let record = node_record(&cod, &cod.node_id);
+    let cni = &record["Info"]["ComputeNodeInfo"];
+    assert!(cni["MaxCapacity"].get("GPUs").is_none(), "{cni:#}");
+    assert_eq!(cni["MaxCapacity"]["GPU"], 0);
+    assert!(record["Info"]["Labels"].get("GPU-0").is_none());
+    let body = cod.wait_terminal(&cod.submit(wasm_job(HELLO, json!({}))), DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+    let body = cod.wait_terminal(
+        &cod.submit(wasm_job(HELLO, json!({"Resources": {"GPU": "1"}}))),
+        DEADLINE,
+    );
+    assert_eq!(state(&body), "Failed");
+    assert!(
+        reasons(&body).contains("needs 1 GPU; node has no GPU"),
+        "{}",
+        reasons(&body)
+    );
+}
+
+#[test]
+fn gpu_discovery_can_be_turned_off() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lib = nvml_stub(tmp.path());
+    let lib = lib.display().to_string();
+    let cod = Cod::start_with_env(
+        "gpuoff",
+        &[],
+        &[
+            ("LD_LIBRARY_PATH", &lib),
+            ("COD_COMPUTE_GPU_ENABLED", "false"),
+        ],
+    );
+    assert!(cod.log().contains("GPU discovery off"), "{}", cod.log());
+    let record = node_record(&cod, &cod.node_id);
+    assert_eq!(record["Info"]["ComputeNodeInfo"]["MaxCapacity"]["GPU"], 0);
+}
+
+/// The history messages of a job.
+#[cfg(feature = "executor-oci")]
+fn history(cod: &Cod, id: &str) -> Vec<String> {
+    cod.job(id)["History"]["Items"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e["Event"]["Message"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `id`'s history has `n` events containing `text`.
+#[cfg(feature = "executor-oci")]
+fn wait_for_event(cod: &Cod, id: &str, text: &str, n: usize) {
+    wait_until(
+        &format!("{n} × {text:?} in job {id}'s history"),
+        DEADLINE,
+        || (history(cod, id).iter().filter(|m| m.contains(text)).count() >= n).then_some(()),
+    );
+}
+
+/// Each execution gets its own GPUs (lowest free first), keeps them across a node restart, and gives them
+/// back when it ends. Docker jobs, as only they can use GPUs; the containers run busybox from a loopback
+/// registry and see nothing of the (fake) GPUs: exposure is the docker engine's part.
+#[cfg(feature = "executor-oci")]
+#[test]
+fn executions_hold_their_own_gpus_until_they_end_and_across_a_restart() {
+    use crate::registry::{PushOptions, TestRegistry};
+
+    let registry = TestRegistry::start();
+    let image = registry.push_busybox("gpu/busybox", "1", &PushOptions::default());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lib = nvml_stub(tmp.path());
+    let mut cod = gpu_node("gpu-alloc", &lib, 2, &[]);
+    let job = |script: &str, gpus: &str| {
+        json!({"Type": "batch", "Tasks": [{
+            "Name": "main",
+            "Engine": {"Type": "docker", "Params": {
+                "Image": image.reference, "Entrypoint": ["/bin/sh", "-c"], "Parameters": [script]}},
+            "Publisher": {"Type": "noop"},
+            "Resources": {"GPU": gpus},
+            "Timeouts": {"ExecutionTimeout": 900}
+        }]})
+    };
+    let uuid = |i: u32| format!("GPU-00000000-0000-0000-0000-{i:012}");
+
+    // Two long jobs, one GPU each: the lowest free one each time.
+    let a = cod.submit(job("sleep 600", "1"));
+    wait_for_event(
+        &cod,
+        &a,
+        &format!("allocated GPU 0 (NVIDIA Stub T4, {})", uuid(0)),
+        1,
+    );
+    let b = cod.submit(job("sleep 600", "1"));
+    wait_for_event(
+        &cod,
+        &b,
+        &format!("allocated GPU 1 (NVIDIA Stub T4, {})", uuid(1)),
+        1,
+    );
+    assert!(
+        !history(&cod, &b)
+            .iter()
+            .any(|m| m.contains("allocated GPU 0")),
+        "{:?}",
+        history(&cod, &b)
+    );
+
+    // Both held: a third is not placed, with the reason.
+    let c = cod.wait_terminal(&cod.submit(job("true", "1")), DEADLINE);
+    assert_eq!(state(&c), "Failed", "{c:#}");
+    assert!(
+        reasons(&c).contains("needs 1 GPU; node has 0 free (of 2)"),
+        "{}",
+        reasons(&c)
+    );
+
+    // Stopping A frees GPU 0; a restart gives B its GPU 1 again although 0 is now the lowest free.
+    cod.cli_ok(&["job", "stop", &a]);
+    assert_eq!(state(&cod.wait_terminal(&a, DEADLINE)), "Stopped");
+    cod.restart();
+    wait_for_event(&cod, &b, "allocated GPU 1", 2);
+    let record = node_record(&cod, &cod.node_id);
+    assert_eq!(
+        record["Info"]["ComputeNodeInfo"]["AvailableCapacity"]["GPUs"][0]["Index"], 0,
+        "{record:#}"
+    );
+
+    // GPU 0 is free for the next one, which ends by itself and frees it again.
+    let d = cod.wait_terminal(&cod.submit(job("echo d", "1")), DEADLINE);
+    assert_eq!(state(&d), "Completed", "{d:#}");
+    assert!(reasons(&d).contains("allocated GPU 0"), "{}", reasons(&d));
+
+    // With B stopped too, a job can have both.
+    cod.cli_ok(&["job", "stop", &b]);
+    assert_eq!(state(&cod.wait_terminal(&b, DEADLINE)), "Stopped");
+    let e = cod.wait_terminal(&cod.submit(job("echo e", "2")), DEADLINE);
+    assert_eq!(state(&e), "Completed", "{e:#}");
+    let said = reasons(&e);
+    assert!(
+        said.contains("allocated GPU 0") && said.contains("allocated GPU 1"),
+        "{said}"
+    );
+}
