@@ -168,6 +168,43 @@ mod tests {
         assert_eq!(inv.gpus[1].uuid, "GPU-b");
     }
 
+    /// A driver root whose `usr/bin/nvidia-smi` is a script printing `body` and exiting with `code`.
+    fn fake_tool(body: &str, code: i32) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let bin = root.path().join("usr/bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        let tool = bin.join("nvidia-smi");
+        std::fs::write(
+            &tool,
+            format!("#!/bin/sh\ncat <<'EOF'\n{body}EOF\nexit {code}\n"),
+        )
+        .expect("write");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        root
+    }
+
+    #[test]
+    fn runs_the_tool_under_the_driver_root() {
+        let root = fake_tool(TWO, 0);
+        let inv = SmiProbe::new(root.path()).probe().expect("probe");
+        assert_eq!(inv.gpus.len(), 2);
+        assert_eq!(
+            inv.gpus[1].minor,
+            Some(1),
+            "no procfs entry here: the index"
+        );
+        let broken = fake_tool(
+            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n",
+            9,
+        );
+        let e = SmiProbe::new(broken.path())
+            .probe()
+            .expect_err("driver down");
+        assert!(matches!(e, ProbeError::Failed(_)), "{e}");
+        assert!(e.to_string().contains("couldn't communicate"), "{e}");
+    }
+
     #[test]
     fn rejects_what_it_cannot_read() {
         let e = parse("0, Tesla T4, GPU-a\n").expect_err("short");

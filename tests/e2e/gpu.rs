@@ -318,3 +318,42 @@ fn executions_hold_their_own_gpus_until_they_end_and_across_a_restart() {
         "{said}"
     );
 }
+
+/// Where NVML cannot be loaded (a static build, or no library) but `nvidia-smi` runs, its answer is used.
+#[test]
+fn without_nvml_the_node_falls_back_to_nvidia_smi() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let tool = tmp.path().join("nvidia-smi");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\necho '0, Tesla T4, GPU-0f0e0d0c-aaaa-bbbb-cccc-ddddeeeeffff, 15360, 00000000:AF:00.0, 535.104.05'\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        tmp.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cod = Cod::start_with_env("smi", &[], &[("PATH", &path)]);
+    let log = cod.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NVIDIA GPUs found") && l.contains("nvidia-smi")),
+        "{log}"
+    );
+    let record = node_record(&cod, &cod.node_id);
+    let info = &record["Info"];
+    assert_eq!(
+        info["ComputeNodeInfo"]["MaxCapacity"]["GPUs"][0],
+        json!({"Index": 0, "Name": "Tesla T4", "Vendor": "NVIDIA", "Memory": 15360,
+               "PCIAddress": "0000:AF:00.0"})
+    );
+    assert_eq!(info["Labels"]["GPU-0"], "Tesla-T4");
+    assert_eq!(info["Labels"]["GPU-Driver-Version"], "535.104.05");
+    assert!(
+        info["Labels"].get("GPU-CUDA-Version").is_none(),
+        "nvidia-smi's CSV has none"
+    );
+}
