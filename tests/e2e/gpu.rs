@@ -13,10 +13,16 @@ use crate::harness::{Cod, DEADLINE, failure_reasons, state, wait_until, wasm_job
 
 /// Compiles the NVML stub into `dir/libnvidia-ml.so.1` and returns `dir`.
 fn nvml_stub(dir: &Path) -> PathBuf {
+    compile_stub(&dir.join("libnvidia-ml.so.1"));
+    dir.to_owned()
+}
+
+/// Compiles fixtures/nvml_stub.c into the shared object `dest`.
+fn compile_stub(dest: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/fixtures/nvml_stub.c");
     let out = Command::new("cc")
         .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(dir.join("libnvidia-ml.so.1"))
+        .arg(dest)
         .arg(&src)
         .output()
         .expect("cc is installed (tests/run.sh installs gcc)");
@@ -25,7 +31,37 @@ fn nvml_stub(dir: &Path) -> PathBuf {
         "cc failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir.to_owned()
+}
+
+/// A fake driver root (`Compute.GPU.DriverRoot`) laid out as a host's: the NVML stub as
+/// `usr/lib64/libnvidia-ml.so.550.54.15` (+ `.so.1`), found there by the node's NVML probe, and device nodes
+/// `dev/nvidia0`, `dev/nvidia1`, `dev/nvidiactl` (char devices with /dev/null's numbers), which the docker
+/// engine binds into containers holding those GPUs. Needs root (mknod), as containers do.
+#[cfg(feature = "executor-oci")]
+fn driver_root(root: &Path) -> PathBuf {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let lib = root.join("usr/lib64");
+    std::fs::create_dir_all(&lib).expect("mkdir");
+    compile_stub(&lib.join("libnvidia-ml.so.550.54.15"));
+    symlink("libnvidia-ml.so.550.54.15", lib.join("libnvidia-ml.so.1")).expect("symlink");
+    std::fs::create_dir_all(root.join("dev")).expect("mkdir");
+    for node in ["nvidia0", "nvidia1", "nvidiactl"] {
+        let status = Command::new("mknod")
+            .arg(root.join("dev").join(node))
+            .args(["c", "1", "3"])
+            .status()
+            .expect("mknod");
+        assert!(status.success(), "mknod {node} (tests run as root)");
+    }
+    // Containers run as a mapped uid and must traverse to these files.
+    let mut dir = Some(root);
+    while let Some(d) =
+        dir.filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir())
+    {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        dir = d.parent();
+    }
+    root.to_owned()
 }
 
 /// A hybrid node whose NVML is the stub with `gpus` GPUs.
@@ -240,7 +276,8 @@ fn free_gpus(cod: &Cod) -> Vec<u64> {
 
 /// Each execution gets its own GPUs (lowest free first), keeps them across a node restart, and gives them
 /// back when it ends. Docker jobs, as only they can use GPUs; the containers run busybox from a loopback
-/// registry and see nothing of the (fake) GPUs: exposure is the docker engine's part.
+/// registry. The node's NVML is the stub inside a fake driver root (found there, not on LD_LIBRARY_PATH),
+/// which also holds the device nodes the docker engine binds into containers (its own tests check that).
 #[cfg(feature = "executor-oci")]
 #[test]
 fn executions_hold_their_own_gpus_until_they_end_and_across_a_restart() {
@@ -249,8 +286,16 @@ fn executions_hold_their_own_gpus_until_they_end_and_across_a_restart() {
     let registry = TestRegistry::start();
     let image = registry.push_busybox("gpu/busybox", "1", &PushOptions::default());
     let tmp = tempfile::tempdir().expect("tmp");
-    let lib = nvml_stub(tmp.path());
-    let mut cod = gpu_node("gpu-alloc", &lib, 2, &[]);
+    let root = driver_root(&tmp.path().join("driver"));
+    let root = root.display().to_string();
+    let mut cod = Cod::start_with_env(
+        "gpu-alloc",
+        &[],
+        &[
+            ("COD_COMPUTE_GPU_DRIVER_ROOT", &root),
+            ("COD_NVML_STUB_GPUS", "2"),
+        ],
+    );
     let job = |script: &str, gpus: &str| {
         json!({"Type": "batch", "Tasks": [{
             "Name": "main",
