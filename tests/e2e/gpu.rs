@@ -364,24 +364,25 @@ fn executions_hold_their_own_gpus_until_they_end_and_across_a_restart() {
     );
 }
 
-/// Where NVML cannot be loaded (a static build, or no library) but `nvidia-smi` runs, its answer is used.
+/// Where NVML cannot be loaded (a static build, or a broken library) but `nvidia-smi` runs, its answer is used.
+/// Both sit in a driver root, so a real driver on the test machine changes nothing.
 #[test]
 fn without_nvml_the_node_falls_back_to_nvidia_smi() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().expect("tmp");
-    let tool = tmp.path().join("nvidia-smi");
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("usr/lib64")).expect("mkdir");
+    std::fs::write(root.join("usr/lib64/libnvidia-ml.so.1"), "not a library\n").expect("write");
+    std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
+    let tool = root.join("usr/bin/nvidia-smi");
     std::fs::write(
         &tool,
         "#!/bin/sh\necho '0, Tesla T4, GPU-0f0e0d0c-aaaa-bbbb-cccc-ddddeeeeffff, 15360, 00000000:AF:00.0, 535.104.05'\n",
     )
     .expect("write");
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let path = format!(
-        "{}:{}",
-        tmp.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let cod = Cod::start_with_env("smi", &[], &[("PATH", &path)]);
+    let root = root.display().to_string();
+    let cod = Cod::start_with_env("smi", &[], &[("COD_COMPUTE_GPU_DRIVER_ROOT", &root)]);
     let log = cod.log();
     assert!(
         log.lines()
