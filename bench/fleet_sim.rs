@@ -209,8 +209,8 @@ impl SimNode {
                 execution_engines: vec!["wasm".into()],
                 publishers: vec!["noop".into(), "local".into()],
                 storage_sources: vec!["inline".into(), "urlDownload".into()],
-                max_capacity: cap,
-                available_capacity: cap,
+                max_capacity: cap.into(),
+                available_capacity: cap.into(),
                 max_job_requirements: cap,
                 ..Default::default()
             },
@@ -385,7 +385,7 @@ impl SimNode {
                 _ = heartbeat.tick() => {
                     if welcomed {
                         let (c, o, tx) = (client.clone(), orch.clone(), done_tx.clone());
-                        let available = info.compute_node_info.available_capacity;
+                        let available = info.compute_node_info.available_capacity.clone();
                         tokio::spawn(async move {
                             let t = Instant::now();
                             let r = c.request(&o, Request::Heartbeat { available, running: 0 }).await;

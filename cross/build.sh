@@ -8,8 +8,10 @@
 # TARGET: x86_64-unknown-linux-musl | aarch64-unknown-linux-musl | armv7-unknown-linux-musleabihf
 #   --edge    the compute-only flavor (no orchestrator): compute, executor-wasm, executor-oci, storage-url
 #   --qemu    adds the `lmdb-posix-sem` feature, so LMDB works under qemu-user (which lacks get_robust_list)
-#   --gpu     the glibc flavor for GPU hosts: NVML is dlopen()ed, which a static musl binary cannot do. For now it
-#             builds the default features dynamically against glibc 2.28; NVML itself arrives with the GPU issue.
+#   --gpu     the glibc flavor for GPU hosts: the default features plus `gpu` (NVML through nvml-wrapper), linked
+#             dynamically against glibc 2.28, because NVML is dlopen()ed, which a static musl binary cannot do.
+#             The static flavors leave `gpu` out; they still find GPUs through nvidia-smi, procfs or the Tegra
+#             device tree.
 #   --board   targets/NAME/cargo.toml is passed to cargo as `--config` (triple, target-cpu) and decides TARGET.
 #
 # Installs what it needs, idempotently: the rustup target; musl-tools (x86_64) or cargo-zigbuild + ziglang
@@ -79,7 +81,8 @@ mkdir -p "$cache"
 features=()
 case "$flavor" in
   edge) features=(compute executor-wasm executor-oci storage-url storage-s3 ipfs) ;;
-  full|gpu) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed) ;;
+  full) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed) ;;
+  gpu) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed gpu) ;;
 esac
 ((qemu)) && features+=(lmdb-posix-sem)
 [[ -n "$extra_features" ]] && features+=(${extra_features//,/ })

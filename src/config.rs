@@ -898,6 +898,17 @@ pub fn apply_env(
     if let Some(v) = take("COD_ALLOW_LISTED_LOCAL_PATHS") {
         config.compute.allow_listed_local_paths = split_list(&v);
     }
+    // Like COD_API_PORT, a value that does not parse leaves the file's setting.
+    if let Some(v) = take("COD_COMPUTE_GPU_ENABLED") {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => config.compute.gpu.enabled = true,
+            "false" | "0" => config.compute.gpu.enabled = false,
+            _ => {}
+        }
+    }
+    if let Some(v) = take("COD_COMPUTE_GPU_DRIVER_ROOT") {
+        config.compute.gpu.driver_root = v;
+    }
     // Tokens are recorded by name only.
     if let Some(v) = env("COD_ORCHESTRATOR_AUTH_TOKEN") {
         applied.push(("COD_ORCHESTRATOR_AUTH_TOKEN", "<redacted>".into()));
@@ -1040,6 +1051,8 @@ pub struct Resolved {
     pub compute_join_token: Option<crate::transport::JoinToken>,
     /// `Transport.SwarmKeyFile`, loaded.
     pub swarm_key: Option<crate::transport::SwarmKey>,
+    /// `Compute.GPU`.
+    pub gpu: crate::gpu::GpuSettings,
 }
 
 impl Config {
@@ -1223,6 +1236,27 @@ impl Config {
             )?,
             swarm_key: self.swarm_key()?,
             policy: self.policy()?,
+            gpu: self.gpu_settings()?,
+        })
+    }
+
+    /// `Compute.GPU` resolved: the driver root must be an absolute path (`/` on a normal host).
+    fn gpu_settings(&self) -> Result<crate::gpu::GpuSettings, ConfigError> {
+        let g = &self.compute.gpu;
+        let root = std::path::PathBuf::from(g.driver_root.trim());
+        if !root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "Compute.GPU.DriverRoot",
+                value: g.driver_root.clone(),
+                source_name: "configuration".into(),
+                reason: "must be an absolute path: \"/\" on a normal host, or where the driver's files are \
+                         mounted (as the NVIDIA container toolkit's root)"
+                    .into(),
+            });
+        }
+        Ok(crate::gpu::GpuSettings {
+            enabled: g.enabled,
+            driver_root: root,
         })
     }
 
@@ -1435,6 +1469,42 @@ mod tests {
             Some("north")
         );
         c.resolve().expect("valid");
+    }
+
+    #[test]
+    fn gpu_settings_from_file_and_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "compute: {gpu: {enabled: false, driverRoot: /run/nvidia/driver}}\n",
+        )
+        .expect("write");
+        let mut c = load_file(&path).expect("loads");
+        let r = c.resolve().expect("valid");
+        assert!(!r.gpu.enabled);
+        assert_eq!(r.gpu.driver_root, Path::new("/run/nvidia/driver"));
+        apply_env(&mut c, |k| match k {
+            "COD_COMPUTE_GPU_ENABLED" => Some("TRUE".to_owned()),
+            "COD_COMPUTE_GPU_DRIVER_ROOT" => Some("/".to_owned()),
+            _ => None,
+        });
+        let r = c.resolve().expect("valid");
+        assert_eq!(r.gpu, crate::gpu::GpuSettings::default());
+        apply_env(&mut c, |k| {
+            (k == "COD_COMPUTE_GPU_ENABLED").then(|| "maybe".to_owned())
+        });
+        assert!(
+            c.compute.gpu.enabled,
+            "an unreadable value leaves the setting"
+        );
+        c.compute.gpu.driver_root = "run/nvidia".into();
+        let e = c.resolve().expect_err("relative root");
+        assert!(e.to_string().contains("Compute.GPU.DriverRoot"), "{e}");
+        assert_eq!(
+            Config::default().resolve().map(|r| r.gpu).ok(),
+            Some(crate::gpu::GpuSettings::default())
+        );
     }
 
     #[test]

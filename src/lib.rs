@@ -12,6 +12,8 @@
 //! - [`orchestrator`]: job intake, scheduling, node registry, execution tracking.
 //! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher), and
 //!   the node's input cache (by content id) and result cache (opt-in reuse of finished results).
+//! - [`gpu`]: finding the node's NVIDIA GPUs (NVML with feature `gpu`, `nvidia-smi`, procfs, Tegra), advertising
+//!   them and allocating them to executions; the docker engine exposes the ones a run holds.
 //! - [`api`]: the Bacalhau v1 REST API; [`auth`]: who may call it (users, capabilities, the api-token file).
 //! - [`node`]: the composition root that wires a node from its config.
 //! - [`config`]: the node's configuration (defaults < file < `COD_*` < flags), validated before start.
@@ -53,6 +55,8 @@ pub const FEATURES: &[&str] = &[
     "ipfs",
     #[cfg(feature = "tls-self-signed")]
     "tls-self-signed",
+    #[cfg(feature = "gpu")]
+    "gpu",
 ];
 
 pub mod api;

@@ -93,7 +93,7 @@ impl NodeOrder {
     }
 
     fn compare(self, a: &NodeState, b: &NodeState) -> Ordering {
-        let free = |n: &NodeState| n.info.compute_node_info.available_capacity;
+        let free = |n: &NodeState| n.info.compute_node_info.available_capacity.resources;
         let by = match self {
             Self::Id => Ordering::Equal,
             // Alphabetical by wire name: Compute before Requester.

@@ -194,7 +194,11 @@ fn capacity(info: &NodeInfo, dim: impl Fn(&Resources) -> String) -> String {
         return String::new();
     }
     let c = &info.compute_node_info;
-    format!("{} / {}", dim(&c.available_capacity), dim(&c.max_capacity))
+    format!(
+        "{} / {}",
+        dim(&c.available_capacity.resources),
+        dim(&c.max_capacity.resources)
+    )
 }
 
 /// How long ago an RFC 3339 time was, in the largest whole unit ("3s ago", "5m ago", "2h ago", "4d ago");
@@ -311,14 +315,35 @@ fn node_info_pairs(info: &NodeInfo) -> Vec<(&'static str, String)> {
             ("Engines", c.execution_engines.join(", ")),
             ("Publishers", c.publishers.join(", ")),
             ("Storage Sources", c.storage_sources.join(", ")),
-            ("Max Capacity", res(&c.max_capacity)),
-            ("Available", res(&c.available_capacity)),
+            ("Max Capacity", res(&c.max_capacity.resources)),
+            ("Available", res(&c.available_capacity.resources)),
             ("Max Job", res(&c.max_job_requirements)),
             ("Running", c.running_executions.to_string()),
             ("Enqueued", c.enqueued_executions.to_string()),
         ]);
+        if !c.max_capacity.gpus.is_empty() {
+            pairs.push(("GPUs", gpus(c)));
+        }
     }
     pairs
+}
+
+/// `0: Tesla T4 (15360 MiB, 0000:3B:00.0, free); 1: …`: each GPU, and whether it is free now.
+fn gpus(c: &crate::model::ComputeNodeInfo) -> String {
+    c.max_capacity
+        .gpus
+        .iter()
+        .map(|g| {
+            let free = c.available_capacity.gpus.iter().any(|f| f.index == g.index);
+            let mut details = vec![format!("{} MiB", g.memory)];
+            if !g.pci_address.is_empty() {
+                details.push(g.pci_address.clone());
+            }
+            details.push(if free { "free" } else { "in use" }.to_owned());
+            format!("{}: {} ({})", g.index, g.name, details.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -337,13 +362,15 @@ mod tests {
                     memory: 4 << 30,
                     disk: 0,
                     gpu: 0,
-                },
+                }
+                .into(),
                 available_capacity: Resources {
                     cpu: 3.5,
                     memory: 2 << 30,
                     disk: 0,
                     gpu: 0,
-                },
+                }
+                .into(),
                 ..ComputeNodeInfo::default()
             },
             ..NodeInfo::default()

@@ -4,52 +4,97 @@
 
 use std::sync::{Arc, Mutex};
 
+use tracing::warn;
+
+use crate::gpu::{GpuAllocator, NotEnoughGpus};
 use crate::model::resources::{JobDefaults, job_resources};
-use crate::model::{EngineSpec, Execution, InputSpec, PublisherSpec, Resources};
+use crate::model::{EngineSpec, Execution, ExecutionId, InputSpec, PublisherSpec, Resources};
 
 use super::backends::Backends;
 
-/// Resources held by accepted executions. A std mutex: never held across an `.await`.
+/// Resources held by accepted executions, and which GPUs each holds. A std mutex: never held across an
+/// `.await`. The counts and the GPU holders live under one lock so a bid takes both or neither.
 #[derive(Debug, Clone)]
 pub(crate) struct Capacity {
     max: Resources,
-    used: Arc<Mutex<Resources>>,
+    used: Arc<Mutex<Used>>,
+}
+
+/// What accepted executions hold.
+#[derive(Debug, Default)]
+struct Used {
+    resources: Resources,
+    gpus: GpuAllocator,
 }
 
 impl Capacity {
-    pub fn new(max: Resources) -> Self {
+    /// `max.gpu` is the number of `gpus` (the indexes discovery found).
+    pub fn new(max: Resources, gpus: impl IntoIterator<Item = u32>) -> Self {
         Self {
             max,
-            used: Arc::new(Mutex::new(Resources::default())),
+            used: Arc::new(Mutex::new(Used {
+                resources: Resources::default(),
+                gpus: GpuAllocator::new(gpus),
+            })),
         }
     }
-    fn used(&self) -> std::sync::MutexGuard<'_, Resources> {
+    fn used(&self) -> std::sync::MutexGuard<'_, Used> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
-    /// Reserves `r` if it fits.
-    pub fn try_reserve(&self, r: &Resources) -> Result<(), String> {
+    /// Reserves `r` for `holder` if it fits, and returns the GPU indexes it gets (lowest free first).
+    pub fn try_reserve(&self, holder: &ExecutionId, r: &Resources) -> Result<Vec<u32>, String> {
         let mut used = self.used();
-        let free = self.max.saturating_sub(&used);
+        let free = self.max.saturating_sub(&used.resources);
+        if r.gpu > used.gpus.free_count() {
+            let total = self.max.gpu;
+            return Err(NotEnoughGpus {
+                need: r.gpu,
+                free: used.gpus.free_count(),
+                total,
+            }
+            .to_string());
+        }
         if !r.fits_in(&free) {
             return Err(format!(
                 "not enough free capacity: job needs cpu {} memory {} bytes, node has cpu {:.2} memory {} bytes free",
                 r.cpu, r.memory, free.cpu, free.memory
             ));
         }
-        *used = used.add(r);
-        Ok(())
+        let gpus = used
+            .gpus
+            .reserve(holder, r.gpu)
+            .map_err(|e| e.to_string())?;
+        used.resources = used.resources.add(r);
+        Ok(gpus)
     }
-    /// Reserves `r` unconditionally (recovery of work accepted before a restart).
-    pub fn force_reserve(&self, r: &Resources) {
+    /// Reserves `r` unconditionally (recovery of work accepted before a restart), with the GPUs it held then
+    /// when they are still free; otherwise (a GPU gone, say) the lowest free ones, and the run says which.
+    pub fn force_reserve(&self, holder: &ExecutionId, r: &Resources, gpus: &[u32]) {
         let mut used = self.used();
-        *used = used.add(r);
+        used.resources = used.resources.add(r);
+        if let Err(e) = used.gpus.restore(holder, gpus) {
+            warn!(execution_id = %holder, reason = %e, "cannot give a resumed execution its GPUs back; taking free ones");
+            if let Err(e) = used.gpus.reserve(holder, r.gpu) {
+                warn!(execution_id = %holder, reason = %e, "a resumed execution runs without its GPUs");
+            }
+        }
     }
-    pub fn release(&self, r: &Resources) {
+    /// Frees what `holder` holds: `r` and its GPUs.
+    pub fn release(&self, holder: &ExecutionId, r: &Resources) {
         let mut used = self.used();
-        *used = used.saturating_sub(r);
+        used.resources = used.resources.saturating_sub(r);
+        used.gpus.release(holder);
     }
     pub fn available(&self) -> Resources {
-        self.max.saturating_sub(&self.used())
+        self.max.saturating_sub(&self.used().resources)
+    }
+    /// The free GPU indexes, lowest first.
+    pub fn free_gpus(&self) -> Vec<u32> {
+        self.used().gpus.free()
+    }
+    /// The GPU indexes `holder` holds.
+    pub fn gpus_of(&self, holder: &ExecutionId) -> Vec<u32> {
+        self.used().gpus.held_by(holder)
     }
 }
 
@@ -117,4 +162,54 @@ pub(crate) fn decide(
             .map_err(|e| format!("input {}: {e}", input.target))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ExecutionId {
+        ExecutionId::from(s.to_owned())
+    }
+
+    fn need(gpu: u64) -> Resources {
+        Resources {
+            cpu: 0.1,
+            memory: 1,
+            disk: 0,
+            gpu,
+        }
+    }
+
+    #[test]
+    fn bids_take_specific_gpus_and_release_them() {
+        let max = Resources {
+            cpu: 4.0,
+            memory: 1 << 30,
+            disk: 0,
+            gpu: 2,
+        };
+        let c = Capacity::new(max, [0, 1]);
+        assert_eq!(c.try_reserve(&id("a"), &need(1)), Ok(vec![0]));
+        assert_eq!(c.try_reserve(&id("b"), &need(1)), Ok(vec![1]));
+        let e = c.try_reserve(&id("c"), &need(1)).expect_err("none free");
+        assert_eq!(e, "needs 1 GPU; this node has 0 free (of 2)");
+        assert_eq!(
+            c.try_reserve(&id("cpu"), &need(0)),
+            Ok(vec![]),
+            "CPU work still fits"
+        );
+        c.release(&id("a"), &need(1));
+        assert_eq!(c.free_gpus(), vec![0]);
+        assert_eq!(c.available().gpu, 1);
+        // A restart: b keeps GPU 1 even though 0 is the lowest free one.
+        let after = Capacity::new(max, [0, 1]);
+        after.force_reserve(&id("b"), &need(1), &[1]);
+        assert_eq!(after.gpus_of(&id("b")), vec![1]);
+        assert_eq!(after.try_reserve(&id("d"), &need(1)), Ok(vec![0]));
+        // A GPU gone since: the resumed execution gets a free one if there is one.
+        let fewer = Capacity::new(Resources { gpu: 1, ..max }, [0]);
+        fewer.force_reserve(&id("b"), &need(1), &[1]);
+        assert_eq!(fewer.gpus_of(&id("b")), vec![0]);
+    }
 }

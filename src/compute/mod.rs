@@ -27,10 +27,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::gpu::Inventory;
 use crate::model::resources::JobDefaults;
 use crate::model::{
-    BuildVersionInfo, ComputeNodeInfo, ExecutionId, NodeId, NodeInfo, NodeType, Resources,
-    node::go_arch,
+    BuildVersionInfo, ComputeNodeInfo, ExecutionId, NodeId, NodeInfo, NodeResources, NodeType,
+    Resources, node::go_arch,
 };
 use crate::outbox::{self, Delivery, Outbox};
 use crate::store::{Store, StoreError};
@@ -73,6 +74,8 @@ pub struct Config {
     pub address: String,
     /// What the operator lets this node run (checked when bidding and again before each run).
     pub policy: Policy,
+    /// The GPUs discovery found (`None`: none, or discovery off); `capacity.gpu` counts them.
+    pub gpus: Option<Inventory>,
 }
 
 /// The compute node's caches (see [`cache`]); each is off when its budget is 0.
@@ -188,7 +191,11 @@ impl Compute {
                 counters: "compute.outbox_counters",
             },
         )?;
-        let capacity = Capacity::new(config.capacity);
+        let gpu_indexes = config
+            .gpus
+            .iter()
+            .flat_map(|i| i.gpus.iter().map(|g| g.index));
+        let capacity = Capacity::new(config.capacity, gpu_indexes);
         // The start queue is unbounded, but every entry is an execution this node already accepted within its
         // capacity (or recovered from its own table), so its length is bounded by the node's job slots.
         let (start, start_rx) = mpsc::unbounded_channel();
@@ -227,6 +234,19 @@ impl Compute {
         labels.insert("os_type".into(), std::env::consts::OS.into());
         labels.insert("os_arch".into(), go_arch().into());
         labels.insert("name".into(), c.name.clone());
+        labels.extend(crate::gpu::advertise::labels(c.gpus.as_ref()));
+        let all_gpus: &[crate::gpu::Gpu] = c
+            .gpus
+            .as_ref()
+            .map(|i| i.gpus.as_slice())
+            .unwrap_or_default();
+        let max_capacity = NodeResources {
+            resources: c.capacity,
+            gpus: all_gpus
+                .iter()
+                .map(crate::gpu::advertise::resource)
+                .collect(),
+        };
         NodeInfo {
             node_id: self.inner.node_id.clone(),
             node_type: NodeType::Compute,
@@ -236,9 +256,9 @@ impl Compute {
                 execution_engines: self.inner.backends.engine_names(),
                 publishers: self.inner.backends.publisher_names(),
                 storage_sources: self.inner.backends.source_names(),
-                max_capacity: c.capacity,
+                max_capacity,
                 queue_capacity: Resources::default(),
-                available_capacity: self.inner.capacity.available(),
+                available_capacity: self.available(),
                 max_job_requirements: c.max_job,
                 running_executions: self.running_count(),
                 enqueued_executions: 0,
@@ -246,6 +266,22 @@ impl Compute {
             },
             bacalhau_version: BuildVersionInfo::current(),
             listen_addresses: Vec::new(),
+        }
+    }
+
+    /// Free capacity, with the free GPUs listed (Bacalhau's `AvailableCapacity`).
+    fn available(&self) -> NodeResources {
+        let c = &self.inner.config;
+        let free = self.inner.capacity.free_gpus();
+        NodeResources {
+            resources: self.inner.capacity.available(),
+            gpus: c
+                .gpus
+                .iter()
+                .flat_map(|i| i.gpus.iter())
+                .filter(|g| free.contains(&g.index))
+                .map(crate::gpu::advertise::resource)
+                .collect(),
         }
     }
 
@@ -455,7 +491,7 @@ impl Compute {
 
     async fn heartbeat(self, peer: NodeId) -> (NodeId, Handshake) {
         let request = Request::Heartbeat {
-            available: self.inner.capacity.available(),
+            available: self.available(),
             running: self.running_count(),
         };
         let started = Instant::now();

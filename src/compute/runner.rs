@@ -11,6 +11,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::executor::{
     FailureReason, Limits, OutputDir, PreparedInput, Progress, RunContext, RunOutcome,
 };
+use crate::gpu::Gpu;
 use crate::model::{
     EngineSpec, Event, Execution, ExecutionId, ExecutionStateType, InputSource, InputSpec, NodeId,
     PublisherSpec, RunCommandResult, SpecConfig, Task,
@@ -31,6 +32,8 @@ use super::state::{LocalExecution, LocalState};
 const RUN_OUTPUT_BYTES: usize = 2048;
 /// History topic of the result cache's events (reused, or why not).
 const RESULT_CACHE_TOPIC: &str = "Result Cache";
+/// History topic of the GPU allocation events.
+const GPU_TOPIC: &str = "GPU";
 /// Most bytes of each stream one `ReadOutput` answer carries (a follower asks again for the rest).
 const OUTPUT_CHUNK: u64 = 64 * 1024;
 
@@ -39,7 +42,8 @@ const OUTPUT_CHUNK: u64 = 64 * 1024;
 struct AfterCommit {
     start: Vec<ExecutionId>,
     cancel: Vec<ExecutionId>,
-    release: Vec<crate::model::Resources>,
+    /// What ended executions held, to free once committed.
+    release: Vec<(ExecutionId, crate::model::Resources)>,
     kick: Vec<NodeId>,
 }
 
@@ -160,8 +164,8 @@ impl Compute {
     }
 
     fn after_commit(&self, after: AfterCommit) {
-        for r in &after.release {
-            self.inner.capacity.release(r);
+        for (id, r) in &after.release {
+            self.inner.capacity.release(id, r);
         }
         for peer in &after.kick {
             self.inner.outbox.kick(peer);
@@ -182,7 +186,8 @@ impl Compute {
         }
     }
 
-    /// Starts again every execution that was running when the node stopped.
+    /// Starts again every execution that was running when the node stopped. Those running and those waiting
+    /// for their bid's answer hold their resources and GPUs again (the same GPUs as before).
     pub(super) async fn recover(&self) -> Result<(), StoreError> {
         let t = self.inner.tables;
         let pending: Vec<LocalExecution> = self
@@ -193,17 +198,20 @@ impl Compute {
                     .all(t.executions)?
                     .into_iter()
                     .map(|(_, e)| e)
-                    .filter(|e| e.state == LocalState::Running)
+                    .filter(|e| matches!(e.state, LocalState::Running | LocalState::Bid))
                     .collect())
             })
             .await?;
         for e in pending {
-            info!(execution_id = %e.execution.id, "resuming an execution accepted before the restart");
-            self.inner.capacity.force_reserve(&execution_resources(
-                &e.execution,
-                &self.inner.config.job_defaults,
-            ));
-            let _ = self.inner.start.send(Work::Start(e.execution.id.clone()));
+            self.inner.capacity.force_reserve(
+                &e.execution.id,
+                &execution_resources(&e.execution, &self.inner.config.job_defaults),
+                &e.gpus,
+            );
+            if e.state == LocalState::Running {
+                info!(execution_id = %e.execution.id, "resuming an execution accepted before the restart");
+                let _ = self.inner.start.send(Work::Start(e.execution.id.clone()));
+            }
         }
         Ok(())
     }
@@ -258,11 +266,12 @@ impl Compute {
             _ => return Err(give_back(execution)),
         }
         let need = execution_resources(&execution, &self.inner.config.job_defaults);
-        if decide(&self.inner.backends, &self.inner.config, &execution).is_err()
-            || self.inner.capacity.try_reserve(&need).is_err()
-        {
+        if decide(&self.inner.backends, &self.inner.config, &execution).is_err() {
             return Err(give_back(execution));
         }
+        let Ok(gpus) = self.inner.capacity.try_reserve(&execution.id, &need) else {
+            return Err(give_back(execution));
+        };
         let id = execution.id.clone();
         let cancel = CancellationToken::new();
         if let Ok(mut running) = self.inner.running.lock() {
@@ -280,6 +289,7 @@ impl Compute {
             orchestrator: peer.clone(),
             state: LocalState::Running,
             attempts: 1,
+            gpus,
         };
         let inner = self.inner.clone();
         let peer_id = peer.clone();
@@ -302,7 +312,7 @@ impl Compute {
                         inner.outbox.last_applied(txn, &peer_id)
                     })
                     .await;
-                self.inner.capacity.release(&need);
+                self.inner.capacity.release(&id, &need);
                 if outcome.is_ok() {
                     crate::metrics::COMPUTE.bids_accepted.inc();
                     finished.inc();
@@ -477,6 +487,50 @@ impl Compute {
     ) -> Ending {
         let dir = self.work_dir(&execution.id);
         self.run_in(execution, &dir, cancel, progress).await
+    }
+
+    /// The GPUs this execution holds, each announced in its history ("allocated GPU 0 (Tesla T4, GPU-…)").
+    /// A run that asked for GPUs and holds fewer (a resumed one whose devices are gone) fails rather than
+    /// run without them.
+    fn held_gpus(
+        &self,
+        execution: &Execution,
+        need: u64,
+        progress: &Progress,
+    ) -> Result<Vec<Gpu>, String> {
+        if need == 0 {
+            return Ok(Vec::new());
+        }
+        let known = self
+            .inner
+            .config
+            .gpus
+            .as_ref()
+            .map(|i| i.gpus.as_slice())
+            .unwrap_or_default();
+        let gpus: Vec<Gpu> = self
+            .inner
+            .capacity
+            .gpus_of(&execution.id)
+            .into_iter()
+            .filter_map(|i| known.iter().find(|g| g.index == i).cloned())
+            .collect();
+        if (gpus.len() as u64) < need {
+            return Err(format!(
+                "the task needs {need} GPU(s) but this node holds {} for it (were GPUs removed since it was \
+                 accepted?)",
+                gpus.len()
+            ));
+        }
+        for g in &gpus {
+            let what = if g.uuid.is_empty() {
+                g.name.clone()
+            } else {
+                format!("{}, {}", g.name, g.uuid)
+            };
+            progress.report(GPU_TOPIC, format!("allocated GPU {} ({what})", g.index));
+        }
+        Ok(gpus)
     }
 
     fn work_dir(&self, id: &ExecutionId) -> PathBuf {
@@ -693,6 +747,10 @@ impl Compute {
         );
         env.insert("BACALHAU_NODE_ID".into(), self.inner.node_id.to_string());
         let need = execution_resources(execution, &self.inner.config.job_defaults);
+        let gpus = match self.held_gpus(execution, need.gpu, &progress) {
+            Ok(g) => g,
+            Err(reason) => return failed(reason),
+        };
         // Long-running jobs (daemon, service) run until stopped: the node's default timeout is for batch work.
         let long_running = matches!(
             job.job_type,
@@ -723,8 +781,7 @@ impl Compute {
             },
             network: task.network.clone(),
             progress,
-            // Filled by GPU allocation (issue 8).
-            gpus: vec![],
+            gpus,
         };
         let scrubbing = ScrubbingLive::register(&self.inner, &execution.id, scrubber.clone());
         // The guard stops the run through a child token when it writes past the node's limits; the job's own
@@ -895,6 +952,7 @@ impl Compute {
         let orchestrator = record.orchestrator.clone();
         let id = record.execution.id.clone();
         let outcome = ending.counter();
+        let holder = id.clone();
         let result = self
             .inner
             .store
@@ -908,7 +966,7 @@ impl Compute {
                 txn.put(t.executions, rec.execution.id.as_str(), &rec)
             })
             .await;
-        self.inner.capacity.release(&need);
+        self.inner.capacity.release(&holder, &need);
         match result {
             Ok(()) => {
                 outcome.inc();
@@ -1139,7 +1197,7 @@ fn apply(
             }
             let need = execution_resources(&execution, &inner.config.job_defaults);
             let verdict = decide(&inner.backends, &inner.config, &execution)
-                .and_then(|()| inner.capacity.try_reserve(&need));
+                .and_then(|()| inner.capacity.try_reserve(&execution.id, &need));
             let (id, job_id) = (execution.id.clone(), execution.job_id.clone());
             match verdict {
                 Err(reason) => {
@@ -1156,7 +1214,7 @@ fn apply(
                         },
                     )?;
                 }
-                Ok(()) => {
+                Ok(gpus) => {
                     crate::metrics::COMPUTE.bids_accepted.inc();
                     let state = if accept_directly {
                         LocalState::Running
@@ -1168,6 +1226,7 @@ fn apply(
                         orchestrator: orchestrator.clone(),
                         state,
                         attempts: 1,
+                        gpus,
                     };
                     txn.put(t.executions, id.as_str(), &record)?;
                     enqueue_accepted(inner, txn, &record, accept_directly)?;
@@ -1206,9 +1265,9 @@ fn apply(
                 && rec.state == LocalState::Bid
             {
                 txn.delete(t.executions, execution_id.as_str())?;
-                after.release.push(execution_resources(
-                    &rec.execution,
-                    &inner.config.job_defaults,
+                after.release.push((
+                    execution_id,
+                    execution_resources(&rec.execution, &inner.config.job_defaults),
                 ));
             }
         }
@@ -1244,9 +1303,9 @@ fn apply(
                             error: format!("cancelled: {reason}"),
                         },
                     )?;
-                    after.release.push(execution_resources(
-                        &rec.execution,
-                        &inner.config.job_defaults,
+                    after.release.push((
+                        rec.execution.id.clone(),
+                        execution_resources(&rec.execution, &inner.config.job_defaults),
                     ));
                     after.kick.push(orchestrator.clone());
                 }

@@ -30,6 +30,10 @@ pub struct LocalExecution {
     pub state: LocalState,
     /// How many times it was started (a restart mid-run starts it again).
     pub attempts: u32,
+    /// The GPU indexes it holds, so a restart gives it the same devices (absent in records written before
+    /// GPU allocation existed: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
 }
 
 /// The compute node's tables.

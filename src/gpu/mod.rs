@@ -2,10 +2,27 @@
 //! node), and what a container needs to use the ones it holds (exposure, in the `docker` engine).
 //!
 //! Only NVIDIA GPUs for now, as Bacalhau's NVML path; `GpuVendor` leaves room for others.
+//!
+//! Layout: [`probe`] finds the GPUs ([`GpuProbe`] with one implementation per source: NVML, `nvidia-smi`,
+//! procfs, Tegra), [`allocator`] hands them to executions, [`advertise`] turns them into Bacalhau's
+//! `Resources.GPUs` and node labels. Nothing here is needed by a node without GPUs: discovery then says so
+//! once and every list stays empty.
+
+pub mod advertise;
+pub mod allocator;
+#[cfg(feature = "gpu")]
+mod nvml;
+pub mod probe;
+mod procfs;
+mod smi;
+mod tegra;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use allocator::{GpuAllocator, NotEnoughGpus};
+pub use probe::{Discovery, GpuProbe, Inventory, ProbeError, ProbeSource, discover};
 
 /// The vendor, spelled as Bacalhau's `GPUVendor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ pub use node::{
     BuildVersionInfo, ComputeNodeInfo, ConnectionState, NodeAdmission, NodeConnection, NodeInfo,
     NodeMembership, NodeState, NodeType, now_rfc3339,
 };
-pub use resources::Resources;
+pub use resources::{GpuResource, NodeResources, Resources};
 pub use spec::{
     EngineKind, EngineSpec, InputSpec, PublisherKind, PublisherSpec, S3PublisherParams,
     S3SourceParams, SourceKind, WasmParams,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::ids::NodeId;
-use super::resources::Resources;
+use super::resources::{NodeResources, Resources};
 
 /// Orchestrator or compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -31,13 +31,13 @@ pub struct ComputeNodeInfo {
     pub storage_sources: Vec<String>,
     /// Total capacity for jobs.
     #[serde(rename = "MaxCapacity", default)]
-    pub max_capacity: Resources,
+    pub max_capacity: NodeResources,
     /// Capacity of the local queue.
     #[serde(rename = "QueueCapacity", default)]
     pub queue_capacity: Resources,
     /// Capacity free now.
     #[serde(rename = "AvailableCapacity", default)]
-    pub available_capacity: Resources,
+    pub available_capacity: NodeResources,
     /// Largest single job.
     #[serde(rename = "MaxJobRequirements", default)]
     pub max_job_requirements: Resources,

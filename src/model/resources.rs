@@ -50,6 +50,50 @@ impl Resources {
     }
 }
 
+/// One GPU as Bacalhau advertises it in `Resources.GPUs` (its `models.GPU`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuResource {
+    /// Index as the driver numbers it.
+    #[serde(rename = "Index", default)]
+    pub index: u64,
+    /// Model, e.g. `Tesla T4`.
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    /// `NVIDIA` (Bacalhau also knows `AMD/ATI` and `Intel`).
+    #[serde(rename = "Vendor", default)]
+    pub vendor: String,
+    /// Total memory in MiB, as Bacalhau counts it.
+    #[serde(rename = "Memory", default)]
+    pub memory: u64,
+    /// PCI address, `AAAA:BB:CC.C`; empty for integrated GPUs.
+    #[serde(rename = "PCIAddress", default)]
+    pub pci_address: String,
+}
+
+/// A node's capacity as Bacalhau shapes it: [`Resources`] with the `GPUs` list beside the count.
+///
+/// A separate type rather than a field of [`Resources`]: `Resources` is `Copy` and does arithmetic in ~100
+/// places (bids, scheduling, policy), none of which needs the list; only the node description carries it.
+/// The JSON (and CBOR) shape is Bacalhau's `Resources`, flattened.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// The counts.
+    #[serde(flatten)]
+    pub resources: Resources,
+    /// The GPUs themselves (the free ones, in available capacity).
+    #[serde(rename = "GPUs", default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuResource>,
+}
+
+impl From<Resources> for NodeResources {
+    fn from(resources: Resources) -> Self {
+        Self {
+            resources,
+            gpus: Vec::new(),
+        }
+    }
+}
+
 /// A quantity string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} quantity {value:?} is not valid ({hint})")]

@@ -213,8 +213,7 @@ async fn docker(
         cgroup_root: format!("cod/{node_id}"),
         allow_loopback_egress: d.allow_loopback_egress,
         helper_exe: None,
-        // The default until Compute.GPU.DriverRoot is wired here (GpuSettings::driver_root).
-        gpu_driver_root: std::path::PathBuf::from("/"),
+        gpu_driver_root: config.gpu.driver_root.clone(),
     };
     match OciExecutor::start(oci, store).await {
         Ok(e) => Some(e),

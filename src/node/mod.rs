@@ -215,11 +215,16 @@ pub async fn start(
             }
         });
         publisher = Some(url_base);
+        let gpus = discover_gpus(&config.gpu).await;
+        let capacity = crate::model::Resources {
+            gpu: gpus.as_ref().map_or(0, |i| i.gpus.len() as u64),
+            ..config.capacity
+        };
         let compute_config = compute::Config {
             name: config.name.clone(),
             labels: raw.compute.labels.clone(),
-            capacity: config.capacity,
-            max_job: config.policy.max_job.applied_to(config.capacity),
+            capacity,
+            max_job: config.policy.max_job.applied_to(capacity),
             heartbeat_interval: config.heartbeat_interval,
             work_dir: raw.data_dir.join("executions"),
             max_output_bytes: config.max_output_bytes,
@@ -228,6 +233,7 @@ pub async fn start(
             job_defaults: config.orchestrator.job_defaults,
             address: raw.compute.publisher_address.clone(),
             policy: config.policy.clone(),
+            gpus,
         };
         let caches = compute::Caches::open(
             &raw.data_dir.join("cache"),
@@ -390,5 +396,22 @@ impl Node {
             self.tasks.shutdown().await;
         }
         info!("stopped");
+    }
+}
+
+/// Finds the node's GPUs (blocking: a library load, maybe a process) and logs the outcome once.
+async fn discover_gpus(settings: &crate::gpu::GpuSettings) -> Option<crate::gpu::Inventory> {
+    let settings = settings.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let probes = crate::gpu::probe::default_probes(&settings);
+        crate::gpu::discover(&settings, &probes)
+    })
+    .await;
+    match found {
+        Ok(d) => d.inventory().cloned(),
+        Err(e) => {
+            warn!(error = %e, "GPU discovery failed; advertising no GPU");
+            None
+        }
     }
 }

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::model::{
-    NodeAdmission, NodeConnection, NodeId, NodeMembership, NodeState, Resources, now_rfc3339,
+    NodeAdmission, NodeConnection, NodeId, NodeMembership, NodeResources, NodeState, Resources,
+    now_rfc3339,
 };
 
 use super::scheduler::Candidate;
@@ -139,7 +140,7 @@ impl Registry {
     }
 
     /// Records a heartbeat; false if the node is unknown (it must handshake first).
-    pub fn heartbeat(&self, id: &NodeId, available: Resources) -> bool {
+    pub fn heartbeat(&self, id: &NodeId, available: NodeResources) -> bool {
         let mut map = self.lock();
         let Some(e) = map.get_mut(id) else {
             return false;
@@ -291,20 +292,36 @@ mod tests {
             cpu: 1.5,
             ..Default::default()
         };
-        assert!(r.heartbeat(&id("a"), free));
+        assert!(r.heartbeat(&id("a"), free.into()));
         r.allocate(&id("a"), &free, false);
         assert!(r.disconnected(&id("a"), "gone").is_some());
         // The snapshot a scheduling decision holds does not move under it.
         let old = &before[0];
         assert_eq!(old.node.connection, NodeConnection::Connected);
-        assert_eq!(old.node.info.compute_node_info.available_capacity.cpu, 0.0);
+        assert_eq!(
+            old.node
+                .info
+                .compute_node_info
+                .available_capacity
+                .resources
+                .cpu,
+            0.0
+        );
         assert_eq!(old.allocated.cpu, 0.0);
         // The registry has the new state.
         let now = &r.candidates()[0];
         assert!(!Arc::ptr_eq(&old.node, &now.node));
         assert_eq!(now.node.connection, NodeConnection::Disconnected);
         assert_eq!(now.node.connection_state.last_error, "gone");
-        assert_eq!(now.node.info.compute_node_info.available_capacity.cpu, 1.5);
+        assert_eq!(
+            now.node
+                .info
+                .compute_node_info
+                .available_capacity
+                .resources
+                .cpu,
+            1.5
+        );
         assert_eq!(now.allocated.cpu, 1.5);
     }
 

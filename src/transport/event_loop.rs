@@ -1033,7 +1033,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::model::{ExecutionId, Resources};
+    use crate::model::ExecutionId;
     use crate::transport::{Message, Sequenced};
 
     /// How long any single expected thing may take before the test fails.
@@ -1125,7 +1125,7 @@ mod tests {
 
     fn heartbeat() -> Request {
         Request::Heartbeat {
-            available: Resources::default(),
+            available: Default::default(),
             running: 2,
         }
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::JoinProof;
 use crate::model::{
-    Event, Execution, ExecutionId, ExecutionStateType, JobId, NodeId, NodeInfo, Resources,
+    Event, Execution, ExecutionId, ExecutionStateType, JobId, NodeId, NodeInfo, NodeResources,
     RunCommandResult, SpecConfig,
 };
 
@@ -60,8 +60,8 @@ pub enum Request {
     },
     /// Compute → orchestrator, periodically: still alive, and how much is free.
     Heartbeat {
-        /// Free capacity.
-        available: Resources,
+        /// Free capacity (with the free GPUs listed; peers that predate the list ignore it).
+        available: NodeResources,
         /// Executions running.
         running: u64,
     },
@@ -274,6 +274,42 @@ mod tests {
         let bytes = encode(&req).expect("encodes");
         let back: Request = decode(&bytes).expect("decodes");
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn heartbeats_carry_free_gpus_in_bacalhaus_flat_shape() {
+        let available = NodeResources {
+            resources: crate::model::Resources {
+                cpu: 1.5,
+                memory: 1 << 30,
+                disk: 0,
+                gpu: 1,
+            },
+            gpus: vec![crate::model::GpuResource {
+                index: 1,
+                name: "Tesla T4".into(),
+                vendor: "NVIDIA".into(),
+                memory: 15360,
+                pci_address: "0000:3B:00.0".into(),
+            }],
+        };
+        let req = Request::Heartbeat {
+            available: available.clone(),
+            running: 1,
+        };
+        let back: Request = decode(&encode(&req).expect("encodes")).expect("decodes");
+        assert_eq!(back, req);
+        // The JSON is Bacalhau's `Resources`: counts and `GPUs` side by side.
+        let json = serde_json::to_value(&available).expect("json");
+        assert_eq!(json["GPU"], 1);
+        assert_eq!(json["GPUs"][0]["Memory"], 15360);
+        // A peer without the list (older Cod) still decodes, with none listed.
+        let old = Request::Heartbeat {
+            available: NodeResources::default(),
+            running: 0,
+        };
+        let back: Request = decode(&encode(&old).expect("encodes")).expect("decodes");
+        assert_eq!(back, old);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod docker;
 mod durability;
 mod fixtures;
 mod fleet;
+mod gpu;
 #[cfg(feature = "executor-oci")]
 mod gpu_container;
 mod harness;

@@ -125,10 +125,11 @@ impl Executor for WasmExecutor {
             Err(e) => return Err(unsupported(e.to_string())),
         }
         // Said at bid time, so the orchestrator's "no node can run this" names the reason.
-        if resources::parse_gpu(&task.resources.gpu).is_ok_and(|n| n > 0) {
-            return Err(unsupported(
-                "the wasm engine cannot use GPUs; use the docker engine".to_owned(),
-            ));
+        if let Ok(n @ 1..) = resources::parse_gpu(&task.resources.gpu) {
+            return Err(unsupported(format!(
+                "the wasm engine cannot use GPUs (the task asks for {n}): run GPU work with the docker \
+                 engine, or drop Resources.GPU"
+            )));
         }
         match &task.network.kind {
             NetworkType::Default | NetworkType::None => Ok(()),
@@ -783,7 +784,7 @@ mod tests {
         t.resources.gpu = "1".to_owned();
         let err = exec.validate(&t).unwrap_err().to_string();
         assert!(
-            err.contains("the wasm engine cannot use GPUs; use the docker engine"),
+            err.contains("the wasm engine cannot use GPUs (the task asks for 1)"),
             "{err}"
         );
         t.resources.gpu = "0".to_owned();

@@ -233,6 +233,22 @@ pub fn rank(
             ));
         }
     }
+    // GPUs first, with their own message: they are whole devices (over-subscription never applies), and
+    // "needs 2 GPUs; node has 1 free" says more than a capacity dump.
+    if need.gpu > 0 {
+        let total = cni.max_capacity.resources.gpu;
+        let free = total.saturating_sub(c.allocated.gpu);
+        let s = if need.gpu == 1 { "" } else { "s" };
+        if total == 0 {
+            return Err(format!("needs {} GPU{s}; node has no GPU", need.gpu));
+        }
+        if need.gpu > free {
+            return Err(format!(
+                "needs {} GPU{s}; node has {free} free (of {total})",
+                need.gpu
+            ));
+        }
+    }
     if !need.fits_in(&cni.max_job_requirements) {
         return Err(format!(
             "job needs more than the node's per-job limit ({} > {})",
@@ -242,7 +258,7 @@ pub fn rank(
     }
     // Over-subscription: the bound is the node's capacity times the factor; the node's own bidder still
     // queues what it cannot run at once.
-    let bound = scale(&cni.max_capacity, settings.over_subscription);
+    let bound = scale(&cni.max_capacity.resources, settings.over_subscription);
     let free = bound.saturating_sub(&c.allocated);
     if !need.fits_in(&free) {
         return Err(format!(
@@ -286,7 +302,8 @@ fn scale(r: &Resources, factor: f64) -> Resources {
         cpu: r.cpu * f,
         memory: (r.memory as f64 * f) as u64,
         disk: (r.disk as f64 * f) as u64,
-        gpu: (r.gpu as f64 * f).floor() as u64,
+        // A GPU cannot be shared by over-subscribing it.
+        gpu: r.gpu,
     }
 }
 
@@ -391,7 +408,7 @@ pub(crate) mod testing {
                         execution_engines: vec!["wasm".into()],
                         publishers: vec!["local".into(), "noop".into()],
                         storage_sources: vec!["inline".into(), "urlDownload".into()],
-                        max_capacity: cap,
+                        max_capacity: cap.into(),
                         max_job_requirements: cap,
                         ..Default::default()
                     },
@@ -467,12 +484,36 @@ mod tests {
         j.tasks[0].resources.gpu = "1".into();
         let need = job_resources(&j, &JobDefaults::default());
         let err = rank(&j, &need, &node("a", &[]), &Settings::default()).expect_err("no gpu");
-        assert!(err.contains("gpu 1"), "{err}");
+        assert_eq!(err, "needs 1 GPU; node has no GPU");
         j.tasks[0].resources.gpu = String::new();
         j.tasks[0].resources.disk = "1Gi".into();
         let need = job_resources(&j, &JobDefaults::default());
         let err = rank(&j, &need, &node("a", &[]), &Settings::default()).expect_err("no disk");
         assert!(err.contains("disk"), "{err}");
+    }
+
+    #[test]
+    fn gpu_jobs_go_only_where_enough_gpus_are_free_whatever_the_over_subscription() {
+        let mut j = job("batch", "");
+        j.tasks[0].resources.gpu = "2".into();
+        let need = job_resources(&j, &JobDefaults::default());
+        let mut n = node("a", &[]);
+        let info = &mut std::sync::Arc::make_mut(&mut n.node).info.compute_node_info;
+        info.max_capacity.resources.gpu = 2;
+        info.max_job_requirements.gpu = 2;
+        let loose = Settings {
+            over_subscription: 3.0,
+            ..Settings::default()
+        };
+        assert!(rank(&j, &need, &n, &loose).is_ok(), "both free");
+        n.allocated.gpu = 1;
+        let err = rank(&j, &need, &n, &loose).expect_err("one held");
+        assert_eq!(err, "needs 2 GPUs; node has 1 free (of 2)");
+        j.tasks[0].resources.gpu = "3".into();
+        n.allocated.gpu = 0;
+        let need = job_resources(&j, &JobDefaults::default());
+        let err = rank(&j, &need, &n, &loose).expect_err("more than the node has");
+        assert_eq!(err, "needs 3 GPUs; node has 2 free (of 2)");
     }
 
     #[test]
