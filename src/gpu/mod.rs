@@ -52,6 +52,15 @@ pub struct Gpu {
     pub minor: Option<u32>,
 }
 
+/// Where a driver root keeps the driver's libraries, in search order (Debian/Ubuntu multiarch first, then the
+/// RPM distributions' `lib64`, then plain `lib`): NVML is loaded from there, and containers get theirs from there.
+pub const DRIVER_LIB_DIRS: &[&str] = &[
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "usr/lib64",
+    "usr/lib",
+];
+
 /// GPU settings of a compute node (`Compute.GPU`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuSettings {

@@ -18,14 +18,6 @@ use super::{Gpu, GpuVendor};
 /// The library's name as the driver installs it.
 const LIBRARY: &str = "libnvidia-ml.so.1";
 
-/// Folders of a driver root where distributions put the library.
-const LIB_DIRS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib64",
-    "/usr/lib",
-];
-
 /// Asks NVML.
 #[derive(Debug)]
 pub(super) struct NvmlProbe {
@@ -42,7 +34,7 @@ impl NvmlProbe {
 
     fn library(&self) -> PathBuf {
         if self.root != Path::new("/") {
-            for dir in LIB_DIRS {
+            for dir in super::DRIVER_LIB_DIRS {
                 let p = under(&self.root, dir).join(LIBRARY);
                 if p.is_file() {
                     return p;

@@ -4,8 +4,10 @@
 //! no device minor number; the minor is read from procfs by bus id when the driver publishes it there, else the
 //! index is taken (the driver numbers `/dev/nvidia<N>` in probe order, so they agree on ordinary hosts).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use super::probe::{GpuProbe, Inventory, ProbeError, ProbeSource, normalize_pci, under};
 use super::procfs;
@@ -50,12 +52,13 @@ impl GpuProbe for SmiProbe {
         let tool = self
             .tool()
             .ok_or_else(|| ProbeError::Unavailable("nvidia-smi is not installed".into()))?;
-        // Blocking, like every probe; a wedged driver can make nvidia-smi slow, which delays start-up
-        // rather than failing it.
-        let out = Command::new(&tool)
-            .args([QUERY, "--format=csv,noheader,nounits"])
-            .output()
-            .map_err(|e| ProbeError::Failed(format!("cannot run {}: {e}", tool.display())))?;
+        // Blocking, like every probe. A wedged driver can hang nvidia-smi for minutes: past the limit it is
+        // killed and the node starts without GPUs (and says why) rather than not at all.
+        let out = run_with_limit(
+            Command::new(&tool).args([QUERY, "--format=csv,noheader,nounits"]),
+            TOOL_LIMIT,
+        )
+        .map_err(|e| ProbeError::Failed(format!("cannot run {}: {e}", tool.display())))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -77,6 +80,60 @@ impl GpuProbe for SmiProbe {
         }
         Ok(inventory)
     }
+}
+
+/// How long nvidia-smi may take (it answers in well under a second on a healthy driver).
+const TOOL_LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs `cmd` to its end, or kills it after `limit` (`TimedOut`). Output is read on threads of its own so a
+/// chatty child never blocks on a full pipe.
+fn run_with_limit(cmd: &mut Command, limit: Duration) -> std::io::Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s; killed", limit.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// Parses the CSV of [`QUERY`] (`--format=csv,noheader,nounits`). Minor numbers are left `None`.
@@ -214,5 +271,31 @@ mod tests {
         let e = parse("0, T4, GPU-a, lots, 0000:01:00.0, 1\n").expect_err("memory");
         assert!(e.to_string().contains("memory"), "{e}");
         assert!(parse("").expect("empty is no GPU").gpus.is_empty());
+    }
+
+    #[test]
+    fn a_hung_tool_is_killed_at_the_limit() {
+        let started = Instant::now();
+        let err = run_with_limit(
+            Command::new("/bin/sh").args(["-c", "echo partial; exec sleep 30"]),
+            Duration::from_millis(300),
+        )
+        .expect_err("times out");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let out = run_with_limit(
+            Command::new("/bin/sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(20),
+        )
+        .expect("runs");
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(
+            (&out.stdout[..], &out.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
     }
 }

@@ -17,7 +17,7 @@ use cod::executor::oci::runtime::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{DEADLINE, wait_until};
+use crate::harness::{DEADLINE, mknod_char, wait_until};
 
 /// The busybox applets the tests call.
 const APPLETS: &[&str] = &[
@@ -996,20 +996,6 @@ fn run_true_latency() {
 
 /// Driver version of the fake driver root's libraries.
 const FAKE_DRIVER: &str = "535.104.05";
-
-/// A character device node at `path` with numbers `major:minor`, mode 0666 (as the driver makes its nodes).
-fn mknod_char(path: &Path, major: u64, minor: u64) {
-    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-    mknod(
-        path,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o666),
-        makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
-    // mknod is subject to the umask.
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).expect("chmod");
-}
 
 /// A fake driver root under the fixture: `dev/<name>` nodes with the given numbers, `libnvidia-ml` with its
 /// soname link, and an `nvidia-smi` that lists the GPU nodes it sees and the visible devices it was told.

@@ -17,22 +17,10 @@ use cod::oci::registry::RegistryConfig;
 use cod::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::DEADLINE;
+use crate::harness::{DEADLINE, mknod_char};
 use crate::registry::{PushOptions, TestRegistry};
 
 const DRIVER: &str = "550.54.15";
-
-fn mknod_char(path: &Path, major: u64, minor: u64) {
-    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-    mknod(
-        path,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o666),
-        makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).expect("chmod");
-}
 
 /// Two GPUs (`nvidia0` reads like /dev/null, `nvidia1` like /dev/zero), the control node, NVML and
 /// `nvidia-smi`, under `root`.

@@ -403,3 +403,19 @@ pub fn fetch_result(result: &Value, dest: &Path) {
     let gz = flate2::read::GzDecoder::new(&body[..]);
     tar::Archive::new(gz).unpack(dest).expect("unpack");
 }
+
+/// A character device node at `path` with numbers `major:minor`, mode 0666 (as the driver makes its nodes).
+#[cfg(feature = "executor-oci")]
+pub fn mknod_char(path: &Path, major: u64, minor: u64) {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    use std::os::unix::fs::PermissionsExt;
+    mknod(
+        path,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+    // mknod is subject to the umask.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+}

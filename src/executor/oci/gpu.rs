@@ -23,7 +23,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::gpu::Gpu;
+use crate::gpu::{DRIVER_LIB_DIRS, Gpu};
 
 use super::runtime::{BindMount, DeviceKind, DeviceNode};
 
@@ -33,14 +33,6 @@ pub const CONTAINER_LIB_DIR: &str = "/usr/local/nvidia/lib64";
 /// Where the driver's tools appear in the container (also on CUDA images' `PATH`).
 pub const CONTAINER_BIN_DIR: &str = "/usr/local/nvidia/bin";
 
-/// The driver root's library directories, in the order they are searched (Debian/Ubuntu multiarch first, then
-/// the RPM distributions' `lib64`, then plain `lib`).
-const LIB_DIRS: &[&str] = &[
-    "usr/lib/x86_64-linux-gnu",
-    "usr/lib/aarch64-linux-gnu",
-    "usr/lib64",
-    "usr/lib",
-];
 /// The driver root's tool directories, in search order.
 const BIN_DIRS: &[&str] = &["usr/bin", "usr/sbin", "bin", "sbin"];
 
@@ -119,7 +111,7 @@ pub enum GpuExposureError {
     #[error(
         "the NVIDIA driver's libraries are missing: no libnvidia-ml.so.<version> or libcuda.so.<version> in {} \
          under Compute.GPU.DriverRoot = {}; install the driver, or set Compute.GPU.DriverRoot to where it is",
-        LIB_DIRS.join(", "), root.display()
+        DRIVER_LIB_DIRS.join(", "), root.display()
     )]
     NoDriverLibraries {
         /// The driver root.
@@ -373,7 +365,7 @@ fn version_key(v: &str) -> Vec<u64> {
 /// the host's links to it (the soname, `libcuda.so.1`), as `ldconfig` would have made them.
 fn libraries(root: &Path) -> Result<Vec<BindMount>, GpuExposureError> {
     let mut listing = Vec::new();
-    for dir in LIB_DIRS {
+    for dir in DRIVER_LIB_DIRS {
         let path = root.join(dir);
         let files = names(&path)?;
         listing.push((path, files));
