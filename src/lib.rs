@@ -72,7 +72,7 @@ pub mod fuzzing;
 pub mod gpu;
 #[cfg(feature = "ipfs")]
 pub mod ipfs;
-#[cfg(feature = "compute")]
+// Not behind `compute`: the compute module (and its caches) is compiled in every build.
 mod keyed;
 pub mod metrics;
 pub mod model;
