@@ -53,15 +53,12 @@ impl Orchestrator {
                     state.info = info;
                     state.info.node_id = peer.clone();
                     let state = self.inner.registry.connected(state);
-                    match self.inner.node_writes.put(state).await {
-                        Ok(Ok(_)) => Response::Ack {
+                    match self.put_node(state).await {
+                        Ok(()) => Response::Ack {
                             last_applied_seq: 0,
                         },
-                        Ok(Err(e)) => Response::Refused {
-                            reason: format!("cannot store node info: {e}"),
-                        },
-                        Err(_) => Response::Refused {
-                            reason: "the orchestrator is shutting down".to_owned(),
+                        Err(e) => Response::Refused {
+                            reason: format!("cannot store node info: {}", e.1),
                         },
                     }
                 }
@@ -227,10 +224,29 @@ impl Orchestrator {
             return;
         };
         tracing::info!(node_id = %peer, reason = why, "compute node disconnected");
-        // Queued, not awaited: the registry already says disconnected (in event order), and a fleet losing
-        // its link must not hold the event loop for a commit per node. The writer logs a failure.
-        drop(self.inner.node_writes.put(state));
+        // Queued (in event order: `put_node` queues when called), not awaited: a fleet losing its link must
+        // not hold the event loop for a commit per node. Group commit lets the whole burst share commits.
+        let write = self.put_node(state);
+        tokio::spawn(async move {
+            if let Err(e) = write.await {
+                tracing::warn!(node_id = %e.0, error = %e.1, "cannot store the node's disconnection");
+            }
+        });
         self.changed();
+    }
+
+    /// Stores a node's state; queued at the call, durable when the future yields `Ok`.
+    fn put_node(
+        &self,
+        state: NodeState,
+    ) -> impl Future<Output = Result<(), (NodeId, StoreError)>> + Send + 'static {
+        let t = self.inner.tables;
+        let id = state.info.node_id.clone();
+        let write = self
+            .inner
+            .store
+            .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state));
+        async move { write.await.map_err(|e| (id, e)) }
     }
 
     async fn deliver(&self, peer: &NodeId, messages: Vec<Sequenced>) -> Response {
