@@ -387,9 +387,10 @@ impl Orchestrator {
                         let execs = state::executions_of(txn, &t, &job.id)?;
                         let decision =
                             scheduler::plan(&job, &execs, &candidates, &settings, now_nanos());
+                        let stored = Some(job.state.state_type);
                         apply_decision(
-                            txn, &t, &outbox, &mut job, &execs, decision, &eval.id, &settings,
-                            &mut after,
+                            txn, &t, &outbox, &mut job, stored, &execs, decision, &eval.id,
+                            &settings, &mut after,
                         )?;
                     }
                     Ok(after)
@@ -457,6 +458,8 @@ fn apply_report(
     // Only batch partitions are exclusive: ops and daemon executions are one per node, and a service's
     // executions are interchangeable replicas (all planned as partition 0), so one ending stops no other.
     let was_terminal = exec.is_terminal();
+    // The compute state in the store, for the state counts (the one save below changes it).
+    let stored = Some(exec.compute_state.state_type);
     if matches!(message, Message::RunResult { .. })
         && job.job_type == JobType::Batch
         && (!was_terminal || liveness::ended_by_orchestrator(&exec))
@@ -469,7 +472,7 @@ fn apply_report(
                     exec.partition_index
                 );
                 exec.compute_state = State::new(ExecutionStateType::Cancelled, why.clone());
-                state::save_execution(txn, t, &mut exec)?;
+                state::save_execution(txn, t, &mut exec, stored)?;
                 state::record(
                     txn,
                     t,
@@ -584,7 +587,7 @@ fn apply_report(
         }
         _ => return Ok(()),
     };
-    state::save_execution(txn, t, &mut exec)?;
+    state::save_execution(txn, t, &mut exec, stored)?;
     state::record(txn, t, &job, Some(&exec.id), event)?;
     if ended {
         if !was_terminal {
@@ -602,8 +605,9 @@ fn apply_report(
             let execs = state::executions_of(txn, t, &job.id)?;
             let decision = scheduler::plan(&job, &execs, candidates, settings, now_nanos());
             let eval_id = EvaluationId::generate();
+            let stored = Some(job.state.state_type);
             apply_decision(
-                txn, t, outbox, &mut job, &execs, decision, &eval_id, settings, after,
+                txn, t, outbox, &mut job, stored, &execs, decision, &eval_id, settings, after,
             )?;
         }
     }

@@ -177,6 +177,8 @@ impl Orchestrator {
                 let name_key = state::name_key(&job.namespace, &job.name);
                 let mut executions = Vec::new();
                 let mut after = AfterCommit::default();
+                // The state of the stored job (none yet for a new one), for the state counts.
+                let mut stored = None;
                 if let Some(existing_id) = txn.get(t.job_names, &name_key)? {
                     let Some(existing) = txn.get(t.jobs, existing_id.as_str())? else {
                         return Err(StoreError::Aborted(format!(
@@ -184,6 +186,7 @@ impl Orchestrator {
                             job.name
                         )));
                     };
+                    stored = Some(existing.state.state_type);
                     job = new_version(txn, &t, &outbox, existing, job, force, &mut after)?;
                     executions = state::executions_of(txn, &t, &job.id)?;
                 } else {
@@ -194,7 +197,7 @@ impl Orchestrator {
                     schedule_deadline(txn, &t, &job, deadline)?;
                 }
                 let decision = scheduler::plan(&job, &executions, &candidates, &settings, now);
-                apply_decision(txn, &t, &outbox, &mut job, &executions, decision, &eval, &settings, &mut after)?;
+                apply_decision(txn, &t, &outbox, &mut job, stored, &executions, decision, &eval, &settings, &mut after)?;
                 Ok((job.id.clone(), after))
             })
             .await
@@ -399,7 +402,7 @@ impl Orchestrator {
                         .with("NewState", "Stopped")
                         .with("PreviousState", previous.to_string()),
                 )?;
-                state::save_job(txn, &t, &mut job)?;
+                state::save_job(txn, &t, &mut job, Some(previous))?;
                 Ok(after)
             })
             .await?;
@@ -529,7 +532,7 @@ pub(crate) fn load_registry(
 ) -> Result<(Vec<NodeState>, HashMap<NodeId, Resources>), StoreError> {
     let nodes: Vec<NodeState> = txn.all(t.nodes)?.into_iter().map(|(_, n)| n).collect();
     let mut allocated: HashMap<NodeId, Resources> = HashMap::new();
-    for (_, e) in txn.all(t.executions)? {
+    for e in state::all_active(txn, t)? {
         if !e.is_terminal() && e.desired_state.state_type != ExecutionDesiredStateType::Stopped {
             let r = e
                 .allocated_resources
@@ -650,6 +653,7 @@ pub(crate) fn apply_decision(
     t: &Tables,
     outbox: &crate::outbox::Outbox,
     job: &mut Job,
+    stored: Option<JobStateType>,
     executions: &[Execution],
     decision: Decision,
     eval_id: &EvaluationId,
@@ -682,7 +686,7 @@ pub(crate) fn apply_decision(
             create_time: now,
             ..Default::default()
         };
-        state::save_execution(txn, t, &mut exec)?;
+        state::save_execution(txn, t, &mut exec, None)?;
         let mut snapshot = exec.clone();
         snapshot.job = Some(job.clone());
         outbox.enqueue(
@@ -793,7 +797,7 @@ pub(crate) fn apply_decision(
         }
         state::record(txn, t, job, None, event)?;
     }
-    state::save_job(txn, t, job)
+    state::save_job(txn, t, job, stored)
 }
 
 /// Adds `job` to (or removes it from) the waiting index.
@@ -874,7 +878,8 @@ pub(crate) fn stop_execution(
         return Ok(());
     }
     e.desired_state = State::new(ExecutionDesiredStateType::Stopped, why);
-    state::save_execution(txn, t, &mut e)?;
+    let stored = Some(e.compute_state.state_type);
+    state::save_execution(txn, t, &mut e, stored)?;
     let cancel = Message::CancelExecution {
         execution_id: e.id.clone(),
         reason: reason.to_owned(),

@@ -160,10 +160,7 @@ impl Orchestrator {
         config: Config,
     ) -> Result<(Orchestrator, Runner), OrchestratorError> {
         let tables = Tables::open(&store)?;
-        store.write_sync(move |txn| {
-            metrics::seed(txn, &tables)?;
-            state::rebuild_node_index(txn, &tables)
-        })?;
+        store.write_sync(move |txn| state::derive_missing(txn, &tables))?;
         let (outbox, delivery) = Outbox::new(
             &store,
             client.clone(),
