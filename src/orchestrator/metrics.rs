@@ -26,7 +26,7 @@ use crate::model::{
 };
 use crate::store::{Reader, Store, StoreError, Table, WriteTxn};
 
-use super::state::{Tables, exec_key};
+use super::state::Tables;
 use super::{Orchestrator, OrchestratorError};
 
 const JOB_PREFIX: &str = "metrics/job/";
@@ -123,7 +123,10 @@ pub(crate) fn execution_saved(
     #[cfg(debug_assertions)]
     {
         let actual = txn
-            .get(t.probes.executions, &exec_key(&exec.job_id, &exec.id))?
+            .get(
+                t.probes.executions,
+                &super::state::exec_key(&exec.job_id, &exec.id),
+            )?
             .map(|p| p.compute_state.state_type);
         assert_eq!(
             stored, actual,
