@@ -211,8 +211,12 @@ fn hello_job() -> Value {
         "data:application/wasm;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(module)
     );
+    // A tiny job asks for a tiny share (10 mCPU): 16 in flight must not fill a 2-core node's capacity, or a
+    // client that submits the moment it sees Completed can find the previous job's share not yet released
+    // (the orchestrator updates its capacity view just after the commit a client can already read).
     json!({"Job": {"Type": "batch", "Tasks": [{"Name": "main",
         "Engine": {"Type": "wasm", "Params": {"EntryModule": "/main.wasm"}},
+        "Resources": {"CPU": "10m", "Memory": "16Mb"},
         "InputSources": [{"Target": "/main.wasm", "Source": {"Type": "inline", "Params": {"URL": url}}}],
         "Publisher": {"Type": "noop"}}]}})
 }
@@ -370,17 +374,21 @@ struct Throughput {
     jobs_per_s: f64,
     /// CPU time of every process involved (the `cod` processes and this client) per job, in ms.
     cpu_ms_per_job: f64,
+    /// Of that: the first `cod` process (the orchestrator, or the hybrid node), the others (compute nodes),
+    /// and this client.
+    split_ms: [f64; 3],
 }
 
 /// `CLIENTS` closed-loop clients running [`fleet_jobs`] hello jobs through `api`; `pids` are the `cod`
 /// processes serving them, whose CPU time is counted with this process's own.
 fn throughput(api: &str, job: &Value, pids: &[u32]) -> Throughput {
     let jobs = fleet_jobs();
-    let cpu = || -> f64 {
-        pids.iter()
-            .chain([std::process::id()].iter())
-            .map(|p| cpu_seconds(*p))
-            .sum()
+    let cpu = || -> [f64; 3] {
+        [
+            pids.first().map_or(0.0, |p| cpu_seconds(*p)),
+            pids.iter().skip(1).map(|p| cpu_seconds(*p)).sum(),
+            cpu_seconds(std::process::id()),
+        ]
     };
     let next = std::sync::atomic::AtomicUsize::new(0);
     let cpu_before = cpu();
@@ -396,9 +404,13 @@ fn throughput(api: &str, job: &Value, pids: &[u32]) -> Throughput {
         }
     });
     let elapsed = t.elapsed().as_secs_f64();
+    let cpu_after = cpu();
+    let split_ms: [f64; 3] =
+        std::array::from_fn(|i| (cpu_after[i] - cpu_before[i]) * 1e3 / jobs as f64);
     Throughput {
         jobs_per_s: jobs as f64 / elapsed,
-        cpu_ms_per_job: (cpu() - cpu_before) * 1e3 / jobs as f64,
+        cpu_ms_per_job: split_ms.iter().sum(),
+        split_ms,
     }
 }
 
@@ -443,11 +455,16 @@ fn jobs_per_second(
     let jobs = fleet_jobs();
     writeln!(
         out,
-        "jobs/s, {CLIENTS} clients x {jobs} hello jobs: 1 orchestrator + {FLEET} compute nodes {:.1}/s ({:.2} ms CPU/job); 1 hybrid node {:.1}/s ({:.2} ms CPU/job); fsync ceiling {:.0} commits/s",
+        "jobs/s, {CLIENTS} clients x {jobs} hello jobs: 1 orchestrator + {FLEET} compute nodes {:.1}/s ({:.2} ms CPU/job: orchestrator {:.2}, compute nodes {:.2}, client {:.2}); 1 hybrid node {:.1}/s ({:.2} ms CPU/job: node {:.2}, client {:.2}); fsync ceiling {:.0} commits/s",
         many.jobs_per_s,
         many.cpu_ms_per_job,
+        many.split_ms[0],
+        many.split_ms[1],
+        many.split_ms[2],
         single.jobs_per_s,
         single.cpu_ms_per_job,
+        single.split_ms[0],
+        single.split_ms[2],
         1e3 / f50
     )
     .ok();
