@@ -280,23 +280,28 @@ impl Orchestrator {
         namespace: &str,
         filter: HistoryFilter,
     ) -> Result<HistoryPage, OrchestratorError> {
-        let job = self.job(id, namespace).await?;
         let t = self.inner.tables;
         let limit = if filter.limit == 0 {
             100
         } else {
             filter.limit.min(1000)
         };
-        let job_id = job.id.clone();
-        let (all, highest) = self
+        let (key, ns) = (id.to_owned(), namespace.to_owned());
+        // The job and its records in one read: a follower long-polls this once per change of every job it
+        // watches, and each read is a hand-off to the blocking pool.
+        let found = self
             .inner
             .store
             .read(move |txn| {
+                let Some(job) = resolve(txn, &t, &key, &ns)? else {
+                    return Ok(None);
+                };
+                let job_id = job.id.clone();
                 let after = format!("{job_id}/{:020}", filter.after_seq);
+                // Only the records after the token are decoded (a follower reads a few new ones each time).
                 let records: Vec<JobHistory> = txn
-                    .prefix(t.history, &format!("{job_id}/"))?
+                    .prefix_after(t.history, &format!("{job_id}/"), &after, usize::MAX)?
                     .into_iter()
-                    .filter(|(k, _)| k.as_str() > after.as_str())
                     .map(|(_, h)| h)
                     .collect();
                 let highest = records
@@ -318,9 +323,15 @@ impl Orchestrator {
                         })
                     })
                     .collect();
-                Ok((records, highest))
+                Ok(Some((job, records, highest)))
             })
             .await?;
+        let Some((job, all, highest)) = found else {
+            return Err(OrchestratorError::NotFound {
+                kind: "job",
+                id: id.to_owned(),
+            });
+        };
         let more = all.len() > limit;
         let items: Vec<JobHistory> = all.into_iter().take(limit).collect();
         let last_seq = if more {
