@@ -13,7 +13,9 @@
 //! Run: `cargo bench --bench edge`, or `bench/run.sh`, which builds the static binaries first and keeps the
 //! results. Environment: `COD_BENCH_COMPUTE_BIN` = a second binary (the static edge build) whose connected
 //! compute node's idle RSS is measured beside this build's; `COD_BENCH_JSON` = write every figure there;
-//! `COD_BENCH_ONLY=jobs` = only the jobs/s figures and the fsync ceiling (no JSON written).
+//! `COD_BENCH_ONLY=jobs` = only the jobs/s figures and the fsync ceiling (no JSON written);
+//! `COD_BENCH_FLEET_JOBS` = jobs per throughput run (default 1000); `COD_BENCH_WAIT=poll` = clients poll
+//! `GET /jobs/{id}` every 200 µs instead of long-polling the history (the client before the long-poll).
 //! Numbers vary with the machine; compare runs on the same one only.
 
 use std::io::Write;
@@ -36,10 +38,38 @@ const HELLO: &str = r#"(module
 
 /// Compute nodes behind the one orchestrator in the throughput run.
 const FLEET: usize = 10;
-/// Jobs in each throughput run, and the clients submitting them concurrently (each submits, waits for
-/// Completed, submits the next).
-const FLEET_JOBS: usize = 200;
+/// Jobs in each throughput run (unless `COD_BENCH_FLEET_JOBS`), and the clients submitting them
+/// concurrently (each submits, waits for Completed, submits the next).
+const FLEET_JOBS: usize = 1000;
 const CLIENTS: usize = 16;
+/// The kernel's clock ticks per second in `/proc/<pid>/stat` (USER_HZ: 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+fn fleet_jobs() -> usize {
+    std::env::var("COD_BENCH_FLEET_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(FLEET_JOBS)
+}
+
+/// CPU seconds (user + system, all threads, reaped children excluded) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / USER_HZ
+}
 /// The edge budget for the stripped static binary (issue 5).
 const SIZE_BUDGET: u64 = 8 << 20;
 
@@ -181,13 +211,19 @@ fn hello_job() -> Value {
         "data:application/wasm;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(module)
     );
+    // A tiny job asks for a tiny share (10 mCPU): 16 in flight must not fill a 2-core node's capacity, or a
+    // client that submits the moment it sees Completed can find the previous job's share not yet released
+    // (the orchestrator updates its capacity view just after the commit a client can already read).
     json!({"Job": {"Type": "batch", "Tasks": [{"Name": "main",
         "Engine": {"Type": "wasm", "Params": {"EntryModule": "/main.wasm"}},
+        "Resources": {"CPU": "10m", "Memory": "16Mb"},
         "InputSources": [{"Target": "/main.wasm", "Source": {"Type": "inline", "Params": {"URL": url}}}],
         "Publisher": {"Type": "noop"}}]}})
 }
 
-/// Submits `job` and polls until it is Completed; the time it took.
+/// Submits `job` and waits until it is Completed; the time it took. The wait long-polls the job's history
+/// (job-level records, `wait_seconds`): one request per state change. `COD_BENCH_WAIT=poll` polls the job
+/// every 200 µs instead, as this bench did before the long-poll existed.
 fn run_job(client: &reqwest::blocking::Client, api: &str, job: &Value) -> Duration {
     let t = Instant::now();
     let r: Value = client
@@ -197,6 +233,39 @@ fn run_job(client: &reqwest::blocking::Client, api: &str, job: &Value) -> Durati
         .and_then(|r| r.json())
         .expect("submit");
     let id = r["JobID"].as_str().expect("JobID").to_owned();
+    if std::env::var("COD_BENCH_WAIT").is_ok_and(|v| v == "poll") {
+        poll_job(client, api, &id);
+    } else {
+        follow_history(client, api, &id);
+    }
+    t.elapsed()
+}
+
+/// Long-polls job `id`'s job-level history until a record says Completed.
+fn follow_history(client: &reqwest::blocking::Client, api: &str, id: &str) {
+    let mut token = String::new();
+    loop {
+        let page: Value = client
+            .get(format!(
+                "{api}/api/v1/orchestrator/jobs/{id}/history?event_type=job&wait_seconds=30&next_token={token}"
+            ))
+            .send()
+            .and_then(|r| r.json())
+            .expect("history");
+        for item in page["Items"].as_array().into_iter().flatten() {
+            match item["Event"]["Details"]["NewState"].as_str() {
+                Some("Completed") => return,
+                Some("Failed" | "Stopped") => panic!("job failed: {page}"),
+                _ => {}
+            }
+        }
+        token = page["NextToken"].as_str().unwrap_or_default().to_owned();
+        assert!(!token.is_empty(), "history ended without Completed: {page}");
+    }
+}
+
+/// Polls job `id` every 200 µs until it is Completed.
+fn poll_job(client: &reqwest::blocking::Client, api: &str, id: &str) {
     loop {
         let j: Value = client
             .get(format!("{api}/api/v1/orchestrator/jobs/{id}"))
@@ -204,7 +273,7 @@ fn run_job(client: &reqwest::blocking::Client, api: &str, job: &Value) -> Durati
             .and_then(|r| r.json())
             .expect("get");
         match j["Job"]["State"]["StateType"].as_str() {
-            Some("Completed") => return t.elapsed(),
+            Some("Completed") => return,
             Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
             _ => std::thread::sleep(Duration::from_micros(200)),
         }
@@ -299,21 +368,50 @@ fn exec_floor(runs: usize) -> f64 {
     percentile(&times, 0.5)
 }
 
-/// Jobs/s of `CLIENTS` closed-loop clients running `FLEET_JOBS` hello jobs through `api`.
-fn throughput(api: &str, job: &Value) -> f64 {
+/// A throughput run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    jobs_per_s: f64,
+    /// CPU time of every process involved (the `cod` processes and this client) per job, in ms.
+    cpu_ms_per_job: f64,
+    /// Of that: the first `cod` process (the orchestrator, or the hybrid node), the others (compute nodes),
+    /// and this client.
+    split_ms: [f64; 3],
+}
+
+/// `CLIENTS` closed-loop clients running [`fleet_jobs`] hello jobs through `api`; `pids` are the `cod`
+/// processes serving them, whose CPU time is counted with this process's own.
+fn throughput(api: &str, job: &Value, pids: &[u32]) -> Throughput {
+    let jobs = fleet_jobs();
+    let cpu = || -> [f64; 3] {
+        [
+            pids.first().map_or(0.0, |p| cpu_seconds(*p)),
+            pids.iter().skip(1).map(|p| cpu_seconds(*p)).sum(),
+            cpu_seconds(std::process::id()),
+        ]
+    };
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let cpu_before = cpu();
     let t = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..CLIENTS {
             s.spawn(|| {
                 let client = reqwest::blocking::Client::new();
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < FLEET_JOBS {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < jobs {
                     run_job(&client, api, job);
                 }
             });
         }
     });
-    FLEET_JOBS as f64 / t.elapsed().as_secs_f64()
+    let elapsed = t.elapsed().as_secs_f64();
+    let cpu_after = cpu();
+    let split_ms: [f64; 3] =
+        std::array::from_fn(|i| (cpu_after[i] - cpu_before[i]) * 1e3 / jobs as f64);
+    Throughput {
+        jobs_per_s: jobs as f64 / elapsed,
+        cpu_ms_per_job: split_ms.iter().sum(),
+        split_ms,
+    }
 }
 
 /// The jobs/s figures (fleet, single hybrid node), printed and added to `rows`. Reuses `hybrid` if given
@@ -325,10 +423,10 @@ fn jobs_per_second(
     dir: &Path,
     hybrid: Option<Node>,
     f50: f64,
-) -> (f64, f64) {
+) -> (Throughput, Throughput) {
     let node = hybrid.unwrap_or_else(|| start(dir, "hybrid", &[]));
     let job = hello_job();
-    let single = throughput(&node.api, &job);
+    let single = throughput(&node.api, &job, &[node.child.id()]);
     drop(node);
     let orch = start(dir, "fleet-orch", &["--orchestrator"]);
     let addr = orch.p2p.first().expect("p2p").clone();
@@ -348,19 +446,38 @@ fn jobs_per_second(
         })
         .collect();
     wait_connected(client, &orch.api, FLEET);
-    let many = throughput(&orch.api, &job);
+    let pids: Vec<u32> = std::iter::once(&orch)
+        .chain(&fleet)
+        .map(|n| n.child.id())
+        .collect();
+    let many = throughput(&orch.api, &job, &pids);
     drop(fleet);
+    let jobs = fleet_jobs();
     writeln!(
         out,
-        "jobs/s, {CLIENTS} clients x {FLEET_JOBS} hello jobs: 1 orchestrator + {FLEET} compute nodes {many:.1}/s; 1 hybrid node {single:.1}/s; fsync ceiling {:.0} commits/s",
+        "jobs/s, {CLIENTS} clients x {jobs} hello jobs: 1 orchestrator + {FLEET} compute nodes {:.1}/s ({:.2} ms CPU/job: orchestrator {:.2}, compute nodes {:.2}, client {:.2}); 1 hybrid node {:.1}/s ({:.2} ms CPU/job: node {:.2}, client {:.2}); fsync ceiling {:.0} commits/s",
+        many.jobs_per_s,
+        many.cpu_ms_per_job,
+        many.split_ms[0],
+        many.split_ms[1],
+        many.split_ms[2],
+        single.jobs_per_s,
+        single.cpu_ms_per_job,
+        single.split_ms[0],
+        single.split_ms[2],
         1e3 / f50
     )
     .ok();
     rows.push(row(
         format!("jobs/s, 1 orchestrator + {FLEET} compute nodes"),
-        format!("{many:.1} jobs/s"),
         format!(
-            "1 hybrid node: {single:.1} jobs/s; fsync ceiling {:.0} commits/s",
+            "{:.1} jobs/s, {:.2} ms CPU/job",
+            many.jobs_per_s, many.cpu_ms_per_job
+        ),
+        format!(
+            "1 hybrid node: {:.1} jobs/s, {:.2} ms CPU/job; fsync ceiling {:.0} commits/s",
+            single.jobs_per_s,
+            single.cpu_ms_per_job,
             1e3 / f50
         ),
         "",
@@ -551,7 +668,8 @@ fn main() {
                 "start_to_ready_ms": {"p50": ready50, "p90": ready90, "exec_floor_p50": floor},
                 "submit_to_completed_ms": {"p50": p50, "p99": p99},
                 "fdatasync_ms": {"p50": f50, "p99": f99},
-                "jobs_per_s": {"fleet": many, "fleet_nodes": FLEET, "single_hybrid": single, "clients": CLIENTS, "jobs": FLEET_JOBS},
+                "jobs_per_s": {"fleet": many.jobs_per_s, "fleet_nodes": FLEET, "single_hybrid": single.jobs_per_s, "clients": CLIENTS, "jobs": fleet_jobs()},
+                "cpu_ms_per_job": {"fleet": many.cpu_ms_per_job, "single_hybrid": single.cpu_ms_per_job},
             },
         });
         std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))

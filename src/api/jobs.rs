@@ -182,8 +182,16 @@ pub(super) async fn get(
     }))
 }
 
+/// The longest `wait_seconds` a history request may ask for.
+const MAX_HISTORY_WAIT: u64 = 60;
+
 /// `GET /jobs/{id}/history`: a page of history. `NextToken` stays non-empty until the job is terminal and
 /// every record has been read (Bacalhau's long-poll contract, which the CLI's progress display relies on).
+///
+/// `wait_seconds=N` (cod's extension; at most [`MAX_HISTORY_WAIT`]): when there is nothing new after
+/// `next_token` and the job is not terminal, the answer waits up to N seconds for a record instead of coming
+/// back empty at once, so a client follows a job with one request per change rather than polling. Without
+/// it (as every Bacalhau client asks) the answer comes at once.
 pub(super) async fn history(
     Orch(o): Orch,
     PathId(id): PathId,
@@ -209,12 +217,32 @@ pub(super) async fn history(
         job_level,
         execution_id: params.text("execution_id").map(str::to_owned),
     };
-    let page = o.history(&id, params.namespace(), filter).await?;
-    Ok(Json(history_list(
-        page,
-        client_older_than(&headers, 1, 5),
-        since,
-    )))
+    let wait = params
+        .number("wait_seconds")?
+        .map(|s| std::time::Duration::from_secs(s.min(MAX_HISTORY_WAIT)));
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    // Subscribed before the read: a record committed between the read and the wait still wakes it.
+    let mut changes = o.subscribe();
+    loop {
+        let page = o.history(&id, params.namespace(), filter.clone()).await?;
+        let caught_up = page.items.is_empty() && !page.next_token.is_empty();
+        if let Some(deadline) = deadline
+            && caught_up
+            // Any committed change wakes the wait (the read above tells whether it was this job's); an
+            // elapsed wait or a stopping orchestrator answers with the empty page.
+            && matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            )
+        {
+            continue;
+        }
+        return Ok(Json(history_list(
+            page,
+            client_older_than(&headers, 1, 5),
+            since,
+        )));
+    }
 }
 
 /// `GET /jobs/{id}/executions`: the job's executions, without the job snapshot each one carries.
@@ -583,6 +611,58 @@ mod tests {
         assert_eq!(labelled["Items"].as_array().map(Vec::len), Some(1));
         let (status, _) = s.get(&format!("{JOBS}?limit=lots")).await;
         assert_eq!(status, 400);
+    }
+
+    #[tokio::test]
+    async fn a_history_wait_answers_when_the_job_changes() {
+        let s = TestServer::start().await;
+        let queued = s.submit(wasm_job("waits", 600)).await;
+        let (_, page) = s.get(&format!("{JOBS}/{queued}/history")).await;
+        let token = page["NextToken"].as_str().expect("token").to_owned();
+        assert!(!token.is_empty(), "{page}");
+        let (status, _) = s
+            .get(&format!(
+                "{JOBS}/{queued}/history?next_token={token}&wait_seconds=soon"
+            ))
+            .await;
+        assert_eq!(status, 400, "a wait that is not a number is refused");
+        // Caught up: the wait holds the answer until the job changes (the stop below), far within its limit.
+        let started = std::time::Instant::now();
+        let url = s.url(&format!(
+            "{JOBS}/{queued}/history?next_token={token}&wait_seconds=60&event_type=job"
+        ));
+        let waiting = tokio::spawn({
+            let http = s.http.clone();
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .expect("get")
+                    .json::<Value>()
+                    .await
+                    .expect("json")
+            }
+        });
+        let response = s
+            .http
+            .delete(s.url(&format!("{JOBS}/{queued}")))
+            .json(&json!({"Reason": "enough waiting"}))
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(response.status(), 200);
+        let page = waiting.await.expect("answer");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{page}"
+        );
+        let states: Vec<&str> = page["Items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["Event"]["Details"]["NewState"].as_str())
+            .collect();
+        assert_eq!(states, ["Stopped"], "{page}");
     }
 
     #[tokio::test]

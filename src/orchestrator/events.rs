@@ -53,15 +53,12 @@ impl Orchestrator {
                     state.info = info;
                     state.info.node_id = peer.clone();
                     let state = self.inner.registry.connected(state);
-                    match self.inner.node_writes.put(state).await {
-                        Ok(Ok(_)) => Response::Ack {
+                    match self.put_node(state).await {
+                        Ok(()) => Response::Ack {
                             last_applied_seq: 0,
                         },
-                        Ok(Err(e)) => Response::Refused {
-                            reason: format!("cannot store node info: {e}"),
-                        },
-                        Err(_) => Response::Refused {
-                            reason: "the orchestrator is shutting down".to_owned(),
+                        Err(e) => Response::Refused {
+                            reason: format!("cannot store node info: {}", e.1),
                         },
                     }
                 }
@@ -227,10 +224,29 @@ impl Orchestrator {
             return;
         };
         tracing::info!(node_id = %peer, reason = why, "compute node disconnected");
-        // Queued, not awaited: the registry already says disconnected (in event order), and a fleet losing
-        // its link must not hold the event loop for a commit per node. The writer logs a failure.
-        drop(self.inner.node_writes.put(state));
+        // Queued (in event order: `put_node` queues when called), not awaited: a fleet losing its link must
+        // not hold the event loop for a commit per node. Group commit lets the whole burst share commits.
+        let write = self.put_node(state);
+        tokio::spawn(async move {
+            if let Err(e) = write.await {
+                tracing::warn!(node_id = %e.0, error = %e.1, "cannot store the node's disconnection");
+            }
+        });
         self.changed();
+    }
+
+    /// Stores a node's state; queued at the call, durable when the future yields `Ok`.
+    fn put_node(
+        &self,
+        state: NodeState,
+    ) -> impl Future<Output = Result<(), (NodeId, StoreError)>> + Send + 'static {
+        let t = self.inner.tables;
+        let id = state.info.node_id.clone();
+        let write = self
+            .inner
+            .store
+            .write(move |txn| txn.put(t.nodes, state.info.node_id.as_str(), &state));
+        async move { write.await.map_err(|e| (id, e)) }
     }
 
     async fn deliver(&self, peer: &NodeId, messages: Vec<Sequenced>) -> Response {
@@ -371,9 +387,10 @@ impl Orchestrator {
                         let execs = state::executions_of(txn, &t, &job.id)?;
                         let decision =
                             scheduler::plan(&job, &execs, &candidates, &settings, now_nanos());
+                        let stored = Some(job.state.state_type);
                         apply_decision(
-                            txn, &t, &outbox, &mut job, &execs, decision, &eval.id, &settings,
-                            &mut after,
+                            txn, &t, &outbox, &mut job, stored, &execs, decision, &eval.id,
+                            &settings, &mut after,
                         )?;
                     }
                     Ok(after)
@@ -441,6 +458,8 @@ fn apply_report(
     // Only batch partitions are exclusive: ops and daemon executions are one per node, and a service's
     // executions are interchangeable replicas (all planned as partition 0), so one ending stops no other.
     let was_terminal = exec.is_terminal();
+    // The compute state in the store, for the state counts (the one save below changes it).
+    let stored = Some(exec.compute_state.state_type);
     if matches!(message, Message::RunResult { .. })
         && job.job_type == JobType::Batch
         && (!was_terminal || liveness::ended_by_orchestrator(&exec))
@@ -453,7 +472,7 @@ fn apply_report(
                     exec.partition_index
                 );
                 exec.compute_state = State::new(ExecutionStateType::Cancelled, why.clone());
-                state::save_execution(txn, t, &mut exec)?;
+                state::save_execution(txn, t, &mut exec, stored)?;
                 state::record(
                     txn,
                     t,
@@ -568,7 +587,7 @@ fn apply_report(
         }
         _ => return Ok(()),
     };
-    state::save_execution(txn, t, &mut exec)?;
+    state::save_execution(txn, t, &mut exec, stored)?;
     state::record(txn, t, &job, Some(&exec.id), event)?;
     if ended {
         if !was_terminal {
@@ -586,8 +605,9 @@ fn apply_report(
             let execs = state::executions_of(txn, t, &job.id)?;
             let decision = scheduler::plan(&job, &execs, candidates, settings, now_nanos());
             let eval_id = EvaluationId::generate();
+            let stored = Some(job.state.state_type);
             apply_decision(
-                txn, t, outbox, &mut job, &execs, decision, &eval_id, settings, after,
+                txn, t, outbox, &mut job, stored, &execs, decision, &eval_id, settings, after,
             )?;
         }
     }

@@ -177,6 +177,8 @@ impl Orchestrator {
                 let name_key = state::name_key(&job.namespace, &job.name);
                 let mut executions = Vec::new();
                 let mut after = AfterCommit::default();
+                // The state of the stored job (none yet for a new one), for the state counts.
+                let mut stored = None;
                 if let Some(existing_id) = txn.get(t.job_names, &name_key)? {
                     let Some(existing) = txn.get(t.jobs, existing_id.as_str())? else {
                         return Err(StoreError::Aborted(format!(
@@ -184,6 +186,7 @@ impl Orchestrator {
                             job.name
                         )));
                     };
+                    stored = Some(existing.state.state_type);
                     job = new_version(txn, &t, &outbox, existing, job, force, &mut after)?;
                     executions = state::executions_of(txn, &t, &job.id)?;
                 } else {
@@ -194,7 +197,7 @@ impl Orchestrator {
                     schedule_deadline(txn, &t, &job, deadline)?;
                 }
                 let decision = scheduler::plan(&job, &executions, &candidates, &settings, now);
-                apply_decision(txn, &t, &outbox, &mut job, &executions, decision, &eval, &settings, &mut after)?;
+                apply_decision(txn, &t, &outbox, &mut job, stored, &executions, decision, &eval, &settings, &mut after)?;
                 Ok((job.id.clone(), after))
             })
             .await
@@ -277,23 +280,28 @@ impl Orchestrator {
         namespace: &str,
         filter: HistoryFilter,
     ) -> Result<HistoryPage, OrchestratorError> {
-        let job = self.job(id, namespace).await?;
         let t = self.inner.tables;
         let limit = if filter.limit == 0 {
             100
         } else {
             filter.limit.min(1000)
         };
-        let job_id = job.id.clone();
-        let (all, highest) = self
+        let (key, ns) = (id.to_owned(), namespace.to_owned());
+        // The job and its records in one read: a follower long-polls this once per change of every job it
+        // watches, and each read is a hand-off to the blocking pool.
+        let found = self
             .inner
             .store
             .read(move |txn| {
+                let Some(job) = resolve(txn, &t, &key, &ns)? else {
+                    return Ok(None);
+                };
+                let job_id = job.id.clone();
                 let after = format!("{job_id}/{:020}", filter.after_seq);
+                // Only the records after the token are decoded (a follower reads a few new ones each time).
                 let records: Vec<JobHistory> = txn
-                    .prefix(t.history, &format!("{job_id}/"))?
+                    .prefix_after(t.history, &format!("{job_id}/"), &after, usize::MAX)?
                     .into_iter()
-                    .filter(|(k, _)| k.as_str() > after.as_str())
                     .map(|(_, h)| h)
                     .collect();
                 let highest = records
@@ -315,9 +323,15 @@ impl Orchestrator {
                         })
                     })
                     .collect();
-                Ok((records, highest))
+                Ok(Some((job, records, highest)))
             })
             .await?;
+        let Some((job, all, highest)) = found else {
+            return Err(OrchestratorError::NotFound {
+                kind: "job",
+                id: id.to_owned(),
+            });
+        };
         let more = all.len() > limit;
         let items: Vec<JobHistory> = all.into_iter().take(limit).collect();
         let last_seq = if more {
@@ -399,7 +413,7 @@ impl Orchestrator {
                         .with("NewState", "Stopped")
                         .with("PreviousState", previous.to_string()),
                 )?;
-                state::save_job(txn, &t, &mut job)?;
+                state::save_job(txn, &t, &mut job, Some(previous))?;
                 Ok(after)
             })
             .await?;
@@ -529,7 +543,7 @@ pub(crate) fn load_registry(
 ) -> Result<(Vec<NodeState>, HashMap<NodeId, Resources>), StoreError> {
     let nodes: Vec<NodeState> = txn.all(t.nodes)?.into_iter().map(|(_, n)| n).collect();
     let mut allocated: HashMap<NodeId, Resources> = HashMap::new();
-    for (_, e) in txn.all(t.executions)? {
+    for e in state::all_active(txn, t)? {
         if !e.is_terminal() && e.desired_state.state_type != ExecutionDesiredStateType::Stopped {
             let r = e
                 .allocated_resources
@@ -650,6 +664,7 @@ pub(crate) fn apply_decision(
     t: &Tables,
     outbox: &crate::outbox::Outbox,
     job: &mut Job,
+    stored: Option<JobStateType>,
     executions: &[Execution],
     decision: Decision,
     eval_id: &EvaluationId,
@@ -682,7 +697,7 @@ pub(crate) fn apply_decision(
             create_time: now,
             ..Default::default()
         };
-        state::save_execution(txn, t, &mut exec)?;
+        state::save_execution(txn, t, &mut exec, None)?;
         let mut snapshot = exec.clone();
         snapshot.job = Some(job.clone());
         outbox.enqueue(
@@ -793,7 +808,7 @@ pub(crate) fn apply_decision(
         }
         state::record(txn, t, job, None, event)?;
     }
-    state::save_job(txn, t, job)
+    state::save_job(txn, t, job, stored)
 }
 
 /// Adds `job` to (or removes it from) the waiting index.
@@ -874,7 +889,8 @@ pub(crate) fn stop_execution(
         return Ok(());
     }
     e.desired_state = State::new(ExecutionDesiredStateType::Stopped, why);
-    state::save_execution(txn, t, &mut e)?;
+    let stored = Some(e.compute_state.state_type);
+    state::save_execution(txn, t, &mut e, stored)?;
     let cancel = Message::CancelExecution {
         execution_id: e.id.clone(),
         reason: reason.to_owned(),

@@ -6,11 +6,13 @@
 //! ([`job_saved`] and [`execution_saved`] are called by `state::save_job` / `save_execution`): keys
 //! `metrics/job/<State>` and `metrics/execution/<State>` of the `counters` table. So the counts are exact
 //! across aborted transactions, group commits and restarts, and a scrape reads about twenty small keys
-//! instead of scanning tables that grow with every job. The price per save is one extra read of the stored
-//! record's state (a partial decode that skips everything but `State.StateType`) and, only when the state
-//! changed, two counter updates in the same transaction (no extra commit, so no extra fsync).
+//! instead of scanning tables that grow with every job. The caller says which state the stored record has
+//! (it loaded the record, so it knows; no read on the hot path), and only when the state changed do two
+//! counter updates join the same transaction (no extra commit, so no extra fsync). Debug builds read the
+//! stored state back and assert the caller was right, so the tests check every call site.
 //!
-//! A database written before these counters existed is counted once, at start-up ([`seed`]).
+//! A database written before these counters existed is counted once, at start-up ([`Seed`], in the same pass
+//! over the executions as the node index: `state::derive_missing`).
 
 use std::collections::BTreeMap;
 
@@ -24,7 +26,7 @@ use crate::model::{
 };
 use crate::store::{Reader, Store, StoreError, Table, WriteTxn};
 
-use super::state::{Tables, exec_key};
+use super::state::Tables;
 use super::{Orchestrator, OrchestratorError};
 
 const JOB_PREFIX: &str = "metrics/job/";
@@ -36,21 +38,23 @@ const SEEDED: &str = "metrics/seeded";
 #[derive(Debug, Deserialize)]
 pub(crate) struct JobProbe {
     #[serde(rename = "State", default)]
-    state: JobState,
+    pub state: JobState,
 }
 
-/// Only the compute state of a stored execution.
+/// Only the node and compute state of a stored execution.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ExecutionProbe {
+    #[serde(rename = "NodeID", default)]
+    pub node_id: crate::model::NodeId,
     #[serde(rename = "ComputeState", default)]
-    compute_state: State<ExecutionStateType>,
+    pub compute_state: State<ExecutionStateType>,
 }
 
 /// Views of the jobs and executions tables that decode only the state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Probes {
-    jobs: Table<JobProbe>,
-    executions: Table<ExecutionProbe>,
+    pub jobs: Table<JobProbe>,
+    pub executions: Table<ExecutionProbe>,
 }
 
 impl Probes {
@@ -72,15 +76,22 @@ fn bump(txn: &mut WriteTxn<'_, '_>, t: &Tables, key: &str, up: bool) -> Result<(
     txn.put(t.counters, key, &n)
 }
 
-/// Moves `job` between state counts; call before the job is written.
+/// Moves `job` between state counts; call before the job is written. `stored` is the state of the record
+/// in the store (`None`: a new job).
 pub(crate) fn job_saved(
     txn: &mut WriteTxn<'_, '_>,
     t: &Tables,
     job: &Job,
+    stored: Option<JobStateType>,
 ) -> Result<(), StoreError> {
-    let old = txn
-        .get(t.probes.jobs, job.id.as_str())?
-        .map(|p| p.state.state_type);
+    #[cfg(debug_assertions)]
+    {
+        let actual = txn
+            .get(t.probes.jobs, job.id.as_str())?
+            .map(|p| p.state.state_type);
+        assert_eq!(stored, actual, "job {}: stored state misreported", job.id);
+    }
+    let old = stored;
     let new = job.state.state_type;
     if old == Some(new) {
         return Ok(());
@@ -101,16 +112,29 @@ pub(crate) fn job_saved(
     )
 }
 
-/// Moves `exec` between state counts; call before the execution is written.
+/// Moves `exec` between state counts; call before the execution is written. `stored` is the compute state
+/// of the record in the store (`None`: a new execution).
 pub(crate) fn execution_saved(
     txn: &mut WriteTxn<'_, '_>,
     t: &Tables,
     exec: &Execution,
+    stored: Option<ExecutionStateType>,
 ) -> Result<(), StoreError> {
-    let key = exec_key(&exec.job_id, &exec.id);
-    let old = txn
-        .get(t.probes.executions, &key)?
-        .map(|p| p.compute_state.state_type);
+    #[cfg(debug_assertions)]
+    {
+        let actual = txn
+            .get(
+                t.probes.executions,
+                &super::state::exec_key(&exec.job_id, &exec.id),
+            )?
+            .map(|p| p.compute_state.state_type);
+        assert_eq!(
+            stored, actual,
+            "execution {}: stored state misreported",
+            exec.id
+        );
+    }
+    let old = stored;
     let new = exec.compute_state.state_type;
     if old == Some(new) {
         return Ok(());
@@ -121,33 +145,39 @@ pub(crate) fn execution_saved(
     bump(txn, t, &format!("{EXECUTION_PREFIX}{}", new.name()), true)
 }
 
-/// Counts every stored job and execution once, if the counters were never seeded (a database from before
-/// them, or a new one).
-pub(crate) fn seed(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<(), StoreError> {
-    if txn.get(t.counters, SEEDED)?.is_some() {
-        return Ok(());
-    }
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for (_, p) in txn.all(t.probes.jobs)? {
-        *counts
-            .entry(format!(
-                "{JOB_PREFIX}{}",
-                job_state_name(p.state.state_type)
-            ))
+/// Whether the counters describe every stored record (a database from before them, or a new one, has none).
+pub(crate) fn seeded(txn: &impl Reader, t: &Tables) -> Result<bool, StoreError> {
+    Ok(txn.get(t.counters, SEEDED)?.is_some())
+}
+
+/// The counts of a database that has none, gathered while the caller scans the tables once.
+#[derive(Debug, Default)]
+pub(crate) struct Seed {
+    counts: BTreeMap<String, u64>,
+}
+
+impl Seed {
+    pub fn job(&mut self, s: JobStateType) {
+        *self
+            .counts
+            .entry(format!("{JOB_PREFIX}{}", job_state_name(s)))
             .or_default() += 1;
     }
-    for (_, p) in txn.all(t.probes.executions)? {
-        *counts
-            .entry(format!(
-                "{EXECUTION_PREFIX}{}",
-                p.compute_state.state_type.name()
-            ))
+
+    pub fn execution(&mut self, s: ExecutionStateType) {
+        *self
+            .counts
+            .entry(format!("{EXECUTION_PREFIX}{}", s.name()))
             .or_default() += 1;
     }
-    for (key, n) in counts {
-        txn.put(t.counters, &key, &n)?;
+
+    /// Stores the counts of every job and execution (each passed once) and marks the counters seeded.
+    pub fn store(self, txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<(), StoreError> {
+        for (key, n) in self.counts {
+            txn.put(t.counters, &key, &n)?;
+        }
+        txn.put(t.counters, SEEDED, &1)
     }
-    txn.put(t.counters, SEEDED, &1)
 }
 
 /// What a scrape reports from the orchestrator's state.
@@ -322,28 +352,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &crate::store::Config::default()).expect("store");
         let t = Tables::open(&store).expect("tables");
-        store.write_sync(move |txn| seed(txn, &t)).expect("seed");
+        store
+            .write_sync(move |txn| state::derive_missing(txn, &t))
+            .expect("seed");
         let mut job = Job {
             id: JobId::generate(),
             ..Default::default()
         };
         job.state.state_type = JobStateType::Pending;
         let mut job = store
-            .write_sync(move |txn| state::save_job(txn, &t, &mut job).map(|()| job))
+            .write_sync(move |txn| state::save_job(txn, &t, &mut job, None).map(|()| job))
             .expect("save");
         job.state.state_type = JobStateType::Running;
         let job = store
             .write_sync(move |txn| {
-                state::save_job(txn, &t, &mut job)?;
+                state::save_job(txn, &t, &mut job, Some(JobStateType::Pending))?;
                 // Saving again without a state change counts nothing.
-                state::save_job(txn, &t, &mut job).map(|()| job)
+                state::save_job(txn, &t, &mut job, Some(JobStateType::Running)).map(|()| job)
             })
             .expect("save");
         // An aborted transaction leaves the counts as they were.
         let mut done = job.clone();
         done.state.state_type = JobStateType::Completed;
         let aborted = store.write_sync(move |txn| {
-            state::save_job(txn, &t, &mut done)?;
+            state::save_job(txn, &t, &mut done, Some(JobStateType::Running))?;
             Err::<(), _>(StoreError::Aborted("no".into()))
         });
         assert!(aborted.is_err());
@@ -359,9 +391,11 @@ mod tests {
                     .map(|_| ())
             })
             .expect("wipe");
-        store.write_sync(move |txn| seed(txn, &t)).expect("seed");
         store
-            .write_sync(move |txn| seed(txn, &t))
+            .write_sync(move |txn| state::derive_missing(txn, &t))
+            .expect("seed");
+        store
+            .write_sync(move |txn| state::derive_missing(txn, &t))
             .expect("seed again");
         let c = counts(&store, &t);
         assert_eq!(c.get("metrics/job/Running"), Some(&1), "{c:?}");

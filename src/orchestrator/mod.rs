@@ -14,7 +14,6 @@ mod events;
 mod jobs;
 mod liveness;
 pub mod metrics;
-mod node_writes;
 mod reconcile;
 mod registry;
 mod replan;
@@ -37,7 +36,6 @@ use crate::transport::{Client, Event};
 pub use jobs::{HistoryFilter, HistoryPage, JobListing, NodeAction, SubmitResponse};
 pub use scheduler::JobDefaults;
 
-use node_writes::NodeWrites;
 use registry::Registry;
 use state::Tables;
 
@@ -121,8 +119,6 @@ struct Inner {
     store: Store,
     tables: Tables,
     registry: Registry,
-    /// The `nodes` table's writes, batched (handshakes and disconnects of a whole fleet share commits).
-    node_writes: NodeWrites,
     /// Durable messages to compute nodes.
     outbox: Outbox,
     config: Config,
@@ -152,7 +148,6 @@ pub struct Runner {
     events: mpsc::Receiver<Event>,
     delivery: Delivery,
     evaluate_rx: mpsc::Receiver<()>,
-    node_writer: node_writes::Writer,
 }
 
 impl Orchestrator {
@@ -165,10 +160,7 @@ impl Orchestrator {
         config: Config,
     ) -> Result<(Orchestrator, Runner), OrchestratorError> {
         let tables = Tables::open(&store)?;
-        store.write_sync(move |txn| {
-            metrics::seed(txn, &tables)?;
-            state::rebuild_node_index(txn, &tables)
-        })?;
+        store.write_sync(move |txn| state::derive_missing(txn, &tables))?;
         let (outbox, delivery) = Outbox::new(
             &store,
             client.clone(),
@@ -183,13 +175,11 @@ impl Orchestrator {
         info!(nodes = nodes.len(), "orchestrator state loaded");
         registry.load(nodes, allocated);
         let (evaluate, evaluate_rx) = mpsc::channel(1);
-        let (node_writes, node_writer) = NodeWrites::new(store.clone(), tables, outbox.clone());
         let inner = Inner {
             node_id: client.local_id().clone(),
             store,
             tables,
             registry,
-            node_writes,
             outbox,
             config,
             changes: watch::channel(0).0,
@@ -206,7 +196,6 @@ impl Orchestrator {
             events,
             delivery,
             evaluate_rx,
-            node_writer,
         };
         Ok((orchestrator, runner))
     }
@@ -238,11 +227,9 @@ impl Runner {
             mut events,
             delivery,
             mut evaluate_rx,
-            node_writer,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(delivery.run(shutdown.child_token()));
-        tasks.spawn(node_writer.run());
         // Evaluations left from before a restart (queued jobs) run now.
         orchestrator.wake_evaluations();
         let mut housekeeping =

@@ -38,11 +38,13 @@ impl Planning<'_> {
         }
         let execs = state::executions_of(txn, t, &job.id)?;
         let decision = scheduler::plan(&job, &execs, self.candidates, self.settings, now_nanos());
+        let stored = Some(job.state.state_type);
         apply_decision(
             txn,
             t,
             self.outbox,
             &mut job,
+            stored,
             &execs,
             decision,
             &EvaluationId::generate(),
@@ -63,9 +65,10 @@ impl Planning<'_> {
         after: &mut AfterCommit,
     ) -> Result<(), StoreError> {
         let t = self.t;
+        let stored = Some(exec.compute_state.state_type);
         exec.compute_state = State::new(ExecutionStateType::Failed, reason);
         exec.desired_state = State::new(ExecutionDesiredStateType::Stopped, reason);
-        state::save_execution(txn, t, &mut exec)?;
+        state::save_execution(txn, t, &mut exec, stored)?;
         if let Some(job) = txn.get(t.jobs, exec.job_id.as_str())? {
             state::record(txn, t, &job, Some(&exec.id), event)?;
         }

@@ -8,8 +8,8 @@
 //! nothing has to scan the job table.
 
 use crate::model::{
-    Evaluation, Event, Execution, ExecutionId, HistoryType, Job, JobHistory, JobId, NodeId,
-    NodeState, now_nanos,
+    Evaluation, Event, Execution, ExecutionId, ExecutionStateType, HistoryType, Job, JobHistory,
+    JobId, JobStateType, NodeId, NodeState, now_nanos,
 };
 use crate::store::{Reader, Store, StoreError, Table, WriteTxn};
 
@@ -107,25 +107,29 @@ pub(crate) fn record(
     txn.put(t.history, &format!("{}/{seq:020}", job.id), &entry)
 }
 
-/// Stores `job` with its revision bumped.
+/// Stores `job` with its revision bumped. `stored` is the state the stored record has (`None`: new job),
+/// for the state counts.
 pub(crate) fn save_job(
     txn: &mut WriteTxn<'_, '_>,
     t: &Tables,
     job: &mut Job,
+    stored: Option<JobStateType>,
 ) -> Result<(), StoreError> {
-    super::metrics::job_saved(txn, t, job)?;
+    super::metrics::job_saved(txn, t, job, stored)?;
     job.revision += 1;
     job.modify_time = now_nanos();
     txn.put(t.jobs, job.id.as_str(), job)
 }
 
-/// Stores `exec` with its revision bumped.
+/// Stores `exec` with its revision bumped. `stored` is the compute state the stored record has (`None`: new
+/// execution), for the state counts.
 pub(crate) fn save_execution(
     txn: &mut WriteTxn<'_, '_>,
     t: &Tables,
     exec: &mut Execution,
+    stored: Option<ExecutionStateType>,
 ) -> Result<(), StoreError> {
-    super::metrics::execution_saved(txn, t, exec)?;
+    super::metrics::execution_saved(txn, t, exec, stored)?;
     exec.revision += 1;
     exec.modify_time = now_nanos();
     let key = exec_key(&exec.job_id, &exec.id);
@@ -156,18 +160,61 @@ pub(crate) fn active_on_node(
     Ok(out)
 }
 
-/// Rebuilds the node index from the executions (at start-up: a state written by an older release has none,
-/// and a rebuilt index cannot drift).
-pub(crate) fn rebuild_node_index(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<(), StoreError> {
-    for (key, _) in txn.all(t.node_executions)? {
-        txn.delete(t.node_executions, &key)?;
+/// Marks the node index as describing every stored execution. `save_execution` keeps it in step in the
+/// same transaction, so once built it is kept, not rebuilt at every start.
+const NODE_INDEX_BUILT: &str = "index/node_executions";
+
+/// Builds what is derived from the stored records and then kept durable (the state counts of `/metrics`,
+/// the node index), for a database that lacks them: a new one, or one written by an older release. One pass
+/// over the executions, decoding only their node and state; nothing at all when both exist, so a start does
+/// not grow with the number of jobs ever run.
+pub(crate) fn derive_missing(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<(), StoreError> {
+    let mut seed = (!super::metrics::seeded(txn, t)?).then(super::metrics::Seed::default);
+    let index = txn.get(t.counters, NODE_INDEX_BUILT)?.is_none();
+    if seed.is_none() && !index {
+        return Ok(());
     }
-    for (key, e) in txn.all(t.executions)? {
-        if !e.is_terminal() {
+    if index {
+        for (key, _) in txn.all(t.node_executions)? {
+            txn.delete(t.node_executions, &key)?;
+        }
+    }
+    for (key, e) in txn.all(t.probes.executions)? {
+        let state = e.compute_state.state_type;
+        if let Some(seed) = &mut seed {
+            seed.execution(state);
+        }
+        if index && !state.is_terminal() {
             txn.put(t.node_executions, &format!("{}/{key}", e.node_id), &0)?;
         }
     }
+    if let Some(mut seed) = seed {
+        for (_, j) in txn.all(t.probes.jobs)? {
+            seed.job(j.state.state_type);
+        }
+        seed.store(txn, t)?;
+    }
+    if index {
+        txn.put(t.counters, NODE_INDEX_BUILT, &1)?;
+    }
     Ok(())
+}
+
+/// Every active execution, through the node index (not a scan of every execution ever run).
+pub(crate) fn all_active(txn: &impl Reader, t: &Tables) -> Result<Vec<Execution>, StoreError> {
+    let mut out = Vec::new();
+    for (indexed, _) in txn.all(t.node_executions)? {
+        // `<node id>/<execution key>`; node ids hold no `/`.
+        let Some((_, key)) = indexed.split_once('/') else {
+            continue;
+        };
+        if let Some(e) = txn.get(t.executions, key)?
+            && !e.is_terminal()
+        {
+            out.push(e);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -195,5 +242,112 @@ mod tests {
             .map(|k| k.rsplit('/').next().unwrap_or_default())
             .collect();
         assert_eq!(order, ["top", "mid-old", "mid-new", "low-old", "bottom"]);
+    }
+
+    /// Stores `n` jobs of one execution each on `node`, every third still running, bypassing the index and
+    /// the counts (as a database from an older release has them).
+    fn old_database(store: &Store, t: Tables, n: usize) {
+        store
+            .write_sync(move |txn| {
+                for i in 0..n {
+                    let job = Job {
+                        id: JobId::from(format!("j-{i:06}")),
+                        ..Default::default()
+                    };
+                    let state = if i % 3 == 0 {
+                        ExecutionStateType::Running
+                    } else {
+                        ExecutionStateType::Completed
+                    };
+                    let exec = Execution {
+                        id: ExecutionId::from(format!("e-{i:06}")),
+                        job_id: job.id.clone(),
+                        node_id: NodeId::from("node-a".to_owned()),
+                        compute_state: crate::model::State::new(state, ""),
+                        ..Default::default()
+                    };
+                    txn.put(t.jobs, job.id.as_str(), &job)?;
+                    txn.put(t.executions, &exec_key(&exec.job_id, &exec.id), &exec)?;
+                }
+                Ok(())
+            })
+            .expect("populate");
+    }
+
+    #[test]
+    fn derived_tables_are_built_once_and_then_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Default::default()).expect("store");
+        let t = Tables::open(&store).expect("tables");
+        old_database(&store, t, 30);
+        store
+            .write_sync(move |txn| derive_missing(txn, &t))
+            .expect("derive");
+        let active = store.read_sync(|txn| all_active(txn, &t)).expect("read");
+        assert_eq!(active.len(), 10);
+        let node = NodeId::from("node-a".to_owned());
+        let on_node = store
+            .read_sync(|txn| active_on_node(txn, &t, &node))
+            .expect("read");
+        assert_eq!(on_node.len(), 10);
+        // Once built, a start derives nothing: a stale entry planted now survives it (only saves change the
+        // index, in the transaction that changes the execution).
+        store
+            .write_sync(move |txn| {
+                txn.put(t.node_executions, "node-b/j-x/e-x", &0)?;
+                derive_missing(txn, &t)
+            })
+            .expect("derive again");
+        let entries = store
+            .read_sync(|txn| txn.count(t.node_executions))
+            .expect("count");
+        assert_eq!(entries, 11);
+        let c = store
+            .read_sync(|txn| txn.prefix(t.counters, "metrics/execution/"))
+            .expect("counts");
+        assert!(
+            c.contains(&("metrics/execution/Running".to_owned(), 10)),
+            "{c:?}"
+        );
+        assert!(
+            c.contains(&("metrics/execution/Completed".to_owned(), 20)),
+            "{c:?}"
+        );
+    }
+
+    /// Start-up cost with many jobs: `cargo test --lib derive_missing_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn derive_missing_timing() {
+        let n: usize = std::env::var("COD_JOBS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50_000);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Default::default()).expect("store");
+        let t = Tables::open(&store).expect("tables");
+        old_database(&store, t, n);
+        let started = std::time::Instant::now();
+        store
+            .write_sync(move |txn| derive_missing(txn, &t))
+            .expect("derive");
+        let first = started.elapsed();
+        let started = std::time::Instant::now();
+        store
+            .write_sync(move |txn| derive_missing(txn, &t))
+            .expect("derive");
+        let store2 = store.clone();
+        let active = store2.read_sync(|txn| all_active(txn, &t)).expect("read");
+        let later = started.elapsed();
+        let started = std::time::Instant::now();
+        let scanned = store
+            .read_sync(|txn| txn.all(t.executions))
+            .expect("scan")
+            .len();
+        let full_scan = started.elapsed();
+        println!(
+            "{n} jobs: first start (derive) {first:?}; later starts (derive + active through the index, {} active) {later:?}; one full decode of all {scanned} executions {full_scan:?}",
+            active.len()
+        );
     }
 }

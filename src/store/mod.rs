@@ -176,9 +176,10 @@ impl Store {
     }
 
     /// Runs `f` in a write transaction on the writer thread and commits it if `f` returns `Ok`; an error (or a
-    /// panic) in `f` rolls back only `f`'s changes. The commit is durable (fsync) when this returns `Ok`. If
-    /// the returned future is dropped, the write still happens.
-    pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    /// panic) in `f` rolls back only `f`'s changes. The commit is durable (fsync) when the returned future
+    /// yields `Ok`. `f` is queued when this is called, not when the future is first polled: writes keep the
+    /// order of the calls, and a dropped future's write still happens.
+    pub fn write<R, F>(&self, f: F) -> impl Future<Output = Result<R, StoreError>> + Send + 'static
     where
         R: Send + 'static,
         F: FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError> + Send + 'static,
@@ -187,7 +188,7 @@ impl Store {
         self.writer.submit(f, move |result| {
             let _ = tx.send(result);
         });
-        rx.await.map_err(|_| writer_gone())?
+        async move { rx.await.map_err(|_| writer_gone())? }
     }
 
     /// [`Store::read`] for code already on a blocking thread.

@@ -36,6 +36,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use super::client::{Command, Origin};
+use super::refusals::{Refusals, Report};
 use super::{
     Client, Config, Event, Identity, JoinToken, Request, Response, Streams, SwarmKey,
     TransportError,
@@ -159,6 +160,8 @@ struct EventSink {
     overflow: VecDeque<Event>,
     /// Names the stream in logs.
     name: &'static str,
+    /// Paces the log lines of refused requests.
+    refusals: Refusals,
 }
 
 // === impl EventSink ===
@@ -169,6 +172,7 @@ impl EventSink {
             tx,
             overflow: VecDeque::new(),
             name,
+            refusals: Refusals::default(),
         }
     }
 
@@ -193,10 +197,18 @@ impl EventSink {
         };
         let is_request = matches!(event, Event::Request { .. });
         if is_request && self.overflow.len() >= OVERFLOW_LIMIT {
-            warn!(
-                stream = self.name,
-                "event consumer is behind; refusing an inbound request"
-            );
+            match self.refusals.refused(std::time::Instant::now()) {
+                Report::First => warn!(
+                    stream = self.name,
+                    "event consumer is behind; refusing inbound requests (peers resend them)"
+                ),
+                Report::Summary(refused) => warn!(
+                    stream = self.name,
+                    refused,
+                    "event consumer is still behind; inbound requests refused since the last report"
+                ),
+                Report::Counted => {}
+            }
             return;
         }
         if self.overflow.len() >= OVERFLOW_HARD_LIMIT {
@@ -216,6 +228,15 @@ impl EventSink {
             Ok(permit) => {
                 if let Some(event) = self.overflow.pop_front() {
                     permit.send(event);
+                }
+                if self.overflow.is_empty()
+                    && let Some(refused) = self.refusals.caught_up()
+                {
+                    info!(
+                        stream = self.name,
+                        refused,
+                        "event consumer caught up; inbound requests refused since the last report"
+                    );
                 }
             }
             // The consumer is gone; nobody will read these.

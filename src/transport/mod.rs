@@ -138,6 +138,7 @@ mod codec;
 mod event_loop;
 mod identity;
 mod inbound;
+mod refusals;
 mod stream;
 
 pub use client::Client;
