@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
-use crate::gpu::{GpuAllocator, NotEnoughGpus};
+use crate::gpu::GpuAllocator;
 use crate::model::resources::{JobDefaults, job_resources};
 use crate::model::{EngineSpec, Execution, ExecutionId, InputSpec, PublisherSpec, Resources};
 
@@ -45,15 +45,8 @@ impl Capacity {
     pub fn try_reserve(&self, holder: &ExecutionId, r: &Resources) -> Result<Vec<u32>, String> {
         let mut used = self.used();
         let free = self.max.saturating_sub(&used.resources);
-        if r.gpu > used.gpus.free_count() {
-            let total = self.max.gpu;
-            return Err(NotEnoughGpus {
-                need: r.gpu,
-                free: used.gpus.free_count(),
-                total,
-            }
-            .to_string());
-        }
+        // GPUs first: their shortage is the reason to give when both are short.
+        used.gpus.check(r.gpu).map_err(|e| e.to_string())?;
         if !r.fits_in(&free) {
             return Err(format!(
                 "not enough free capacity: job needs cpu {} memory {} bytes, node has cpu {:.2} memory {} bytes free",

@@ -78,6 +78,16 @@ pub struct Config {
     pub gpus: Option<Inventory>,
 }
 
+impl Config {
+    /// The GPUs discovery found, by index (empty without any).
+    pub fn gpu_list(&self) -> &[crate::gpu::Gpu] {
+        self.gpus
+            .as_ref()
+            .map(|i| i.gpus.as_slice())
+            .unwrap_or_default()
+    }
+}
+
 /// The compute node's caches (see [`cache`]); each is off when its budget is 0.
 #[derive(Debug, Clone, Default)]
 pub struct Caches {
@@ -191,11 +201,7 @@ impl Compute {
                 counters: "compute.outbox_counters",
             },
         )?;
-        let gpu_indexes = config
-            .gpus
-            .iter()
-            .flat_map(|i| i.gpus.iter().map(|g| g.index));
-        let capacity = Capacity::new(config.capacity, gpu_indexes);
+        let capacity = Capacity::new(config.capacity, config.gpu_list().iter().map(|g| g.index));
         // The start queue is unbounded, but every entry is an execution this node already accepted within its
         // capacity (or recovered from its own table), so its length is bounded by the node's job slots.
         let (start, start_rx) = mpsc::unbounded_channel();
@@ -235,14 +241,10 @@ impl Compute {
         labels.insert("os_arch".into(), go_arch().into());
         labels.insert("name".into(), c.name.clone());
         labels.extend(crate::gpu::advertise::labels(c.gpus.as_ref()));
-        let all_gpus: &[crate::gpu::Gpu] = c
-            .gpus
-            .as_ref()
-            .map(|i| i.gpus.as_slice())
-            .unwrap_or_default();
         let max_capacity = NodeResources {
             resources: c.capacity,
-            gpus: all_gpus
+            gpus: c
+                .gpu_list()
                 .iter()
                 .map(crate::gpu::advertise::resource)
                 .collect(),
@@ -276,9 +278,8 @@ impl Compute {
         NodeResources {
             resources: self.inner.capacity.available(),
             gpus: c
-                .gpus
+                .gpu_list()
                 .iter()
-                .flat_map(|i| i.gpus.iter())
                 .filter(|g| free.contains(&g.index))
                 .map(crate::gpu::advertise::resource)
                 .collect(),

@@ -501,13 +501,7 @@ impl Compute {
         if need == 0 {
             return Ok(Vec::new());
         }
-        let known = self
-            .inner
-            .config
-            .gpus
-            .as_ref()
-            .map(|i| i.gpus.as_slice())
-            .unwrap_or_default();
+        let known = self.inner.config.gpu_list();
         let gpus: Vec<Gpu> = self
             .inner
             .capacity

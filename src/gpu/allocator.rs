@@ -78,6 +78,19 @@ impl GpuAllocator {
             .collect()
     }
 
+    /// Whether `need` GPUs are free now.
+    pub fn check(&self, need: u64) -> Result<(), NotEnoughGpus> {
+        let free = self.free_count();
+        if free < need {
+            return Err(NotEnoughGpus {
+                need,
+                free,
+                total: self.all.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// Gives `holder` `need` GPUs, the lowest free ones, and returns them. Asking again for a holder that holds
     /// GPUs already returns what it holds (a replayed bid must not take more).
     pub fn reserve(&mut self, holder: &ExecutionId, need: u64) -> Result<Vec<u32>, NotEnoughGpus> {
@@ -85,15 +98,9 @@ impl GpuAllocator {
         if need == 0 || !already.is_empty() {
             return Ok(already);
         }
-        let free = self.free();
-        if (free.len() as u64) < need {
-            return Err(NotEnoughGpus {
-                need,
-                free: free.len() as u64,
-                total: self.all.len() as u64,
-            });
-        }
-        let take: Vec<u32> = free
+        self.check(need)?;
+        let take: Vec<u32> = self
+            .free()
             .into_iter()
             .take(usize::try_from(need).unwrap_or(usize::MAX))
             .collect();
