@@ -14,7 +14,7 @@ use super::jobs::{self, AfterCommit, apply_decision, stop_execution};
 use super::liveness::{self, ResultFate};
 use super::reconcile;
 use super::replan::{Planning, held as held_resources};
-use super::scheduler::{self, Candidate};
+use super::scheduler;
 use super::state::{self, Tables};
 use super::{Orchestrator, OrchestratorError};
 
@@ -159,35 +159,29 @@ impl Orchestrator {
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
         let (peer_id, stored) = (peer.clone(), state.clone());
-        let candidates = self.inner.registry.candidates();
         let settings = self.inner.config.scheduler();
         // The reconciliation runs in the same transaction as the node's registration, before the outbox
         // resumes: what it compares cannot change underneath it.
         let applied = self
-            .inner
-            .store
-            .write(move |txn| {
+            .write(move |txn, after| {
                 txn.put(t.nodes, stored.info.node_id.as_str(), &stored)?;
                 // A node that applied more than this orchestrator sent outlived this orchestrator's state.
                 outbox.rebase(txn, &peer_id, compute_applied)?;
                 let planning = Planning {
                     t: &t,
                     outbox: &outbox,
-                    candidates: &candidates,
                     settings: &settings,
                 };
-                let mut after = AfterCommit::default();
                 let corrected =
-                    reconcile::run(txn, &planning, &peer_id, compute_applied, &held, &mut after)?;
-                Ok((outbox.last_applied(txn, &peer_id)?, corrected, after))
+                    reconcile::run(txn, &planning, &peer_id, compute_applied, &held, after)?;
+                Ok((outbox.last_applied(txn, &peer_id)?, corrected))
             })
             .await;
         let applied = match applied {
-            Ok((a, corrected, after)) => {
+            Ok((a, corrected)) => {
                 if corrected > 0 {
                     tracing::info!(node_id = %peer, corrected, "reconciliation corrected executions");
                 }
-                self.after_commit(after);
                 a
             }
             Err(e) => {
@@ -265,36 +259,19 @@ impl Orchestrator {
         }
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
-        let candidates = self.inner.registry.candidates();
         let settings = self.inner.config.scheduler();
         let peer_id = peer.clone();
         let result = self
-            .inner
-            .store
-            .write(move |txn| {
-                let mut after = AfterCommit::default();
-                let last = outbox.apply_inbound(txn, &peer_id, messages, |txn, message| {
-                    apply_report(
-                        txn,
-                        &t,
-                        &outbox,
-                        &peer_id,
-                        message,
-                        &candidates,
-                        &settings,
-                        &mut after,
-                    )
-                })?;
-                Ok((last, after))
+            .write(move |txn, after| {
+                outbox.apply_inbound(txn, &peer_id, messages, |txn, message| {
+                    apply_report(txn, &t, &outbox, &peer_id, message, &settings, after)
+                })
             })
             .await;
         match result {
-            Ok((last, after)) => {
-                self.after_commit(after);
-                Response::Ack {
-                    last_applied_seq: last,
-                }
-            }
+            Ok(last) => Response::Ack {
+                last_applied_seq: last,
+            },
             Err(e) => {
                 tracing::warn!(node_id = %peer, error = %e, "cannot apply compute reports");
                 Response::Refused {
@@ -370,33 +347,27 @@ impl Orchestrator {
             .await?;
         for eval in due {
             let outbox = self.inner.outbox.clone();
-            let candidates = self.inner.registry.candidates();
             let settings = self.inner.config.scheduler();
-            let after = self
-                .inner
-                .store
-                .write(move |txn| {
-                    let mut after = AfterCommit::default();
-                    // Gone when a newer wake-up replaced and ran it already; nothing to do then.
-                    if !txn.delete(t.evaluations, eval.id.as_str())? {
-                        return Ok(after);
-                    }
-                    if let Some(mut job) = txn.get(t.jobs, eval.job_id.as_str())?
-                        && !job.state.state_type.is_terminal()
-                    {
-                        let execs = state::executions_of(txn, &t, &job.id)?;
-                        let decision =
-                            scheduler::plan(&job, &execs, &candidates, &settings, now_nanos());
-                        let stored = Some(job.state.state_type);
-                        apply_decision(
-                            txn, &t, &outbox, &mut job, stored, &execs, decision, &eval.id,
-                            &settings, &mut after,
-                        )?;
-                    }
-                    Ok(after)
-                })
-                .await?;
-            self.after_commit(after);
+            self.write(move |txn, after| {
+                // Gone when a newer wake-up replaced and ran it already; nothing to do then.
+                if !txn.delete(t.evaluations, eval.id.as_str())? {
+                    return Ok(());
+                }
+                if let Some(mut job) = txn.get(t.jobs, eval.job_id.as_str())?
+                    && !job.state.state_type.is_terminal()
+                {
+                    let execs = state::executions_of(txn, &t, &job.id)?;
+                    let decision =
+                        scheduler::plan(&job, &execs, &after.candidates(), &settings, now_nanos());
+                    let stored = Some(job.state.state_type);
+                    apply_decision(
+                        txn, &t, &outbox, &mut job, stored, &execs, decision, &eval.id, &settings,
+                        after,
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
     }
@@ -410,7 +381,6 @@ fn apply_report(
     outbox: &crate::outbox::Outbox,
     peer: &NodeId,
     message: Message,
-    candidates: &[Candidate],
     settings: &scheduler::Settings,
     after: &mut AfterCommit,
 ) -> Result<(), StoreError> {
@@ -481,9 +451,7 @@ fn apply_report(
                     Event::new("Execution", why).with("NewState", "Cancelled"),
                 )?;
                 if !was_terminal {
-                    after
-                        .allocations
-                        .push((exec.node_id.clone(), held_resources(&exec), true));
+                    after.release(exec.node_id.clone(), held_resources(&exec));
                 }
                 return Ok(());
             }
@@ -591,9 +559,7 @@ fn apply_report(
     state::record(txn, t, &job, Some(&exec.id), event)?;
     if ended {
         if !was_terminal {
-            after
-                .allocations
-                .push((exec.node_id.clone(), held_resources(&exec), true));
+            after.release(exec.node_id.clone(), held_resources(&exec));
         }
         // Capacity freed: jobs waiting for it are evaluated, highest priority first, by the worker. While
         // any wait, this job joins them rather than jumping the queue.
@@ -603,7 +569,8 @@ fn apply_report(
             after.evaluate = true;
         } else if !job.state.state_type.is_terminal() {
             let execs = state::executions_of(txn, t, &job.id)?;
-            let decision = scheduler::plan(&job, &execs, candidates, settings, now_nanos());
+            let decision =
+                scheduler::plan(&job, &execs, &after.candidates(), settings, now_nanos());
             let eval_id = EvaluationId::generate();
             let stored = Some(job.state.state_type);
             apply_decision(

@@ -11,6 +11,7 @@ use crate::model::{
 use crate::store::{Reader, StoreError, WriteTxn};
 use crate::transport::Message;
 
+use super::registry::Registry;
 use super::scheduler::{self, Decision, JobDefaults, Settings};
 use super::state::{self, Tables};
 use super::{Orchestrator, OrchestratorError};
@@ -83,22 +84,91 @@ impl NodeAction {
     }
 }
 
-/// Effects of a transaction to carry out after it commits.
-#[derive(Debug, Default)]
+/// What a write transaction changed outside the store. Capacity moves in the node registry at once, so the
+/// next decision, later in this transaction or in the next one, plans against it; outbox kicks and evaluation
+/// wake-ups wait for the commit. Dropped without [`Orchestrator::after_commit`] (the closure failed, or the
+/// commit did), it gives back every capacity change it made.
+#[derive(Debug)]
 pub(crate) struct AfterCommit {
+    registry: Registry,
     /// Peers with new outbox messages.
     pub kick: Vec<NodeId>,
-    /// (node, resources, release) allocation changes.
-    pub allocations: Vec<(NodeId, Resources, bool)>,
+    /// (node, resources, release) changes made to the registry, undone on drop unless committed.
+    moved: Vec<(NodeId, Resources, bool)>,
     /// Whether the evaluation worker should look again.
     pub evaluate: bool,
 }
 
-impl Orchestrator {
-    pub(crate) fn after_commit(&self, after: AfterCommit) {
-        for (node, r, release) in &after.allocations {
-            self.inner.registry.allocate(node, r, *release);
+impl AfterCommit {
+    pub(crate) fn new(registry: Registry) -> Self {
+        AfterCommit {
+            registry,
+            kick: Vec::new(),
+            moved: Vec::new(),
+            evaluate: false,
         }
+    }
+
+    /// The nodes to plan against, with the capacity held by everything decided so far, this transaction
+    /// included.
+    pub(crate) fn candidates(&self) -> Vec<scheduler::Candidate> {
+        self.registry.candidates()
+    }
+
+    /// `node` now holds `r` for an execution placed on it.
+    pub(crate) fn hold(&mut self, node: NodeId, r: Resources) {
+        self.registry.allocate(&node, &r, false);
+        self.moved.push((node, r, false));
+    }
+
+    /// `node` no longer holds `r`: the execution that held it ended.
+    pub(crate) fn release(&mut self, node: NodeId, r: Resources) {
+        self.registry.allocate(&node, &r, true);
+        self.moved.push((node, r, true));
+    }
+}
+
+impl Drop for AfterCommit {
+    fn drop(&mut self) {
+        for (node, r, release) in self.moved.drain(..).rev() {
+            self.registry.allocate(&node, &r, !release);
+        }
+    }
+}
+
+impl Orchestrator {
+    /// Runs `f` in a write transaction with an [`AfterCommit`] to record its effects in. They are carried out
+    /// on the store's writer thread as soon as the commit is known (so before the next transaction plans, and
+    /// even if the caller stopped waiting); if `f` or the commit fails, its capacity changes are undone.
+    pub(crate) fn write<R, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R, StoreError>> + Send + 'static
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteTxn<'_, '_>, &mut AfterCommit) -> Result<R, StoreError>
+            + Send
+            + 'static,
+    {
+        let registry = self.inner.registry.clone();
+        let this = self.clone();
+        self.inner.store.write_then(
+            move |txn| {
+                let mut after = AfterCommit::new(registry);
+                let r = f(txn, &mut after)?;
+                Ok((r, after))
+            },
+            move |result| {
+                result.map(|(r, after)| {
+                    this.after_commit(after);
+                    r
+                })
+            },
+        )
+    }
+
+    fn after_commit(&self, mut after: AfterCommit) {
+        after.moved.clear();
         for peer in &after.kick {
             self.inner.outbox.kick(peer);
         }
@@ -166,17 +236,13 @@ impl Orchestrator {
 
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
-        let candidates = self.inner.registry.candidates();
         let settings = self.inner.config.scheduler();
         let eval_id = EvaluationId::generate();
         let eval = eval_id.clone();
-        let (response_job, after) = self
-            .inner
-            .store
-            .write(move |txn| {
+        let response_job = self
+            .write(move |txn, after| {
                 let name_key = state::name_key(&job.namespace, &job.name);
                 let mut executions = Vec::new();
-                let mut after = AfterCommit::default();
                 // The state of the stored job (none yet for a new one), for the state counts.
                 let mut stored = None;
                 if let Some(existing_id) = txn.get(t.job_names, &name_key)? {
@@ -187,7 +253,7 @@ impl Orchestrator {
                         )));
                     };
                     stored = Some(existing.state.state_type);
-                    job = new_version(txn, &t, &outbox, existing, job, force, &mut after)?;
+                    job = new_version(txn, &t, &outbox, existing, job, force, after)?;
                     executions = state::executions_of(txn, &t, &job.id)?;
                 } else {
                     txn.put(t.job_names, &name_key, &job.id)?;
@@ -196,16 +262,15 @@ impl Orchestrator {
                 if let Some(deadline) = scheduler::total_deadline(&job) {
                     schedule_deadline(txn, &t, &job, deadline)?;
                 }
-                let decision = scheduler::plan(&job, &executions, &candidates, &settings, now);
-                apply_decision(txn, &t, &outbox, &mut job, stored, &executions, decision, &eval, &settings, &mut after)?;
-                Ok((job.id.clone(), after))
+                let decision = scheduler::plan(&job, &executions, &after.candidates(), &settings, now);
+                apply_decision(txn, &t, &outbox, &mut job, stored, &executions, decision, &eval, &settings, after)?;
+                Ok(job.id.clone())
             })
             .await
             .map_err(|e| match e {
                 StoreError::Aborted(reason) => OrchestratorError::Conflict(reason),
                 other => OrchestratorError::Store(other),
             })?;
-        self.after_commit(after);
         crate::metrics::ORCHESTRATOR.jobs_submitted.inc();
         tracing::info!(job_id = %response_job, "job submitted");
         Ok(SubmitResponse {
@@ -384,40 +449,35 @@ impl Orchestrator {
         };
         let eval_id = EvaluationId::generate();
         let job_id = job.id.clone();
-        let after = self
-            .inner
-            .store
-            .write(move |txn| {
-                let mut after = AfterCommit::default();
-                let Some(mut job) = txn.get(t.jobs, job_id.as_str())? else {
-                    return Ok(after);
-                };
-                if job.state.state_type.is_terminal() {
-                    return Ok(after);
-                }
-                for e in state::executions_of(txn, &t, &job.id)? {
-                    stop_execution(txn, &t, &outbox, e, &reason, &reason, &mut after)?;
-                }
-                set_waiting(txn, &t, &job, false)?;
-                let previous = job.state.state_type;
-                job.state = JobState {
-                    state_type: JobStateType::Stopped,
-                    message: reason.clone(),
-                };
-                state::record(
-                    txn,
-                    &t,
-                    &job,
-                    None,
-                    Event::new("State Update", format!("job Stopped: {reason}"))
-                        .with("NewState", "Stopped")
-                        .with("PreviousState", previous.to_string()),
-                )?;
-                state::save_job(txn, &t, &mut job, Some(previous))?;
-                Ok(after)
-            })
-            .await?;
-        self.after_commit(after);
+        self.write(move |txn, after| {
+            let Some(mut job) = txn.get(t.jobs, job_id.as_str())? else {
+                return Ok(());
+            };
+            if job.state.state_type.is_terminal() {
+                return Ok(());
+            }
+            for e in state::executions_of(txn, &t, &job.id)? {
+                stop_execution(txn, &t, &outbox, e, &reason, &reason, after)?;
+            }
+            set_waiting(txn, &t, &job, false)?;
+            let previous = job.state.state_type;
+            job.state = JobState {
+                state_type: JobStateType::Stopped,
+                message: reason.clone(),
+            };
+            state::record(
+                txn,
+                &t,
+                &job,
+                None,
+                Event::new("State Update", format!("job Stopped: {reason}"))
+                    .with("NewState", "Stopped")
+                    .with("PreviousState", previous.to_string()),
+            )?;
+            state::save_job(txn, &t, &mut job, Some(previous))?;
+            Ok(())
+        })
+        .await?;
         Ok(eval_id.to_string())
     }
 
@@ -723,7 +783,7 @@ pub(crate) fn apply_decision(
             .with("NewState", "AskForBid"),
         )?;
         after.kick.push(node.clone());
-        after.allocations.push((node, need, false));
+        after.hold(node, need);
     }
     let any_active = executions.iter().any(scheduler::active);
     let new_state = match &decision {
@@ -947,5 +1007,60 @@ pub(crate) fn membership_for(action: NodeAction) -> Option<NodeMembership> {
         NodeAction::Approve => Some(NodeMembership::Approved),
         NodeAction::Reject => Some(NodeMembership::Rejected),
         NodeAction::Delete => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeInfo, NodeState};
+
+    fn registry_with(node: &str) -> (Registry, NodeId) {
+        let registry = Registry::default();
+        registry.connected(NodeState {
+            info: NodeInfo {
+                node_id: node.to_owned().into(),
+                ..Default::default()
+            },
+            membership: NodeMembership::Approved,
+            ..Default::default()
+        });
+        (registry, node.to_owned().into())
+    }
+
+    fn cpu(c: f64) -> Resources {
+        Resources {
+            cpu: c,
+            ..Default::default()
+        }
+    }
+
+    fn allocated(after: &AfterCommit) -> f64 {
+        after.candidates()[0].allocated.cpu
+    }
+
+    #[test]
+    fn capacity_moves_at_once_so_the_next_decision_sees_it() {
+        let (registry, node) = registry_with("a");
+        registry.allocate(&node, &cpu(2.0), false);
+        let mut after = AfterCommit::new(registry.clone());
+        after.hold(node.clone(), cpu(1.0));
+        assert_eq!(allocated(&after), 3.0);
+        after.release(node.clone(), cpu(2.0));
+        // A second transaction of the same batch plans against both changes.
+        let second = AfterCommit::new(registry.clone());
+        assert_eq!(allocated(&second), 1.0);
+    }
+
+    #[test]
+    fn an_uncommitted_transaction_gives_its_capacity_back() {
+        let (registry, node) = registry_with("a");
+        registry.allocate(&node, &cpu(2.0), false);
+        let mut failed = AfterCommit::new(registry.clone());
+        failed.hold(node.clone(), cpu(1.0));
+        failed.release(node.clone(), cpu(2.0));
+        failed.hold(node.clone(), cpu(0.5));
+        drop(failed);
+        assert_eq!(registry.candidates()[0].allocated.cpu, 2.0);
     }
 }

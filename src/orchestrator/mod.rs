@@ -308,31 +308,22 @@ impl Orchestrator {
         let retry = id.clone();
         let t = self.inner.tables;
         let outbox = self.inner.outbox.clone();
-        let candidates = self.inner.registry.candidates();
         let settings = self.inner.config.scheduler();
         let lost_after = self.inner.config.node_lost_after;
         let result = self
-            .inner
-            .store
-            .write(move |txn| {
+            .write(move |txn, after| {
                 txn.put(t.nodes, id.as_str(), &node)?;
                 let planning = replan::Planning {
                     t: &t,
                     outbox: &outbox,
-                    candidates: &candidates,
                     settings: &settings,
                 };
-                let mut after = jobs::AfterCommit::default();
-                liveness::lose_node(txn, &planning, &id, lost_after, &mut after)?;
-                Ok(after)
+                liveness::lose_node(txn, &planning, &id, lost_after, after)
             })
             .await;
-        match result {
-            Ok(after) => self.after_commit(after),
-            Err(e) => {
-                warn!(node_id = %retry, error = %e, "cannot reschedule a lost node's executions; will retry");
-                self.inner.registry.not_lost_yet(&retry);
-            }
+        if let Err(e) = result {
+            warn!(node_id = %retry, error = %e, "cannot reschedule a lost node's executions; will retry");
+            self.inner.registry.not_lost_yet(&retry);
         }
     }
 }

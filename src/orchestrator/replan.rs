@@ -9,7 +9,7 @@ use crate::outbox::Outbox;
 use crate::store::{Reader, StoreError, WriteTxn};
 
 use super::jobs::{AfterCommit, apply_decision};
-use super::scheduler::{self, Candidate, Settings};
+use super::scheduler::{self, Settings};
 use super::state::{self, Tables};
 
 /// What a re-plan needs besides the transaction.
@@ -17,7 +17,6 @@ use super::state::{self, Tables};
 pub(crate) struct Planning<'a> {
     pub t: &'a Tables,
     pub outbox: &'a Outbox,
-    pub candidates: &'a [Candidate],
     pub settings: &'a Settings,
 }
 
@@ -37,7 +36,13 @@ impl Planning<'_> {
             return Ok(());
         }
         let execs = state::executions_of(txn, t, &job.id)?;
-        let decision = scheduler::plan(&job, &execs, self.candidates, self.settings, now_nanos());
+        let decision = scheduler::plan(
+            &job,
+            &execs,
+            &after.candidates(),
+            self.settings,
+            now_nanos(),
+        );
         let stored = Some(job.state.state_type);
         apply_decision(
             txn,
@@ -72,9 +77,7 @@ impl Planning<'_> {
         if let Some(job) = txn.get(t.jobs, exec.job_id.as_str())? {
             state::record(txn, t, &job, Some(&exec.id), event)?;
         }
-        after
-            .allocations
-            .push((exec.node_id.clone(), held(&exec), true));
+        after.release(exec.node_id.clone(), held(&exec));
         Ok(())
     }
 }

@@ -184,9 +184,27 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, StoreError> + Send + 'static,
     {
+        self.write_then(f, |result| result)
+    }
+
+    /// [`Store::write`], with `then` run on the writer thread as soon as the commit's outcome is known: before
+    /// the next transaction starts and whether or not the caller still waits. `then` gets `f`'s result (an
+    /// error if `f` or the commit failed) and makes the future's output. It must be quick and must not wait
+    /// for the store.
+    pub fn write_then<T, R, F, C>(
+        &self,
+        f: F,
+        then: C,
+    ) -> impl Future<Output = Result<R, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(&mut WriteTxn<'_, '_>) -> Result<T, StoreError> + Send + 'static,
+        C: FnOnce(Result<T, StoreError>) -> Result<R, StoreError> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer.submit(f, move |result| {
-            let _ = tx.send(result);
+            let _ = tx.send(then(result));
         });
         async move { rx.await.map_err(|_| writer_gone())? }
     }
@@ -459,6 +477,56 @@ impl WriteTxn<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn then_runs_once_the_commit_is_known_even_for_a_caller_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Config::default()).expect("open");
+        let t: Table<u64> = store.table("numbers").expect("table");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // The first caller stops waiting at once; its `then` still runs, in commit order.
+        let log = Arc::clone(&seen);
+        drop(store.write_then(
+            move |txn| txn.put(t, "k", &1),
+            move |r| {
+                log.lock().unwrap().push(format!("then 1: {}", r.is_ok()));
+                r
+            },
+        ));
+        let log = Arc::clone(&seen);
+        let failed = store
+            .write_then(
+                move |txn| {
+                    log.lock().unwrap().push("write 2".into());
+                    txn.put(t, "k", &2)?;
+                    Err::<(), _>(StoreError::Aborted("no".into()))
+                },
+                |r| r.map(|()| 7u8),
+            )
+            .await;
+        assert!(matches!(failed, Err(StoreError::Aborted(_))), "{failed:?}");
+        let log = Arc::clone(&seen);
+        let got = store
+            .write_then(
+                move |txn| txn.get(t, "k"),
+                move |r| {
+                    log.lock().unwrap().push("then 3".into());
+                    r
+                },
+            )
+            .await
+            .expect("third write");
+        assert_eq!(got, Some(1), "the failed write was rolled back");
+        // The second write may share the first one's commit (its closure then runs before that commit, and
+        // `then 1` after it) or come after it; `then 1` always precedes `then 3`.
+        let seen = seen.lock().unwrap().clone();
+        let at = |what: &str| seen.iter().position(|s| s == what);
+        assert!(matches!(at("then 1: true"), Some(i) if i < 2), "{seen:?}");
+        assert!(
+            at("write 2").is_some() && at("then 3") == Some(2),
+            "{seen:?}"
+        );
+    }
 
     #[tokio::test]
     async fn values_survive_reopen_and_scan_in_key_order() {

@@ -289,3 +289,62 @@ fn a_node_policy_declining_ops_and_service_jobs_reaches_the_user() {
     stop(&orch, &svc);
     assert_eq!(state(&orch.wait_terminal(&svc, DEADLINE)), "Stopped");
 }
+
+#[test]
+fn concurrent_submissions_never_place_more_than_a_node_can_hold() {
+    // Each submission plans on the store's writer thread against the capacity every earlier decision holds,
+    // the ones committed in the same batch included: eight jobs that each need the node's only CPU, sent at
+    // once, put exactly one execution on it; the rest queue without an execution (none asked of the node and
+    // refused for want of capacity).
+    let orch = orchestrator("orch", &[]);
+    let _a = compute("compute-a", &orch, &["--cpu", "1"]);
+    connected(&orch, 1);
+    let job = || {
+        wasm_job(
+            ENDLESS,
+            json!({"Resources": {"CPU": "1"}, "Timeouts": {"QueueTimeout": 300}}),
+        )
+    };
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| orch.submit(job()))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("submit thread"))
+            .collect()
+    });
+    // Every job is decided: one runs, the others wait.
+    let bodies = wait_until("one job running and seven queued", DEADLINE, || {
+        let bodies: Vec<Value> = ids.iter().map(|id| orch.job(id)).collect();
+        let running = bodies.iter().filter(|b| state(b) == "Running").count();
+        let queued = bodies.iter().filter(|b| state(b) == "Queued").count();
+        (running + queued == ids.len()).then_some(bodies)
+    });
+    let execs: Vec<Value> = bodies.iter().flat_map(executions).collect();
+    assert_eq!(execs.len(), 1, "one execution in all: {execs:#?}");
+    assert!(live(&execs[0]), "{:#}", execs[0]);
+    assert_eq!(
+        bodies.iter().filter(|b| state(b) == "Running").count(),
+        1,
+        "{bodies:#?}"
+    );
+    // The capacity comes back with the blocker gone: the next queued job runs, still one at a time.
+    let running = bodies
+        .iter()
+        .position(|b| state(b) == "Running")
+        .expect("a running job");
+    stop(&orch, &ids[running]);
+    wait_until("a queued job takes the freed CPU", DEADLINE, || {
+        let placed: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != running)
+            .flat_map(|(_, id)| executions(&orch.job(id)))
+            .collect();
+        (!placed.is_empty()).then(|| assert_eq!(placed.len(), 1, "{placed:#?}"))
+    });
+    for (i, id) in ids.iter().enumerate() {
+        if i != running {
+            stop(&orch, id);
+        }
+    }
+}
