@@ -643,14 +643,10 @@ mod tests {
                     .expect("json")
             }
         });
-        let response = s
-            .http
-            .delete(s.url(&format!("{JOBS}/{queued}")))
-            .json(&json!({"Reason": "enough waiting"}))
-            .send()
-            .await
-            .expect("delete");
-        assert_eq!(response.status(), 200);
+        let (status, _) = s
+            .stop(&queued, "", Some(json!({"Reason": "enough waiting"})))
+            .await;
+        assert_eq!(status, 200);
         let page = waiting.await.expect("answer");
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),
@@ -688,15 +684,10 @@ mod tests {
             }
         }
         // Stopping makes it terminal; the rest is read and the token goes empty.
-        let response = s
-            .http
-            .delete(s.url(&format!("{JOBS}/{queued}")))
-            .json(&json!({"Reason": "enough waiting"}))
-            .send()
-            .await
-            .expect("delete");
-        assert_eq!(response.status(), 200);
-        let stopped: Value = response.json().await.expect("json");
+        let (status, stopped) = s
+            .stop(&queued, "", Some(json!({"Reason": "enough waiting"})))
+            .await;
+        assert_eq!(status, 200);
         assert!(
             stopped["EvaluationID"]
                 .as_str()
@@ -708,14 +699,8 @@ mod tests {
         assert_eq!(page["NextToken"], "", "{page}");
         assert!(page.to_string().contains("enough waiting"), "{page}");
         // Stopping a stopped job is a no-op.
-        let response = s
-            .http
-            .delete(s.url(&format!("{JOBS}/{queued}")))
-            .send()
-            .await
-            .expect("delete");
-        assert_eq!(response.status(), 200);
-        let again: Value = response.json().await.expect("json");
+        let (status, again) = s.stop(&queued, "", None).await;
+        assert_eq!(status, 200);
         assert_eq!(again["EvaluationID"], "");
     }
 
@@ -758,14 +743,8 @@ mod tests {
     async fn stopping_a_failed_job_is_a_conflict() {
         let s = TestServer::start().await;
         let failed = s.submit(wasm_job("fails", 0)).await;
-        let response = s
-            .http
-            .delete(s.url(&format!("{JOBS}/{failed}?reason=python")))
-            .send()
-            .await
-            .expect("delete");
-        assert_eq!(response.status(), 409);
-        let body: Value = response.json().await.expect("json");
+        let (status, body) = s.stop(&failed, "reason=python", None).await;
+        assert_eq!(status, 409);
         assert_eq!(body["Code"], "ResourceInUse");
     }
 
@@ -773,13 +752,8 @@ mod tests {
     async fn stop_reason_may_come_from_the_query() {
         let s = TestServer::start().await;
         let queued = s.submit(wasm_job("waits", 600)).await;
-        let response = s
-            .http
-            .delete(s.url(&format!("{JOBS}/{queued}?reason=from%20python")))
-            .send()
-            .await
-            .expect("delete");
-        assert_eq!(response.status(), 200);
+        let (status, _) = s.stop(&queued, "reason=from%20python", None).await;
+        assert_eq!(status, 200);
         let (_, body) = s.get(&format!("{JOBS}/{queued}")).await;
         assert_eq!(body["Job"]["State"]["StateType"], "Stopped");
         assert_eq!(body["Job"]["State"]["Message"], "from python");

@@ -513,13 +513,8 @@ mod socket_tests {
             .await
             .expect("upgrade");
         // The stream is open and waiting; stopping the job is the change that ends it.
-        let stopped = s
-            .http
-            .delete(s.url(&format!("/api/v1/orchestrator/jobs/{id}")))
-            .send()
-            .await
-            .expect("delete");
-        assert_eq!(stopped.status(), 200);
+        let (status, _) = s.stop(&id, "", None).await;
+        assert_eq!(status, 200);
         let mut code = None;
         while let Some(message) = ws.next().await {
             if let WsMessage::Close(frame) = message.expect("frame") {

@@ -127,6 +127,27 @@ impl TestServer {
         body["JobID"].as_str().expect("JobID").to_owned()
     }
 
+    /// Stops job `id` with DELETE (`query` after `?`, `body` as JSON when given) and returns the status and
+    /// JSON body.
+    pub(crate) async fn stop(
+        &self,
+        id: &str,
+        query: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut path = format!("/api/v1/orchestrator/jobs/{id}");
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        let mut request = self.http.delete(self.url(&path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("delete");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json body"))
+    }
+
     /// GETs `path` and returns the status and JSON body.
     pub(crate) async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self.http.get(self.url(path)).send().await.expect("get");
