@@ -258,33 +258,67 @@ fn node_args<'a>(gate: &'a str, orch_addr: &'a str) -> Vec<&'a str> {
     ]
 }
 
-#[test]
-fn a_short_outage_changes_nothing_the_same_execution_delivers_once() {
-    let island = Island::create(1, "short");
+/// An orchestrator on the host side of island `n` (with the given `--disconnect-timeout` and
+/// `--node-lost-after`) and a compute node inside the island, connected, allowed to read the gate.
+struct Outage {
+    island: Island,
+    orch: Cod,
+    gate: Gate,
+    allow: String,
+    edge: Cod,
+}
+
+fn outage(n: u8, tag: &str, disconnect_timeout: &str, lost_after: &str) -> Outage {
+    let island = Island::create(n, tag);
     let listen = island.listen();
     let orch = orchestrator(
-        "orch-short",
+        &format!("orch-{tag}"),
         &[
             "--listen",
             &listen,
             "--disconnect-timeout",
-            "2s",
+            disconnect_timeout,
             "--node-lost-after",
-            "10m",
+            lost_after,
         ],
     );
     let gate = Gate::new();
     let allow = gate.allow();
-    let node = Cod::start_wrapped(
-        "edge-short",
+    let edge = Cod::start_wrapped(
+        &format!("edge-{tag}"),
         &island.wrapper(),
         &node_args(&allow, &orch.p2p[0]),
     );
-    wait_connection(&orch, &node, "CONNECTED");
-    let id = orch.submit(gate.job());
-    wait_execution(&orch, &id, "execution running", |e| {
-        e["ComputeState"]["StateType"] == RUNNING
+    wait_connection(&orch, &edge, "CONNECTED");
+    Outage {
+        island,
+        orch,
+        gate,
+        allow,
+        edge,
+    }
+}
+
+/// Submits `job` and waits until an execution of it runs on `node` (any node when `None`).
+fn submit_running(orch: &Cod, job: Value, node: Option<&Cod>) -> String {
+    let id = orch.submit(job);
+    wait_execution(orch, &id, "execution running", |e| {
+        node.is_none_or(|n| e["NodeID"] == n.node_id.as_str())
+            && e["ComputeState"]["StateType"] == RUNNING
     });
+    id
+}
+
+#[test]
+fn a_short_outage_changes_nothing_the_same_execution_delivers_once() {
+    let Outage {
+        island,
+        orch,
+        gate,
+        edge: node,
+        ..
+    } = outage(1, "short", "2s", "10m");
+    let id = submit_running(&orch, gate.job(), None);
 
     island.cut();
     wait_connection(&orch, &node, "DISCONNECTED");
@@ -307,31 +341,14 @@ fn a_short_outage_changes_nothing_the_same_execution_delivers_once() {
 
 #[test]
 fn a_long_outage_moves_the_work_and_the_late_result_is_discarded() {
-    let island = Island::create(2, "long");
-    let listen = island.listen();
-    let orch = orchestrator(
-        "orch-long",
-        &[
-            "--listen",
-            &listen,
-            "--disconnect-timeout",
-            "1s",
-            "--node-lost-after",
-            "3s",
-        ],
-    );
-    let gate = Gate::new();
-    let allow = gate.allow();
-    let edge = Cod::start_wrapped(
-        "edge-long",
-        &island.wrapper(),
-        &node_args(&allow, &orch.p2p[0]),
-    );
-    wait_connection(&orch, &edge, "CONNECTED");
-    let id = orch.submit(gate.job());
-    wait_execution(&orch, &id, "execution running on the edge node", |e| {
-        e["ComputeState"]["StateType"] == RUNNING
-    });
+    let Outage {
+        island,
+        orch,
+        gate,
+        allow,
+        edge,
+    } = outage(2, "long", "1s", "3s");
+    let id = submit_running(&orch, gate.job(), Some(&edge));
     // The second node joins only now, so the first placement was on the edge node.
     let spare = compute("spare-long", &orch, &["--allow-listed-local-paths", &allow]);
     wait_connection(&orch, &spare, "CONNECTED");
@@ -389,34 +406,17 @@ fn a_long_outage_moves_the_work_and_the_late_result_is_discarded() {
 
 #[test]
 fn a_late_result_is_kept_and_the_unfinished_replacement_stopped() {
-    let island = Island::create(3, "keep");
-    let listen = island.listen();
-    let orch = orchestrator(
-        "orch-keep",
-        &[
-            "--listen",
-            &listen,
-            "--disconnect-timeout",
-            "1s",
-            "--node-lost-after",
-            "3s",
-        ],
-    );
-    let edge_gate = Gate::new();
-    let allow = edge_gate.allow();
-    let edge = Cod::start_wrapped(
-        "edge-keep",
-        &island.wrapper(),
-        &node_args(&allow, &orch.p2p[0]),
-    );
-    wait_connection(&orch, &edge, "CONNECTED");
+    let Outage {
+        island,
+        orch,
+        gate: edge_gate,
+        allow,
+        edge,
+    } = outage(3, "keep", "1s", "3s");
     // The frozen spare node is lost too before the edge node is back: the job must wait for a node, not fail.
     let mut job = edge_gate.job();
     job["Tasks"][0]["Timeouts"] = json!({"QueueTimeout": 600});
-    let id = orch.submit(job);
-    wait_execution(&orch, &id, "execution running on the edge node", |e| {
-        e["ComputeState"]["StateType"] == RUNNING
-    });
+    let id = submit_running(&orch, job, Some(&edge));
     let spare = compute("spare-keep", &orch, &["--allow-listed-local-paths", &allow]);
     wait_connection(&orch, &spare, "CONNECTED");
     island.cut();
@@ -474,31 +474,14 @@ fn a_late_result_is_kept_and_the_unfinished_replacement_stopped() {
 
 #[test]
 fn a_node_rebooted_while_offline_resumes_and_reports_once() {
-    let island = Island::create(4, "boot");
-    let listen = island.listen();
-    let orch = orchestrator(
-        "orch-boot",
-        &[
-            "--listen",
-            &listen,
-            "--disconnect-timeout",
-            "2s",
-            "--node-lost-after",
-            "10m",
-        ],
-    );
-    let gate = Gate::new();
-    let allow = gate.allow();
-    let mut node = Cod::start_wrapped(
-        "edge-boot",
-        &island.wrapper(),
-        &node_args(&allow, &orch.p2p[0]),
-    );
-    wait_connection(&orch, &node, "CONNECTED");
-    let id = orch.submit(gate.job());
-    wait_execution(&orch, &id, "execution running", |e| {
-        e["ComputeState"]["StateType"] == RUNNING
-    });
+    let Outage {
+        island,
+        orch,
+        gate,
+        edge: mut node,
+        ..
+    } = outage(4, "boot", "2s", "10m");
+    let id = submit_running(&orch, gate.job(), None);
 
     island.cut();
     node.kill9();
