@@ -89,8 +89,9 @@ http:
 EOF
 docker-registry serve "$work/registry/config.yml" >"$work/registry/log" 2>&1 &
 pids+=($!)
-registry_port() { sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/registry/log" | head -n1; }
-wait_for 30 test -n "$(registry_port)" || { fail "registry did not start: $(cat "$work/registry/log")"; exit 1; }
+registry_port() { sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/registry/log" 2>/dev/null | head -n1; }
+registry_bound() { [[ -n "$(registry_port)" ]]; }
+wait_for 30 registry_bound || { fail "registry did not start: $(cat "$work/registry/log")"; exit 1; }
 reg_port="$(registry_port)"
 layout="$work/image"
 umoci init --layout "$layout"
@@ -138,6 +139,9 @@ cp tests/cgroup2-vm/init "$ir/init"
 chmod 755 "$ir/init"
 mknod -m 600 "$ir/dev/console" c 5 1
 mknod -m 666 "$ir/dev/null" c 1 3
+# The node builds its HTTPS clients from the system's roots, as on any device.
+mkdir -p "$ir/etc/ssl/certs"
+cp /etc/ssl/certs/ca-certificates.crt "$ir/etc/ssl/certs/"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ir/etc/passwd"
 printf 'root:x:0:\n' >"$ir/etc/group"
 # The modules and their dependencies (modinfo), each loaded after what it depends on.
@@ -187,48 +191,53 @@ boot() { # ACCEL-ARGS...
 }
 guest_alive() { kill -0 "$qemu_pid" 2>/dev/null; }
 # True once LINE-REGEX is in the serial log; fails the wait (through `exit` of the subshell) if qemu died.
-line_in_serial() { grep -q "$1" "$serial" 2>/dev/null || { guest_alive || { echo "qemu exited: $(cat "$work/qemu.log")"; exit 1; }; false; }; }
+# The serial console ends lines with CR LF.
+serial_text() { tr -d '\r' <"$serial" 2>/dev/null; }
+line_in_serial() { serial_text | grep -q "$1" || { guest_alive || { echo "qemu exited: $(cat "$work/qemu.log")"; exit 1; }; false; }; }
 # KVM where /dev/kvm opens and a kernel actually runs on it: on some nested hosts it opens and answers, but
 # a guest never leaves the real-mode set-up code ("Probing EDD ... ok" and nothing more). Then plain TCG.
 accel=tcg
 if (exec 3<>/dev/kvm) 2>/dev/null; then
   boot -enable-kvm
-  if (wait_for 20 line_in_serial 'Linux version'); then
+  if (wait_for 30 line_in_serial '^cod-vm: '); then
     accel=kvm
   else
-    echo "KVM opened but the kernel did not start on it within 20 s: using TCG"
+    echo "KVM opened but the guest did not reach its init within 30 s: using TCG"
     kill "$qemu_pid" 2>/dev/null || true
     wait "$qemu_pid" 2>/dev/null || true
   fi
 fi
 [[ "$accel" == kvm ]] || boot -accel tcg
+boot_start=$SECONDS
 boot_limit=60
 [[ "$accel" == kvm ]] || boot_limit=300
 if (wait_for "$boot_limit" line_in_serial '^cod-vm: starting cod'); then
-  ok "guest booted with $accel ($(grep -o 'Linux version [^ ]*' "$serial" | head -n1))"
+  ok "guest booted with $accel in $((SECONDS - boot_start)) s"
 else
   fail "guest did not boot; serial log:"
-  cat "$serial" "$work/qemu.log"
+  serial_text
+  cat "$work/qemu.log"
   exit 1
 fi
-grep -q '^cod-vm: cgroup mount \[cgroup2 /sys/fs/cgroup cgroup2 .*\] subtree_control=\[cpu memory pids\]$' "$serial" &&
+grep -q '^cod-vm: cgroup mount \[cgroup2 /sys/fs/cgroup cgroup2 .*\] subtree_control=\[cpu memory pids\]$' <(serial_text) &&
   ok "cgroup2 at /sys/fs/cgroup with cpu, memory and pids delegated" ||
-  fail "cgroup v2 set-up: $(grep '^cod-vm: cgroup' "$serial")"
-grep -q '^cod-vm: routes \[10.0.2.0/24 dev eth0 scope link  src 10.0.2.15 ;\]$' "$serial" &&
-  ok "the guest has only the slirp subnet route" || fail "guest routes: $(grep '^cod-vm: routes' "$serial")"
-grep -q '^cod-vm: probe: host API port unreachable through 10.0.2.2$' "$serial" &&
+  fail "cgroup v2 set-up: $(grep '^cod-vm: cgroup' <(serial_text))"
+grep -q '^cod-vm: routes \[10.0.2.0/24 dev eth0 scope link  src 10.0.2.15 ;\]$' <(serial_text) &&
+  ok "the guest has only the slirp subnet route" || fail "guest routes: $(grep '^cod-vm: routes' <(serial_text))"
+grep -q '^cod-vm: probe: host API port unreachable through 10.0.2.2$' <(serial_text) &&
   ok "restrict=on: the guest cannot reach the host's other loopback ports" ||
-  fail "network isolation: $(grep '^cod-vm: probe' "$serial")"
+  fail "network isolation: $(grep '^cod-vm: probe' <(serial_text))"
 
 node_connected() {
   curl -sf "$api/api/v1/orchestrator/nodes" |
-    jq -e '[.Nodes[] | select(.Connection == "CONNECTED")] | length > 0' >/dev/null
+    jq -e '[.Nodes[] | select(.Connection == "CONNECTED")] | length > 0' >/dev/null ||
+    { guest_alive || exit 1; false; }
 }
-if wait_for "$boot_limit" node_connected; then
+if (wait_for "$boot_limit" node_connected); then
   ok "the guest's compute node connected to the orchestrator"
 else
   fail "the guest's node did not connect; serial log:"
-  cat "$serial"
+  serial_text
   exit 1
 fi
 timing
@@ -251,22 +260,24 @@ submit() {
 # finished ID: the job body once it is Completed, Failed or Stopped (into $work/ID.json).
 finished() {
   curl -sf "$api/api/v1/orchestrator/jobs/$1?include=executions,history" >"$work/$1.json" &&
-    jq -e '.Job.State.StateType | IN("Completed", "Failed", "Stopped")' "$work/$1.json" >/dev/null
+    jq -e '.Job.State.StateType | IN("Completed", "Failed", "Stopped")' "$work/$1.json" >/dev/null ||
+    { guest_alive || exit 1; false; }
 }
-# result ID: waits for the job, then prints "STATE<TAB>STDOUT-ON-ONE-LINE<TAB>MESSAGES".
+# result ID: waits for the job, then prints STATE, STDOUT (on one line) and the failure messages, separated
+# by US (0x1f): a tab is whitespace to `read`, which would merge an empty field into the next.
 result() {
-  if ! wait_for 180 finished "$1"; then
-    printf 'Timeout\t\t%s' "$(jq -c . "$work/$1.json" 2>/dev/null)"
+  if ! (wait_for 180 finished "$1"); then
+    printf 'Timeout\x1f\x1f%s' "$(jq -c . "$work/$1.json" 2>/dev/null)"
     return
   fi
-  jq -r '[.Job.State.StateType,
+  jq -j '[.Job.State.StateType,
     (.Executions.Items[0].RunOutput.Stdout // "" | gsub("\n"; " ") | rtrimstr(" ")),
-    ([.Job.State.Message, .Executions.Items[0].ComputeState.Message] | map(select(.)) | join(" / "))] | @tsv' \
-    "$work/$1.json"
+    ([.Job.State.Message, (.Executions.Items[].ComputeState.Message)] | map(select(. != null and . != "")) | join(" / "))]
+    | join("\u001f")' "$work/$1.json"
 }
 expect() { # NAME RESULT STATE STDOUT-REGEX [MESSAGE-REGEX]
   local name="$1" got="$2" state out msg
-  IFS=$'\t' read -r state out msg <<<"$got"
+  IFS=$'\x1f' read -r state out msg <<<"$got" || true
   if [[ "$state" == "$3" && "$out" =~ $4 && "$msg" =~ ${5:-} ]]; then
     ok "$name ($state: ${out:-no output}${msg:+; $msg})"
   else
@@ -275,19 +286,21 @@ expect() { # NAME RESULT STATE STDOUT-REGEX [MESSAGE-REGEX]
 }
 
 echo_job="$(submit 'echo hello from cgroup v2')"
-mem_job="$(submit 'cat /sys/fs/cgroup/memory.max' '{"Resources": {"Memory": "64Mb"}}')"
+# In its own cgroup namespace (v2, as Docker): its cgroup is the root of what it sees.
+mem_job="$(submit 'cat /sys/fs/cgroup/memory.max /proc/self/cgroup' '{"Resources": {"Memory": "64Mb"}}')"
 cpu_job="$(submit 'cat /sys/fs/cgroup/cpu.max' '{"Resources": {"CPU": "0.5"}}')"
 bomb_job="$(submit 'dd if=/dev/zero of=/dev/null bs=256M count=1' '{"Resources": {"Memory": "64Mb"}}')"
 # Counts with shell builtins only: at the limit even `ls` cannot start.
 forks_job="$(submit 'cat /sys/fs/cgroup/pids.max; (i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done) 2>/dev/null; set -- /proc/[0-9]*; echo $#' \
   '{"Resources": {"Memory": "256Mb"}}')"
 expect "echo" "$(result "$echo_job")" Completed '^hello from cgroup v2$'
-expect "--memory 64Mb is the container's memory.max" "$(result "$mem_job")" Completed '^64000000$'
+expect "--memory 64Mb is memory.max in the container's own cgroup namespace" "$(result "$mem_job")" Completed \
+  '^64000000 0::/$'
 expect "--cpu 0.5 is the container's cpu.max" "$(result "$cpu_job")" Completed '^50000 100000$'
 expect "a memory bomb fails as out of memory" "$(result "$bomb_job")" Failed '' 'memory limit'
 got="$(result "$forks_job")"
 expect "a fork bomb stops at pids.max (64)" "$got" Completed '^64 [0-9]+$'
-count="$(cut -f2 <<<"$got" | cut -d' ' -f2)"
+count="$(cut -d $'\x1f' -f2 <<<"$got" | cut -d' ' -f2)"
 [[ -n "$count" ]] && ((count <= 64 && count >= 40)) && ok "$count processes under pids.max 64" ||
   fail "process count under pids.max 64: '$count'"
 timing
@@ -304,7 +317,7 @@ expect "only the checking job's cgroup is under the node's cgroup root" "$got" C
 timing
 if ((failed)); then
   echo "----- guest serial log -----"
-  cat "$serial"
+  serial_text
 fi
 printf '\n%d passed, %d failed\n' "$passed" "$failed"
 ((failed == 0))
