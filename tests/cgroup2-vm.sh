@@ -10,7 +10,8 @@
 #   mounts the node's cgroup root (a `local` input) sees no container cgroup but its own.
 # Network: qemu user networking with restrict=on, so the guest reaches nothing but the two guestfwd ports
 # (10.0.2.100:1235 the orchestrator's libp2p port, 10.0.2.100:5000 the registry, both on host loopback).
-# Usage: tests/cgroup2-vm.sh. Honours CARGO_TARGET_DIR (default ./target); COD_VM_MEMORY (MiB, default 1024).
+# Usage: tests/cgroup2-vm.sh. Honours CARGO_TARGET_DIR (default ./target), COD_VM_MEMORY (MiB, default 1024)
+# and COD_VM_ACCEL=tcg (no KVM probe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -174,6 +175,8 @@ ok "initramfs: $(du -h "$work/initramfs.gz" | cut -f1), modules: $(tr '\n' ' ' <
 # === the guest ===
 step "guest"
 serial="$work/serial.log"
+# The guest's second serial port takes commands (tests/cgroup2-vm/init): qemu reads ctl.in, writes ctl.out.
+mkfifo "$work/ctl.in" "$work/ctl.out"
 fwd() { printf 'guestfwd=tcp:10.0.2.100:%s-cmd:socat STDIO TCP:127.0.0.1:%s' "$1" "$2"; }
 qemu_pid=""
 boot() { # ACCEL-ARGS...
@@ -182,7 +185,7 @@ boot() { # ACCEL-ARGS...
     -m "${COD_VM_MEMORY:-1024}" -smp 2 \
     -kernel "$vmlinuz" -initrd "$work/initramfs.gz" \
     -append "console=ttyS0 rdinit=/init panic=-1 loglevel=5" \
-    -serial "file:$serial" \
+    -serial "file:$serial" -serial "pipe:$work/ctl" \
     -netdev "user,id=n0,restrict=on,$(fwd 1235 "$p2p_port"),$(fwd 5000 "$reg_port")" \
     -device virtio-net-pci,netdev=n0 -device virtio-rng-pci >"$work/qemu.log" 2>&1 &
   qemu_pid=$!
@@ -196,8 +199,9 @@ serial_text() { tr -d '\r' <"$serial" 2>/dev/null; }
 line_in_serial() { serial_text | grep -q "$1" || { guest_alive || { echo "qemu exited: $(cat "$work/qemu.log")"; exit 1; }; false; }; }
 # KVM where /dev/kvm opens and a kernel actually runs on it: on some nested hosts it opens and answers, but
 # a guest never leaves the real-mode set-up code ("Probing EDD ... ok" and nothing more). Then plain TCG.
+# COD_VM_ACCEL=tcg skips the probe.
 accel=tcg
-if (exec 3<>/dev/kvm) 2>/dev/null; then
+if [[ "${COD_VM_ACCEL:-auto}" != tcg ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
   boot -enable-kvm
   if (wait_for 30 line_in_serial '^cod-vm: '); then
     accel=kvm
@@ -297,12 +301,38 @@ expect "echo" "$(result "$echo_job")" Completed '^hello from cgroup v2$'
 expect "--memory 64Mb is memory.max in the container's own cgroup namespace" "$(result "$mem_job")" Completed \
   '^64000000 0::/$'
 expect "--cpu 0.5 is the container's cpu.max" "$(result "$cpu_job")" Completed '^50000 100000$'
-expect "a memory bomb fails as out of memory" "$(result "$bomb_job")" Failed '' 'memory limit'
+expect "a memory bomb fails as out of memory" "$(result "$bomb_job")" Failed '' 'ran out of memory \(limit 64000000 bytes\)'
 got="$(result "$forks_job")"
 expect "a fork bomb stops at pids.max (64)" "$got" Completed '^64 [0-9]+$'
 count="$(cut -d $'\x1f' -f2 <<<"$got" | cut -d' ' -f2)"
 [[ -n "$count" ]] && ((count <= 64 && count >= 40)) && ok "$count processes under pids.max 64" ||
   fail "process count under pids.max 64: '$count'"
+timing
+
+# The sweep, on v2: a node killed with its helpers leaves a running container and its cgroup; the node
+# started again on the same data dir must remove both before it is ready.
+step "a killed node's container is swept when it starts again"
+long_job="$(submit 'sleep 600')"
+# Bounded: opening the FIFO would block for ever if qemu (its reader) were gone.
+timeout 10 bash -c 'echo crash >"$1"' _ "$work/ctl.in" || fail "cannot send the guest its crash command"
+if (wait_for 180 line_in_serial '^cod-vm: after restart:'); then
+  long_exec="$(curl -sf "$api/api/v1/orchestrator/jobs/$long_job?include=executions" |
+    jq -r '.Executions.Items[0].ID' | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]/-/g')"
+  crash="$(grep '^cod-vm: after crash:' <(serial_text))"
+  after="$(grep '^cod-vm: after restart:' <(serial_text))"
+  [[ "$crash" =~ /$long_exec\ \]\ alive\ \[[0-9]+ ]] &&
+    ok "after the kill, the container's cgroup and processes are left ($long_exec)" ||
+    fail "the kill left no running container $long_exec: $crash"
+  grep -q "removed containers left by a previous run containers=1$" <(serial_text) &&
+    ok "the restarted node's sweep removed one container" || fail "the restarted node reported no sweep"
+  [[ "$after" == "cod-vm: after restart: alive []" ]] &&
+    ok "the sweep killed its processes" || fail "left after the restart: $after"
+else
+  fail "the crash and restart did not finish; serial log:"
+  serial_text | grep -v '^\[' | tail -n 30
+fi
+curl -sf -X DELETE "$api/api/v1/orchestrator/jobs/$long_job" >/dev/null || true
+(wait_for 120 finished "$long_job") || fail "job $long_job did not stop"
 timing
 
 # After every job: the node's cgroup root holds the last job's own cgroup and nothing else.
