@@ -61,8 +61,15 @@ kpkg="$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-imag
 [[ -n "$kpkg" ]] || { apt-get update -qq; kpkg="$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1)"; }
 kroot="$kcache/$kpkg"
 if [[ ! -d "$kroot/boot" ]]; then
-  (cd "$kcache" && rm -f "$kpkg"_*.deb && apt-get download -q "$kpkg" 2>/dev/null)
-  rm -rf "$kroot.tmp" && dpkg-deb -x "$kcache/$kpkg"_*.deb "$kroot.tmp" && mv "$kroot.tmp" "$kroot"
+  (cd "$kcache" && rm -f "$kpkg"_*.deb &&
+    { apt-get download -q "$kpkg" 2>/dev/null || { apt-get update -qq && apt-get download -q "$kpkg" 2>/dev/null; }; })
+  # Only the kernel and the module directories the guest loads from (40 MiB of the package's 400).
+  rm -rf "$kroot.tmp" && mkdir -p "$kroot.tmp"
+  dpkg-deb --fsys-tarfile "$kcache/$kpkg"_*.deb | tar -x -C "$kroot.tmp" --wildcards './boot/vmlinuz-*' \
+    './lib/modules/*/kernel/drivers/virtio/*' './lib/modules/*/kernel/drivers/net/*' \
+    './lib/modules/*/kernel/net/core/*' './lib/modules/*/kernel/fs/overlayfs/*' \
+    './lib/modules/*/kernel/drivers/char/hw_random/*'
+  mv "$kroot.tmp" "$kroot"
   rm -f "$kcache/$kpkg"_*.deb
 fi
 kver="${kpkg#linux-image-}"
