@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The docker engine on a pure cgroup v2 host (issue 3), run by tests/run.sh after tests/edge.sh. This machine
-# is cgroup v1, so a KVM guest (plain TCG where /dev/kvm does not open) boots Debian's kernel with an
-# initramfs built here: busybox-static, the static x86_64 edge build of cod, the modules it needs, and
-# tests/cgroup2-vm/init, which mounts cgroup2 at /sys/fs/cgroup with cpu, memory and pids delegated and starts
-# `cod serve --compute`. On the host: a real orchestrator (the debug build) and Debian's docker-registry on
-# loopback with a busybox image. Container jobs go to the orchestrator and run in the guest:
-#   echo; --memory shows in the container's memory.max; a memory bomb fails as killed at its memory limit
-#   (memory.events); a fork bomb stops at pids.max; --cpu 0.5 shows in cpu.max; and at the end a job that
-#   mounts the node's cgroup root (a `local` input) sees no container cgroup but its own.
+# is cgroup v1, so a qemu guest boots Debian's kernel with an initramfs built here: busybox-static, the static
+# x86_64 edge build of cod, the modules it needs, and tests/cgroup2-vm/init, which mounts cgroup2 at
+# /sys/fs/cgroup with cpu, memory and pids delegated and starts `cod serve --compute`. KVM when /dev/kvm
+# opens and the guest reaches its init on it within 30 s (on some nested hosts KVM answers but a guest never
+# leaves real mode), else TCG. On the host: a real orchestrator (the debug build) and Debian's docker-registry
+# on loopback with a busybox image. Container jobs go to the orchestrator and run in the guest:
+#   echo; --memory is memory.max, and /proc/self/cgroup is `0::/` (its own cgroup namespace); --cpu 0.5 is
+#   cpu.max; a memory bomb fails as out of memory (memory.events); a fork bomb stops at pids.max
+#   (Compute.Docker.PidsLimit 64); the node killed with its helpers (a command on the guest's second serial
+#   port) leaves a running container, which its start-up sweep removes; and last, a job that mounts the
+#   node's cgroup root (a `local` input) sees no container cgroup but its own.
 # Network: qemu user networking with restrict=on, so the guest reaches nothing but the two guestfwd ports
-# (10.0.2.100:1235 the orchestrator's libp2p port, 10.0.2.100:5000 the registry, both on host loopback).
+# (10.0.2.100:1235 the orchestrator's libp2p port, 10.0.2.100:5000 the registry, both on host loopback), and
+# it has no default route. About 45 s under TCG once the edge build exists.
 # Usage: tests/cgroup2-vm.sh. Honours CARGO_TARGET_DIR (default ./target), COD_VM_MEMORY (MiB, default 1024)
 # and COD_VM_ACCEL=tcg (no KVM probe).
 set -euo pipefail
@@ -63,7 +67,7 @@ kroot="$kcache/$kpkg"
 if [[ ! -d "$kroot/boot" ]]; then
   (cd "$kcache" && rm -f "$kpkg"_*.deb &&
     { apt-get download -q "$kpkg" 2>/dev/null || { apt-get update -qq && apt-get download -q "$kpkg" 2>/dev/null; }; })
-  # Only the kernel and the module directories the guest loads from (40 MiB of the package's 400).
+  # Only the kernel and the module directories the guest loads from (86 MiB of the package's 400).
   rm -rf "$kroot.tmp" && mkdir -p "$kroot.tmp"
   dpkg-deb --fsys-tarfile "$kcache/$kpkg"_*.deb | tar -x -C "$kroot.tmp" --wildcards './boot/vmlinuz-*' \
     './lib/modules/*/kernel/drivers/virtio/*' './lib/modules/*/kernel/drivers/net/*' \
