@@ -56,3 +56,7 @@ COD_BIN="$(pwd)/target/debug/cod" python3 tests/python/test_bacalhau_apiclient.p
 # aarch64 under qemu-user running a WASM job, .deb packages installed into throw-away roots, completions and
 # the man page. It installs its own toolchain pieces (musl-tools, cargo-zigbuild, ziglang, qemu-user-static).
 bash tests/edge.sh
+# The docker engine on a pure cgroup v2 kernel (this machine is v1; issue 3): a qemu guest boots Debian's kernel
+# with the edge build as its compute node; limits, OOM, pids and the cgroup clean-up are checked from jobs.
+# It installs qemu-system-x86 and unpacks Debian's kernel package (not installed) into CARGO_TARGET_DIR.
+bash tests/cgroup2-vm.sh

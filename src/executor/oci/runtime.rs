@@ -782,6 +782,7 @@ impl ContainerRuntime {
                 .map_err(|e| prepare_err(Path::new("RLIMIT_NOFILE"))(io::Error::from(e)))?;
         let host = spec::Host {
             swap_accounting: layout.swap_accounting(),
+            cgroup_v2: layout.is_unified(),
             nofile_hard,
         };
         let cgroups_path = self.cgroups_path(id);

@@ -49,6 +49,11 @@ impl Layout {
         Ok(Layout::Legacy(parse_v1_mounts(&mountinfo)))
     }
 
+    /// Whether this is a cgroup v2 only host.
+    pub(super) fn is_unified(&self) -> bool {
+        matches!(self, Layout::Unified(_))
+    }
+
     /// The directories of cgroup `rel` in every hierarchy (whether they exist or not).
     pub(super) fn dirs(&self, rel: &str) -> Vec<PathBuf> {
         let rel = rel.trim_start_matches('/');

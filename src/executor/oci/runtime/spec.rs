@@ -91,6 +91,8 @@ const READONLY_PATHS: &[&str] = &[
 pub(super) struct Host {
     /// Whether the memory controller accounts swap: only then can swap be limited (to nothing).
     pub swap_accounting: bool,
+    /// Whether the host is cgroup v2 only: then the container gets its own cgroup namespace.
+    pub cgroup_v2: bool,
     /// The node's hard `RLIMIT_NOFILE`, which the container's cannot exceed.
     pub nofile_hard: u64,
 }
@@ -319,6 +321,13 @@ pub(super) fn build(
     if spec.network == ContainerNetwork::None {
         namespaces.push(namespace(LinuxNamespaceType::Network)?);
     }
+    // On cgroup v2, as Docker does there: the container's cgroup is the root of its view, so
+    // /proc/self/cgroup reads `0::/` instead of naming the node's cgroup tree (and its peer id), and
+    // /sys/fs/cgroup is a cgroup2 mount of its own. Without it libcontainer falls back to binding the
+    // host's directory of the container's cgroup. v1 keeps the host's namespace (Docker's v1 default).
+    if host.cgroup_v2 {
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup)?);
+    }
     let mapping = LinuxIdMappingBuilder::default()
         .container_id(0u32)
         .host_id(spec.id_map.host_base)
@@ -432,6 +441,7 @@ mod tests {
     fn host() -> Host {
         Host {
             swap_accounting: true,
+            cgroup_v2: false,
             nofile_hard: 1 << 20,
         }
     }
@@ -452,6 +462,30 @@ mod tests {
         assert_eq!(r["pids"]["limit"], DEFAULT_PIDS_LIMIT);
         assert_eq!(r["devices"][0]["allow"], false);
         assert_eq!(v["linux"]["cgroupsPath"], "/cod/job-1");
+    }
+
+    fn namespace_types(v: &serde_json::Value) -> Vec<String> {
+        v["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .map(|n| n["type"].as_str().expect("type").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_cgroup_namespace_on_v2_only() {
+        let v1 = namespace_types(&json(&spec(), &host()));
+        assert!(!v1.contains(&"cgroup".to_owned()), "{v1:?}");
+        let v2 = namespace_types(&json(
+            &spec(),
+            &Host {
+                cgroup_v2: true,
+                ..host()
+            },
+        ));
+        assert!(v2.contains(&"cgroup".to_owned()), "{v2:?}");
+        assert_eq!(v2.len(), v1.len() + 1, "{v1:?} {v2:?}");
     }
 
     #[test]
