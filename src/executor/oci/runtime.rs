@@ -6,6 +6,7 @@
 //!   helper protocol (spawn, kill, reap, clean up).
 //! - `spec`: the OCI runtime spec (Docker's defaults for an unprivileged container, in a user namespace).
 //! - `seccomp`: Docker's default seccomp profile, as data.
+//! - `bpf`: that profile compiled once per node, and installed by the container's init.
 //! - `helper`: the helper process body (`cod __oci-shim`), the only code that calls libcontainer.
 //! - `cgroup`: cgroup paths, the OOM counter, last-resort removal.
 //! - `sweep`: the start-up sweep of a crash's leftovers.
@@ -25,7 +26,8 @@
 //! standard devices and the [`DeviceNode`]s bound into its `/dev`.
 //!
 //! # Process model
-//! `run` writes `config.json` into the bundle and a request to `<state_root>/<id>.request.json`, then
+//! `run` writes `config.json` and `seccomp.bpf` (the compiled profile, see `bpf`) into the bundle and a
+//! request to `<state_root>/<id>.request.json`, then
 //! starts `cod __oci-shim run <request>` (see `helper`), which reports `Started` and `Finished` (or
 //! `Failed`) as JSON lines on its stdout. A byte or EOF on the helper's stdin makes it SIGKILL the
 //! container's init (the pid namespace takes every other process with it): that is how timeout and cancel
@@ -39,6 +41,7 @@
 //! when another thread holds a lock (youki-dev/youki#3011). Leaves a container, a cgroup, a state dir or a
 //! zombie behind when `run` returns, whatever the outcome; a crash's leftovers are the sweep's.
 
+mod bpf;
 mod cgroup;
 mod helper;
 mod seccomp;
@@ -74,6 +77,17 @@ pub const DEFAULT_HELPER_LOG_FILTER: &str = "warn,libcgroups::v1::manager=error"
 
 /// The helper's log, in the bundle dir. Read it when a container fails to start.
 pub const HELPER_LOG: &str = "helper.log";
+
+/// The container's seccomp program (raw BPF), in the bundle dir.
+pub const SECCOMP_BPF: &str = "seccomp.bpf";
+
+/// The seccomp profile every container runs under (Docker's default for Docker's capabilities), as an OCI
+/// `linux.seccomp` section. The bundle's `config.json` does not hold it: the node compiles it once and the
+/// container's init installs the program from [`SECCOMP_BPF`]. Another runtime given the bundle needs it
+/// added to `config.json` to run the same container.
+pub fn seccomp_profile() -> oci_spec::runtime::LinuxSeccomp {
+    spec::seccomp_profile()
+}
 
 /// How long to wait for the rest of a dead helper's output (it is in the pipe already, or never comes).
 const DRAIN: Duration = Duration::from_secs(1);
@@ -298,6 +312,14 @@ pub enum RuntimeError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The seccomp profile could not be compiled (a libseccomp or host problem: the helper log has nothing).
+    #[error("container {id}: cannot compile the seccomp profile: {error}")]
+    Seccomp {
+        /// The container.
+        id: String,
+        /// Why.
+        error: String,
     },
     /// The OCI spec could not be built.
     #[error("container {id}: cannot build the OCI spec")]
@@ -793,6 +815,13 @@ impl ContainerRuntime {
         let config = spec.bundle_dir.join("config.json");
         oci.save(&config)
             .map_err(|e| prepare_err(&config)(io::Error::other(e)))?;
+        let program =
+            bpf::compiled(&spec::seccomp_profile()).map_err(|e| RuntimeError::Seccomp {
+                id: id.clone(),
+                error: crate::errors::chain(&e),
+            })?;
+        let seccomp = spec.bundle_dir.join(SECCOMP_BPF);
+        std::fs::write(&seccomp, &program).map_err(prepare_err(&seccomp))?;
 
         let request = RunRequest {
             id: id.clone(),
@@ -802,6 +831,7 @@ impl ContainerRuntime {
             stderr: spec.stderr.clone(),
             log: spec.bundle_dir.join(HELPER_LOG),
             log_filter: self.log_filter.clone(),
+            seccomp,
             cgroups_path,
             loopback_up: spec.network == ContainerNetwork::None,
             netns: match &spec.network {

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
+use super::bpf::SeccompExecutor;
 use super::cgroup::Layout;
 use super::sweep;
 use crate::errors::chain;
@@ -59,6 +60,9 @@ pub(super) struct RunRequest {
     pub log: PathBuf,
     /// `tracing` filter for that log.
     pub log_filter: String,
+    /// The container's seccomp program (see `bpf`). Required: a request without one is refused, never run
+    /// unfiltered.
+    pub seccomp: PathBuf,
     /// The spec's `cgroupsPath`.
     pub cgroups_path: String,
     /// A network namespace to enter before creating the container.
@@ -269,6 +273,7 @@ fn assert_single_threaded() -> Result<(), Stage> {
 fn run(req: &RunRequest) -> Result<Event, Stage> {
     handle_sigpipe()?;
     assert_single_threaded()?;
+    let executor = SeccompExecutor::read(&req.seccomp).map_err(at("seccomp"))?;
     let stdin = File::open("/dev/null").map_err(at("open /dev/null"))?;
     let stdout = open_output(&req.stdout)?;
     let stderr = open_output(&req.stderr)?;
@@ -282,6 +287,7 @@ fn run(req: &RunRequest) -> Result<Event, Stage> {
     let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.state_root)
         .map_err(at("create"))?
+        .with_executor(executor)
         .with_stdin(stdin)
         .with_stdout(stdout)
         .with_stderr(stderr)

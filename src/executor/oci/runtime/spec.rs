@@ -13,7 +13,7 @@ use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
     LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder,
     LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
@@ -277,7 +277,17 @@ fn hostname(id: &str) -> String {
     id.chars().take(63).collect()
 }
 
-/// The full OCI runtime spec for `spec`, with cgroups at `cgroups_path` (relative to each hierarchy's root).
+/// The seccomp profile of every container: Docker's default for Docker's capability set (a non-root user
+/// has the same bounding set). Not part of [`build`]'s spec: the node compiles it once and the container's
+/// init installs the program (see `bpf`), where libcontainer, finding it in `config.json`, would compile it
+/// again in every container.
+pub(super) fn seccomp_profile() -> LinuxSeccomp {
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
+    seccomp::docker_default(&caps)
+}
+
+/// The full OCI runtime spec for `spec`, with cgroups at `cgroups_path` (relative to each hierarchy's root),
+/// except for the seccomp profile ([`seccomp_profile`]).
 pub(super) fn build(
     spec: &ContainerSpec,
     cgroups_path: &str,
@@ -362,7 +372,6 @@ pub(super) fn build(
         )
         .build()?;
 
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
     let linux = LinuxBuilder::default()
         .uid_mappings(vec![mapping])
         .gid_mappings(vec![mapping])
@@ -382,7 +391,6 @@ pub(super) fn build(
                 .map(|p| (*p).to_owned())
                 .collect::<Vec<_>>(),
         )
-        .seccomp(seccomp::docker_default(&caps))
         .build()?;
 
     SpecBuilder::default()
@@ -677,13 +685,16 @@ mod tests {
     }
 
     #[test]
-    fn seccomp_profile_is_attached() {
+    fn seccomp_is_left_to_the_precompiled_program() {
         let s = build(&spec(), "/cod/job-1", &host()).expect("spec builds");
-        let seccomp = s
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref())
-            .expect("seccomp");
-        assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActErrno);
+        let linux = s.linux().as_ref().expect("linux");
+        assert!(
+            linux.seccomp().is_none(),
+            "libcontainer would compile the profile again in every container"
+        );
+        assert_eq!(
+            seccomp_profile().default_action(),
+            LinuxSeccompAction::ScmpActErrno
+        );
     }
 }
