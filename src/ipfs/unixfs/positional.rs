@@ -312,3 +312,24 @@ impl Drop for PanicStops<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_buffers_start_on_a_page_and_read_whole_chunks() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 249) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let file = File::open(&path).expect("open");
+        for len in [1, 100, 4096, 262_144] {
+            let mut buf = ChunkBuf::new(len);
+            let chunk = buf.read(&file, 1).expect("read");
+            assert_eq!(chunk.as_ptr().align_offset(PAGE), 0, "chunk size {len}");
+            let want = &data[len.min(data.len())..(2 * len).min(data.len())];
+            assert_eq!(chunk, want, "chunk size {len}");
+        }
+    }
+}
