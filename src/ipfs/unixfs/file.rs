@@ -15,10 +15,11 @@
 
 use bytes::Bytes;
 use cid::Cid;
+use sha2::{Digest, Sha256};
 
 use super::{ImportError, ImportOptions};
 use crate::ipfs::dagpb::{DataType, PbLink, PbNode, UnixfsData};
-use crate::ipfs::{Block, BlockStore, DAG_PB, RAW};
+use crate::ipfs::{Block, BlockStore, DAG_PB, RAW, sha256_cid};
 
 /// A built node as its parent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,9 +109,7 @@ impl<'a> FileBuilder<'a> {
 
     /// Builds and stores a leaf from one chunk.
     pub fn leaf(&self, chunk: Vec<u8>) -> Result<Child, ImportError> {
-        let child = leaf_block(chunk, self.options);
-        self.store.put(&child.1).map_err(ImportError::Store)?;
-        Ok(child.0)
+        put_leaf(self.store, self.options, chunk)
     }
 
     fn inner(&self, children: &[Child]) -> Result<Child, ImportError> {
@@ -141,8 +140,42 @@ impl<'a> FileBuilder<'a> {
     }
 }
 
-/// The leaf block for a chunk (pure, so it can run on any thread).
-pub fn leaf_block(chunk: Vec<u8>, options: &ImportOptions) -> (Child, Block) {
+/// Makes the leaf of `chunk` and puts it in `store` (pure but for the store, so any thread may call it).
+/// A store that keeps nothing gets no block: only the leaf's CID is worked out.
+pub fn put_leaf(
+    store: &dyn BlockStore,
+    options: &ImportOptions,
+    chunk: Vec<u8>,
+) -> Result<Child, ImportError> {
+    if store.discards_blocks() {
+        return Ok(leaf_child(&chunk, options));
+    }
+    let (child, block) = leaf_block(chunk, options);
+    store.put(&block).map_err(ImportError::Store)?;
+    Ok(child)
+}
+
+/// [`put_leaf`] for a chunk in a buffer the caller reuses: a block that is stored gets its own copy.
+pub fn put_leaf_from(
+    store: &dyn BlockStore,
+    options: &ImportOptions,
+    chunk: &[u8],
+) -> Result<Child, ImportError> {
+    if store.discards_blocks() {
+        return Ok(leaf_child(chunk, options));
+    }
+    let (child, block) = if options.raw_leaves {
+        leaf_block(chunk.to_vec(), options)
+    } else {
+        // Framing makes the copy the block needs anyway; no second one.
+        dag_pb_leaf(Bytes::from(file_leaf_bytes(chunk)), chunk.len(), options)
+    };
+    store.put(&block).map_err(ImportError::Store)?;
+    Ok(child)
+}
+
+/// The leaf block for a chunk.
+fn leaf_block(chunk: Vec<u8>, options: &ImportOptions) -> (Child, Block) {
     let filesize = chunk.len() as u64;
     if options.raw_leaves {
         let block = Block::new(RAW, Bytes::from(chunk), false);
@@ -155,40 +188,75 @@ pub fn leaf_block(chunk: Vec<u8>, options: &ImportOptions) -> (Child, Block) {
             block,
         );
     }
-    let bytes = Bytes::from(file_leaf_bytes(&chunk));
+    dag_pb_leaf(Bytes::from(file_leaf_bytes(&chunk)), chunk.len(), options)
+}
+
+fn dag_pb_leaf(bytes: Bytes, filesize: usize, options: &ImportOptions) -> (Child, Block) {
     let tsize = bytes.len() as u64;
     let block = Block::new(DAG_PB, bytes, options.cid_version == 0);
     (
         Child {
             cid: *block.cid(),
             tsize,
-            filesize,
+            filesize: filesize as u64,
         },
         block,
     )
 }
 
-/// The dag-pb bytes of a UnixFS file leaf holding `chunk`, written in one pass with one copy of the data
-/// (the generic encoders would copy it twice: into the UnixFS message, then into the node). Same bytes as
-/// `PbNode { data: UnixfsData { File, data, filesize } }` (a test checks it).
-fn file_leaf_bytes(chunk: &[u8]) -> Vec<u8> {
+/// The leaf of `chunk` as its parent sees it, without building the block: the dag-pb framing and the data
+/// are hashed as one SHA-256 stream, so the chunk is neither copied into a node nor allocated for.
+fn leaf_child(chunk: &[u8], options: &ImportOptions) -> Child {
+    let filesize = chunk.len() as u64;
+    let mut hasher = Sha256::new();
+    if options.raw_leaves {
+        hasher.update(chunk);
+        return Child {
+            cid: sha256_cid(RAW, &hasher.finalize().into(), false),
+            tsize: filesize,
+            filesize,
+        };
+    }
+    let (head, tail) = leaf_frame(chunk.len());
+    hasher.update(&head);
+    hasher.update(chunk);
+    hasher.update(&tail);
+    Child {
+        cid: sha256_cid(DAG_PB, &hasher.finalize().into(), options.cid_version == 0),
+        tsize: (head.len() + chunk.len() + tail.len()) as u64,
+        filesize,
+    }
+}
+
+/// The bytes around the data in a UnixFS file leaf of `len` data bytes: the node is `head ++ data ++ tail`.
+/// Same bytes as `PbNode { data: UnixfsData { File, data, filesize } }` (a test checks it).
+fn leaf_frame(len: usize) -> (Vec<u8>, Vec<u8>) {
     use crate::ipfs::pb;
-    let len = chunk.len() as u64;
-    let mut unixfs_header = Vec::with_capacity(16);
+    let len = len as u64;
+    let mut unixfs_header = Vec::with_capacity(8);
     pb::put_varint_field(&mut unixfs_header, 1, 2); // Type = File
-    if !chunk.is_empty() {
+    if len > 0 {
         pb::put_key(&mut unixfs_header, 2, 2); // Data, length-delimited
         pb::put_uvarint(&mut unixfs_header, len);
     }
-    let mut unixfs_trailer = Vec::with_capacity(11);
-    pb::put_varint_field(&mut unixfs_trailer, 3, len); // filesize
-    let unixfs_len = (unixfs_header.len() + chunk.len() + unixfs_trailer.len()) as u64;
-    let mut out = Vec::with_capacity(unixfs_len as usize + 11);
-    pb::put_key(&mut out, 1, 2); // PBNode.Data
-    pb::put_uvarint(&mut out, unixfs_len);
-    out.extend_from_slice(&unixfs_header);
+    let mut tail = Vec::with_capacity(11);
+    pb::put_varint_field(&mut tail, 3, len); // filesize
+    let unixfs_len = unixfs_header.len() as u64 + len + tail.len() as u64;
+    let mut head = Vec::with_capacity(8 + unixfs_header.len());
+    pb::put_key(&mut head, 1, 2); // PBNode.Data
+    pb::put_uvarint(&mut head, unixfs_len);
+    head.extend_from_slice(&unixfs_header);
+    (head, tail)
+}
+
+/// The dag-pb bytes of a UnixFS file leaf holding `chunk`, written in one pass with one copy of the data
+/// (the generic encoders would copy it twice: into the UnixFS message, then into the node).
+fn file_leaf_bytes(chunk: &[u8]) -> Vec<u8> {
+    let (head, tail) = leaf_frame(chunk.len());
+    let mut out = Vec::with_capacity(head.len() + chunk.len() + tail.len());
+    out.extend_from_slice(&head);
     out.extend_from_slice(chunk);
-    out.extend_from_slice(&unixfs_trailer);
+    out.extend_from_slice(&tail);
     out
 }
 
@@ -212,6 +280,34 @@ mod tests {
             }
             .encode();
             assert_eq!(file_leaf_bytes(&chunk), generic, "length {len}");
+        }
+    }
+
+    #[test]
+    fn streamed_leaf_cid_equals_the_built_block() {
+        for options in [
+            ImportOptions::for_cid_version(0),
+            ImportOptions::for_cid_version(1),
+            ImportOptions {
+                cid_version: 1,
+                raw_leaves: false,
+                ..ImportOptions::default()
+            },
+        ] {
+            for len in [0usize, 1, 127, 128, 16_384, 262_144] {
+                let chunk: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+                let (built, block) = leaf_block(chunk.clone(), &options);
+                assert_eq!(leaf_child(&chunk, &options), built, "{options:?} {len}");
+                assert_eq!(built.cid, *block.cid());
+                let kept = MemoryBlockStore::new();
+                assert_eq!(put_leaf_from(&kept, &options, &chunk).expect("put"), built);
+                assert_eq!(
+                    kept.get(&built.cid).expect("get"),
+                    Some(block.data().clone())
+                );
+                let dropped = MemoryBlockStore::discarding();
+                assert_eq!(put_leaf(&dropped, &options, chunk).expect("put"), built);
+            }
         }
     }
 

@@ -13,15 +13,18 @@
 //! Memory: a file needs one chunk per hashing thread plus `depth × max_links` links, whatever its size; a
 //! directory needs its own entry list (as in Kubo), never its children's.
 //!
-//! Speed: hashing is the cost. Files of more than one chunk hash their leaves on a few worker threads while
-//! the caller's thread reads ahead and builds the tree; results come back in file order (round robin), so
-//! the DAG is the same as the sequential one.
+//! Speed: hashing is the cost. Regular files of more than one chunk hash their leaves on a few worker
+//! threads that each read their own chunks ([`positional`]); other inputs (stdin) are read ahead by the
+//! caller's thread and handed to the workers round robin. Either way the leaves reach the tree builder in
+//! file order, so the DAG is the same as the sequential one. With `--only-hash` no leaf block is built: its
+//! framing and data are hashed as one stream.
 
 pub mod chunker;
 pub mod dir;
 pub mod export;
 pub mod file;
 pub mod hamt;
+mod positional;
 
 use std::fs;
 use std::io::{self, Read};
@@ -266,7 +269,7 @@ impl Importer<'_> {
             ImportedRoot { cid, size }
         } else if kind.is_file() {
             let file = fs::File::open(path).map_err(read)?;
-            file_from_reader(self.store, file, self.options, path, self.observer)?
+            regular_file(self.store, file, self.options, path, self.observer)?
         } else if kind.is_dir() {
             return self.directory(path, label);
         } else {
@@ -327,6 +330,31 @@ fn utf8_name<'n>(path: &Path, name: &'n std::ffi::OsStr) -> Result<&'n str, Impo
     name.to_str().ok_or_else(|| ImportError::NotUtf8 {
         path: path.to_owned(),
     })
+}
+
+/// A regular file: past one chunk, its leaves are hashed by workers reading their own chunks
+/// ([`positional`]); the length only picks the way, the end is where a read comes back short.
+fn regular_file(
+    store: &dyn BlockStore,
+    file: fs::File,
+    options: &ImportOptions,
+    path: &Path,
+    observer: &mut dyn ImportObserver,
+) -> Result<ImportedRoot, ImportError> {
+    let len = file
+        .metadata()
+        .map_err(|source| ImportError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    let workers = options.worker_threads();
+    if workers <= 1 || len <= options.chunk_size as u64 {
+        return file_from_reader(store, file, options, path, observer);
+    }
+    let mut builder = FileBuilder::new(store, options);
+    positional::leaves(store, options, workers, &file, &mut builder, path, observer)?;
+    Ok(root_of(builder.finish()?))
 }
 
 /// Chunks, hashes and links one file. The first chunk decides: a file of one chunk is done on this thread;
@@ -409,12 +437,7 @@ fn parallel_leaves<R: Read>(
             let (rtx, rrx) = mpsc::sync_channel::<Result<Child, ImportError>>(IN_FLIGHT_PER_WORKER);
             scope.spawn(move || {
                 for chunk in rx {
-                    let (child, block) = file::leaf_block(chunk, options);
-                    let out = store
-                        .put(&block)
-                        .map(|()| child)
-                        .map_err(ImportError::Store);
-                    if rtx.send(out).is_err() {
+                    if rtx.send(file::put_leaf(store, options, chunk)).is_err() {
                         break;
                     }
                 }

@@ -158,6 +158,70 @@ fn large_files_are_the_same_with_and_without_worker_threads() {
     }
 }
 
+/// Regular files take the positional path (workers reading their own chunks); it must give the DAG the
+/// sequential reader gives, block for block, at every length around the chunk boundaries, whether blocks
+/// are kept or only hashed.
+#[test]
+fn regular_files_read_by_workers_equal_the_sequential_import() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chunk = 4096;
+    let lens = [
+        0,
+        1,
+        chunk,
+        chunk + 1,
+        2 * chunk,
+        2 * chunk + 7,
+        733 * chunk + 100,
+    ];
+    for base in [
+        ImportOptions::default(),
+        ImportOptions::for_cid_version(1),
+        ImportOptions {
+            raw_leaves: true,
+            ..ImportOptions::default()
+        },
+    ] {
+        let one = ImportOptions {
+            threads: 1,
+            chunk_size: chunk,
+            max_links: 11,
+            ..base.clone()
+        };
+        let many = ImportOptions {
+            threads: 3,
+            ..one.clone()
+        };
+        for len in lens {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            let path = tmp.path().join(format!("f{len}"));
+            fs::write(&path, &data).expect("write");
+            let sequential = MemoryBlockStore::new();
+            let want = import_file(&sequential, data.as_slice(), &one).expect("sequential");
+            let workers = MemoryBlockStore::new();
+            let got = import_path(&workers, &path, &many).expect("workers");
+            assert_eq!(got, want, "{len} bytes, {base:?}");
+            assert_eq!(workers.len(), sequential.len(), "{len} bytes, {base:?}");
+            let hashed = import_path(&MemoryBlockStore::discarding(), &path, &many).expect("hash");
+            assert_eq!(hashed, want, "{len} bytes, only hash, {base:?}");
+        }
+    }
+    // Tens of thousands of tiny chunks: workers run ahead of each other and of the builder, so leaves
+    // arrive out of order and the window holds the fast ones back.
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let path = tmp.path().join("tiny-chunks");
+    fs::write(&path, &data).expect("write");
+    let tiny = ImportOptions {
+        threads: 1,
+        chunk_size: 8,
+        ..ImportOptions::default()
+    };
+    let want = import_file(&MemoryBlockStore::new(), data.as_slice(), &tiny).expect("sequential");
+    let many = ImportOptions { threads: 4, ..tiny };
+    let store = MemoryBlockStore::discarding();
+    assert_eq!(import_path(&store, &path, &many).expect("workers"), want);
+}
+
 #[test]
 fn non_utf8_names_are_refused_clearly() {
     use std::os::unix::ffi::OsStrExt;
