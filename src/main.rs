@@ -5,7 +5,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use argh::FromArgs;
 use cod::cli::{self, Cli, Outcome, UsageError};
 
 /// The process exit codes, in one place.
@@ -33,7 +32,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Usage lines say `cod`, not the install path.
-    let cli = match Cli::from_args(&["cod"], &args) {
+    let cli = match Cli::parse(&args) {
         Ok(cli) => cli,
         Err(early) => {
             // `--help` is an early exit too: to stdout with success.

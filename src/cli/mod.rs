@@ -129,6 +129,20 @@ impl UsageError {
 }
 
 impl Cli {
+    /// Parses the words after the program name. A lone `-` (standard input, as in `cod ipfs add -Q -`) is an
+    /// operand, but argh takes every word that starts with `-` for a flag; as the last word, and with no `--`
+    /// before it, it gets one, which is what argh needs to read it as an operand.
+    pub fn parse(args: &[&str]) -> Result<Cli, argh::EarlyExit> {
+        match args.split_last() {
+            Some((&"-", rest)) if !rest.contains(&"--") => {
+                let mut words = rest.to_vec();
+                words.extend(["--", "-"]);
+                Cli::from_args(&["cod"], &words)
+            }
+            _ => Cli::from_args(&["cod"], args),
+        }
+    }
+
     /// True for `cod serve`, which runs the node (multi-threaded runtime, info-level logs) instead of calling
     /// one.
     pub fn is_serve(&self) -> bool {
@@ -227,7 +241,24 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, argh::EarlyExit> {
-        Cli::from_args(&["cod"], args)
+        Cli::parse(args)
+    }
+
+    #[test]
+    fn a_lone_dash_is_standard_input() {
+        for args in [
+            &["ipfs", "add", "-Q", "-"][..],
+            &["ipfs", "add", "-Q", "--", "-"],
+        ] {
+            let Command::Ipfs(ipfs) = parse(args).expect("parses").command else {
+                panic!("not an ipfs command: {args:?}");
+            };
+            let ipfs::IpfsCommand::Add(add) = ipfs.command else {
+                panic!("not ipfs add: {args:?}");
+            };
+            assert_eq!(add.path, std::path::Path::new("-"));
+            assert!(add.quieter, "{args:?}");
+        }
     }
 
     #[test]
