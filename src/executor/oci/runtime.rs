@@ -815,11 +815,10 @@ impl ContainerRuntime {
         let config = spec.bundle_dir.join("config.json");
         oci.save(&config)
             .map_err(|e| prepare_err(&config)(io::Error::other(e)))?;
-        let program =
-            bpf::compiled(&spec::seccomp_profile()).map_err(|e| RuntimeError::Seccomp {
-                id: id.clone(),
-                error: crate::errors::chain(&e),
-            })?;
+        let program = bpf::program().map_err(|e| RuntimeError::Seccomp {
+            id: id.clone(),
+            error: crate::errors::chain(&e),
+        })?;
         let seccomp = spec.bundle_dir.join(SECCOMP_BPF);
         std::fs::write(&seccomp, &program).map_err(prepare_err(&seccomp))?;
 

@@ -16,7 +16,7 @@
 
 use std::io::{self, Read, Seek};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -25,6 +25,8 @@ use libseccomp::{
 };
 use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator, Spec};
 use seccompiler::sock_filter;
+
+use super::spec;
 
 /// Bytes of one BPF instruction (`struct sock_filter`: u16 code, u8 jt, u8 jf, u32 k).
 const INSTRUCTION: usize = 8;
@@ -194,22 +196,18 @@ pub(super) fn compile(profile: &LinuxSeccomp) -> Result<Vec<u8>, BpfError> {
     Ok(bytes)
 }
 
-/// The last profile compiled in this process and its program: every container of a node has the same
-/// profile, so this compiles once per node.
-static COMPILED: Mutex<Option<(LinuxSeccomp, Arc<[u8]>)>> = Mutex::new(None);
+/// The program of [`spec::seccomp_profile`], once compiled in this process.
+static PROGRAM: OnceLock<Arc<[u8]>> = OnceLock::new();
 
-/// [`compile`], remembered.
-pub(super) fn compiled(profile: &LinuxSeccomp) -> Result<Arc<[u8]>, BpfError> {
-    // A panic elsewhere while holding the lock leaves a whole entry or none: the data stays good.
-    let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((known, program)) = cache.as_ref()
-        && known == profile
-    {
+/// The program every container of this node runs under: the profile never changes within a process, so it
+/// is compiled by the first container start (a failure is not kept: the next start tries again).
+pub(super) fn program() -> Result<Arc<[u8]>, BpfError> {
+    if let Some(program) = PROGRAM.get() {
         return Ok(Arc::clone(program));
     }
-    let program: Arc<[u8]> = compile(profile)?.into();
-    *cache = Some((profile.clone(), Arc::clone(&program)));
-    Ok(program)
+    let program: Arc<[u8]> = compile(&spec::seccomp_profile())?.into();
+    // Two first starts at once may both compile; they get the same bytes and one of them is kept.
+    Ok(Arc::clone(PROGRAM.get_or_init(|| program)))
 }
 
 /// The instructions in `bytes`, checked for the kernel's limits.
@@ -243,7 +241,7 @@ impl std::fmt::Debug for SeccompExecutor {
 }
 
 impl SeccompExecutor {
-    /// The executor installing the program in file `path` (written by [`compiled`]'s caller).
+    /// The executor installing the program in file `path` (written by [`program`]'s caller).
     pub(super) fn read(path: &Path) -> Result<Self, BpfError> {
         let bytes = std::fs::read(path).map_err(|source| BpfError::Io {
             what: path.display().to_string(),
@@ -269,20 +267,11 @@ impl Executor for SeccompExecutor {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
-    use crate::executor::oci::runtime::seccomp;
-    use crate::executor::oci::runtime::spec::DEFAULT_CAPABILITIES;
-
-    fn docker() -> LinuxSeccomp {
-        let caps: HashSet<_> = DEFAULT_CAPABILITIES.iter().copied().collect();
-        seccomp::docker_default(&caps)
-    }
 
     #[test]
     fn dockers_profile_compiles_to_a_program_the_kernel_takes() {
-        let bytes = compile(&docker()).expect("compiles");
+        let bytes = compile(&spec::seccomp_profile()).expect("compiles");
         let program = instructions(&bytes).expect("whole instructions");
         // Three ABIs on x86_64, each with its ~350 calls and argument checks.
         assert!(program.len() > 350, "{} instructions", program.len());
@@ -297,12 +286,15 @@ mod tests {
     }
 
     #[test]
-    fn the_same_profile_compiles_once() {
-        let a = compiled(&docker()).expect("compiles");
-        let b = compiled(&docker()).expect("compiles");
+    fn the_profile_compiles_once() {
+        let a = program().expect("compiles");
+        let b = program().expect("compiles");
         assert!(Arc::ptr_eq(&a, &b));
         // The program is libseccomp's, byte for byte, whichever call built it.
-        assert_eq!(&*a, &compile(&docker()).expect("compiles")[..]);
+        assert_eq!(
+            &*a,
+            &compile(&spec::seccomp_profile()).expect("compiles")[..]
+        );
     }
 
     #[test]
@@ -318,7 +310,7 @@ mod tests {
 
     #[test]
     fn actions_a_cod_container_cannot_serve_are_refused() {
-        let mut p = docker();
+        let mut p = spec::seccomp_profile();
         p.set_default_action(LinuxSeccompAction::ScmpActNotify);
         assert!(matches!(filter(&p), Err(BpfError::Unsupported(_))));
     }
