@@ -147,12 +147,13 @@ pub fn put_leaf(
     options: &ImportOptions,
     chunk: Vec<u8>,
 ) -> Result<Child, ImportError> {
-    if store.discards_blocks() {
-        return Ok(leaf_child(&chunk, options));
+    // A stored raw leaf is the chunk itself: the owned buffer becomes the block, uncopied.
+    if options.raw_leaves && !store.discards_blocks() {
+        let (child, block) = leaf_block(chunk, options);
+        store.put(&block).map_err(ImportError::Store)?;
+        return Ok(child);
     }
-    let (child, block) = leaf_block(chunk, options);
-    store.put(&block).map_err(ImportError::Store)?;
-    Ok(child)
+    put_leaf_from(store, options, &chunk)
 }
 
 /// [`put_leaf`] for a chunk in a buffer the caller reuses: a block that is stored gets its own copy.
