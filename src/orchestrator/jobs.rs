@@ -137,9 +137,10 @@ impl Drop for AfterCommit {
 }
 
 impl Orchestrator {
-    /// Runs `f` in a write transaction with an [`AfterCommit`] to record its effects in. They are carried out
-    /// on the store's writer thread as soon as the commit is known (so before the next transaction plans, and
-    /// even if the caller stopped waiting); if `f` or the commit fails, its capacity changes are undone.
+    /// Runs `f` in a write transaction with an [`AfterCommit`] to record its effects in. Its capacity changes
+    /// are made at once (the transactions after it, in its batch or later, plan against them) and undone if
+    /// `f` or the commit fails; the rest is carried out on the store's writer thread as soon as the commit is
+    /// known, even if the caller stopped waiting.
     pub(crate) fn write<R, F>(
         &self,
         f: F,

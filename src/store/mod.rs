@@ -188,7 +188,8 @@ impl Store {
     }
 
     /// [`Store::write`], with `then` run on the writer thread as soon as the commit's outcome is known: before
-    /// the next transaction starts and whether or not the caller still waits. `then` gets `f`'s result (an
+    /// the writer begins its next commit, and whether or not the caller still waits. (The other closures of
+    /// the same batch run before that commit, so before `then`.) `then` gets `f`'s result (an
     /// error if `f` or the commit failed) and makes the future's output. It must be quick and must not wait
     /// for the store.
     pub fn write_then<T, R, F, C>(
