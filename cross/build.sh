@@ -194,6 +194,22 @@ if [[ ",$feature_list," == *,executor-oci,* ]]; then
   export LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$seccomp_lib"
 fi
 
+# === link settings (static musl builds) ===
+# Passed as the target's rustflags, so host build scripts and proc macros keep theirs; cargo joins them with a
+# board's own (targets/*/cargo.toml sets target-cpu the same way).
+#   - no-unwind-tables.ld drops .eh_frame: panics abort, and a stripped binary's backtrace shows only addresses
+#     (that file says why rustc's own switch cannot do it). Cost: a panic prints its message and location but
+#     no frames.
+#   - x86_64 links static-pie (ASLR of the executable kept); packing its ~35,000 relative relocations as RELR
+#     (binutils >= 2.38; the self-contained musl start-up code applies them) shrinks .rela.dyn from 0.8 MiB to
+#     a few KiB. aarch64 and armv7 (zig) link classic static executables, which have no such relocations.
+link_flags=()
+if [[ "$triple" == *-musl* ]]; then
+  link_flags+=("\"-C\", \"link-arg=-Wl,-T,$repo/cross/no-unwind-tables.ld\"")
+  [[ "$triple" == x86_64-* ]] && link_flags+=("\"-C\", \"link-arg=-Wl,-z,pack-relative-relocs\"")
+  config_args+=(--config "target.$triple.rustflags=[$(IFS=,; echo "${link_flags[*]}")]")
+fi
+
 # === build ===
 
 # Only the target's own settings: host build scripts and proc macros keep theirs.
