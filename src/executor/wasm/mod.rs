@@ -5,7 +5,8 @@
 //! - this file: [`WasmConfig`] and [`WasmExecutor`], the async face (`validate`, `run`).
 //! - `worker`: the `cod-wasm-N` threads; one run from context to outcome; fuel slices.
 //! - `link`: module lookup in the mount table, compilation, import linking.
-//! - `fs`: the guest filesystem (the mount table preopened at `/`, read-only wrappers).
+//! - `fs`: the guest filesystem (the mount table preopened at `/`).
+//! - `wasi`: Cod's own WASI preview 1 (`wasi_snapshot_preview1`) on top of it.
 //! - `stdio`: capped stdout/stderr files.
 //! - `interrupt`: the stop signal, and WASI sleeps that honour it.
 //!
@@ -32,6 +33,7 @@ mod fs;
 mod interrupt;
 mod link;
 mod stdio;
+mod wasi;
 mod worker;
 
 use std::sync::{Arc, Mutex};
