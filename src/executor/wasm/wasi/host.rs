@@ -5,7 +5,12 @@
 //! act on the single name in it, which the kernel never follows.
 //!
 //! A resolution that would leave the directory is `EPERM`, as cap-std's escape error was.
+//!
+//! Kernels before 5.6 have no `openat2` (`ENOSYS`): there [`walk`] resolves the path one
+//! component at a time with `O_NOFOLLOW`, reading symlinks itself and keeping `..` on its own
+//! stack of directories, as cap-std did, with the same outcome for every path.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -40,8 +45,110 @@ pub(super) fn open_beneath(
             Ok(fd) => return Ok(fd),
             Err(rustix::io::Errno::AGAIN) if tries < 8 => tries += 1,
             Err(rustix::io::Errno::XDEV) => return Err(Errno::Perm),
+            Err(rustix::io::Errno::NOSYS) => return walk(base, path, flags, mode),
             Err(e) => return Err(Errno::from(e)),
         }
+    }
+}
+
+/// Most symlinks one resolution follows, as Linux's `MAXSYMLINKS`.
+const MAX_LINKS: usize = 40;
+
+/// [`open_beneath`] without `openat2`: every component is opened with `O_NOFOLLOW` below a
+/// descriptor this walk holds; a symlink's text is spliced into the rest of the path (an
+/// absolute one is an escape); `..` pops the walk's own stack and never goes above `base`.
+/// Trailing slashes never reach the kernel (it would follow a final symlink for them): they
+/// become `O_DIRECTORY`.
+pub(super) fn walk(
+    base: BorrowedFd<'_>,
+    path: &str,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    if path.starts_with('/') {
+        return Err(Errno::Perm);
+    }
+    let follow = !flags.contains(OFlags::NOFOLLOW);
+    let flags = flags | OFlags::NOFOLLOW;
+    let mut pending = VecDeque::new();
+    splice(&mut pending, path);
+    let mut stack: Vec<OwnedFd> = Vec::new();
+    let mut links = 0;
+    while let Some((name, dir_only)) = pending.pop_front() {
+        let cur = stack.last().map_or(base, |fd| fd.as_fd());
+        if name == ".." {
+            stack.pop().ok_or(Errno::Perm)?;
+            continue;
+        }
+        let last = pending.is_empty();
+        let attempt = if last {
+            let flags = if dir_only {
+                flags | OFlags::DIRECTORY
+            } else {
+                flags
+            };
+            rustix::fs::openat(cur, name.as_str(), flags, mode)
+        } else {
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            rustix::fs::openat(cur, name.as_str(), flags, Mode::empty())
+        };
+        let is_link = match &attempt {
+            // O_PATH | O_NOFOLLOW opens a final link itself.
+            Ok(fd) => {
+                last && flags.contains(OFlags::PATH)
+                    && rustix::fs::fstat(fd).is_ok_and(|s| {
+                        rustix::fs::FileType::from_raw_mode(s.st_mode)
+                            == rustix::fs::FileType::Symlink
+                    })
+            }
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                rustix::fs::readlinkat(cur, name.as_str(), Vec::new()).is_ok()
+            }
+            Err(_) => false,
+        };
+        if is_link && (follow || !last || dir_only) {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(Errno::Loop);
+            }
+            let target =
+                rustix::fs::readlinkat(cur, name.as_str(), Vec::new()).map_err(Errno::from)?;
+            let target = target.to_str().map_err(|_| Errno::Ilseq)?;
+            if target.starts_with('/') {
+                return Err(Errno::Perm);
+            }
+            let target = if dir_only {
+                format!("{target}/")
+            } else {
+                target.to_owned()
+            };
+            splice(&mut pending, &target);
+            continue;
+        }
+        let fd = attempt.map_err(Errno::from)?;
+        if last {
+            return Ok(fd);
+        }
+        stack.push(fd);
+    }
+    // The path ended at a directory of the walk (`.`, `..`, a link to one).
+    let cur = stack.last().map_or(base, |fd| fd.as_fd());
+    rustix::fs::openat(cur, ".", flags, mode).map_err(Errno::from)
+}
+
+/// Puts the components of `text` in front of `pending`, as `(name, followed by a slash)`.
+fn splice(pending: &mut VecDeque<(String, bool)>, text: &str) {
+    let parts: Vec<&str> = text.split('/').collect();
+    let mut front = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() || *part == "." {
+            continue;
+        }
+        let slash = parts[i + 1..].iter().any(|p| p.is_empty() || *p == ".") && i + 1 < parts.len();
+        front.push((part.to_string(), slash));
+    }
+    for item in front.into_iter().rev() {
+        pending.push_front(item);
     }
 }
 
@@ -144,4 +251,65 @@ pub(super) fn entries(
         list.push((entry.ino(), filetype, name));
     }
     Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `walk` (old kernels) and `openat2` agree on every escape and every legitimate path.
+    #[test]
+    fn the_walk_without_openat2_contains_like_openat2() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mount");
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::write(root.join("x"), "x").unwrap();
+        std::fs::write(dir.path().join("secret"), "host").unwrap();
+        let link =
+            |target: &str, name: &str| std::os::unix::fs::symlink(target, root.join(name)).unwrap();
+        link(dir.path().join("secret").to_str().unwrap(), "abs");
+        link("../secret", "rel");
+        link("sub/../x", "inside");
+        link("sub", "to-sub");
+        link("loop2", "loop1");
+        link("loop1", "loop2");
+        link("..", "up");
+        let base =
+            rustix::fs::open(&root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let read = OFlags::RDONLY;
+        let cases: [(&str, OFlags, Result<(), Errno>); 16] = [
+            ("x", read, Ok(())),
+            ("sub/../x", read, Ok(())),
+            ("inside", read, Ok(())),
+            ("to-sub/deeper", read, Ok(())),
+            ("to-sub/", read, Ok(())),
+            ("sub/deeper/../..", read, Ok(())),
+            ("abs", read, Err(Errno::Perm)),
+            ("rel", read, Err(Errno::Perm)),
+            ("up/secret", read, Err(Errno::Perm)),
+            ("up", read, Err(Errno::Perm)),
+            ("..", read, Err(Errno::Perm)),
+            ("sub/../../secret", read, Err(Errno::Perm)),
+            ("loop1", read, Err(Errno::Loop)),
+            ("abs", read | OFlags::NOFOLLOW, Err(Errno::Loop)),
+            ("x/", read, Err(Errno::Notdir)),
+            ("missing", read, Err(Errno::Noent)),
+        ];
+        for (path, flags, want) in cases {
+            let walked = walk(base.as_fd(), path, flags | OFlags::CLOEXEC, Mode::empty()).map(drop);
+            assert_eq!(walked, want, "walk {path}");
+            let beneath = open_beneath(base.as_fd(), path, flags).map(drop);
+            assert_eq!(beneath, want, "openat2 {path}");
+        }
+        // A link opened as a link (O_PATH | O_NOFOLLOW) is the link, on both ways.
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        assert!(walk(base.as_fd(), "abs", flags, Mode::empty()).is_ok());
+        assert!(open_beneath(base.as_fd(), "abs", flags).is_ok());
+        // Creating through a dangling link inside the mount creates inside it.
+        link("made", "dangling");
+        let create = OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC;
+        walk(base.as_fd(), "dangling", create, Mode::from_raw_mode(0o644)).unwrap();
+        assert!(root.join("made").exists());
+        assert!(!dir.path().join("made").exists());
+    }
 }
