@@ -196,6 +196,7 @@ mod tests {
     const FSPROBE: &str = include_str!("testdata/fsprobe.wat");
     const LIB: &str = include_str!("testdata/lib.wat");
     const USES_LIB: &str = include_str!("testdata/uses_lib.wat");
+    const ALL_WASI: &str = include_str!("testdata/allwasi.wat");
 
     /// errno values as a probe's exit code.
     const ENOENT: i32 = 44;
@@ -352,6 +353,25 @@ mod tests {
             out, "hello\n\0one\0two words\0ALPHA=first\0ZED=last\0",
             "argv is [\"\", Parameters…] and env is sorted"
         );
+    }
+
+    #[tokio::test]
+    async fn every_preview_1_function_links_and_answers_as_wasi_common_did() {
+        assert_eq!(Job::new(ALL_WASI, &[]).run(&executor(1)).await, exited(0));
+    }
+
+    #[tokio::test]
+    async fn exit_codes_from_126_on_are_a_trap_as_in_wasi_common() {
+        let wat = |code: u32| {
+            format!(
+                r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                   (memory (export "memory") 1)
+                   (func (export "_start") (call $exit (i32.const {code}))))"#
+            )
+        };
+        let exec = executor(1);
+        assert_eq!(Job::new(&wat(125), &[]).run(&exec).await, exited(125));
+        assert_eq!(Job::new(&wat(126), &[]).run(&exec).await, exited(1));
     }
 
     #[tokio::test]
