@@ -1,6 +1,6 @@
 //! The `cod-wasm-N` worker threads, and one run from its context to its outcome.
 //!
-//! Each worker owns a WASI-ready `Linker` (cloned per run, cheaper than defining the ~45 WASI
+//! Each worker owns a WASI-ready `Linker` (cloned per run, cheaper than defining the 46 WASI
 //! functions again) and shares the executor's `Engine`. Everything of a run (store, instances,
 //! open files) lives and dies on the worker's stack, so nothing of it reaches the async side.
 //!
