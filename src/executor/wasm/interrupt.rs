@@ -2,17 +2,12 @@
 //!
 //! wasmi has no epoch interruption, so a worker runs the guest in fuel slices and looks at the
 //! [`Interrupt`] and the deadline between slices. A guest blocked in a WASI sleep executes no
-//! instructions; [`InterruptibleSched`] makes those sleeps wake up on the same interrupt or at
-//! the deadline, and then traps, so the worker sees why the run ended.
+//! instructions; [`Sleeper`] makes those sleeps wake up on the same interrupt or at the deadline,
+//! and then traps, so the worker sees why the run ended.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
-
-use async_trait::async_trait;
-use wasmi_wasi::wasi_common::sched::Poll;
-use wasmi_wasi::wasi_common::sync::sched::poll_oneoff;
-use wasmi_wasi::wasi_common::{Error, WasiSched};
+use std::time::Instant;
 
 /// A one-way "stop now" signal from the async side to a worker thread.
 #[derive(Debug, Default)]
@@ -77,50 +72,28 @@ impl Drop for TriggerOnDrop {
     }
 }
 
-/// The WASI scheduler of one run: wasi-common's own, except that sleeping stops at the run's
-/// deadline or interrupt, with a trap.
-pub(super) struct InterruptibleSched {
+/// The WASI sleeps of one run: they stop at the run's deadline or interrupt, with a trap.
+pub(super) struct Sleeper {
     /// The run's stop signal.
     pub(super) interrupt: Arc<Interrupt>,
     /// When the run times out, if it has a timeout.
     pub(super) deadline: Option<Instant>,
 }
 
-#[async_trait]
-impl WasiSched for InterruptibleSched {
-    async fn poll_oneoff<'a>(&self, poll: &mut Poll<'a>) -> Result<(), Error> {
-        // With file subscriptions, poll(2) returns at once: every file a guest can hold here is
-        // a regular file or a capped output, always ready. A poll on clocks alone is a sleep.
-        if poll.rw_subscriptions().next().is_none()
-            && let Some(left) = poll
-                .earliest_clock_deadline()
-                .and_then(|clock| clock.duration_until())
-        {
-            self.sleep(left).await?;
-        }
-        poll_oneoff(poll).await
-    }
+// === impl Sleeper ===
 
-    async fn sched_yield(&self) -> Result<(), Error> {
-        std::thread::yield_now();
-        Ok(())
-    }
-
-    async fn sleep(&self, duration: Duration) -> Result<(), Error> {
-        let wake = Instant::now().checked_add(duration);
+impl Sleeper {
+    /// Sleeps until `wake` (`None`: forever), or traps if the run must stop first.
+    pub(super) fn sleep_until(&self, wake: Option<Instant>) -> Result<(), wasmi::Error> {
         let until = match (wake, self.deadline) {
             (Some(wake), Some(deadline)) => Some(wake.min(deadline)),
             (wake, deadline) => wake.or(deadline),
         };
         if self.interrupt.wait_until(until) {
-            return Err(Error::trap(anyhow::anyhow!(
-                "run interrupted while sleeping"
-            )));
+            return Err(wasmi::Error::new("run interrupted while sleeping"));
         }
         if until != wake {
-            return Err(Error::trap(anyhow::anyhow!(
-                "run deadline passed while sleeping"
-            )));
+            return Err(wasmi::Error::new("run deadline passed while sleeping"));
         }
         Ok(())
     }

@@ -5,7 +5,8 @@
 //! - this file: [`WasmConfig`] and [`WasmExecutor`], the async face (`validate`, `run`).
 //! - `worker`: the `cod-wasm-N` threads; one run from context to outcome; fuel slices.
 //! - `link`: module lookup in the mount table, compilation, import linking.
-//! - `fs`: the guest filesystem (the mount table preopened at `/`, read-only wrappers).
+//! - `fs`: the guest filesystem (the mount table preopened at `/`).
+//! - `wasi`: Cod's own WASI preview 1 (`wasi_snapshot_preview1`) on top of it.
 //! - `stdio`: capped stdout/stderr files.
 //! - `interrupt`: the stop signal, and WASI sleeps that honour it.
 //!
@@ -32,6 +33,7 @@ mod fs;
 mod interrupt;
 mod link;
 mod stdio;
+mod wasi;
 mod worker;
 
 use std::sync::{Arc, Mutex};
@@ -84,6 +86,11 @@ impl WasmExecutor {
     pub fn new(config: WasmConfig) -> Self {
         let mut engine_config = wasmi::Config::default();
         engine_config.consume_fuel(true);
+        // Lazy translation charges a function's compilation to the fuel of the call that first
+        // reaches it, and when that passes a slice boundary wasmi 2.0 reports a plain error, not
+        // a resumable out-of-fuel: a real program (Rust std, 110 KB) then "trapped" at random.
+        // Translating at load avoids it, and reports invalid code before the run starts.
+        engine_config.compilation_mode(wasmi::CompilationMode::Eager);
         let engine = wasmi::Engine::new(&engine_config);
         let slots = config.slots.max(1);
         let fuel_slice = config.fuel_slice.max(1);
@@ -194,6 +201,7 @@ mod tests {
     const FSPROBE: &str = include_str!("testdata/fsprobe.wat");
     const LIB: &str = include_str!("testdata/lib.wat");
     const USES_LIB: &str = include_str!("testdata/uses_lib.wat");
+    const ALL_WASI: &str = include_str!("testdata/allwasi.wat");
 
     /// errno values as a probe's exit code.
     const ENOENT: i32 = 44;
@@ -350,6 +358,68 @@ mod tests {
             out, "hello\n\0one\0two words\0ALPHA=first\0ZED=last\0",
             "argv is [\"\", Parameters…] and env is sorted"
         );
+    }
+
+    #[tokio::test]
+    async fn every_preview_1_function_links_and_answers_as_wasi_common_did() {
+        assert_eq!(Job::new(ALL_WASI, &[]).run(&executor(1)).await, exited(0));
+    }
+
+    /// A real wasi-libc program (Rust std, `testdata/rustguest.rs`, built with
+    /// `cargo build --release --target wasm32-wasip1`): files, directories, seek, append,
+    /// rename, a 300-entry listing, links, sleep, clocks, env and an escape attempt.
+    #[tokio::test]
+    async fn a_rust_std_program_sees_the_mounts_as_on_bacalhau() {
+        let mut job = Job::new(EXIT3, &["one", "two"]);
+        let entry = job.dir.path().join("files/main.wasm");
+        std::fs::write(entry, include_bytes!("testdata/rustguest.wasm")).unwrap();
+        job.ctx.env.insert("GREETING".into(), "hi".into());
+        job.input_dir("/inputs", &[("x.csv", "a,b\n")], true);
+        let out = job.output("outputs", "/outputs");
+        std::fs::write(job.dir.path().join("secret"), "host").unwrap();
+        std::os::unix::fs::symlink("g.txt", out.join("link")).unwrap();
+        std::os::unix::fs::symlink(job.dir.path().join("secret"), out.join("abs")).unwrap();
+        let outcome = job.run(&executor(1)).await;
+        let stdout = job.stdout();
+        println!("{stdout}");
+        println!("{}", std::fs::read_to_string(&job.ctx.stderr_path).unwrap());
+        assert_eq!(outcome, exited(7));
+        let want = [
+            r#"args=["one", "two"]"#,
+            r#"root=["inputs", "main.wasm", "outputs"]"#,
+            r#"input="a,b\n""#,
+            "len=4 file=true",
+            "ro=Some(69)",
+            r#"seek-read="world""#,
+            r#"after="hello world!""#,
+            "listed=300",
+            r#"via-link="hello world!""#,
+            r#"readlink="g.txt""#,
+            "abs-link=Err(Some(63))",
+            "slept>=20ms=true",
+            "realtime-sane=true",
+            r#"env=Ok("hi")"#,
+            "escape=Err(NotFound)",
+        ];
+        assert_eq!(stdout.lines().collect::<Vec<_>>(), want);
+        assert_eq!(
+            std::fs::read_to_string(out.join("g.txt")).unwrap(),
+            "hello world!"
+        );
+    }
+
+    #[tokio::test]
+    async fn exit_codes_from_126_on_are_a_trap_as_in_wasi_common() {
+        let wat = |code: u32| {
+            format!(
+                r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                   (memory (export "memory") 1)
+                   (func (export "_start") (call $exit (i32.const {code}))))"#
+            )
+        };
+        let exec = executor(1);
+        assert_eq!(Job::new(&wat(125), &[]).run(&exec).await, exited(125));
+        assert_eq!(Job::new(&wat(126), &[]).run(&exec).await, exited(1));
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The `cod-wasm-N` worker threads, and one run from its context to its outcome.
 //!
-//! Each worker owns a WASI-ready `Linker` (cloned per run, cheaper than defining the ~45 WASI
+//! Each worker owns a WASI-ready `Linker` (cloned per run, cheaper than defining the 46 WASI
 //! functions again) and shares the executor's `Engine`. Everything of a run (store, instances,
 //! open files) lives and dies on the worker's stack, so nothing of it reaches the async side.
 //!
@@ -16,13 +16,12 @@ use tokio::sync::{mpsc, oneshot};
 use wasmi::errors::ErrorKind;
 use wasmi::{Engine, Func, Linker, ResourceLimiter, ResumableCall, Store, StoreLimits};
 use wasmi_core::LimiterError;
-use wasmi_wasi::wasi_common::sync::{clocks_ctx, random_ctx};
-use wasmi_wasi::wasi_common::{Table, WasiCtx};
 
-use super::fs::{MountDir, MountTable};
-use super::interrupt::{Interrupt, InterruptibleSched};
+use super::fs::MountTable;
+use super::interrupt::{Interrupt, Sleeper};
 use super::link::{LoadError, Loader, Role};
 use super::stdio::CappedOutput;
+use super::wasi::{self, WasiCtx};
 use crate::executor::{FailureReason, RunContext, RunOutcome};
 use crate::model::{EngineSpec, WasmParams};
 
@@ -222,8 +221,7 @@ pub(super) fn spawn(
         .name(format!("cod-wasm-{index}"))
         .spawn(move || {
             let mut linker = Linker::new(&engine);
-            if let Err(e) = wasmi_wasi::add_to_linker(&mut linker, |host: &mut Host| &mut host.wasi)
-            {
+            if let Err(e) = wasi::add_to_linker(&mut linker) {
                 tracing::error!(worker = index, error = %e, "wasm worker cannot define WASI, stopping");
                 return;
             }
@@ -310,13 +308,24 @@ impl Worker {
             Ok(f) => f,
             Err(e) => return setup(format!("cannot create {}: {e}", ctx.stderr_path.display())),
         };
-        let sched = InterruptibleSched {
+        let sleeper = Sleeper {
             interrupt: Arc::clone(interrupt),
             deadline,
         };
-        let wasi = match wasi_ctx(params, ctx, stdout, stderr, &mounts, sched) {
+        let args: Vec<String> = std::iter::once(String::new())
+            .chain(params.parameters.iter().cloned())
+            .collect();
+        // `ctx.env` is a BTreeMap, so already sorted, as Bacalhau sorts it.
+        let wasi = match WasiCtx::new(
+            &args,
+            &ctx.env,
+            stdout,
+            stderr,
+            Arc::clone(&mounts),
+            sleeper,
+        ) {
             Ok(wasi) => wasi,
-            Err(m) => return setup(m),
+            Err(e) => return setup(e.to_string()),
         };
         let mut store = Store::new(
             &self.engine,
@@ -437,31 +446,4 @@ fn is_program_error(error: &wasmi::Error) -> bool {
             | ErrorKind::UserLimits(_)
             | ErrorKind::Ir(_)
     )
-}
-
-/// The WASI context of a run: argv `["", Parameters…]`, the env in key order, empty stdin,
-/// capped stdout/stderr, and the mount table as the one preopen `/`. No sockets are preopened.
-fn wasi_ctx(
-    params: &WasmParams,
-    ctx: &RunContext,
-    stdout: CappedOutput,
-    stderr: CappedOutput,
-    mounts: &Arc<MountTable>,
-    sched: InterruptibleSched,
-) -> Result<WasiCtx, String> {
-    let mut wasi = WasiCtx::new(random_ctx(), clocks_ctx(), Box::new(sched), Table::new());
-    let too_big = |e| format!("arguments and environment exceed WASI's limits: {e}");
-    wasi.push_arg("").map_err(too_big)?;
-    for arg in &params.parameters {
-        wasi.push_arg(arg).map_err(too_big)?;
-    }
-    // A BTreeMap, so already sorted, as Bacalhau sorts it.
-    for (key, value) in &ctx.env {
-        wasi.push_env(key, value).map_err(too_big)?;
-    }
-    wasi.set_stdout(Box::new(stdout));
-    wasi.set_stderr(Box::new(stderr));
-    wasi.push_preopened_dir(Box::new(MountDir::root(Arc::clone(mounts))), "/")
-        .map_err(|e| format!("cannot preopen the mount table at /: {e}"))?;
-    Ok(wasi)
 }
