@@ -79,6 +79,8 @@ pub mod model;
 pub mod node;
 #[cfg(feature = "executor-oci")]
 pub mod oci;
+// Only an orchestrator runs it: edge compute builds leave it (and its API routes) out.
+#[cfg(feature = "orchestrator")]
 pub mod orchestrator;
 pub mod outbox;
 pub mod publisher;

@@ -25,6 +25,7 @@ pub(super) async fn scrape(State(shared): State<AppState>) -> Response {
     let mut e = Encoder::new();
     metrics::render_common(&mut e);
     let mut outboxes: Vec<OutboxGauges> = Vec::new();
+    #[cfg(feature = "orchestrator")]
     if let Some(o) = &state.orchestrator {
         match o.metrics().await {
             Ok(g) => {
