@@ -1500,7 +1500,25 @@ fn total_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NodeId;
+
+    #[test]
+    #[cfg(not(feature = "orchestrator"))]
+    fn a_build_without_the_orchestrator_refuses_the_role_and_says_what_to_run() {
+        let hybrid = Config::default();
+        let e = hybrid
+            .resolve()
+            .expect_err("a hybrid node needs the orchestrator");
+        let text = e.to_string();
+        assert!(text.starts_with("Roles = \"orchestrator\""), "{text}");
+        assert!(text.contains("--compute --orchestrators"), "{text}");
+        let mut compute = Config::default();
+        compute.roles.orchestrator = false;
+        compute.transport.orchestrators = vec!["/ip4/127.0.0.1/tcp/1235".into()];
+        compute.orchestrator.default_memory = "128MiB".into();
+        let r = compute.resolve().expect("a compute node resolves");
+        // A compute node sizes executions that state no resources with the orchestrator's defaults.
+        assert_eq!(r.job_defaults.memory, 128 << 20);
+    }
 
     #[test]
     fn file_then_env_override_defaults() {
@@ -1739,6 +1757,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "orchestrator")]
     fn node_lost_after_defaults_to_ten_minutes_and_must_be_positive() {
         let resolved = Config::default().resolve().expect("defaults");
         assert_eq!(
@@ -1791,6 +1810,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "orchestrator")]
     fn join_tokens_come_from_the_value_or_a_file_and_never_show() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");
@@ -1800,7 +1820,10 @@ mod tests {
         c.compute.auth.token = Secret::new("from-the-value-0123456789");
         let r = c.resolve().expect("valid");
         let policy = r.orchestrator.admission;
-        let (node, orch) = (NodeId::from("n".to_owned()), NodeId::from("o".to_owned()));
+        let (node, orch) = (
+            crate::model::NodeId::from("n".to_owned()),
+            crate::model::NodeId::from("o".to_owned()),
+        );
         let file_token =
             crate::transport::JoinToken::new("from-the-file-0123456789").expect("token");
         let proof = file_token.prove(&node, &orch);
@@ -1847,6 +1870,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "orchestrator")]
     fn allowed_nodes_must_be_peer_ids_and_require_token_needs_a_way_in() {
         let mut c = Config::default();
         c.orchestrator.auth.allowed_nodes = vec!["not-a-peer-id".into()];

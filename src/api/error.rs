@@ -141,7 +141,8 @@ impl From<OrchestratorError> for HttpError {
     }
 }
 
-#[cfg(test)]
+// The orchestrator's errors as clients see them.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use super::*;
     use crate::model::{FieldError, ValidationErrors};

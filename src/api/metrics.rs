@@ -64,7 +64,8 @@ fn failed(err: &dyn std::error::Error) -> Response {
     .into_response()
 }
 
-#[cfg(test)]
+// They drive the API through a real orchestrator (testing.rs) or test its errors.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use crate::api::testing::TestServer;
 

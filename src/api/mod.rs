@@ -30,7 +30,8 @@ mod metrics;
 #[cfg(feature = "orchestrator")]
 mod nodes;
 pub(crate) mod request;
-#[cfg(test)]
+// A real orchestrator behind the API, for the tests of every endpoint group.
+#[cfg(all(test, feature = "orchestrator"))]
 mod testing;
 pub mod tls;
 
@@ -227,7 +228,8 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     .with_hint("the server may be older than the client; check the versions of both")
 }
 
-#[cfg(test)]
+// They drive the API through a real orchestrator (testing.rs) or test its errors.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use serde_json::{Value, json};
 
