@@ -1011,8 +1011,12 @@ fn bytes(key: &'static str, value: &str) -> Result<u64, ConfigError> {
 pub struct Resolved {
     /// The config as given (for `cod config show` and `/agent/config`).
     pub raw: Config,
-    /// Orchestrator part.
+    /// Orchestrator part (only a build with the `orchestrator` feature has one).
+    #[cfg(feature = "orchestrator")]
     pub orchestrator: crate::orchestrator::Config,
+    /// Resources for tasks that state none (`Orchestrator.DefaultCPU`/`DefaultMemory`): the orchestrator
+    /// schedules with them and a compute node reserves them.
+    pub job_defaults: crate::model::resources::JobDefaults,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Capacity for jobs.
@@ -1071,6 +1075,7 @@ impl Config {
                 reason: "a node needs at least one role".into(),
             });
         }
+        self.roles_built()?;
         if self.roles.compute && !self.roles.orchestrator && self.transport.orchestrators.is_empty()
         {
             return Err(ConfigError::Invalid {
@@ -1080,55 +1085,9 @@ impl Config {
                 reason: "a compute-only node needs --orchestrators <multiaddr>".into(),
             });
         }
-        let o = &self.orchestrator;
-        let default_cpu =
-            resources::parse_cpu(&o.default_cpu).map_err(|e| ConfigError::Invalid {
-                key: "Orchestrator.DefaultCPU",
-                value: o.default_cpu.clone(),
-                source_name: "configuration".into(),
-                reason: e.to_string(),
-            })?;
-        let node_lost_after = duration("Orchestrator.NodeLostAfter", &o.node_lost_after)?;
-        if node_lost_after.is_zero() {
-            return Err(ConfigError::Invalid {
-                key: "Orchestrator.NodeLostAfter",
-                value: o.node_lost_after.clone(),
-                source_name: "configuration".into(),
-                reason:
-                    "must be longer than zero (a node is lost after being disconnected this long)"
-                        .into(),
-            });
-        }
-        let orchestrator = crate::orchestrator::Config {
-            auto_approve: !o.manual_approval,
-            disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
-            node_lost_after,
-            // Disconnects and losses are noticed on housekeeping ticks, so tick at least twice per timeout.
-            housekeeping_interval: duration(
-                "Orchestrator.HousekeepingInterval",
-                &o.housekeeping_interval,
-            )?
-            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2)
-            .min(node_lost_after / 2),
-            queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
-            over_subscription: if o.over_subscription_factor.is_finite()
-                && (1.0..=100.0).contains(&o.over_subscription_factor)
-            {
-                o.over_subscription_factor
-            } else {
-                return Err(ConfigError::Invalid {
-                    key: "Orchestrator.OverSubscriptionFactor",
-                    value: o.over_subscription_factor.to_string(),
-                    source_name: "configuration".into(),
-                    reason: "must be a number from 1 (no over-subscription) to 100".into(),
-                });
-            },
-            job_defaults: crate::model::resources::JobDefaults {
-                cpu: default_cpu,
-                memory: bytes("Orchestrator.DefaultMemory", &o.default_memory)?,
-            },
-            admission: self.admission_policy()?,
-        };
+        let job_defaults = self.job_defaults()?;
+        #[cfg(feature = "orchestrator")]
+        let orchestrator = self.orchestrator_settings(job_defaults)?;
         let s3 = &self.s3;
         if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
             return Err(ConfigError::Invalid {
@@ -1200,7 +1159,9 @@ impl Config {
         };
         Ok(Resolved {
             raw: self.clone(),
+            #[cfg(feature = "orchestrator")]
             orchestrator,
+            job_defaults,
             heartbeat_interval: duration("Compute.HeartbeatInterval", &c.heartbeat_interval)?,
             capacity: Resources {
                 cpu,
@@ -1367,7 +1328,101 @@ impl Config {
         })
     }
 
+    /// Refuses a role this binary was built without, before anything starts. An edge build has no
+    /// orchestrator, and `cod serve` with no role flags asks for both roles, so the message says how to run it.
+    fn roles_built(&self) -> Result<(), ConfigError> {
+        let missing = if self.roles.orchestrator && !cfg!(feature = "orchestrator") {
+            Some((
+                "orchestrator",
+                "this cod is a compute-only (edge) build, without the `orchestrator` feature: run it with \
+                 --compute --orchestrators <multiaddr>, and run the orchestrator with a full cod build",
+            ))
+        } else if self.roles.compute && !cfg!(feature = "compute") {
+            Some((
+                "compute",
+                "this cod was built without the `compute` feature: run it with --orchestrator, and run \
+                 compute nodes with a build that has it",
+            ))
+        } else {
+            None
+        };
+        match missing {
+            Some((role, reason)) => Err(ConfigError::Invalid {
+                key: "Roles",
+                value: role.into(),
+                source_name: "configuration".into(),
+                reason: reason.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `Orchestrator.DefaultCPU` and `DefaultMemory`: the resources of a task that states none. Resolved in
+    /// every build, because a compute node sizes such executions with them too.
+    fn job_defaults(&self) -> Result<crate::model::resources::JobDefaults, ConfigError> {
+        let o = &self.orchestrator;
+        let cpu = resources::parse_cpu(&o.default_cpu).map_err(|e| ConfigError::Invalid {
+            key: "Orchestrator.DefaultCPU",
+            value: o.default_cpu.clone(),
+            source_name: "configuration".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(crate::model::resources::JobDefaults {
+            cpu,
+            memory: bytes("Orchestrator.DefaultMemory", &o.default_memory)?,
+        })
+    }
+
+    /// The rest of `Orchestrator.*` checked and converted. Only a build with the orchestrator checks it: an
+    /// edge build refuses the role (see [`Config::resolve`]) and ignores the keys.
+    #[cfg(feature = "orchestrator")]
+    fn orchestrator_settings(
+        &self,
+        job_defaults: crate::model::resources::JobDefaults,
+    ) -> Result<crate::orchestrator::Config, ConfigError> {
+        let o = &self.orchestrator;
+        let node_lost_after = duration("Orchestrator.NodeLostAfter", &o.node_lost_after)?;
+        if node_lost_after.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "Orchestrator.NodeLostAfter",
+                value: o.node_lost_after.clone(),
+                source_name: "configuration".into(),
+                reason:
+                    "must be longer than zero (a node is lost after being disconnected this long)"
+                        .into(),
+            });
+        }
+        Ok(crate::orchestrator::Config {
+            auto_approve: !o.manual_approval,
+            disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
+            node_lost_after,
+            // Disconnects and losses are noticed on housekeeping ticks, so tick at least twice per timeout.
+            housekeeping_interval: duration(
+                "Orchestrator.HousekeepingInterval",
+                &o.housekeeping_interval,
+            )?
+            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2)
+            .min(node_lost_after / 2),
+            queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
+            over_subscription: if o.over_subscription_factor.is_finite()
+                && (1.0..=100.0).contains(&o.over_subscription_factor)
+            {
+                o.over_subscription_factor
+            } else {
+                return Err(ConfigError::Invalid {
+                    key: "Orchestrator.OverSubscriptionFactor",
+                    value: o.over_subscription_factor.to_string(),
+                    source_name: "configuration".into(),
+                    reason: "must be a number from 1 (no over-subscription) to 100".into(),
+                });
+            },
+            job_defaults,
+            admission: self.admission_policy()?,
+        })
+    }
+
     /// `Orchestrator.Auth` checked and converted.
+    #[cfg(feature = "orchestrator")]
     fn admission_policy(&self) -> Result<crate::orchestrator::admission::Policy, ConfigError> {
         let a = &self.orchestrator.auth;
         let token = join_token("Orchestrator.Auth.Token", &a.token, &a.token_file)?;
@@ -1445,7 +1500,25 @@ fn total_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NodeId;
+
+    #[test]
+    #[cfg(not(feature = "orchestrator"))]
+    fn a_build_without_the_orchestrator_refuses_the_role_and_says_what_to_run() {
+        let hybrid = Config::default();
+        let e = hybrid
+            .resolve()
+            .expect_err("a hybrid node needs the orchestrator");
+        let text = e.to_string();
+        assert!(text.starts_with("Roles = \"orchestrator\""), "{text}");
+        assert!(text.contains("--compute --orchestrators"), "{text}");
+        let mut compute = Config::default();
+        compute.roles.orchestrator = false;
+        compute.transport.orchestrators = vec!["/ip4/127.0.0.1/tcp/1235".into()];
+        compute.orchestrator.default_memory = "128MiB".into();
+        let r = compute.resolve().expect("a compute node resolves");
+        // A compute node sizes executions that state no resources with the orchestrator's defaults.
+        assert_eq!(r.job_defaults.memory, 128 << 20);
+    }
 
     #[test]
     fn file_then_env_override_defaults() {
@@ -1684,6 +1757,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "orchestrator")]
     fn node_lost_after_defaults_to_ten_minutes_and_must_be_positive() {
         let resolved = Config::default().resolve().expect("defaults");
         assert_eq!(
@@ -1736,6 +1810,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "orchestrator")]
     fn join_tokens_come_from_the_value_or_a_file_and_never_show() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");
@@ -1745,7 +1820,10 @@ mod tests {
         c.compute.auth.token = Secret::new("from-the-value-0123456789");
         let r = c.resolve().expect("valid");
         let policy = r.orchestrator.admission;
-        let (node, orch) = (NodeId::from("n".to_owned()), NodeId::from("o".to_owned()));
+        let (node, orch) = (
+            crate::model::NodeId::from("n".to_owned()),
+            crate::model::NodeId::from("o".to_owned()),
+        );
         let file_token =
             crate::transport::JoinToken::new("from-the-file-0123456789").expect("token");
         let proof = file_token.prove(&node, &orch);
@@ -1792,6 +1870,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "orchestrator")]
     fn allowed_nodes_must_be_peer_ids_and_require_token_needs_a_way_in() {
         let mut c = Config::default();
         c.orchestrator.auth.allowed_nodes = vec!["not-a-peer-id".into()];

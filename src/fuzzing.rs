@@ -21,7 +21,7 @@ pub fn job_spec_text(text: &str) -> bool {
 /// orchestrator does before storing it and what a compute node does when it bids. Returns the job when it
 /// passed validation.
 pub fn api_job_body(content_type: &str, body: &[u8]) -> Option<Job> {
-    let body = crate::api::request::Body::new(content_type, Bytes::copy_from_slice(body));
+    let body = crate::api::extract::Body::new(content_type, Bytes::copy_from_slice(body));
     let (mut job, _force) = crate::api::jobs::submitted_job(&body).ok()?;
     spec::normalize_legacy_wasm(&mut job);
     validate::validate_submission(&job).ok()?;

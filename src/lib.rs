@@ -9,7 +9,8 @@
 //! - `s3` (feature `storage-s3`): S3 addressing, SigV4 signing and requests, shared by the `s3` source, the
 //!   `s3` publisher and the orchestrator's pre-signed result URLs (as `oci` serves the docker engine).
 //! - [`outbox`]: durable, acknowledged, sequence-numbered messages between the two roles.
-//! - [`orchestrator`]: job intake, scheduling, node registry, execution tracking.
+//! - `orchestrator` (feature `orchestrator`; edge builds leave it out): job intake, scheduling, node registry,
+//!   execution tracking, and the API's `/api/v1/orchestrator/*` endpoints that serve them.
 //! - [`compute`]: bidding, the execution state machine, the run loop (inputs → executor → publisher), and
 //!   the node's input cache (by content id) and result cache (opt-in reuse of finished results).
 //! - [`gpu`]: finding the node's NVIDIA GPUs (NVML with feature `gpu`, `nvidia-smi`, procfs, Tegra), advertising
@@ -22,7 +23,7 @@
 //! - [`cli`]: the `cod` command line.
 //!
 //! # The path of a job
-//! `PUT /api/v1/orchestrator/jobs` → [`api`] → [`orchestrator`] validates, stores job + evaluation + history in
+//! `PUT /api/v1/orchestrator/jobs` → [`api`] → `orchestrator` validates, stores job + evaluation + history in
 //! one transaction, schedules executions on ranked nodes and writes `AskForBid` messages to its durable outbox
 //! → [`transport`] → [`compute`] bids, stores the execution, reuses a kept result if the job opted in, else
 //! prepares inputs ([`storage`], through the input cache), runs it ([`executor`]), publishes the result
@@ -79,6 +80,8 @@ pub mod model;
 pub mod node;
 #[cfg(feature = "executor-oci")]
 pub mod oci;
+// Only an orchestrator runs it: edge compute builds leave it (and its API routes) out.
+#[cfg(feature = "orchestrator")]
 pub mod orchestrator;
 pub mod outbox;
 pub mod publisher;

@@ -86,7 +86,8 @@ pub(super) async fn requester_gone() -> HttpError {
     .with_hint("upgrade the client to Bacalhau v1.4 or later, or use the cod CLI")
 }
 
-#[cfg(test)]
+// They drive the API through a real orchestrator (testing.rs) or test its errors.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use serde_json::json;
 

@@ -217,7 +217,8 @@ async fn authconfig() -> Json<Value> {
     Json(json!({"Version": "1.0.0", "Config": {}}))
 }
 
-#[cfg(test)]
+// They drive the API through a real orchestrator (testing.rs) or test its errors.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use super::*;
 

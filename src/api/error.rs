@@ -11,12 +11,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+#[cfg(feature = "orchestrator")]
 use crate::errors::chain;
+#[cfg(feature = "orchestrator")]
 use crate::orchestrator::OrchestratorError;
 
 /// Component named in errors about the request itself (Bacalhau's name for its HTTP layer).
 const API_SERVER: &str = "APIServer";
 /// Component named in errors the orchestrator returned.
+#[cfg(feature = "orchestrator")]
 const ORCHESTRATOR: &str = "Orchestrator";
 
 /// An error response. [`request::context`](super::request::context) fills in `RequestID` once the response
@@ -47,6 +50,7 @@ impl HttpError {
     }
 
     /// 400 `BadRequest`: the request is malformed (a query value, a body that does not decode).
+    #[cfg(feature = "orchestrator")]
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
@@ -63,6 +67,7 @@ impl HttpError {
     }
 
     /// The human message.
+    #[cfg(feature = "orchestrator")]
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
@@ -95,6 +100,7 @@ impl IntoResponse for HttpError {
     }
 }
 
+#[cfg(feature = "orchestrator")]
 impl From<OrchestratorError> for HttpError {
     fn from(e: OrchestratorError) -> Self {
         let (status, code) = match &e {
@@ -135,7 +141,8 @@ impl From<OrchestratorError> for HttpError {
     }
 }
 
-#[cfg(test)]
+// The orchestrator's errors as clients see them.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use super::*;
     use crate::model::{FieldError, ValidationErrors};

@@ -14,7 +14,7 @@ use crate::orchestrator::{HistoryFilter, HistoryPage};
 
 use super::AppState;
 use super::error::HttpError;
-use super::request::{Body, Orch, Params, PathId, client_older_than, page};
+use super::extract::{Body, Orch, Params, PathId, client_older_than, page};
 
 /// Body of `PUT`/`POST /jobs`. Other keys the clients send (`Namespace`, `IdempotencyToken`, `Credential`,
 /// and their lower-case Python spellings) are ignored, as Bacalhau ignores them.

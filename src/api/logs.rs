@@ -31,7 +31,7 @@ use crate::orchestrator::{Orchestrator, OrchestratorError};
 
 use super::AppState;
 use super::error::HttpError;
-use super::request::{Orch, Params, PathId};
+use super::extract::{Orch, Params, PathId};
 
 /// `Type` of stdout lines.
 const STDOUT: u8 = 1;

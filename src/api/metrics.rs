@@ -25,6 +25,7 @@ pub(super) async fn scrape(State(shared): State<AppState>) -> Response {
     let mut e = Encoder::new();
     metrics::render_common(&mut e);
     let mut outboxes: Vec<OutboxGauges> = Vec::new();
+    #[cfg(feature = "orchestrator")]
     if let Some(o) = &state.orchestrator {
         match o.metrics().await {
             Ok(g) => {
@@ -63,7 +64,8 @@ fn failed(err: &dyn std::error::Error) -> Response {
     .into_response()
 }
 
-#[cfg(test)]
+// They drive the API through a real orchestrator (testing.rs) or test its errors.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use crate::api::testing::TestServer;
 

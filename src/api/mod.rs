@@ -18,12 +18,20 @@
 mod agent;
 mod auth;
 mod error;
+// The orchestrator's endpoints and their extractors: only a build with the orchestrator has them. Without it
+// every `/api/v1/orchestrator/*` path answers 404 "not an orchestrator" ([`not_an_orchestrator`]).
+#[cfg(feature = "orchestrator")]
+pub(crate) mod extract;
+#[cfg(feature = "orchestrator")]
 pub(crate) mod jobs;
+#[cfg(feature = "orchestrator")]
 mod logs;
 mod metrics;
+#[cfg(feature = "orchestrator")]
 mod nodes;
 pub(crate) mod request;
-#[cfg(test)]
+// A real orchestrator behind the API, for the tests of every endpoint group.
+#[cfg(all(test, feature = "orchestrator"))]
 mod testing;
 pub mod tls;
 
@@ -39,6 +47,7 @@ use tracing::info;
 
 use crate::compute::Compute;
 use crate::model::NodeInfo;
+#[cfg(feature = "orchestrator")]
 use crate::orchestrator::Orchestrator;
 
 use error::HttpError;
@@ -49,6 +58,7 @@ const BODY_LIMIT: usize = 10 * 1024 * 1024;
 /// What the API serves from. Built by the node's composition root.
 pub struct ApiState {
     /// The orchestrator, when this node is one; `/api/v1/orchestrator/*` answers 404 without it.
+    #[cfg(feature = "orchestrator")]
     pub orchestrator: Option<Orchestrator>,
     /// The compute side, when this node is one.
     pub compute: Option<Compute>,
@@ -61,15 +71,16 @@ pub struct ApiState {
     /// Whether `GET /metrics` is served (`Metrics.Enabled`).
     pub metrics: bool,
     /// Signs `s3` results for `GET …/jobs/{id}/results`; `None` when `PreSignedURLDisabled`.
-    #[cfg(feature = "storage-s3")]
+    #[cfg(all(feature = "orchestrator", feature = "storage-s3"))]
     pub result_signer: Option<crate::s3::ResultSigner>,
 }
 
 impl fmt::Debug for ApiState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiState")
-            .field("orchestrator", &self.orchestrator.is_some())
-            .field("compute", &self.compute.is_some())
+        let mut d = f.debug_struct("ApiState");
+        #[cfg(feature = "orchestrator")]
+        d.field("orchestrator", &self.orchestrator.is_some());
+        d.field("compute", &self.compute.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +104,8 @@ pub enum ApiError {
 #[derive(Debug)]
 struct Shared {
     state: ApiState,
+    /// Only the orchestrator's log streams are long-lived; a compute node's API has none to end.
+    #[cfg(feature = "orchestrator")]
     shutdown: CancellationToken,
 }
 
@@ -140,21 +153,14 @@ pub fn router(state: ApiState) -> Router {
 }
 
 fn build(state: ApiState, shutdown: CancellationToken) -> Router {
-    let shared: AppState = Arc::new(Shared { state, shutdown });
-    let orchestrator = Router::new()
-        .route(
-            "/jobs",
-            get(jobs::list).put(jobs::submit).post(jobs::submit),
-        )
-        .route("/jobs/{id}", get(jobs::get).delete(jobs::stop))
-        .route("/jobs/{id}/history", get(jobs::history))
-        .route("/jobs/{id}/executions", get(jobs::executions))
-        .route("/jobs/{id}/results", get(jobs::results))
-        .route("/jobs/{id}/logs", get(logs::logs))
-        .route("/nodes", get(nodes::list).post(nodes::update_from_body))
-        .route("/nodes/{id}", get(nodes::get).put(nodes::update));
-    Router::new()
-        .nest("/api/v1/orchestrator", orchestrator)
+    #[cfg(not(feature = "orchestrator"))]
+    let _ = shutdown;
+    let shared: AppState = Arc::new(Shared {
+        state,
+        #[cfg(feature = "orchestrator")]
+        shutdown,
+    });
+    with_orchestrator_routes(Router::new())
         .merge(agent::routes())
         .merge(auth::routes())
         .route("/metrics", get(metrics::scrape))
@@ -173,6 +179,41 @@ fn build(state: ApiState, shutdown: CancellationToken) -> Router {
         .with_state(shared)
 }
 
+#[cfg(feature = "orchestrator")]
+fn with_orchestrator_routes(router: Router<AppState>) -> Router<AppState> {
+    let orchestrator = Router::new()
+        .route(
+            "/jobs",
+            get(jobs::list).put(jobs::submit).post(jobs::submit),
+        )
+        .route("/jobs/{id}", get(jobs::get).delete(jobs::stop))
+        .route("/jobs/{id}/history", get(jobs::history))
+        .route("/jobs/{id}/executions", get(jobs::executions))
+        .route("/jobs/{id}/results", get(jobs::results))
+        .route("/jobs/{id}/logs", get(logs::logs))
+        .route("/nodes", get(nodes::list).post(nodes::update_from_body))
+        .route("/nodes/{id}", get(nodes::get).put(nodes::update));
+    router.nest("/api/v1/orchestrator", orchestrator)
+}
+
+/// A build without the orchestrator answers every orchestrator path as a compute-only node of a full build
+/// does (see `extract::Orch`), so clients get the same 404 whichever binary the node runs.
+#[cfg(not(feature = "orchestrator"))]
+fn with_orchestrator_routes(router: Router<AppState>) -> Router<AppState> {
+    async fn refuse() -> HttpError {
+        not_an_orchestrator()
+    }
+    router
+        .route("/api/v1/orchestrator", any(refuse))
+        .route("/api/v1/orchestrator/{*rest}", any(refuse))
+}
+
+/// The 404 for an orchestrator endpoint on a node that is not one.
+pub(crate) fn not_an_orchestrator() -> HttpError {
+    HttpError::not_found("this node is not an orchestrator")
+        .with_hint("send job and node requests to an orchestrator's API (cod serve --orchestrator)")
+}
+
 async fn unknown_route(uri: axum::http::Uri) -> HttpError {
     HttpError::not_found(format!("no endpoint {}", uri.path()))
         .with_hint("the server may be older than the client; check the versions of both")
@@ -187,7 +228,8 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     .with_hint("the server may be older than the client; check the versions of both")
 }
 
-#[cfg(test)]
+// They drive the API through a real orchestrator (testing.rs) or test its errors.
+#[cfg(all(test, feature = "orchestrator"))]
 mod tests {
     use serde_json::{Value, json};
 

@@ -15,7 +15,7 @@ use crate::model::{NodeConnection, NodeMembership, NodeState, NodeType};
 use crate::orchestrator::{NodeAction, Orchestrator};
 
 use super::error::HttpError;
-use super::request::{Body, Orch, Params, PathId, page};
+use super::extract::{Body, Orch, Params, PathId, page};
 
 #[derive(Debug, Serialize)]
 pub(super) struct ListNodesResponse {

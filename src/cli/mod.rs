@@ -19,6 +19,8 @@ pub mod client;
 pub mod client_config;
 pub mod docker;
 pub mod docs;
+// Sized for an orchestrator's fleet of connections; a compute node keeps a handful.
+#[cfg(feature = "orchestrator")]
 pub mod fd_limit;
 pub mod input;
 #[cfg(feature = "ipfs")]

@@ -258,6 +258,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Checked here too (the node builds the users again) so a bad user is a usage error (exit 64).
     crate::auth::Authenticator::from_config(&config.api.auth)
         .map_err(|e| UsageError::new(e.to_string()))?;
+    #[cfg(feature = "orchestrator")]
     if config.roles.orchestrator {
         super::fd_limit::raise_for_orchestrator();
     }

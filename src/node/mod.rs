@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState};
 use crate::compute::{self, Compute};
 use crate::config::Resolved;
+#[cfg(feature = "orchestrator")]
 use crate::orchestrator::Orchestrator;
 use crate::store::{self, Store};
 use crate::transport;
@@ -37,6 +38,7 @@ pub enum NodeError {
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
     /// The orchestrator.
+    #[cfg(feature = "orchestrator")]
     #[error(transparent)]
     Orchestrator(#[from] crate::orchestrator::OrchestratorError),
     /// The compute role.
@@ -95,17 +97,8 @@ pub async fn start(
     ready_file: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<Node, NodeError> {
+    // `Config::resolve` has refused any role this build lacks, so `roles.orchestrator` implies the feature.
     let raw = &config.raw;
-    if raw.roles.orchestrator && !cfg!(feature = "orchestrator") {
-        return Err(NodeError::Config(
-            "this cod was built without the `orchestrator` feature; run it with --compute".into(),
-        ));
-    }
-    if raw.roles.compute && !cfg!(feature = "compute") {
-        return Err(NodeError::Config(
-            "this cod was built without the `compute` feature; run it with --orchestrator".into(),
-        ));
-    }
     let mut tasks = JoinSet::new();
     let store = Store::open(
         &raw.data_dir.join("state"),
@@ -155,6 +148,7 @@ pub async fn start(
     info!(listen = ?p2p, "transport started");
 
     let mut main_events = Some(events);
+    #[cfg(feature = "orchestrator")]
     let orchestrator = if raw.roles.orchestrator {
         let events = main_events
             .take()
@@ -230,7 +224,7 @@ pub async fn start(
             max_output_bytes: config.max_output_bytes,
             max_result_bytes: config.max_output_size_bytes,
             default_timeout: config.default_timeout,
-            job_defaults: config.orchestrator.job_defaults,
+            job_defaults: config.job_defaults,
             address: raw.compute.publisher_address.clone(),
             policy: config.policy.clone(),
             gpus,
@@ -293,7 +287,7 @@ pub async fn start(
         info.listen_addresses.clone_from(&listen_addresses);
         info
     });
-    #[cfg(feature = "storage-s3")]
+    #[cfg(all(feature = "orchestrator", feature = "storage-s3"))]
     let result_signer = match (&orchestrator, config.s3_presign_expiry) {
         (Some(_), Some(expiry)) => Some(crate::s3::ResultSigner::new(
             backends::s3_client(&config)?,
@@ -302,13 +296,14 @@ pub async fn start(
         _ => None,
     };
     let state = ApiState {
+        #[cfg(feature = "orchestrator")]
         orchestrator,
         compute,
         node_info,
         config: serde_json::to_value(raw).unwrap_or_default(),
         auth,
         metrics: raw.metrics.enabled,
-        #[cfg(feature = "storage-s3")]
+        #[cfg(all(feature = "orchestrator", feature = "storage-s3"))]
         result_signer,
     };
     let api_shutdown = shutdown.child_token();

@@ -12,7 +12,12 @@ mod data;
 #[cfg(feature = "executor-oci")]
 mod docker;
 mod durability;
+// Only in a build without the orchestrator: the edge flavor's own behaviour.
+#[cfg(not(feature = "orchestrator"))]
+mod edge;
 mod fixtures;
+// The simulated fleet raises the open-file limit through the orchestrator's cli::fd_limit.
+#[cfg(feature = "orchestrator")]
 mod fleet;
 mod gpu;
 #[cfg(feature = "executor-oci")]
