@@ -19,16 +19,14 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::Boxed;
+use libp2p::core::transport::{self, Boxed};
 use libp2p::core::upgrade;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, identify, noise, ping, tcp, yamux,
-};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, identify, noise, ping, yamux};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +35,7 @@ use tracing::{debug, error, info, trace, warn};
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use super::client::{Command, Origin};
 use super::refusals::{Refusals, Report};
+use super::tcp;
 use super::{
     Client, Config, Event, Identity, JoinToken, Request, Response, Streams, SwarmKey,
     TransportError,
@@ -307,27 +306,6 @@ fn parse_tcp_addr(text: &str, allow_peer: bool) -> Result<Multiaddr, TransportEr
     }
 }
 
-/// Fails if another socket already listens on `addr`'s IPv4 address and port.
-///
-/// libp2p-tcp sets `SO_REUSEPORT` on its listeners, so a second `cod` on the same port would bind without
-/// error and the kernel would split connections between the two processes. A plain bind (std sets only
-/// `SO_REUSEADDR`, which tolerates TIME_WAIT leftovers but not a live listener) catches that first. Port 0
-/// needs no check, and IPv6 is skipped: std cannot make a v6-only probe socket, and a dual-stack probe would
-/// clash with unrelated IPv4 listeners.
-fn ensure_port_free(text: &str, addr: &Multiaddr) -> Result<(), TransportError> {
-    let mut parts = addr.iter();
-    if let (Some(Protocol::Ip4(ip)), Some(Protocol::Tcp(port))) = (parts.next(), parts.next())
-        && port != 0
-    {
-        // The probe is dropped at once; the window until libp2p binds is a few instructions at startup.
-        std::net::TcpListener::bind((ip, port)).map_err(|e| TransportError::Listen {
-            addr: text.to_owned(),
-            reason: e.to_string(),
-        })?;
-    }
-    Ok(())
-}
-
 /// Builds the swarm, starts listening, and wires the client, event stream and loop together.
 ///
 /// Must run inside a Tokio runtime: listening binds its sockets right away, so a taken port is reported here
@@ -383,11 +361,16 @@ pub(super) fn build(
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
 
+    // Our TCP transport binds inside `listen_on` without SO_REUSEPORT, so a port another process listens on
+    // (IPv4 or IPv6) fails here.
     for (text, addr) in config.listen.iter().zip(listen) {
-        ensure_port_free(text, &addr)?;
         swarm.listen_on(addr).map_err(|e| TransportError::Listen {
             addr: text.clone(),
-            reason: e.to_string(),
+            // libp2p's error prints nothing for `Other`; the io error is the reason.
+            reason: match e {
+                transport::TransportError::Other(io) => io.to_string(),
+                unsupported => unsupported.to_string(),
+            },
         })?;
     }
 
@@ -439,14 +422,14 @@ pub(super) fn build(
     Ok((client, event_rx, event_loop))
 }
 
-/// TCP + Noise + Yamux, as `SwarmBuilder::with_tcp` builds it, with the private-network handshake (pnet)
+/// TCP ([`tcp::Transport`]) + Noise + Yamux, as `SwarmBuilder::with_tcp` builds it, with the private-network handshake (pnet)
 /// between TCP and Noise when a swarm key is set. Boxed so both shapes are one type.
 fn tcp_transport(
     key: &libp2p::identity::Keypair,
     swarm_key: Option<SwarmKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let noise = noise::Config::new(key)?;
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp = tcp::Transport::default();
     Ok(match swarm_key {
         None => tcp
             .upgrade(upgrade::Version::V1Lazy)
@@ -1752,8 +1735,9 @@ mod tests {
             },
         )
         .expect_err("port taken");
+        // The reason is the OS's (libp2p prints nothing for a transport's own error).
         assert!(
-            matches!(&err, TransportError::Listen { addr: a, .. } if *a == port_addr),
+            matches!(&err, TransportError::Listen { addr: a, reason } if *a == port_addr && reason.contains("in use")),
             "{err}"
         );
         node.stop().await;

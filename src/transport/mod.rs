@@ -140,6 +140,7 @@ mod identity;
 mod inbound;
 mod refusals;
 mod stream;
+mod tcp;
 
 pub use client::Client;
 /// The frame reader, for the fuzz targets.
