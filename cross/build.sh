@@ -6,7 +6,8 @@
 #   cross/build.sh --gpu [TARGET]                      # glibc, dynamic (default x86_64-unknown-linux-gnu.2.28)
 #
 # TARGET: x86_64-unknown-linux-musl | aarch64-unknown-linux-musl | armv7-unknown-linux-musleabihf
-#   --edge    the compute-only flavor (no orchestrator): compute, executor-wasm, executor-oci, storage-url
+#   --edge    the compute-only flavor (no orchestrator): compute, executor-wasm, executor-oci, storage-url,
+#             storage-s3, ipfs
 #   --qemu    adds the `lmdb-posix-sem` feature, so LMDB works under qemu-user (which lacks get_robust_list)
 #   --gpu     the glibc flavor for GPU hosts: the default features plus `gpu` (NVML through nvml-wrapper), linked
 #             dynamically against glibc 2.28, because NVML is dlopen()ed, which a static musl binary cannot do.

@@ -70,16 +70,16 @@ MANWIDTH=100 man -l "$work/cod.1" 2>/dev/null | grep -q "cod wasm run" && ok "ma
 timing
 
 # === 2. static builds and the size budget ===
-# The issue's budget is 8 MiB. With the OCI engine linked (libcontainer, oci-client, pathrs, libseccomp) the
-# x86_64 edge build was 11.46 MiB; S3 and IPFS (which the budget includes) took it to 12.62 MiB, and the
-# security work (API auth and TLS serving, bcrypt, the join proof, the libp2p private network, compute policy)
-# to 13.17 MiB. CI holds the line at a 13.5 MiB ceiling, which fails on any further growth, and reports the
-# 8 MiB target without failing until the size work lands (cross/README.md, "Size").
-ceiling=$((27 * 1048576 / 2))
+# The issue's budget is 8 MiB. aarch64 meets it and is held to it: past 8 MiB this fails. x86_64 does not yet
+# (9.81 MiB: its .text is 2.1 MiB larger than aarch64's for the same code, and libcontainer, oci-client and
+# their full regex engine stay); CI holds it to a 10 MiB ceiling, which fails on any real growth, and prints
+# how far it is from the target (cross/README.md, "Size").
+budget=8388608
+x86_ceiling=$((10 * 1048576))
 target_report() {
   local size
   size="$(stat -c %s "$1")"
-  if ((size > 8388608)); then
+  if ((size > budget)); then
     printf 'note: %s is %s MiB, over the 8 MiB target (not yet met; see cross/README.md)\n' "${1##*/}" \
       "$(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1048576 }')"
   fi
@@ -87,7 +87,8 @@ target_report() {
 step "x86_64 musl edge build and size"
 x86="$(bash cross/build.sh x86_64-unknown-linux-musl --edge | tail -n1)"
 ok "static x86_64 edge build: $x86"
-bash cross/check-size.sh "$x86" "$ceiling" && ok "x86_64 edge within the ceiling" || fail "x86_64 edge over the ceiling"
+bash cross/check-size.sh "$x86" "$x86_ceiling" && ok "x86_64 edge within its 10 MiB ceiling" ||
+  fail "x86_64 edge over its 10 MiB ceiling"
 target_report "$x86"
 "$x86" version 2>/dev/null | grep -q "compute,executor-wasm" && ok "static x86_64 binary runs" || fail "static x86_64 binary does not run"
 timing
@@ -100,8 +101,7 @@ fi
 step "aarch64 musl edge build and size"
 a64="$(bash cross/build.sh aarch64-unknown-linux-musl --edge | tail -n1)"
 ok "static aarch64 edge build: $a64"
-bash cross/check-size.sh "$a64" "$ceiling" && ok "aarch64 edge within the ceiling" || fail "aarch64 edge over the ceiling"
-target_report "$a64"
+bash cross/check-size.sh "$a64" "$budget" && ok "aarch64 edge within the 8 MiB budget" || fail "aarch64 edge over the 8 MiB budget"
 timing
 
 # === 3. a hybrid node on aarch64 under qemu-user runs a WASM job ===
