@@ -357,11 +357,18 @@ fn read_all(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Opens `path` below `base` and never outside it (the guest's own rule, see `wasi::host`).
+/// Opens `path` below `base` and never outside it (the guest's own rule, see `wasi::host`). Where the
+/// kernel has no `openat2` (before 5.6, and qemu-user, which answers ENOSYS), the guest calls' own
+/// component walk does it with the same containment.
 fn open_below(base: BorrowedFd<'_>, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    rustix::fs::openat2(base, path, flags | OFlags::CLOEXEC, Mode::empty(), resolve)
-        .map_err(io::Error::from)
+    let flags = flags | OFlags::CLOEXEC;
+    match rustix::fs::openat2(base, path, flags, Mode::empty(), resolve) {
+        Err(rustix::io::Errno::NOSYS) => {
+            super::wasi::walk(base, path, flags, Mode::empty()).map_err(io::Error::from)
+        }
+        opened => opened.map_err(io::Error::from),
+    }
 }
 
 /// Splits a guest path into components; `None` for the root itself or a path with `..`.

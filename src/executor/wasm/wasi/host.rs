@@ -59,7 +59,7 @@ const MAX_LINKS: usize = 40;
 /// absolute one is an escape); `..` pops the walk's own stack and never goes above `base`.
 /// Trailing slashes never reach the kernel (it would follow a final symlink for them): they
 /// become `O_DIRECTORY`.
-pub(super) fn walk(
+pub(in crate::executor::wasm) fn walk(
     base: BorrowedFd<'_>,
     path: &str,
     flags: OFlags,

@@ -32,6 +32,7 @@ use std::time::Instant;
 use wasmi::{Caller, Extern, Linker};
 
 use self::fd::FdTable;
+pub(super) use self::host::walk;
 use self::mem::Mem;
 use super::fs::MountTable;
 use super::interrupt::Sleeper;
@@ -93,6 +94,23 @@ impl Errno {
             Some(raw) => Errno::from(rustix::io::Errno::from_raw_os_error(raw)),
             None => Errno::Io,
         }
+    }
+}
+
+/// For the executor's own reads through the mount table (the entry module), which report `io::Error`.
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match e {
+            Errno::Noent => K::NotFound,
+            Errno::Perm | Errno::Acces | Errno::Notcapable => K::PermissionDenied,
+            Errno::Notdir => K::NotADirectory,
+            Errno::Isdir => K::IsADirectory,
+            Errno::Inval => K::InvalidInput,
+            Errno::Ilseq => K::InvalidData,
+            _ => return std::io::Error::other(format!("WASI errno {e:?}")),
+        };
+        std::io::Error::from(kind)
     }
 }
 
