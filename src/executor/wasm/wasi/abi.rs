@@ -21,7 +21,12 @@ pub(super) enum FileType {
 impl FileType {
     /// The type of a host file, from its `st_mode`.
     pub(super) fn from_mode(mode: u32) -> Self {
-        match rustix::fs::FileType::from_raw_mode(mode) {
+        Self::from_host(rustix::fs::FileType::from_raw_mode(mode))
+    }
+
+    /// The type of a host file as `stat` or a directory entry gives it.
+    pub(super) fn from_host(kind: rustix::fs::FileType) -> Self {
+        match kind {
             rustix::fs::FileType::RegularFile => FileType::RegularFile,
             rustix::fs::FileType::Directory => FileType::Directory,
             rustix::fs::FileType::Symlink => FileType::SymbolicLink,

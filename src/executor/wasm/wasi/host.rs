@@ -231,12 +231,6 @@ pub(super) fn entries(
             continue;
         }
         let filetype = match entry.file_type() {
-            rustix::fs::FileType::RegularFile => FileType::RegularFile,
-            rustix::fs::FileType::Directory => FileType::Directory,
-            rustix::fs::FileType::Symlink => FileType::SymbolicLink,
-            rustix::fs::FileType::CharacterDevice => FileType::CharacterDevice,
-            rustix::fs::FileType::BlockDevice => FileType::BlockDevice,
-            rustix::fs::FileType::Socket => FileType::SocketStream,
             rustix::fs::FileType::Unknown => {
                 // Some file systems leave d_type out; ask for this one name (never followed).
                 rustix::fs::statat(
@@ -246,7 +240,7 @@ pub(super) fn entries(
                 )
                 .map_or(FileType::Unknown, |s| FileType::from_mode(s.st_mode))
             }
-            _ => FileType::Unknown,
+            kind => FileType::from_host(kind),
         };
         list.push((entry.ino(), filetype, name));
     }
