@@ -28,7 +28,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
 use crate::executor::{OutputDir, PreparedInput};
 
@@ -357,18 +357,10 @@ fn read_all(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Opens `path` below `base` and never outside it (the guest's own rule, see `wasi::host`). Where the
-/// kernel has no `openat2` (before 5.6, and qemu-user, which answers ENOSYS), the guest calls' own
-/// component walk does it with the same containment.
+/// Opens `path` below `base` and never outside it: the guest's own rule and resolution (`wasi::host`,
+/// `openat2` or, where the kernel lacks it, the component walk).
 fn open_below(base: BorrowedFd<'_>, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    let flags = flags | OFlags::CLOEXEC;
-    match rustix::fs::openat2(base, path, flags, Mode::empty(), resolve) {
-        Err(rustix::io::Errno::NOSYS) => {
-            super::wasi::walk(base, path, flags, Mode::empty()).map_err(io::Error::from)
-        }
-        opened => opened.map_err(io::Error::from),
-    }
+    super::wasi::open_beneath(base, path, flags).map_err(io::Error::from)
 }
 
 /// Splits a guest path into components; `None` for the root itself or a path with `..`.

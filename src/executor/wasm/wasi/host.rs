@@ -22,7 +22,7 @@ const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGIC
 
 /// Opens `path` below `base`. `EXDEV` (the path would leave `base`) becomes `EPERM`; `EAGAIN`
 /// (a concurrent rename raced the walk) is retried a few times.
-pub(super) fn open_beneath(
+pub(in crate::executor::wasm) fn open_beneath(
     base: BorrowedFd<'_>,
     path: &str,
     flags: OFlags,
@@ -59,7 +59,7 @@ const MAX_LINKS: usize = 40;
 /// absolute one is an escape); `..` pops the walk's own stack and never goes above `base`.
 /// Trailing slashes never reach the kernel (it would follow a final symlink for them): they
 /// become `O_DIRECTORY`.
-pub(in crate::executor::wasm) fn walk(
+pub(super) fn walk(
     base: BorrowedFd<'_>,
     path: &str,
     flags: OFlags,

@@ -32,7 +32,7 @@ use std::time::Instant;
 use wasmi::{Caller, Extern, Linker};
 
 use self::fd::FdTable;
-pub(super) use self::host::walk;
+pub(super) use self::host::open_beneath;
 use self::mem::Mem;
 use super::fs::MountTable;
 use super::interrupt::Sleeper;
