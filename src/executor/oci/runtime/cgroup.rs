@@ -110,6 +110,19 @@ impl Layout {
         }
     }
 
+    /// Creates cgroup `rel` and its missing ancestors on a v2 host, where `rel` is a parent of containers.
+    /// libcontainer's v2 manager creates each component of a container's path only after seeing it absent,
+    /// two steps with a gap between them, so the first containers of a fresh node, created at the same
+    /// moment, race for the shared parents and the loser fails with "File exists"; `create_dir_all` takes
+    /// EEXIST as success. v1 needs nothing: libcontainer's v1 controllers use `create_dir_all` themselves,
+    /// and creating the parents here would leave them in hierarchies no container uses.
+    pub(super) fn create_parent(&self, rel: &str) -> io::Result<()> {
+        match self {
+            Layout::Unified(root) => fs::create_dir_all(root.join(rel.trim_start_matches('/'))),
+            Layout::Legacy(_) => Ok(()),
+        }
+    }
+
     /// The names of the cgroups directly under `rel` in any hierarchy (a crash's leftovers, for the sweep).
     pub(super) fn children(&self, rel: &str) -> io::Result<BTreeSet<String>> {
         let mut names = BTreeSet::new();
@@ -234,6 +247,23 @@ mod tests {
             layout.memory_dir("/cod/x"),
             Some(PathBuf::from("/sys/fs/cgroup/memory/cod/x"))
         );
+    }
+
+    #[test]
+    fn creates_a_parent_cgroup_on_v2_only_and_takes_one_already_there() {
+        let root = tempfile::tempdir().unwrap();
+        let unified = Layout::Unified(root.path().to_owned());
+        // Twice: a parent that is already there (another container's create got there first) is success.
+        unified.create_parent("/cod/peer").unwrap();
+        unified.create_parent("/cod/peer").unwrap();
+        assert!(root.path().join("cod/peer").is_dir());
+
+        let legacy = Layout::Legacy(vec![V1Mount {
+            path: root.path().join("memory"),
+            controllers: vec!["memory".to_owned()],
+        }]);
+        legacy.create_parent("/cod/peer").unwrap();
+        assert!(!root.path().join("memory").exists());
     }
 
     #[test]

@@ -284,6 +284,14 @@ fn run(req: &RunRequest) -> Result<Event, Stage> {
             .map_err(|e| ("join netns", format!("{}: {e}", netns.display())))?;
     }
 
+    // The sweep created the parent at start-up; this covers its removal since (by an operator, or a sweep
+    // that failed), at the cost of one mkdir that finds it there.
+    let parent = Path::new(&req.cgroups_path)
+        .parent()
+        .unwrap_or(Path::new("/"));
+    Layout::detect()
+        .and_then(|layout| layout.create_parent(&parent.to_string_lossy()))
+        .map_err(at("cgroup parent"))?;
     let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.state_root)
         .map_err(at("create"))?

@@ -2,8 +2,9 @@
 //!
 //! A container whose helper died (node crash, OOM kill, power loss) keeps its state dir and its cgroups,
 //! and if it died during create, libcontainer's clones of it wait forever (some before joining any cgroup:
-//! those are found by their command line, which names the request under the state root). Run before the node starts any
-//! container with this state root: the sweep deletes everything it finds there.
+//! those are found by their command line, which names the request under the state root). Run before the node
+//! starts any container with this state root: the sweep deletes everything it finds there, and leaves the
+//! cgroup root made (on v2).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -59,5 +60,11 @@ pub(super) fn sweep(state_root: &Path, cgroup_root: &str) -> Result<usize, Strin
             left.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
+    // The parent of every container, made now rather than by the first containers' creates, which race
+    // for it (`Layout::create_parent`). On v2 the first memory cgroup also switches kernel code paths on
+    // (static keys), done here before any job runs.
+    layout
+        .create_parent(&root)
+        .map_err(|e| format!("creating the cgroup {root}: {e}"))?;
     Ok(ids.len())
 }
