@@ -1501,6 +1501,18 @@ fn total_memory() -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// `c` as this build can resolve it: a build without the orchestrator (the edge flavor) refuses
+    /// the hybrid default, so there the tests' nodes are compute nodes with an orchestrator to dial.
+    fn built(mut c: Config) -> Config {
+        if !cfg!(feature = "orchestrator") {
+            c.roles.orchestrator = false;
+            if c.transport.orchestrators.is_empty() {
+                c.transport.orchestrators = vec!["/ip4/127.0.0.1/tcp/1235".into()];
+            }
+        }
+        c
+    }
+
     #[test]
     #[cfg(not(feature = "orchestrator"))]
     fn a_build_without_the_orchestrator_refuses_the_role_and_says_what_to_run() {
@@ -1529,7 +1541,7 @@ mod tests {
             "api: {port: 9999, host: 127.0.0.1}\ncompute: {labels: {zone: north}}\n",
         )
         .expect("write");
-        let mut c = load_file(&path).expect("loads");
+        let mut c = built(load_file(&path).expect("loads"));
         assert_eq!(c.api.port, 9999);
         assert_eq!(
             c.compute.heartbeat_interval, "15s",
@@ -1553,7 +1565,7 @@ mod tests {
             "compute: {gpu: {enabled: false, driverRoot: /run/nvidia/driver}}\n",
         )
         .expect("write");
-        let mut c = load_file(&path).expect("loads");
+        let mut c = built(load_file(&path).expect("loads"));
         let r = c.resolve().expect("valid");
         assert!(!r.gpu.enabled);
         assert_eq!(r.gpu.driver_root, Path::new("/run/nvidia/driver"));
@@ -1575,7 +1587,7 @@ mod tests {
         let e = c.resolve().expect_err("relative root");
         assert!(e.to_string().contains("Compute.GPU.DriverRoot"), "{e}");
         assert_eq!(
-            Config::default().resolve().map(|r| r.gpu).ok(),
+            built(Config::default()).resolve().map(|r| r.gpu).ok(),
             Some(crate::gpu::GpuSettings::default())
         );
     }
@@ -1589,7 +1601,7 @@ mod tests {
             "compute:\n  docker:\n    credentials:\n      registry.lan:5000: {username: ci, password: hunter2}\n",
         )
         .expect("write");
-        let c = load_file(&path).expect("loads");
+        let c = built(load_file(&path).expect("loads"));
         let cred = &c.compute.docker.credentials["registry.lan:5000"];
         assert_eq!(cred.password.expose(), "hunter2");
         assert!(cred.token.is_empty());
@@ -1600,7 +1612,7 @@ mod tests {
 
     #[test]
     fn input_source_limits_use_bacalhaus_keys() {
-        let r = Config::default().resolve().expect("valid");
+        let r = built(Config::default()).resolve().expect("valid");
         assert_eq!(r.input_read_timeout, Duration::from_secs(300));
         assert_eq!(r.input_max_bytes, 1 << 30);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1610,14 +1622,14 @@ mod tests {
             "inputsources: {readTimeout: 2s, MaxRetryCount: 1, maxsize: 1KiB}\n",
         )
         .expect("write");
-        let c = load_file(&path).expect("loads");
+        let c = built(load_file(&path).expect("loads"));
         assert_eq!(c.input_sources.max_retry_count, 1);
         let r = c.resolve().expect("valid");
         assert_eq!(
             (r.input_read_timeout, r.input_max_bytes),
             (Duration::from_secs(2), 1024)
         );
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.input_sources.read_timeout = "soon".into();
         let err = c.resolve().expect_err("invalid").to_string();
         assert!(err.contains("InputSources.ReadTimeout"), "{err}");
@@ -1625,7 +1637,7 @@ mod tests {
 
     #[test]
     fn cache_sizes_default_on_and_zero_turns_them_off() {
-        let r = Config::default().resolve().expect("valid");
+        let r = built(Config::default()).resolve().expect("valid");
         assert_eq!(r.input_cache_bytes, 1 << 30);
         assert_eq!(r.result_cache_bytes, 256 << 20);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1635,9 +1647,11 @@ mod tests {
             "compute: {inputCacheSize: \"0\", resultcachesize: 10MiB}\n",
         )
         .expect("write");
-        let r = load_file(&path).expect("loads").resolve().expect("valid");
+        let r = built(load_file(&path).expect("loads"))
+            .resolve()
+            .expect("valid");
         assert_eq!((r.input_cache_bytes, r.result_cache_bytes), (0, 10 << 20));
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.compute.input_cache_size = "lots".into();
         let err = c.resolve().expect_err("invalid").to_string();
         assert!(err.contains("Compute.InputCacheSize"), "{err}");
@@ -1656,7 +1670,7 @@ mod tests {
             }
             .map(str::to_owned)
         };
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         let applied = apply_env(&mut c, aws);
         assert_eq!(c.s3.access_key_id, "AKIAENV");
         assert_eq!(c.s3.secret_access_key.expose(), "env-secret");
@@ -1670,7 +1684,7 @@ mod tests {
         );
 
         // Credentials from the file win as a set: no env secret is paired with the file's key.
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.s3.access_key_id = "AKIAFILE".into();
         c.s3.secret_access_key = Secret::new("file-secret");
         c.s3.region = "us-west-2".into();
@@ -1683,15 +1697,15 @@ mod tests {
 
     #[test]
     fn s3_settings_are_validated() {
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.s3.access_key_id = "AKIA".into();
         let err = c.resolve().expect_err("secret missing").to_string();
         assert!(err.contains("S3.SecretAccessKey"), "{err}");
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.publishers.types.s3.pre_signed_url_expiration = "8d".into();
         let err = c.resolve().expect_err("too long").to_string();
         assert!(err.contains("PreSignedURLExpiration"), "{err}");
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         assert_eq!(
             c.resolve().expect("valid").s3_presign_expiry,
             Some(Duration::from_secs(30 * 60))
@@ -1713,8 +1727,7 @@ mod tests {
              maxJob: {cpu: 500m, memory: 1GiB, gpu: \"1\"}}}\n",
         )
         .expect("write");
-        let p = load_file(&path)
-            .expect("loads")
+        let p = built(load_file(&path).expect("loads"))
             .resolve()
             .expect("valid")
             .policy;
@@ -1734,23 +1747,23 @@ mod tests {
             (Some(0.5), Some(1 << 30), None, Some(1))
         );
         assert_eq!(
-            Config::default().resolve().expect("valid").policy,
+            built(Config::default()).resolve().expect("valid").policy,
             crate::compute::Policy::default(),
             "the default policy admits everything"
         );
 
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.engines.disabled = vec!["podman".into()];
         let err = c.resolve().expect_err("unknown engine").to_string();
         assert!(
             err.contains("Engines.Disabled") && err.contains("podman"),
             "{err}"
         );
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.compute.policy.max_job.memory = "lots".into();
         let err = c.resolve().expect_err("bad size").to_string();
         assert!(err.contains("Compute.Policy.MaxJob.Memory"), "{err}");
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.compute.policy.image_allow_list = vec!["a//b".into()];
         let err = c.resolve().expect_err("bad pattern").to_string();
         assert!(err.contains("Compute.Policy.ImageAllowList"), "{err}");
@@ -1759,12 +1772,12 @@ mod tests {
     #[test]
     #[cfg(feature = "orchestrator")]
     fn node_lost_after_defaults_to_ten_minutes_and_must_be_positive() {
-        let resolved = Config::default().resolve().expect("defaults");
+        let resolved = built(Config::default()).resolve().expect("defaults");
         assert_eq!(
             resolved.orchestrator.node_lost_after,
             Duration::from_secs(600)
         );
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.orchestrator.node_lost_after = "3s".into();
         let resolved = c.resolve().expect("3s");
         assert_eq!(
@@ -1773,7 +1786,7 @@ mod tests {
         );
         assert!(resolved.orchestrator.housekeeping_interval <= Duration::from_millis(1500));
         for bad in ["0s", "later"] {
-            let mut c = Config::default();
+            let mut c = built(Config::default());
             c.orchestrator.node_lost_after = bad.into();
             let err = c.resolve().expect_err(bad).to_string();
             assert!(err.contains("Orchestrator.NodeLostAfter"), "{err}");
@@ -1781,21 +1794,22 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "orchestrator")]
     fn over_subscription_factor_is_bounded() {
         for bad in [0.5, f64::NAN, 101.0] {
-            let mut c = Config::default();
+            let mut c = built(Config::default());
             c.orchestrator.over_subscription_factor = bad;
             let err = c.resolve().expect_err("invalid").to_string();
             assert!(err.contains("Orchestrator.OverSubscriptionFactor"), "{err}");
         }
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.orchestrator.over_subscription_factor = 1.5;
         assert!(c.resolve().is_ok());
     }
 
     #[test]
     fn invalid_values_name_their_key() {
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.compute.heartbeat_interval = "soon".into();
         let err = c.resolve().expect_err("invalid").to_string();
         assert!(err.contains("Compute.HeartbeatInterval"), "{err}");
@@ -1815,7 +1829,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");
         std::fs::write(&file, "from-the-file-0123456789\nignored second line\n").expect("write");
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.orchestrator.auth.token_file = file.display().to_string();
         c.compute.auth.token = Secret::new("from-the-value-0123456789");
         let r = c.resolve().expect("valid");
@@ -1872,7 +1886,7 @@ mod tests {
     #[test]
     #[cfg(feature = "orchestrator")]
     fn allowed_nodes_must_be_peer_ids_and_require_token_needs_a_way_in() {
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.orchestrator.auth.allowed_nodes = vec!["not-a-peer-id".into()];
         let err = c.resolve().expect_err("invalid").to_string();
         assert!(err.contains("Orchestrator.Auth.AllowedNodes"), "{err}");
@@ -1888,7 +1902,7 @@ mod tests {
 
     #[test]
     fn token_variables_are_applied_and_recorded_redacted() {
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         let applied = apply_env(&mut c, |k| {
             (k == "COD_COMPUTE_AUTH_TOKEN").then(|| "env-token-0123456789".to_owned())
         });
@@ -1901,7 +1915,7 @@ mod tests {
 
     #[test]
     fn a_bad_swarm_key_file_names_the_key() {
-        let mut c = Config::default();
+        let mut c = built(Config::default());
         c.transport.swarm_key_file = "/nonexistent/swarm.key".into();
         let err = c.resolve().expect_err("missing").to_string();
         assert!(err.contains("Transport.SwarmKeyFile"), "{err}");
