@@ -85,6 +85,12 @@ case "$flavor" in
   full) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed) ;;
   gpu) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed gpu) ;;
 esac
+# 32-bit ARM has no OCI executor: libcontainer 0.7 (youki) does not compile for 32-bit targets (tty.rs
+# builds nix's `FsType`, a u32 there, from a u64 constant), so armv7 nodes run WASM jobs only.
+if [[ "$target" == armv7-* ]]; then
+  features=($(printf '%s\n' "${features[@]}" | grep -vx executor-oci))
+  log "armv7: without executor-oci (libcontainer does not compile for 32-bit targets; cross/README.md)"
+fi
 ((qemu)) && features+=(lmdb-posix-sem)
 [[ -n "$extra_features" ]] && features+=(${extra_features//,/ })
 feature_list="$(IFS=,; echo "${features[*]}")"
@@ -107,10 +113,20 @@ if ((${#apt_missing[@]})); then
   apt-get install -y -qq "${apt_missing[@]}" >&2
 fi
 
+# The target's prebuilt standard library, or else one built from rustup's `rust-src` by cargo's build-std:
+# rustup's server answers 404 for armv7-unknown-linux-musleabihf's rust-std (cross/README.md), while the
+# compiler itself supports the triple (tier 2). build-std is a nightly cargo flag; RUSTC_BOOTSTRAP=1 lets this
+# stable toolchain use it, for this one cargo invocation only.
+build_std=0
 if ! rustup target list --installed | grep -qx "$triple"; then
   log "rustup target add $triple"
-  rustup target add "$triple" >&2 ||
-    die "rustup cannot install the standard library for $triple (see cross/README.md: armv7 musl is not served here)"
+  if ! rustup target add "$triple" >"$cache/rustup-target-add.log" 2>&1; then
+    log "$(grep -m1 '^error' "$cache/rustup-target-add.log") (whole answer: $cache/rustup-target-add.log)"
+    log "no prebuilt standard library for $triple: building it from rust-src (cargo -Zbuild-std)"
+    rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src >&2 ||
+      die "rustup can install neither the standard library for $triple nor rust-src to build it"
+    build_std=1
+  fi
 fi
 
 use_zig=1
@@ -204,10 +220,13 @@ fi
 #   - x86_64 links static-pie (ASLR of the executable kept); packing its ~35,000 relative relocations as RELR
 #     (binutils >= 2.38; the self-contained musl start-up code applies them) shrinks .rela.dyn from 0.8 MiB to
 #     a few KiB. aarch64 and armv7 (zig) link classic static executables, which have no such relocations.
+#   - a standard library built here (build-std) has no self-contained musl start-up files beside it, so the
+#     linker's own are used (zig's musl, the same C library the prebuilt ones come from).
 link_flags=()
 if [[ "$triple" == *-musl* ]]; then
   link_flags+=("\"-C\", \"link-arg=-Wl,-T,$repo/cross/no-unwind-tables.ld\"")
   [[ "$triple" == x86_64-* ]] && link_flags+=("\"-C\", \"link-arg=-Wl,-z,pack-relative-relocs\"")
+  ((build_std)) && link_flags+=("\"-C\", \"link-self-contained=no\"")
   config_args+=(--config "target.$triple.rustflags=[$(IFS=,; echo "${link_flags[*]}")]")
 fi
 
@@ -216,6 +235,7 @@ fi
 # Only the target's own settings: host build scripts and proc macros keep theirs.
 cargo_cmd=(cargo build)
 ((use_zig)) && cargo_cmd=(cargo zigbuild)
+((build_std)) && cargo_cmd=(env RUSTC_BOOTSTRAP=1 "${cargo_cmd[@]}" -Zbuild-std=std,panic_abort)
 log "building $flavor flavor for $target (features: $feature_list)"
 "${cargo_cmd[@]}" --locked --release --target "$target" "${config_args[@]}" \
   --no-default-features --features "$feature_list" --bin cod >&2

@@ -7,8 +7,10 @@
 #      through the aarch64 CLI, and reports itself as arm64;
 #   4. .deb packages for amd64 and arm64 install into throw-away roots (dpkg --root, maintainer scripts
 #      included), create the system user, and their units pass `systemd-analyze verify`.
-# armv7 is not built here: no standard library for armv7-unknown-linux-musleabihf can be installed on this
-# machine (cross/README.md). Usage: tests/edge.sh [--quick] (--quick: step 1 and the x86_64 build only).
+#   5. armv7 (32-bit, musl, its standard library built from rust-src): a static edge build within the budget,
+#      run under qemu-user as a compute node of the aarch64 hybrid node, runs hello.wasm placed on it by an
+#      `os_arch=arm` constraint; its armhf package installs. No OCI executor on armv7 (cross/README.md).
+# Usage: tests/edge.sh [--quick] (--quick: step 1 and the x86_64 build only).
 # One CARGO_TARGET_DIR (default ./target, as cargo test) keeps repeated runs incremental.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ start=$SECONDS
 timing() { printf '(%ss so far)\n' $((SECONDS - start)); }
 
 need=()
-for pkg in qemu-user-static zsh man-db groff-base systemd dpkg file binutils; do
+for pkg in qemu-user-static zsh man-db groff-base systemd dpkg file binutils jq; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -138,6 +140,54 @@ else
 fi
 timing
 
+# === 5. armv7: an edge compute node under qemu-user, placed by os_arch ===
+step "armv7 musl edge build, and its node under qemu-user"
+# The edge flavor with LMDB on POSIX semaphores (qemu-user, as above); the size budget is checked on it, which
+# the semaphore switch changes by a few KiB (cross/README.md, armv7).
+a32="$(bash cross/build.sh armv7-unknown-linux-musleabihf --edge --qemu | tail -n1)"
+ok "static armv7 edge build: $a32"
+bash cross/check-size.sh "$a32" "$budget" && ok "armv7 edge within the 8 MiB budget" || fail "armv7 edge over the 8 MiB budget"
+timing
+orch="$(jq -r '.p2p[0] // empty' "$work/ready.json" 2>/dev/null || true)"
+if [[ -z "$port" || -z "$orch" ]]; then
+  fail "no aarch64 hybrid node to join (see step 3)"
+else
+  qemu-arm-static "$a32" serve --compute --orchestrators "$orch" --data-dir "$work/arm-node" --api-host 127.0.0.1 \
+    --api-port 0 --publisher-port 0 --ready-file "$work/arm-ready.json" >"$work/arm-node.log" 2>&1 &
+  pids+=($!)
+  arm_pid=$!
+  # Bounded waits: for the ready file, then for the hybrid node to list an arm node as connected.
+  for ((i = 0; i < 600; i++)); do
+    [[ -s "$work/arm-ready.json" ]] && break
+    kill -0 "$arm_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  joined=0
+  for ((i = 0; i < 600; i++)); do
+    if "${qemu[@]}" --api-port "$port" node list --output json 2>/dev/null |
+      jq -e 'map(select(.Info.Labels.os_arch == "arm" and .Connection == "CONNECTED")) | length == 1' >/dev/null; then
+      joined=1
+      break
+    fi
+    kill -0 "$arm_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ((joined)); then
+    ok "the armv7 node joined the aarch64 hybrid node as os_arch=arm"
+    if out="$("${qemu[@]}" --api-port "$port" wasm run --constraints os_arch=arm tests/e2e/fixtures/hello.wasm one two 2>&1)" &&
+      grep -q "^hello one two$" <<<"$out"; then
+      ok "hello.wasm ran on the armv7 node (placed by os_arch=arm)"
+    else
+      fail "wasm job on the armv7 node: $out"
+      cat "$work/arm-node.log"
+    fi
+  else
+    fail "the armv7 node did not join; its log:"
+    cat "$work/arm-node.log"
+  fi
+fi
+timing
+
 # === 4. packages ===
 step ".deb packages"
 check_deb() { # DEB ARCH UNITS...
@@ -180,6 +230,8 @@ grep -q "WasmSlots: 4" "$work/root-amd64/etc/cod/node.yaml" && ok "board default
   fail "board defaults missing"
 deb="$(bash packaging/deb/build.sh "$a64q" arm64 | tail -n1)"
 check_deb "$deb" arm64 cod-compute.service cod-orchestrator.service
+deb="$(bash packaging/deb/build.sh "$a32" armhf --edge | tail -n1)"
+check_deb "$deb" armhf cod-compute.service
 timing
 
 printf '\n%d passed, %d failed\n' "$passed" "$failed"
