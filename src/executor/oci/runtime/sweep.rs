@@ -61,8 +61,7 @@ pub(super) fn sweep(state_root: &Path, cgroup_root: &str) -> Result<usize, Strin
         ));
     }
     // The parent of every container, made now rather than by the first containers' creates, which race
-    // for it (`Layout::create_parent`). On v2 the first memory cgroup also switches kernel code paths on
-    // (static keys), done here before any job runs.
+    // for it (`Layout::create_parent`).
     layout
         .create_parent(&root)
         .map_err(|e| format!("creating the cgroup {root}: {e}"))?;
