@@ -1392,16 +1392,17 @@ impl Config {
                         .into(),
             });
         }
+        let disconnect_timeout = duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?;
         Ok(crate::orchestrator::Config {
             auto_approve: !o.manual_approval,
-            disconnect_timeout: duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)?,
+            disconnect_timeout,
             node_lost_after,
             // Disconnects and losses are noticed on housekeeping ticks, so tick at least twice per timeout.
             housekeeping_interval: duration(
                 "Orchestrator.HousekeepingInterval",
                 &o.housekeeping_interval,
             )?
-            .min(duration("Orchestrator.DisconnectTimeout", &o.disconnect_timeout)? / 2)
+            .min(disconnect_timeout / 2)
             .min(node_lost_after / 2),
             queue_backoff: duration("Orchestrator.QueueBackoff", &o.queue_backoff)?,
             over_subscription: if o.over_subscription_factor.is_finite()
@@ -1523,9 +1524,7 @@ mod tests {
         let text = e.to_string();
         assert!(text.starts_with("Roles = \"orchestrator\""), "{text}");
         assert!(text.contains("--compute --orchestrators"), "{text}");
-        let mut compute = Config::default();
-        compute.roles.orchestrator = false;
-        compute.transport.orchestrators = vec!["/ip4/127.0.0.1/tcp/1235".into()];
+        let mut compute = built(Config::default());
         compute.orchestrator.default_memory = "128MiB".into();
         let r = compute.resolve().expect("a compute node resolves");
         // A compute node sizes executions that state no resources with the orchestrator's defaults.
@@ -1772,12 +1771,12 @@ mod tests {
     #[test]
     #[cfg(feature = "orchestrator")]
     fn node_lost_after_defaults_to_ten_minutes_and_must_be_positive() {
-        let resolved = built(Config::default()).resolve().expect("defaults");
+        let resolved = Config::default().resolve().expect("defaults");
         assert_eq!(
             resolved.orchestrator.node_lost_after,
             Duration::from_secs(600)
         );
-        let mut c = built(Config::default());
+        let mut c = Config::default();
         c.orchestrator.node_lost_after = "3s".into();
         let resolved = c.resolve().expect("3s");
         assert_eq!(
@@ -1786,7 +1785,7 @@ mod tests {
         );
         assert!(resolved.orchestrator.housekeeping_interval <= Duration::from_millis(1500));
         for bad in ["0s", "later"] {
-            let mut c = built(Config::default());
+            let mut c = Config::default();
             c.orchestrator.node_lost_after = bad.into();
             let err = c.resolve().expect_err(bad).to_string();
             assert!(err.contains("Orchestrator.NodeLostAfter"), "{err}");
@@ -1797,12 +1796,12 @@ mod tests {
     #[cfg(feature = "orchestrator")]
     fn over_subscription_factor_is_bounded() {
         for bad in [0.5, f64::NAN, 101.0] {
-            let mut c = built(Config::default());
+            let mut c = Config::default();
             c.orchestrator.over_subscription_factor = bad;
             let err = c.resolve().expect_err("invalid").to_string();
             assert!(err.contains("Orchestrator.OverSubscriptionFactor"), "{err}");
         }
-        let mut c = built(Config::default());
+        let mut c = Config::default();
         c.orchestrator.over_subscription_factor = 1.5;
         assert!(c.resolve().is_ok());
     }
@@ -1829,7 +1828,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");
         std::fs::write(&file, "from-the-file-0123456789\nignored second line\n").expect("write");
-        let mut c = built(Config::default());
+        let mut c = Config::default();
         c.orchestrator.auth.token_file = file.display().to_string();
         c.compute.auth.token = Secret::new("from-the-value-0123456789");
         let r = c.resolve().expect("valid");
@@ -1886,7 +1885,7 @@ mod tests {
     #[test]
     #[cfg(feature = "orchestrator")]
     fn allowed_nodes_must_be_peer_ids_and_require_token_needs_a_way_in() {
-        let mut c = built(Config::default());
+        let mut c = Config::default();
         c.orchestrator.auth.allowed_nodes = vec!["not-a-peer-id".into()];
         let err = c.resolve().expect_err("invalid").to_string();
         assert!(err.contains("Orchestrator.Auth.AllowedNodes"), "{err}");

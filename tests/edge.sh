@@ -5,11 +5,11 @@
 #      8 MiB budget (cross/check-size.sh);
 #   3. the aarch64 build runs a hybrid node under qemu-user that runs the committed hello.wasm end to end,
 #      through the aarch64 CLI, and reports itself as arm64;
-#   4. .deb packages for amd64 and arm64 install into throw-away roots (dpkg --root, maintainer scripts
-#      included), create the system user, and their units pass `systemd-analyze verify`.
-#   5. armv7 (32-bit, musl, its standard library built from rust-src): a static edge build within the budget,
+#   4. armv7 (32-bit, musl, its standard library built from rust-src): a static edge build within the budget,
 #      run under qemu-user as a compute node of the aarch64 hybrid node, runs hello.wasm placed on it by an
-#      `os_arch=arm` constraint; its armhf package installs. No OCI executor on armv7 (cross/README.md).
+#      `os_arch=arm` constraint. No OCI executor on armv7 (cross/README.md).
+#   5. .deb packages for amd64, arm64 and armhf install into throw-away roots (dpkg --root, maintainer scripts
+#      included), create the system user, and their units pass `systemd-analyze verify`.
 # Usage: tests/edge.sh [--quick] (--quick: step 1 and the x86_64 build only).
 # One CARGO_TARGET_DIR (default ./target, as cargo test) keeps repeated runs incremental.
 set -euo pipefail
@@ -113,6 +113,20 @@ step "aarch64 hybrid node under qemu-user"
 a64q="$(bash cross/build.sh aarch64-unknown-linux-musl --qemu | tail -n1)"
 timing
 qemu=(qemu-aarch64-static "$a64q")
+# hello_job WHAT LOG [FLAGS...]: runs hello.wasm through the aarch64 CLI on the hybrid node ($port) with
+# `wasm run` FLAGS; ok WHAT when its output comes back, else fails with the output and shows LOG, the log of
+# the node that should have run it.
+hello_job() {
+  local what="$1" log="$2" out
+  shift 2
+  if out="$("${qemu[@]}" --api-port "$port" wasm run "$@" tests/e2e/fixtures/hello.wasm one two 2>&1)" &&
+    grep -q "^hello one two$" <<<"$out"; then
+    ok "$what"
+  else
+    fail "$what: no, the job said: $out"
+    cat "$log"
+  fi
+}
 "${qemu[@]}" serve --data-dir "$work/node" --api-host 127.0.0.1 --api-port 0 --publisher-port 0 \
   --listen /ip4/127.0.0.1/tcp/0 --ready-file "$work/ready.json" >"$work/node.log" 2>&1 &
 pids+=($!)
@@ -128,19 +142,13 @@ if [[ -z "$port" ]]; then
   cat "$work/node.log"
 else
   ok "aarch64 hybrid node ready on port $port"
-  if out="$("${qemu[@]}" --api-port "$port" wasm run tests/e2e/fixtures/hello.wasm one two 2>&1)" &&
-    grep -q "^hello one two$" <<<"$out"; then
-    ok "hello.wasm ran end to end on the aarch64 node (submitted by the aarch64 CLI)"
-  else
-    fail "wasm job on the aarch64 node: $out"
-    cat "$work/node.log"
-  fi
+  hello_job "hello.wasm ran end to end on the aarch64 node (submitted by the aarch64 CLI)" "$work/node.log"
   "${qemu[@]}" --api-port "$port" agent node | grep -q "os_arch=arm64" && ok "the node reports os_arch=arm64" ||
     fail "the node under qemu does not report arm64"
 fi
 timing
 
-# === 5. armv7: an edge compute node under qemu-user, placed by os_arch ===
+# === 4. armv7: an edge compute node under qemu-user, placed by os_arch ===
 step "armv7 musl edge build, and its node under qemu-user"
 # The edge flavor with LMDB on POSIX semaphores (qemu-user, as above); the size budget is checked on it, which
 # the semaphore switch changes by a few KiB (cross/README.md, armv7).
@@ -153,15 +161,10 @@ if [[ -z "$port" || -z "$orch" ]]; then
   fail "no aarch64 hybrid node to join (see step 3)"
 else
   qemu-arm-static "$a32" serve --compute --orchestrators "$orch" --data-dir "$work/arm-node" --api-host 127.0.0.1 \
-    --api-port 0 --publisher-port 0 --ready-file "$work/arm-ready.json" >"$work/arm-node.log" 2>&1 &
+    --api-port 0 --publisher-port 0 >"$work/arm-node.log" 2>&1 &
   pids+=($!)
   arm_pid=$!
-  # Bounded waits: for the ready file, then for the hybrid node to list an arm node as connected.
-  for ((i = 0; i < 600; i++)); do
-    [[ -s "$work/arm-ready.json" ]] && break
-    kill -0 "$arm_pid" 2>/dev/null || break
-    sleep 0.1
-  done
+  # Bounded wait for the hybrid node to list an arm node as connected (which the node's readiness precedes).
   joined=0
   for ((i = 0; i < 600; i++)); do
     if "${qemu[@]}" --api-port "$port" node list --output json 2>/dev/null |
@@ -174,13 +177,8 @@ else
   done
   if ((joined)); then
     ok "the armv7 node joined the aarch64 hybrid node as os_arch=arm"
-    if out="$("${qemu[@]}" --api-port "$port" wasm run --constraints os_arch=arm tests/e2e/fixtures/hello.wasm one two 2>&1)" &&
-      grep -q "^hello one two$" <<<"$out"; then
-      ok "hello.wasm ran on the armv7 node (placed by os_arch=arm)"
-    else
-      fail "wasm job on the armv7 node: $out"
-      cat "$work/arm-node.log"
-    fi
+    hello_job "hello.wasm ran on the armv7 node (placed by os_arch=arm)" "$work/arm-node.log" \
+      --constraints os_arch=arm
   else
     fail "the armv7 node did not join; its log:"
     cat "$work/arm-node.log"
@@ -188,7 +186,7 @@ else
 fi
 timing
 
-# === 4. packages ===
+# === 5. packages ===
 step ".deb packages"
 check_deb() { # DEB ARCH UNITS...
   local deb="$1" arch="$2" root="$work/root-$2"

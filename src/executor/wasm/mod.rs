@@ -381,9 +381,8 @@ mod tests {
         std::os::unix::fs::symlink(job.dir.path().join("secret"), out.join("abs")).unwrap();
         let outcome = job.run(&executor(1)).await;
         let stdout = job.stdout();
-        println!("{stdout}");
-        println!("{}", std::fs::read_to_string(&job.ctx.stderr_path).unwrap());
-        assert_eq!(outcome, exited(7));
+        let stderr = std::fs::read_to_string(&job.ctx.stderr_path).unwrap();
+        assert_eq!(outcome, exited(7), "stderr: {stderr}");
         let want = [
             r#"args=["one", "two"]"#,
             r#"root=["inputs", "main.wasm", "outputs"]"#,
@@ -401,7 +400,7 @@ mod tests {
             r#"env=Ok("hi")"#,
             "escape=Err(NotFound)",
         ];
-        assert_eq!(stdout.lines().collect::<Vec<_>>(), want);
+        assert_eq!(stdout.lines().collect::<Vec<_>>(), want, "stderr: {stderr}");
         assert_eq!(
             std::fs::read_to_string(out.join("g.txt")).unwrap(),
             "hello world!"

@@ -286,11 +286,13 @@ fn run(req: &RunRequest) -> Result<Event, Stage> {
 
     // The sweep created the parent at start-up; this covers its removal since (by an operator, or a sweep
     // that failed), at the cost of one mkdir that finds it there.
+    // The same layout serves the OOM counter after the run.
+    let layout = Layout::detect().map_err(at("cgroup layout"))?;
     let parent = Path::new(&req.cgroups_path)
         .parent()
         .unwrap_or(Path::new("/"));
-    Layout::detect()
-        .and_then(|layout| layout.create_parent(&parent.to_string_lossy()))
+    layout
+        .create_parent(&parent.to_string_lossy())
         .map_err(at("cgroup parent"))?;
     let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.state_root)
@@ -315,7 +317,6 @@ fn run(req: &RunRequest) -> Result<Event, Stage> {
     tracing::debug!(id = %req.id, %pid, "container started");
 
     let (end, killed) = wait_for_init(pid).map_err(at("wait"))?;
-    let layout = Layout::detect().map_err(at("cgroup layout"))?;
     let oom_kills = layout.oom_kills(&req.cgroups_path).unwrap_or_else(|e| {
         tracing::warn!(id = %req.id, error = %e, "cannot read the OOM counter");
         0
