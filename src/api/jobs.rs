@@ -221,21 +221,33 @@ pub(super) async fn history(
         .number("wait_seconds")?
         .map(|s| std::time::Duration::from_secs(s.min(MAX_HISTORY_WAIT)));
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
-    // Subscribed before the read: a record committed between the read and the wait still wakes it.
-    let mut changes = o.subscribe();
+    // The wait is on the job's own bell, which rings only for commits that add to its history. The job's id
+    // is known only after the first read (the request may name it by prefix or name), so that read is
+    // covered by the orchestrator-wide signal, taken before it: a commit between the read and the listen
+    // makes one more read.
+    let mut any_commit = o.subscribe();
+    let mut bell = None;
     loop {
         let page = o.history(&id, params.namespace(), filter.clone()).await?;
         let caught_up = page.items.is_empty() && !page.next_token.is_empty();
         if let Some(deadline) = deadline
             && caught_up
-            // Any committed change wakes the wait (the read above tells whether it was this job's); an
-            // elapsed wait or a stopping orchestrator answers with the empty page.
-            && matches!(
-                tokio::time::timeout_at(deadline, changes.changed()).await,
-                Ok(Ok(()))
-            )
         {
-            continue;
+            let ear = match &mut bell {
+                Some(ear) => ear,
+                None => {
+                    let ear = bell.insert(o.listen_to_history(&page.job_id));
+                    if any_commit.has_changed().unwrap_or(false) {
+                        any_commit.mark_unchanged();
+                        continue;
+                    }
+                    ear
+                }
+            };
+            // An elapsed wait answers with the empty page.
+            if tokio::time::timeout_at(deadline, ear.rung()).await.is_ok() {
+                continue;
+            }
         }
         return Ok(Json(history_list(
             page,

@@ -449,6 +449,7 @@ fn apply_report(
                     &job,
                     Some(&exec.id),
                     Event::new("Execution", why).with("NewState", "Cancelled"),
+                    after,
                 )?;
                 if !was_terminal {
                     after.release(exec.node_id.clone(), held_resources(&exec));
@@ -469,6 +470,7 @@ fn apply_report(
                                 exec.partition_index
                             ),
                         ),
+                        after,
                     )?;
                 }
                 for id in stop {
@@ -491,6 +493,7 @@ fn apply_report(
                                 other.node_id
                             ),
                         ),
+                        after,
                     )?;
                     stop_execution(txn, t, outbox, other, "superseded", &reason, after)?;
                 }
@@ -556,7 +559,7 @@ fn apply_report(
         _ => return Ok(()),
     };
     state::save_execution(txn, t, &mut exec, stored)?;
-    state::record(txn, t, &job, Some(&exec.id), event)?;
+    state::record(txn, t, &job, Some(&exec.id), event, after)?;
     if ended {
         if !was_terminal {
             after.release(exec.node_id.clone(), held_resources(&exec));

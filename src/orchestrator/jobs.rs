@@ -55,6 +55,8 @@ pub struct HistoryFilter {
 /// A page of history.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
+    /// The job (the request may have named it by a prefix or its name).
+    pub job_id: JobId,
     /// The records.
     pub items: Vec<JobHistory>,
     /// Bacalhau's long-poll contract: non-empty until the job is terminal and nothing is left.
@@ -97,6 +99,8 @@ pub(crate) struct AfterCommit {
     moved: Vec<(NodeId, Resources, bool)>,
     /// Whether the evaluation worker should look again.
     pub evaluate: bool,
+    /// Jobs whose history grew: their followers are woken after the commit.
+    histories: Vec<JobId>,
 }
 
 impl AfterCommit {
@@ -106,6 +110,15 @@ impl AfterCommit {
             kick: Vec::new(),
             moved: Vec::new(),
             evaluate: false,
+            histories: Vec::new(),
+        }
+    }
+
+    /// `job`'s history has a new record.
+    pub(crate) fn history_of(&mut self, job: &JobId) {
+        // A transaction touches one job, or a few (a node lost): a scan beats a set.
+        if !self.histories.contains(job) {
+            self.histories.push(job.clone());
         }
     }
 
@@ -176,6 +189,7 @@ impl Orchestrator {
         if after.evaluate {
             self.wake_evaluations();
         }
+        self.inner.bells.ring(&after.histories);
         self.changed();
     }
 
@@ -258,7 +272,7 @@ impl Orchestrator {
                     executions = state::executions_of(txn, &t, &job.id)?;
                 } else {
                     txn.put(t.job_names, &name_key, &job.id)?;
-                    state::record(txn, &t, &job, None, Event::new("Submission", "Job submitted"))?;
+                    state::record(txn, &t, &job, None, Event::new("Submission", "Job submitted"), after)?;
                 }
                 if let Some(deadline) = scheduler::total_deadline(&job) {
                     schedule_deadline(txn, &t, &job, deadline)?;
@@ -410,7 +424,11 @@ impl Orchestrator {
         } else {
             String::new()
         };
-        Ok(HistoryPage { items, next_token })
+        Ok(HistoryPage {
+            job_id: job.id,
+            items,
+            next_token,
+        })
     }
 
     /// Published results of a job's completed executions.
@@ -474,6 +492,7 @@ impl Orchestrator {
                 Event::new("State Update", format!("job Stopped: {reason}"))
                     .with("NewState", "Stopped")
                     .with("PreviousState", previous.to_string()),
+                after,
             )?;
             state::save_job(txn, &t, &mut job, Some(previous))?;
             Ok(())
@@ -696,6 +715,7 @@ fn new_version(
         )
         .with("NewState", "Pending")
         .with("PreviousState", previous.to_string()),
+        after,
     )?;
     Ok(existing)
 }
@@ -782,6 +802,7 @@ pub(crate) fn apply_decision(
                 ),
             )
             .with("NewState", "AskForBid"),
+            after,
         )?;
         after.kick.push(node.clone());
         after.hold(node, need);
@@ -821,6 +842,7 @@ pub(crate) fn apply_decision(
                     job,
                     None,
                     Event::new("Queueing", format!("job queued: {reason}")),
+                    after,
                 )?;
             }
             Some((
@@ -867,7 +889,7 @@ pub(crate) fn apply_decision(
         if new == JobStateType::Failed {
             event = event.with("IsError", "true");
         }
-        state::record(txn, t, job, None, event)?;
+        state::record(txn, t, job, None, event, after)?;
     }
     state::save_job(txn, t, job, stored)
 }

@@ -10,6 +10,7 @@
 //! [`transport`]: crate::transport
 
 pub mod admission;
+mod bells;
 mod events;
 mod jobs;
 mod liveness;
@@ -124,6 +125,8 @@ struct Inner {
     config: Config,
     /// Bumped after every committed change, so long-polls and waiters wake without polling the store.
     changes: watch::Sender<u64>,
+    /// Rung for each job whose history a commit added to: what a history long-poll waits on.
+    bells: Arc<bells::JobBells>,
     /// Wakes the evaluation worker (queued jobs, node joins). Bounded: one pending wake-up is enough.
     evaluate: mpsc::Sender<()>,
     /// Asks compute nodes for what is not durable (live output).
@@ -183,6 +186,7 @@ impl Orchestrator {
             outbox,
             config,
             changes: watch::channel(0).0,
+            bells: Arc::default(),
             evaluate,
             client,
             refusals: admission::RefusalLog::default(),
@@ -203,6 +207,11 @@ impl Orchestrator {
     /// A receiver that changes after every committed state change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    /// Listens for records added to `job`'s history from now on.
+    pub(crate) fn listen_to_history(&self, job: &crate::model::JobId) -> bells::Listener {
+        self.inner.bells.listen(job)
     }
 
     /// This orchestrator's node id.

@@ -217,6 +217,7 @@ pub(crate) fn run(
                                 "node {node} still runs execution {execution_id} but {reason}: asked the node to stop it"
                             ),
                         ),
+                        after,
                     )?;
                 } else {
                     tracing::warn!(node_id = %node, execution_id = %execution_id, "node runs an execution of an unknown job; asked it to stop");

@@ -75,7 +75,7 @@ impl Planning<'_> {
         exec.desired_state = State::new(ExecutionDesiredStateType::Stopped, reason);
         state::save_execution(txn, t, &mut exec, stored)?;
         if let Some(job) = txn.get(t.jobs, exec.job_id.as_str())? {
-            state::record(txn, t, &job, Some(&exec.id), event)?;
+            state::record(txn, t, &job, Some(&exec.id), event, after)?;
         }
         after.release(exec.node_id.clone(), held(&exec));
         Ok(())

@@ -7,6 +7,7 @@
 //! (queued jobs and daemon jobs), keyed by [`waiting_key`] so a scan yields them highest priority first and
 //! nothing has to scan the job table.
 
+use super::jobs::AfterCommit;
 use crate::model::{
     Evaluation, Event, Execution, ExecutionId, ExecutionStateType, HistoryType, Job, JobHistory,
     JobId, JobStateType, NodeId, NodeState, now_nanos,
@@ -80,14 +81,17 @@ pub(crate) fn executions_of(
     Ok(execs)
 }
 
-/// Appends a history record for `job` (and `execution`, for execution-level events).
+/// Appends a history record for `job` (and `execution`, for execution-level events); `after` rings the
+/// job's bell once the commit is durable.
 pub(crate) fn record(
     txn: &mut WriteTxn<'_, '_>,
     t: &Tables,
     job: &Job,
     execution: Option<&ExecutionId>,
     event: Event,
+    after: &mut AfterCommit,
 ) -> Result<(), StoreError> {
+    after.history_of(&job.id);
     let counter = format!("hist/{}", job.id);
     let seq = txn.get(t.counters, &counter)?.unwrap_or(0) + 1;
     txn.put(t.counters, &counter, &seq)?;
