@@ -249,18 +249,13 @@ impl Compute {
                 accept_directly: true,
             },
         };
-        let (t, outbox) = (self.inner.tables, self.inner.outbox.clone());
-        let (p, key) = (peer.clone(), execution.id.to_string());
-        let known = self
-            .inner
-            .store
-            .read(move |txn| {
-                Ok((
-                    outbox.last_applied(txn, &p)?,
-                    txn.get(t.executions, &key)?.is_some(),
-                ))
-            })
-            .await;
+        let (t, outbox) = (self.inner.tables, &self.inner.outbox);
+        let known = self.inner.store.lookup(|txn| {
+            Ok((
+                outbox.last_applied(txn, peer)?,
+                txn.get(t.executions, execution.id.as_str())?.is_some(),
+            ))
+        });
         match known {
             Ok((last, false)) if seq > last => {}
             _ => return Err(give_back(execution)),
@@ -412,12 +407,10 @@ impl Compute {
     /// Runs one accepted execution to its report.
     pub(super) async fn execute(&self, id: ExecutionId) {
         let t = self.inner.tables;
-        let key = id.to_string();
         let record = match self
             .inner
             .store
-            .read(move |txn| txn.get(t.executions, &key))
-            .await
+            .lookup(|txn| txn.get(t.executions, id.as_str()))
         {
             Ok(Some(r)) if r.state == LocalState::Running => r,
             Ok(_) => return,

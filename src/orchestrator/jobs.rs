@@ -298,11 +298,9 @@ impl Orchestrator {
     /// Finds a job by id, name (in `namespace`) or unique id prefix.
     pub async fn job(&self, id: &str, namespace: &str) -> Result<Job, OrchestratorError> {
         let t = self.inner.tables;
-        let (key, ns) = (id.to_owned(), namespace.to_owned());
         self.inner
             .store
-            .read(move |txn| resolve(txn, &t, &key, &ns))
-            .await?
+            .lookup(|txn| resolve(txn, &t, id, namespace))?
             .ok_or_else(|| OrchestratorError::NotFound {
                 kind: "job",
                 id: id.to_owned(),
@@ -349,8 +347,7 @@ impl Orchestrator {
         Ok(self
             .inner
             .store
-            .read(move |txn| state::executions_of(txn, &t, &job.id))
-            .await?)
+            .lookup(|txn| state::executions_of(txn, &t, &job.id))?)
     }
 
     /// A page of a job's history.
@@ -366,46 +363,40 @@ impl Orchestrator {
         } else {
             filter.limit.min(1000)
         };
-        let (key, ns) = (id.to_owned(), namespace.to_owned());
-        // The job and its records in one read: a follower long-polls this once per change of every job it
-        // watches, and each read is a hand-off to the blocking pool.
-        let found = self
-            .inner
-            .store
-            .read(move |txn| {
-                let Some(job) = resolve(txn, &t, &key, &ns)? else {
-                    return Ok(None);
-                };
-                let job_id = job.id.clone();
-                let after = format!("{job_id}/{:020}", filter.after_seq);
-                // Only the records after the token are decoded (a follower reads a few new ones each time).
-                let records: Vec<JobHistory> = txn
-                    .prefix_after(t.history, &format!("{job_id}/"), &after, usize::MAX)?
-                    .into_iter()
-                    .map(|(_, h)| h)
-                    .collect();
-                let highest = records
-                    .last()
-                    .map(|h| h.seq_num)
-                    .unwrap_or(filter.after_seq);
-                let records: Vec<JobHistory> = records
-                    .into_iter()
-                    .filter(|h| match filter.job_level {
-                        Some(true) => h.execution_id.is_none(),
-                        Some(false) => h.execution_id.is_some(),
-                        None => true,
+        // The job and its records in one read transaction: a follower reads this once per change of its job.
+        let found = self.inner.store.lookup(|txn| {
+            let Some(job) = resolve(txn, &t, id, namespace)? else {
+                return Ok(None);
+            };
+            let job_id = job.id.clone();
+            let after = format!("{job_id}/{:020}", filter.after_seq);
+            // Only the records after the token are decoded (a follower reads a few new ones each time).
+            let records: Vec<JobHistory> = txn
+                .prefix_after(t.history, &format!("{job_id}/"), &after, usize::MAX)?
+                .into_iter()
+                .map(|(_, h)| h)
+                .collect();
+            let highest = records
+                .last()
+                .map(|h| h.seq_num)
+                .unwrap_or(filter.after_seq);
+            let records: Vec<JobHistory> = records
+                .into_iter()
+                .filter(|h| match filter.job_level {
+                    Some(true) => h.execution_id.is_none(),
+                    Some(false) => h.execution_id.is_some(),
+                    None => true,
+                })
+                .filter(|h| {
+                    filter.execution_id.as_deref().is_none_or(|x| {
+                        h.execution_id
+                            .as_ref()
+                            .is_some_and(|e| e.as_str().starts_with(x))
                     })
-                    .filter(|h| {
-                        filter.execution_id.as_deref().is_none_or(|x| {
-                            h.execution_id
-                                .as_ref()
-                                .is_some_and(|e| e.as_str().starts_with(x))
-                        })
-                    })
-                    .collect();
-                Ok(Some((job, records, highest)))
-            })
-            .await?;
+                })
+                .collect();
+            Ok(Some((job, records, highest)))
+        })?;
         let Some((job, all, highest)) = found else {
             return Err(OrchestratorError::NotFound {
                 kind: "job",

@@ -214,6 +214,24 @@ struct Inner {
     gc: tokio::sync::Mutex<()>,
     /// The last use stamp handed out, so LRU order is strict even within one millisecond.
     clock: UseClock,
+    /// Use stamps of hits newer than their records: a hit is on every execution's path, and writing its
+    /// stamp would cost a commit (an fsync) each time. Eviction reads them with the records; the next fill
+    /// writes them. A restart forgets the ones not yet written, which only makes LRU order a little older.
+    hits: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Inner {
+    fn hits(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        // Every change is one insert or remove: a panicking holder leaves the map usable.
+        self.hits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When `key` was last used: the newer of its record's stamp and an unwritten hit.
+    fn last_used(&self, key: &str, recorded: u64) -> u64 {
+        self.hits()
+            .get(key)
+            .map_or(recorded, |&hit| hit.max(recorded))
+    }
 }
 
 // === impl DiskCache ===
@@ -274,6 +292,7 @@ where
                 leases: Arc::new(Leases::default()),
                 gc: tokio::sync::Mutex::new(()),
                 clock: UseClock::after(last_use),
+                hits: Default::default(),
             }),
             _meta: PhantomData,
         };
@@ -293,15 +312,15 @@ where
     /// The entry under the guard's key, leased and marked as just used; `None` on a miss.
     pub async fn lookup(&self, guard: &KeyGuard) -> Result<Option<Hit<M>>, CacheError> {
         let (table, key) = (self.inner.table, guard.key.clone());
-        // A read first: a miss (the common case for new content) costs no write transaction.
+        // A point read and a stat, on this thread: both take microseconds, less than a hand-off to the
+        // blocking pool would.
         let found = self
             .inner
             .store
-            .read(move |txn| txn.get(table, &key))
-            .await
+            .lookup(move |txn| txn.get(table, &key))
             .map_err(|source| self.index_err(source))?;
         let dir = self.inner.entries.join(&guard.key);
-        if found.is_some() && !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+        if found.is_some() && !std::fs::exists(&dir).unwrap_or(false) {
             // Removed behind the cache's back (an operator freeing space): forget it, then it is a miss.
             warn!(cache = self.inner.name, key = %guard.key, "cache entry missing on disk; dropped");
             let key = guard.key.clone();
@@ -312,21 +331,10 @@ where
                 .map_err(|source| self.index_err(source))?;
             return Ok(None);
         }
-        if let Some(mut value) = found.clone() {
-            if let Some(obj) = value.as_object_mut() {
-                obj.insert("last_used_ms".into(), self.inner.clock.stamp().into());
-            }
-            let key = guard.key.clone();
-            self.inner
-                .store
-                .write(move |txn| txn.put(table, &key, &value))
-                .await
-                .map_err(|source| self.index_err(source))?;
-        }
         let Some(value) = found else {
             return Ok(None);
         };
-        let entry: Entry<M> = match serde_json::from_value(value) {
+        let mut entry: Entry<M> = match serde_json::from_value(value) {
             Ok(e) => e,
             Err(e) => {
                 // Written by another version: treat as a miss; the fill replaces it.
@@ -334,6 +342,10 @@ where
                 return Ok(None);
             }
         };
+        entry.last_used_ms = self.inner.clock.stamp();
+        self.inner
+            .hits()
+            .insert(guard.key.clone(), entry.last_used_ms);
         Ok(Some(Hit {
             dir,
             entry,
@@ -396,9 +408,26 @@ where
         let value = serde_json::to_value(&entry)
             .map_err(|e| self.io_err("encode the record of", &dir, io::Error::other(e)))?;
         let (table, key) = (self.inner.table, guard.key.clone());
+        // The hits' stamps go into the same commit (a failed one drops them: LRU order is a little older).
+        let hits: Vec<(String, u64)> = self
+            .inner
+            .hits()
+            .drain()
+            .filter(|(k, _)| *k != key)
+            .collect();
         self.inner
             .store
-            .write(move |txn| txn.put(table, &key, &value))
+            .write(move |txn| {
+                for (hit, stamp) in hits {
+                    if let Some(mut record) = txn.get(table, &hit)?
+                        && let Some(obj) = record.as_object_mut()
+                    {
+                        obj.insert("last_used_ms".into(), stamp.into());
+                        txn.put(table, &hit, &record)?;
+                    }
+                }
+                txn.put(table, &key, &value)
+            })
             .await
             .map_err(|source| self.index_err(source))?;
         let lease = self.inner.leases.acquire(vec![guard.key.clone()]);
@@ -425,7 +454,8 @@ where
             .into_iter()
             .map(|(k, v)| {
                 let field = |f: &str| v.get(f).and_then(serde_json::Value::as_u64).unwrap_or(0);
-                (k, field("size_bytes"), field("last_used_ms"))
+                let used = self.inner.last_used(&k, field("last_used_ms"));
+                (k, field("size_bytes"), used)
             })
             .collect();
         let before: u64 = entries.iter().map(|(_, size, _)| size).sum();
@@ -455,6 +485,7 @@ where
                 .write(move |txn| txn.delete(table, &k))
                 .await
                 .map_err(|source| self.index_err(source))?;
+            self.inner.hits().remove(&key);
             let (dir, tmp) = (self.inner.entries.join(&key), self.inner.tmp.clone());
             blocking(self.inner.name, "evict", move || {
                 remove_tree_via(&dir, &tmp)
@@ -494,7 +525,9 @@ where
             .expect("read index")
             .into_iter()
             .map(|(k, v)| {
-                let used = v["last_used_ms"].as_u64().unwrap_or(0);
+                let used = self
+                    .inner
+                    .last_used(&k, v["last_used_ms"].as_u64().unwrap_or(0));
                 (k, used)
             })
             .collect();
@@ -721,6 +754,29 @@ mod tests {
         // A larger entry pushes out as many as it needs.
         drop(fill(&cache, "e", 20).await.expect("cached"));
         assert_eq!(cache.keys_by_age().await, ["d", "e"]);
+    }
+
+    #[tokio::test]
+    async fn hits_cost_no_commit_and_their_order_is_written_with_the_next_fill() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store(dir.path());
+        let cache = open(dir.path(), &store, 100).await;
+        for key in ["a", "b"] {
+            drop(fill(&cache, key, 10).await.expect("cached"));
+        }
+        let before = store.commit_stats();
+        assert!(has(&cache, "a").await);
+        assert_eq!(
+            store.commit_stats().submitted,
+            before.submitted,
+            "a hit writes nothing"
+        );
+        assert_eq!(cache.keys_by_age().await, ["b", "a"]);
+        // The next fill carries `a`'s use into the index, where a reopened cache finds it.
+        drop(fill(&cache, "c", 10).await.expect("cached"));
+        drop(cache);
+        let cache = open(dir.path(), &store, 100).await;
+        assert_eq!(cache.keys_by_age().await, ["b", "a", "c"]);
     }
 
     #[tokio::test]
