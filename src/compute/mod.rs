@@ -16,6 +16,7 @@ pub mod policy;
 mod runner;
 mod secrets;
 mod state;
+mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -161,6 +162,8 @@ struct Inner {
     scrubbers: Mutex<HashMap<ExecutionId, secrets::Scrubber>>,
     /// Executions to start (from accepted bids); bounded by what the bidder accepted.
     start: mpsc::UnboundedSender<runner::Work>,
+    /// The executions' folders (blocking I/O).
+    work_dirs: Arc<workdir::WorkDirs>,
 }
 
 /// Cloneable handle.
@@ -188,10 +191,11 @@ impl Compute {
         caches: Caches,
         config: Config,
     ) -> Result<(Compute, Runner), ComputeError> {
-        std::fs::create_dir_all(&config.work_dir).map_err(|source| ComputeError::WorkDir {
-            path: config.work_dir.clone(),
-            source,
-        })?;
+        let work_dirs =
+            workdir::WorkDirs::open(&config.work_dir).map_err(|source| ComputeError::WorkDir {
+                path: config.work_dir.clone(),
+                source,
+            })?;
         let tables = Tables::open(&store)?;
         let (outbox, delivery) = Outbox::new(
             &store,
@@ -218,6 +222,7 @@ impl Compute {
             running: Mutex::new(HashMap::new()),
             scrubbers: Mutex::new(HashMap::new()),
             start,
+            work_dirs: Arc::new(work_dirs),
         };
         let compute = Compute {
             inner: Arc::new(inner),

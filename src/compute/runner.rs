@@ -380,6 +380,21 @@ impl Compute {
         })
         .await;
         let (stdout, stderr) = read.unwrap_or_default();
+        // Still running after the read, so the files were this execution's throughout: its folder is
+        // recycled only once it is no longer running, and then the files are another execution's.
+        let still = self
+            .inner
+            .running
+            .lock()
+            .map(|r| r.contains_key(id))
+            .unwrap_or(false);
+        if !still {
+            return Response::Output {
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                running: false,
+            };
+        }
         Response::Output {
             stdout,
             stderr,
@@ -521,12 +536,14 @@ impl Compute {
     }
 
     fn work_dir(&self, id: &ExecutionId) -> PathBuf {
-        self.inner.config.work_dir.join(id.as_str())
+        self.inner.work_dirs.path(id.as_str())
     }
 
-    /// Removes an execution's inputs and result folder (the publisher keeps its own copy).
+    /// Done with an execution's inputs and result folder (the publisher keeps its own copy): emptied and
+    /// kept for the next execution.
     async fn discard_work_dir(&self, id: &ExecutionId) {
-        let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
+        let (dirs, dir) = (self.inner.work_dirs.clone(), self.work_dir(id));
+        let _ = tokio::task::spawn_blocking(move || dirs.recycle(&dir)).await;
     }
 
     async fn run_in(
@@ -582,17 +599,8 @@ impl Compute {
         folders.push(result_dir.clone());
         folders
             .extend((0..task.input_sources.len()).map(|i| dir.join("inputs").join(i.to_string())));
-        let root = dir.to_owned();
-        let made = tokio::task::spawn_blocking(move || {
-            match std::fs::remove_dir_all(&root) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((root, e)),
-                _ => {}
-            }
-            folders
-                .iter()
-                .try_for_each(|f| std::fs::create_dir_all(f).map_err(|e| (f.clone(), e)))
-        })
-        .await;
+        let (dirs, root) = (self.inner.work_dirs.clone(), dir.to_owned());
+        let made = tokio::task::spawn_blocking(move || dirs.prepare(&root, &folders)).await;
         match made {
             Ok(Ok(())) => {}
             Ok(Err((path, e))) => {

@@ -64,12 +64,37 @@ fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     assert_eq!(read("exitCode"), "0");
     assert_eq!(read("outputs/out.txt"), "written\n");
 
-    // The execution's inputs and result folder are removed once the result is recorded and published.
+    // The execution's folder leaves its place once the result is recorded and published, kept as a spare
+    // for the next execution with nothing of this one's in it: no outputs, no inputs, empty stream files.
     let work = cod.dir.join("data/executions");
     wait_until("work dir cleaned up", DEADLINE, || {
-        let left = std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0);
+        let left = std::fs::read_dir(&work)
+            .map(|d| {
+                d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".spare"))
+                    .count()
+            })
+            .unwrap_or(0);
         (left == 0).then_some(())
     });
+    let mut kept = Vec::new();
+    let mut stack = vec![work.join(".spare")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read spare") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                kept.push((path, meta.len()));
+            }
+        }
+    }
+    assert!(
+        kept.iter().all(|(p, len)| *len == 0
+            && ["stdout", "stderr", "exitCode"]
+                .contains(&p.file_name().and_then(|n| n.to_str()).unwrap_or(""))),
+        "a spare folder keeps only empty stream files: {kept:?}"
+    );
 }
 
 #[test]
