@@ -348,18 +348,13 @@ impl Compute {
 
     /// Live output of a running execution: up to [`OUTPUT_CHUNK`] bytes of each stream from the offsets.
     async fn read_output(&self, id: &ExecutionId, stdout_at: u64, stderr_at: u64) -> Response {
-        let running = self
-            .inner
-            .running
-            .lock()
-            .map(|r| r.contains_key(id))
-            .unwrap_or(false);
-        if !running {
-            return Response::Output {
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                running: false,
-            };
+        let ended = Response::Output {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            running: false,
+        };
+        if !self.is_running(id) {
+            return ended;
         }
         let result_dir = self.work_dir(id).join("result");
         let scrubber = self
@@ -379,27 +374,25 @@ impl Compute {
             ),
         })
         .await;
-        let (stdout, stderr) = read.unwrap_or_default();
         // Still running after the read, so the files were this execution's throughout: its folder is
         // recycled only once it is no longer running, and then the files are another execution's.
-        let still = self
-            .inner
-            .running
-            .lock()
-            .map(|r| r.contains_key(id))
-            .unwrap_or(false);
-        if !still {
-            return Response::Output {
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                running: false,
-            };
+        if !self.is_running(id) {
+            return ended;
         }
+        let (stdout, stderr) = read.unwrap_or_default();
         Response::Output {
             stdout,
             stderr,
             running: true,
         }
+    }
+
+    fn is_running(&self, id: &ExecutionId) -> bool {
+        self.inner
+            .running
+            .lock()
+            .map(|r| r.contains_key(id))
+            .unwrap_or(false)
     }
 
     fn acknowledge(&self, peer: &NodeId, outcome: Result<u64, StoreError>) -> Response {
