@@ -418,7 +418,7 @@ impl Delivery {
                 let upto = lock(&acked).upto.get(&peer).copied().unwrap_or(0);
                 let after = message_key(&peer, upto);
                 let batch = match store
-                    .lookup(|txn| txn.prefix_after(messages, &prefix, &after, BATCH_MESSAGES))
+                    .read_sync(|txn| txn.prefix_after(messages, &prefix, &after, BATCH_MESSAGES))
                 {
                     Ok(b) => b,
                     Err(e) => return DrainEnd::Failed(peer, e.to_string()),

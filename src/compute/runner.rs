@@ -250,7 +250,7 @@ impl Compute {
             },
         };
         let (t, outbox) = (self.inner.tables, &self.inner.outbox);
-        let known = self.inner.store.lookup(|txn| {
+        let known = self.inner.store.read_sync(|txn| {
             Ok((
                 outbox.last_applied(txn, peer)?,
                 txn.get(t.executions, execution.id.as_str())?.is_some(),
@@ -418,7 +418,7 @@ impl Compute {
         let record = match self
             .inner
             .store
-            .lookup(|txn| txn.get(t.executions, id.as_str()))
+            .read_sync(|txn| txn.get(t.executions, id.as_str()))
         {
             Ok(Some(r)) if r.state == LocalState::Running => r,
             Ok(_) => return,

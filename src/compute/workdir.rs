@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::cache::remove_any;
+
 /// The files every execution's `result/` has; a spare keeps them, empty.
 const STREAMS: [&str; 3] = ["stdout", "stderr", "exitCode"];
 
@@ -121,7 +123,7 @@ fn strip(dir: &Path) -> io::Result<()> {
         match entry.file_name().to_str() {
             Some("result") if is_dir => strip_result(&path)?,
             Some("inputs") if is_dir => strip_inputs(&path)?,
-            _ => remove(&path, is_dir)?,
+            _ => remove_any(&path)?,
         }
     }
     Ok(())
@@ -141,7 +143,7 @@ fn strip_result(dir: &Path) -> io::Result<()> {
             // when its folder is recycled, and the job never saw `result/` itself, only its result paths.
             fs::OpenOptions::new().write(true).open(&path)?.set_len(0)?;
         } else {
-            remove(&path, kind.is_dir())?;
+            remove_any(&path)?;
         }
     }
     Ok(())
@@ -158,23 +160,13 @@ fn strip_inputs(dir: &Path) -> io::Result<()> {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         if numbered && is_dir {
             for inner in fs::read_dir(&path)? {
-                let inner = inner?;
-                remove(&inner.path(), inner.file_type()?.is_dir())?;
+                remove_any(&inner?.path())?;
             }
         } else {
-            remove(&path, is_dir)?;
+            remove_any(&path)?;
         }
     }
     Ok(())
-}
-
-/// Removes a file, link or folder tree (std's `remove_dir_all` does not follow links inside it).
-fn remove(path: &Path, is_dir: bool) -> io::Result<()> {
-    if is_dir {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
 }
 
 #[cfg(test)]

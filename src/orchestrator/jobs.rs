@@ -300,7 +300,7 @@ impl Orchestrator {
         let t = self.inner.tables;
         self.inner
             .store
-            .lookup(|txn| resolve(txn, &t, id, namespace))?
+            .read_sync(|txn| resolve(txn, &t, id, namespace))?
             .ok_or_else(|| OrchestratorError::NotFound {
                 kind: "job",
                 id: id.to_owned(),
@@ -347,7 +347,7 @@ impl Orchestrator {
         Ok(self
             .inner
             .store
-            .lookup(|txn| state::executions_of(txn, &t, &job.id))?)
+            .read_sync(|txn| state::executions_of(txn, &t, &job.id))?)
     }
 
     /// A page of a job's history.
@@ -364,7 +364,7 @@ impl Orchestrator {
             filter.limit.min(1000)
         };
         // The job and its records in one read transaction: a follower reads this once per change of its job.
-        let found = self.inner.store.lookup(|txn| {
+        let found = self.inner.store.read_sync(|txn| {
             let Some(job) = resolve(txn, &t, id, namespace)? else {
                 return Ok(None);
             };

@@ -210,18 +210,10 @@ impl Store {
         async move { rx.await.map_err(|_| writer_gone())? }
     }
 
-    /// Runs `f` in a read transaction on the calling thread, async code included: for a few point reads (a
-    /// key, one job's records), which take microseconds from the mapped pages. [`Store::read`]'s hand-off to
-    /// the blocking pool costs more than that (two thread switches, on a job's path). Scans of whole tables
-    /// use [`Store::read`].
-    pub fn lookup<R>(
-        &self,
-        f: impl FnOnce(&ReadTxn<'_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        self.read_sync(f)
-    }
-
-    /// [`Store::read`] for code already on a blocking thread.
+    /// Runs `f` in a read transaction on the calling thread: for code already on a blocking thread, and from
+    /// async code for a few point reads (a key, one job's records), which take microseconds from the mapped
+    /// pages. [`Store::read`]'s hand-off to the blocking pool costs more than that (two thread switches, on a
+    /// job's path); scans of whole tables use it.
     pub fn read_sync<R>(
         &self,
         f: impl FnOnce(&ReadTxn<'_>) -> Result<R, StoreError>,

@@ -311,13 +311,13 @@ where
 
     /// The entry under the guard's key, leased and marked as just used; `None` on a miss.
     pub async fn lookup(&self, guard: &KeyGuard) -> Result<Option<Hit<M>>, CacheError> {
-        let (table, key) = (self.inner.table, guard.key.clone());
+        let table = self.inner.table;
         // A point read and a stat, on this thread: both take microseconds, less than a hand-off to the
         // blocking pool would.
         let found = self
             .inner
             .store
-            .lookup(move |txn| txn.get(table, &key))
+            .read_sync(|txn| txn.get(table, &guard.key))
             .map_err(|source| self.index_err(source))?;
         let dir = self.inner.entries.join(&guard.key);
         if found.is_some() && !std::fs::exists(&dir).unwrap_or(false) {
