@@ -90,7 +90,14 @@ impl WorkDirs {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let spare = self.spare_dir.join(n.to_string());
             if fs::rename(dir, &spare).is_ok() {
-                self.lock().push(spare);
+                // Checked again under the one lock: concurrent recycles all passed the first look.
+                let mut spares = self.lock();
+                if spares.len() < MAX_SPARES {
+                    spares.push(spare);
+                    return;
+                }
+                drop(spares);
+                let _ = fs::remove_dir_all(&spare);
                 return;
             }
         }
