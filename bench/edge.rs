@@ -304,14 +304,43 @@ fn wait_connected(client: &reqwest::blocking::Client, api: &str, n: usize) {
     }
 }
 
-/// Idle RSS of a compute node (running `bin`) connected to an orchestrator: (total, anon, file) in KiB, and
-/// the orchestrator's total.
+/// Resident memory of one process, in KiB.
+#[derive(Debug, Clone, Copy)]
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+}
+
+impl Rss {
+    fn of(pid: u32) -> Rss {
+        Rss {
+            total: status_kib(pid, "VmRSS"),
+            anon: status_kib(pid, "RssAnon"),
+            file: status_kib(pid, "RssFile"),
+        }
+    }
+
+    /// "6.68 MiB (1.02 anon + 5.66 file)".
+    fn show(self) -> String {
+        format!(
+            "{:.2} MiB ({:.2} anon + {:.2} file)",
+            self.total as f64 / 1024.0,
+            self.anon as f64 / 1024.0,
+            self.file as f64 / 1024.0
+        )
+    }
+}
+
+/// Idle RSS of a compute node (running `bin`) connected to an orchestrator: 3 s after it connected, and settled
+/// (12 s after: past the first quiet window in which a node hands back its code mappings, src/node/trim.rs);
+/// and the orchestrator's total.
 fn idle_rss(
     client: &reqwest::blocking::Client,
     dir: &Path,
     bin: &str,
     tag: &str,
-) -> (u64, u64, u64, u64) {
+) -> (Rss, Rss, u64) {
     let orch = start(dir, &format!("orch-{tag}"), &["--orchestrator"]);
     let addr = orch.p2p.first().expect("p2p").clone();
     let compute = start_with(
@@ -329,12 +358,12 @@ fn idle_rss(
     wait_connected(client, &orch.api, 1);
     // Let start-up allocations settle into the idle state (heartbeats keep flowing).
     std::thread::sleep(Duration::from_secs(3));
-    let (pid, opid) = (compute.child.id(), orch.child.id());
+    let connected = Rss::of(compute.child.id());
+    std::thread::sleep(Duration::from_secs(9));
     (
-        status_kib(pid, "VmRSS"),
-        status_kib(pid, "RssAnon"),
-        status_kib(pid, "RssFile"),
-        status_kib(opid, "VmRSS"),
+        connected,
+        Rss::of(compute.child.id()),
+        status_kib(orch.child.id(), "VmRSS"),
     )
 }
 
@@ -543,55 +572,56 @@ fn main() {
     }
 
     // Idle RSS of a connected compute node, beside its orchestrator's.
-    let (rss, anon, file, orss) = idle_rss(&client, dir, env!("CARGO_BIN_EXE_cod"), "host");
+    let (connected, settled, orss) = idle_rss(&client, dir, env!("CARGO_BIN_EXE_cod"), "host");
     writeln!(
         out,
-        "idle RSS, connected compute node: {:.2} MiB (target <= 5 MiB) = {:.2} MiB anonymous (heap, stacks) + {:.2} MiB file-backed (the executable and shared libraries, clean and reclaimable); its orchestrator: {:.2} MiB",
-        rss as f64 / 1024.0,
-        anon as f64 / 1024.0,
-        file as f64 / 1024.0,
+        "idle RSS, connected compute node: {} settled (target <= 5 MiB; anon = heap and stacks, file = the executable's mapped pages, clean and reclaimable), {} 3 s after connecting; its orchestrator: {:.2} MiB",
+        settled.show(),
+        connected.show(),
         orss as f64 / 1024.0,
     )
     .ok();
-    let host_rss = format!(
-        "{:.2} MiB ({:.2} anon + {:.2} file)",
-        rss as f64 / 1024.0,
-        anon as f64 / 1024.0,
-        file as f64 / 1024.0
-    );
     let mut edge_rss = Value::Null;
     match std::env::var("COD_BENCH_COMPUTE_BIN") {
         Ok(bin) if !bin.is_empty() => {
-            let (rss, anon, file, _) = idle_rss(&client, dir, &bin, "edge");
-            edge_rss = json!({"binary": &bin, "total": rss, "anon": anon, "file": file});
+            let (edge_connected, edge) = {
+                let (c, s, _) = idle_rss(&client, dir, &bin, "edge");
+                (c, s)
+            };
+            edge_rss = json!({
+                "binary": &bin, "total": edge.total, "anon": edge.anon, "file": edge.file,
+                "connected_3s": {"total": edge_connected.total, "anon": edge_connected.anon, "file": edge_connected.file},
+            });
             let name = Path::new(&bin)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or(bin.clone());
             writeln!(
                 out,
-                "idle RSS, connected compute node running {name}: {:.2} MiB = {:.2} MiB anonymous + {:.2} MiB file-backed",
-                rss as f64 / 1024.0,
-                anon as f64 / 1024.0,
-                file as f64 / 1024.0
+                "idle RSS, connected compute node running {name}: {} settled, {} 3 s after connecting",
+                edge.show(),
+                edge_connected.show(),
             )
             .ok();
             rows.push(row(
-                format!("idle RSS, connected compute node ({name})"),
+                format!("idle RSS, connected compute node ({name}), settled"),
+                edge.show(),
                 format!(
-                    "{:.2} MiB ({:.2} anon + {:.2} file)",
-                    rss as f64 / 1024.0,
-                    anon as f64 / 1024.0,
-                    file as f64 / 1024.0
+                    "3 s after connecting: {}; host glibc build settled: {}",
+                    edge_connected.show(),
+                    settled.show()
                 ),
-                format!("host glibc build: {host_rss}"),
                 "<= 5 MiB",
             ));
         }
         _ => rows.push(row(
-            "idle RSS, connected compute node (host build)",
-            host_rss,
-            format!("its orchestrator: {:.2} MiB", orss as f64 / 1024.0),
+            "idle RSS, connected compute node (host build), settled",
+            settled.show(),
+            format!(
+                "3 s after connecting: {}; its orchestrator: {:.2} MiB",
+                connected.show(),
+                orss as f64 / 1024.0
+            ),
             "<= 5 MiB",
         )),
     }
@@ -663,7 +693,10 @@ fn main() {
             "rows": rows.iter().map(|r| json!({"measure": r.measure, "value": r.value, "comparison": r.comparison, "target": r.target})).collect::<Vec<_>>(),
             "raw": {
                 "host_binary_bytes": size,
-                "idle_rss_kib": {"total": rss, "anon": anon, "file": file, "orchestrator": orss},
+                "idle_rss_kib": {
+                    "total": settled.total, "anon": settled.anon, "file": settled.file, "orchestrator": orss,
+                    "connected_3s": {"total": connected.total, "anon": connected.anon, "file": connected.file},
+                },
                 "idle_rss_edge_kib": edge_rss,
                 "start_to_ready_ms": {"p50": ready50, "p90": ready90, "exec_floor_p50": floor},
                 "submit_to_completed_ms": {"p50": p50, "p99": p99},

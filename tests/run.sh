@@ -52,12 +52,6 @@ cargo test --locked --lib
 cargo test --locked --test e2e -- --test-threads 2
 # The e2e build left the binary in target/debug; Bacalhau's Python client talks to it.
 COD_BIN="$(pwd)/target/debug/cod" python3 tests/python/test_bacalhau_apiclient.py
-# The edge flavor (no orchestrator feature): its unit tests, then it refuses the role and serves only a
-# compute node's API (tests/e2e/edge.rs). After the Python client, because it rebuilds target/debug/cod in
-# that flavor.
-edge_features=compute,executor-wasm,executor-oci,storage-url,storage-s3,ipfs
-cargo test --locked --no-default-features --features "$edge_features" --lib
-cargo test --locked --no-default-features --features "$edge_features" --test e2e edge:: -- --test-threads 2
 # Edge delivery (issue 5): static x86_64 and aarch64 edge builds within the 8 MiB budget, a hybrid node on
 # aarch64 under qemu-user running a WASM job, .deb packages installed into throw-away roots, completions and
 # the man page. It installs its own toolchain pieces (musl-tools, cargo-zigbuild, ziglang, qemu-user-static).
@@ -66,3 +60,10 @@ bash tests/edge.sh
 # with the edge build as its compute node; limits, OOM, pids and the cgroup clean-up are checked from jobs.
 # It installs qemu-system-x86 and unpacks Debian's kernel package (not installed) into CARGO_TARGET_DIR.
 bash tests/cgroup2-vm.sh
+# The edge flavor (no orchestrator feature): its unit tests, then it refuses the role and serves only a
+# compute node's API (tests/e2e/edge.rs). Last, because it rebuilds target/debug/cod in that flavor, which
+# everything above uses in the default one (edge.sh and cgroup2-vm.sh build it too): in this order the debug
+# crate is compiled once per flavor.
+edge_features=compute,executor-wasm,executor-oci,storage-url,storage-s3,ipfs
+cargo test --locked --no-default-features --features "$edge_features" --lib
+cargo test --locked --no-default-features --features "$edge_features" --test e2e edge:: -- --test-threads 2

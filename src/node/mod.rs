@@ -6,6 +6,7 @@
 mod backends;
 #[cfg(feature = "ipfs")]
 mod ipfs;
+mod trim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -325,6 +326,7 @@ pub async fn start(
         write_ready(&path, &ready)?;
     }
     info!(node_id = %node_id, "node ready");
+    tasks.spawn(trim::run(shutdown.child_token()));
     Ok(Node {
         tasks,
         shutdown,

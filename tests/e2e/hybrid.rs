@@ -97,6 +97,38 @@ fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     );
 }
 
+/// `RssFile` of a process, in KiB: the pages of files (here only the executable) it has mapped.
+fn rss_file_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("RssFile")
+}
+
+#[test]
+fn a_quiet_node_hands_back_its_code_mappings_and_still_runs_jobs() {
+    let cod = Cod::start("trim", &[]);
+    let after_start = rss_file_kib(cod.pid());
+    // node/trim.rs: after a quiet 5-s window the node unmaps its executable's read-only mappings.
+    let trimmed = wait_until("the quiet node to unmap most of its code", DEADLINE, || {
+        let now = rss_file_kib(cod.pid());
+        (now < after_start / 2).then_some(now)
+    });
+    eprintln!("RssFile {after_start} KiB after start, {trimmed} KiB once quiet");
+    // The code comes back on use: a job runs end to end, and the node answers its API.
+    let id = cod.submit(wasm_job(HELLO, json!({})));
+    let body = cod.wait_terminal(&id, DEADLINE);
+    assert_eq!(state(&body), "Completed", "{body:#}");
+    assert!(
+        body["Executions"]["Items"][0]["RunOutput"]["Stdout"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("hello")),
+        "{body:#}"
+    );
+}
+
 #[test]
 fn non_zero_exit_is_recorded_not_an_error() {
     let cod = Cod::start("exit", &[]);
