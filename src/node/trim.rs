@@ -23,21 +23,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// How often the process's CPU time is sampled; a whole window under [`QUIET_BELOW`] is quiet.
-pub const WINDOW: Duration = Duration::from_secs(5);
+const WINDOW: Duration = Duration::from_secs(5);
 /// CPU use, as a share of one core over a window, below which the process counts as quiet. An idle node's
-/// heartbeats and timers take well under a tenth of this.
+/// heartbeats and timers stay under it even in a debug build (tests/e2e/hybrid.rs sees the first window trim).
 const QUIET_BELOW: f64 = 0.01;
 
 /// A mapping that may be trimmed: `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
+struct Range {
     start: usize,
     end: usize,
 }
 
 /// The read-only, private, untouched mappings of the file mapped at `anchor` (an address inside the
 /// executable's code), read from the text of `/proc/self/smaps`.
-pub fn trimmable(smaps: &str, anchor: usize) -> Vec<Range> {
+fn trimmable(smaps: &str, anchor: usize) -> Vec<Range> {
     // Each mapping is a header line (`start-end perms offset dev inode path`) followed by `Key: value` lines.
     struct Mapping<'a> {
         range: Range,
@@ -140,7 +140,7 @@ fn cpu_time_of(stat: &str, ticks_per_s: u64) -> Option<Duration> {
 }
 
 /// Trims after each quiet window that follows a busy one, until `shutdown`.
-pub async fn run(shutdown: CancellationToken) {
+pub(crate) async fn run(shutdown: CancellationToken) {
     let mut last = cpu_time();
     // Start-up was busy: the first quiet window trims.
     let mut busy_since_trim = true;
