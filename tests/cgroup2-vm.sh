@@ -80,8 +80,15 @@ kver="${kpkg#linux-image-}"
 vmlinuz="$kroot/boot/vmlinuz-$kver"
 [[ -f "$vmlinuz" ]] && ok "kernel $kver" || { fail "no kernel at $vmlinuz"; exit 1; }
 
-cargo build --locked -q --bin cod
-host_cod="$CARGO_TARGET_DIR/debug/cod"
+# COD_HOST_BIN: a host build of cod to use. tests/run.sh passes the one its e2e suite just tested (`cargo
+# build` would compile the crate again: cargo test built it under the test profile, 100 s in CI). Unset, this
+# builds one.
+if [[ -n "${COD_HOST_BIN:-}" ]]; then
+  host_cod="$COD_HOST_BIN"
+else
+  cargo build --locked -q --bin cod
+  host_cod="$CARGO_TARGET_DIR/debug/cod"
+fi
 edge="$(bash cross/build.sh x86_64-unknown-linux-musl --edge | tail -n1)"
 ok "edge build: $edge"
 timing

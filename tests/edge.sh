@@ -45,8 +45,15 @@ trap cleanup EXIT
 
 # === 1. completions and man page, from the host debug build (the one cargo test built) ===
 step "completions and man page"
-cargo build --locked -q --bin cod
-host_cod="$CARGO_TARGET_DIR/debug/cod"
+# COD_HOST_BIN: a host build of cod to use. tests/run.sh passes the one its e2e suite just tested (`cargo
+# build` would compile the crate again: cargo test built it under the test profile, 100 s in CI). Unset, this
+# builds one.
+if [[ -n "${COD_HOST_BIN:-}" ]]; then
+  host_cod="$COD_HOST_BIN"
+else
+  cargo build --locked -q --bin cod
+  host_cod="$CARGO_TARGET_DIR/debug/cod"
+fi
 "$host_cod" completions bash >"$work/cod.bash"
 # Drive the completion function the way bash-completion does.
 got="$(bash -c 'source "$1"; COMP_WORDS=(cod wasm r); COMP_CWORD=2; _cod; echo "${COMPREPLY[*]}"' _ "$work/cod.bash" || true)"

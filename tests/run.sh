@@ -55,15 +55,15 @@ COD_BIN="$(pwd)/target/debug/cod" python3 tests/python/test_bacalhau_apiclient.p
 # Edge delivery (issue 5): static x86_64 and aarch64 edge builds within the 8 MiB budget, a hybrid node on
 # aarch64 under qemu-user running a WASM job, .deb packages installed into throw-away roots, completions and
 # the man page. It installs its own toolchain pieces (musl-tools, cargo-zigbuild, ziglang, qemu-user-static).
-bash tests/edge.sh
+COD_HOST_BIN="$(pwd)/target/debug/cod" bash tests/edge.sh
 # The docker engine on a pure cgroup v2 kernel (this machine is v1; issue 3): a qemu guest boots Debian's kernel
 # with the edge build as its compute node; limits, OOM, pids and the cgroup clean-up are checked from jobs.
 # It installs qemu-system-x86 and unpacks Debian's kernel package (not installed) into CARGO_TARGET_DIR.
-bash tests/cgroup2-vm.sh
+COD_HOST_BIN="$(pwd)/target/debug/cod" bash tests/cgroup2-vm.sh
 # The edge flavor (no orchestrator feature): its unit tests, then it refuses the role and serves only a
-# compute node's API (tests/e2e/edge.rs). Last, because it rebuilds target/debug/cod in that flavor, which
-# everything above uses in the default one (edge.sh and cgroup2-vm.sh build it too): in this order the debug
-# crate is compiled once per flavor.
+# compute node's API (tests/e2e/edge.rs). Last, because it rebuilds target/debug/cod in that flavor, while
+# everything above uses the default one (edge.sh and cgroup2-vm.sh get the e2e suite's build as COD_HOST_BIN):
+# in this order the debug crate is compiled once per flavor.
 edge_features=compute,executor-wasm,executor-oci,storage-url,storage-s3,ipfs
 cargo test --locked --no-default-features --features "$edge_features" --lib
 cargo test --locked --no-default-features --features "$edge_features" --test e2e edge:: -- --test-threads 2
