@@ -285,6 +285,14 @@ finished() {
     jq -e '.Job.State.StateType | IN("Completed", "Failed", "Stopped")' "$work/$1.json" >/dev/null ||
     { guest_alive || exit 1; false; }
 }
+# ended_on_node ID: every execution of the job has ended as its node reports it (Completed, Failed or
+# Cancelled: 9, 10, 11), which the node does once the container and its cgroup are gone. A stopped job is
+# Stopped at once in the orchestrator's view, before its node has torn anything down.
+ended_on_node() {
+  curl -sf "$api/api/v1/orchestrator/jobs/$1?include=executions" |
+    jq -e '[.Executions.Items[].ComputeState.StateType] | all(. == 9 or . == 10 or . == 11)' >/dev/null ||
+    { guest_alive || exit 1; false; }
+}
 # result ID: waits for the job, then prints STATE, STDOUT (on one line) and the failure messages, separated
 # by US (0x1f): a tab is whitespace to `read`, which would merge an empty field into the next.
 result() {
@@ -351,6 +359,7 @@ else
 fi
 curl -sf -X DELETE "$api/api/v1/orchestrator/jobs/$long_job" >/dev/null || true
 (wait_for 120 finished "$long_job") || fail "job $long_job did not stop"
+(wait_for 120 ended_on_node "$long_job") || fail "the node did not report job $long_job's execution ended"
 timing
 
 # After every job: the node's cgroup root holds the last job's own cgroup and nothing else.
