@@ -4,7 +4,7 @@
 //! up to 64 KiB of cached neighbours. After start-up, a connected compute node running the static x86_64 edge
 //! build had 6.7 of its 7.8 MiB of code mapped, while it touched 1.0–1.6 MiB of it in 5 s of idling (the
 //! `Referenced` pages in smaps). Mapped code counts in the process's RSS, and the kernel is slow to reclaim
-//! it: active executable pages get an extra round on the active list. Trimmed, that node settled at 6.7 MiB
+//! it: active executable pages get an extra round on the active list. Trimmed, that node settled at 6.6 MiB
 //! RSS instead of 9.9 (code mapped 3.9 MiB instead of 6.7: what it touches, plus the neighbours each fault
 //! maps).
 //!
