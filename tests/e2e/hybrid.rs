@@ -97,7 +97,7 @@ fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     );
 }
 
-/// `RssFile` of a process, in KiB: the pages of files (here only the executable) it has mapped.
+/// `RssFile` of a process, in KiB: the pages of files it has mapped (mostly its executable; LMDB's map too).
 fn rss_file_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
