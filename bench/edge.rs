@@ -584,10 +584,7 @@ fn main() {
     let mut edge_rss = Value::Null;
     match std::env::var("COD_BENCH_COMPUTE_BIN") {
         Ok(bin) if !bin.is_empty() => {
-            let (edge_connected, edge) = {
-                let (c, s, _) = idle_rss(&client, dir, &bin, "edge");
-                (c, s)
-            };
+            let (edge_connected, edge, _) = idle_rss(&client, dir, &bin, "edge");
             edge_rss = json!({
                 "binary": &bin, "total": edge.total, "anon": edge.anon, "file": edge.file,
                 "connected_3s": {"total": edge_connected.total, "anon": edge_connected.anon, "file": edge_connected.file},

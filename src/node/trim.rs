@@ -94,13 +94,17 @@ fn trimmable(smaps: &str, anchor: usize) -> Vec<Range> {
         .collect()
 }
 
+/// An address inside this executable's code (this function's own), which names its mappings in smaps.
+fn own_code() -> usize {
+    own_code as fn() -> usize as usize
+}
+
 /// Unmaps the trimmable mappings of this executable; returns the bytes handed back to the page cache.
 #[allow(unsafe_code)]
 fn trim_now() -> std::io::Result<usize> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    let anchor = trim_now as fn() -> std::io::Result<usize> as usize;
     let mut bytes = 0;
-    for r in trimmable(&smaps, anchor) {
+    for r in trimmable(&smaps, own_code()) {
         // SAFETY: MADV_DONTNEED on a private file mapping discards its private (copy-on-write) pages, and
         // the next access reads the file's page instead; memory is lost only where such pages exist. `r` is a
         // whole mapping of this process's own executable that is not writable and holds no private page
@@ -240,11 +244,11 @@ Anonymous:           132 kB
     #[test]
     fn this_process_finds_its_own_code() {
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        let anchor = trim_now as fn() -> std::io::Result<usize> as usize;
+        let anchor = own_code();
         let found = trimmable(&smaps, anchor);
         assert!(
             found.iter().any(|r| r.start <= anchor && anchor < r.end),
-            "the code mapping holding trim_now is among {found:?}"
+            "the code mapping holding own_code is among {found:?}"
         );
         assert!(cpu_time().is_some());
         // Trimming this very test binary while the other tests run: its code keeps working (it is mapped
