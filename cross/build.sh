@@ -82,8 +82,8 @@ mkdir -p "$cache"
 features=()
 case "$flavor" in
   edge) features=(compute executor-wasm executor-oci storage-url storage-s3 ipfs) ;;
-  full) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed) ;;
-  gpu) features=(orchestrator compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed gpu) ;;
+  full) features=(orchestrator client compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed) ;;
+  gpu) features=(orchestrator client compute executor-wasm executor-oci storage-url storage-s3 ipfs tls-self-signed gpu) ;;
 esac
 # 32-bit ARM has no OCI executor: libcontainer 0.7 (youki) does not compile for 32-bit targets (tty.rs
 # builds nix's `FsType`, a u32 there, from a u64 constant), so armv7 nodes run WASM jobs only.
@@ -113,20 +113,26 @@ if ((${#apt_missing[@]})); then
   apt-get install -y -qq "${apt_missing[@]}" >&2
 fi
 
-# The target's prebuilt standard library, or else one built from rustup's `rust-src` by cargo's build-std:
-# rustup's server answers 404 for armv7-unknown-linux-musleabihf's rust-std (cross/README.md), while the
-# compiler itself supports the triple (tier 2). build-std is a nightly cargo flag; RUSTC_BOOTSTRAP=1 lets this
-# stable toolchain use it, for this one cargo invocation only.
-build_std=0
+# The standard library. Static (musl) builds compile their own from rustup's `rust-src` with cargo's build-std,
+# at the release profile's opt-level z and with std's `optimize_for_size` feature (smaller sorting, formatting
+# and collection code): rustup's prebuilt std is compiled at opt-level 3, and fat LTO does not undo the inlining
+# done before. On the x86_64 edge build that is 416,184 bytes (cross/README.md). build-std is a nightly cargo
+# flag; RUSTC_BOOTSTRAP=1 lets this stable toolchain use it, for this one cargo invocation only. The prebuilt
+# std is still installed where rustup has one: its self-contained musl start-up files are what the link uses.
+# rustup answers 404 for armv7-unknown-linux-musleabihf's (cross/README.md), so that build links zig's.
+build_std=0 prebuilt_std=1
+[[ "$triple" == *-musl* ]] && build_std=1
 if ! rustup target list --installed | grep -qx "$triple"; then
   log "rustup target add $triple"
   if ! rustup target add "$triple" >"$cache/rustup-target-add.log" 2>&1; then
     log "$(grep -m1 '^error' "$cache/rustup-target-add.log") (whole answer: $cache/rustup-target-add.log)"
     log "no prebuilt standard library for $triple: building it from rust-src (cargo -Zbuild-std)"
-    rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src >&2 ||
-      die "rustup can install neither the standard library for $triple nor rust-src to build it"
-    build_std=1
+    build_std=1 prebuilt_std=0
   fi
+fi
+if ((build_std)); then
+  rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src >&2 ||
+    die "rustup cannot install rust-src, from which the standard library for $triple is built"
 fi
 
 use_zig=1
@@ -211,7 +217,7 @@ if [[ ",$feature_list," == *,executor-oci,* ]]; then
   export LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$seccomp_lib"
 fi
 
-# === link settings (static musl builds) ===
+# === code generation and link settings (static musl builds) ===
 # Passed as the target's rustflags, so host build scripts and proc macros keep theirs; cargo joins them with a
 # board's own (targets/*/cargo.toml sets target-cpu the same way).
 #   - no-unwind-tables.ld drops .eh_frame: panics abort, and a stripped binary's backtrace shows only addresses
@@ -220,14 +226,18 @@ fi
 #   - x86_64 links static-pie (ASLR of the executable kept); packing its ~35,000 relative relocations as RELR
 #     (binutils >= 2.38; the self-contained musl start-up code applies them) shrinks .rela.dyn from 0.8 MiB to
 #     a few KiB. aarch64 and armv7 (zig) link classic static executables, which have no such relocations.
-#   - a standard library built here (build-std) has no self-contained musl start-up files beside it, so the
-#     linker's own are used (zig's musl, the same C library the prebuilt ones come from).
-link_flags=()
+#   - x86_64 turns on LLVM's machine outliner, which AArch64 runs by default on opt-level z code: repeated
+#     instruction sequences (x86's long stack-relative moves of async state machines, cross/README.md) become
+#     one shared function. 360,448 bytes off the x86_64 edge build (cross/README.md).
+#   - without rustup's prebuilt std (armv7) there are no self-contained musl start-up files, so the linker's
+#     own are used (zig's musl, the same C library the prebuilt ones come from).
+rustflags=()
 if [[ "$triple" == *-musl* ]]; then
-  link_flags+=("\"-C\", \"link-arg=-Wl,-T,$repo/cross/no-unwind-tables.ld\"")
-  [[ "$triple" == x86_64-* ]] && link_flags+=("\"-C\", \"link-arg=-Wl,-z,pack-relative-relocs\"")
-  ((build_std)) && link_flags+=("\"-C\", \"link-self-contained=no\"")
-  config_args+=(--config "target.$triple.rustflags=[$(IFS=,; echo "${link_flags[*]}")]")
+  rustflags+=("\"-C\", \"link-arg=-Wl,-T,$repo/cross/no-unwind-tables.ld\"")
+  [[ "$triple" == x86_64-* ]] && rustflags+=("\"-C\", \"link-arg=-Wl,-z,pack-relative-relocs\"")
+  [[ "$triple" == x86_64-* ]] && rustflags+=("\"-C\", \"llvm-args=-enable-machine-outliner=always\"")
+  ((prebuilt_std)) || rustflags+=("\"-C\", \"link-self-contained=no\"")
+  config_args+=(--config "target.$triple.rustflags=[$(IFS=,; echo "${rustflags[*]}")]")
 fi
 
 # === build ===
@@ -235,7 +245,8 @@ fi
 # Only the target's own settings: host build scripts and proc macros keep theirs.
 cargo_cmd=(cargo build)
 ((use_zig)) && cargo_cmd=(cargo zigbuild)
-((build_std)) && cargo_cmd=(env RUSTC_BOOTSTRAP=1 "${cargo_cmd[@]}" -Zbuild-std=std,panic_abort)
+((build_std)) && cargo_cmd=(env RUSTC_BOOTSTRAP=1 "${cargo_cmd[@]}" -Zbuild-std=std,panic_abort
+  -Zbuild-std-features=optimize_for_size)
 log "building $flavor flavor for $target (features: $feature_list)"
 "${cargo_cmd[@]}" --locked --release --target "$target" "${config_args[@]}" \
   --no-default-features --features "$feature_list" --bin cod >&2

@@ -42,6 +42,8 @@ compile_error!("cod needs at least one role: enable the `orchestrator` or the `c
 pub const FEATURES: &[&str] = &[
     #[cfg(feature = "orchestrator")]
     "orchestrator",
+    #[cfg(feature = "client")]
+    "client",
     #[cfg(feature = "compute")]
     "compute",
     #[cfg(feature = "executor-wasm")]

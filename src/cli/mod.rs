@@ -84,12 +84,16 @@ pub struct Cli {
 #[argh(subcommand)]
 pub enum Command {
     /// `cod job …`
+    #[cfg(feature = "client")]
     Job(job::JobArgs),
     /// `cod wasm …`
+    #[cfg(feature = "client")]
     Wasm(wasm::WasmArgs),
     /// `cod docker …`
+    #[cfg(feature = "client")]
     Docker(docker::DockerArgs),
     /// `cod node …`
+    #[cfg(feature = "client")]
     Node(node::NodeArgs),
     /// `cod agent …`
     Agent(agent::AgentArgs),
@@ -135,14 +139,17 @@ impl Cli {
     /// operand, but argh takes every word that starts with `-` for a flag; as the last word, and with no `--`
     /// before it, it gets one, which is what argh needs to read it as an operand.
     pub fn parse(args: &[&str]) -> Result<Cli, argh::EarlyExit> {
-        match args.split_last() {
+        let parsed = match args.split_last() {
             Some((&"-", rest)) if !rest.contains(&"--") => {
                 let mut words = rest.to_vec();
                 words.extend(["--", "-"]);
                 Cli::from_args(&["cod"], &words)
             }
             _ => Cli::from_args(&["cod"], args),
-        }
+        };
+        #[cfg(not(feature = "client"))]
+        let parsed = parsed.map_err(explain_missing_client_verb);
+        parsed
     }
 
     /// True for `cod serve`, which runs the node (multi-threaded runtime, info-level logs) instead of calling
@@ -150,6 +157,26 @@ impl Cli {
     pub fn is_serve(&self) -> bool {
         matches!(self.command, Command::Serve(_))
     }
+}
+
+/// The verbs of the `client` feature, which edge builds leave out.
+#[cfg(not(feature = "client"))]
+const CLIENT_VERBS: [&str; 4] = ["job", "node", "wasm", "docker"];
+
+/// argh answers `cod job …` in a build without the client verbs with a bare "Unrecognized argument: job";
+/// an operator on a board deserves to know the verb exists and where to run it.
+#[cfg(not(feature = "client"))]
+fn explain_missing_client_verb(mut early: argh::EarlyExit) -> argh::EarlyExit {
+    let unknown = early.output.trim().strip_prefix("Unrecognized argument: ");
+    if let Some(verb) = unknown.filter(|w| CLIENT_VERBS.contains(w)) {
+        early.output = format!(
+            "`cod {verb}` is not in this build: edge builds (compute only) leave out the client verbs {}. \
+             Run them from a full build of cod on any machine that reaches the orchestrator's API \
+             (--api-host/--api-port), or call the API (/api/v1/orchestrator/...) directly.",
+            CLIENT_VERBS.join(", ")
+        );
+    }
+    early
 }
 
 /// What every client command gets: the API client and the output format chosen at the top level.
@@ -215,9 +242,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     match command {
         Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Success),
+        #[cfg(feature = "client")]
         Command::Job(args) => job::run(&context()?, args).await,
+        #[cfg(feature = "client")]
         Command::Wasm(args) => wasm::run(&context()?, args).await,
+        #[cfg(feature = "client")]
         Command::Docker(args) => docker::run(&context()?, args).await,
+        #[cfg(feature = "client")]
         Command::Node(args) => node::run(&context()?, args)
             .await
             .map(|()| Outcome::Success),
@@ -266,10 +297,10 @@ mod tests {
     #[test]
     fn parses_global_options_before_the_command() {
         let cli =
-            parse(&["--api-port", "2345", "--output", "json", "node", "list"]).expect("parses");
+            parse(&["--api-port", "2345", "--output", "json", "agent", "node"]).expect("parses");
         assert_eq!(cli.api_port, Some(2345));
         assert_eq!(cli.output, Some(OutputFormat::Json));
-        assert!(matches!(cli.command, Command::Node(_)));
+        assert!(matches!(cli.command, Command::Agent(_)));
         assert!(!cli.is_serve());
     }
 
@@ -287,6 +318,31 @@ mod tests {
         };
         assert_eq!(ctx.format(Some(OutputFormat::Json)), OutputFormat::Json);
         assert_eq!(ctx.format(None), OutputFormat::Yaml);
+    }
+
+    #[cfg(not(feature = "client"))]
+    #[test]
+    fn a_client_verb_left_out_of_this_build_says_where_to_run_it() {
+        for (args, verb) in [
+            (&["--api-port", "2345", "job", "list"][..], "job"),
+            (&["wasm", "run", "m.wasm"], "wasm"),
+            (&["node", "list"], "node"),
+            (&["docker", "run", "busybox"], "docker"),
+        ] {
+            let err = parse(args).expect_err("not in this build");
+            assert!(err.status.is_err(), "{args:?}");
+            assert!(
+                err.output
+                    .contains(&format!("`cod {verb}` is not in this build"))
+                    && err.output.contains("full build")
+                    && !err.output.contains('\\'),
+                "{args:?}: {}",
+                err.output
+            );
+        }
+        // Other unknown words keep argh's answer.
+        let err = parse(&["frob"]).expect_err("unknown");
+        assert_eq!(err.output.trim(), "Unrecognized argument: frob");
     }
 
     #[test]

@@ -420,51 +420,31 @@ mod tests {
 
     #[test]
     fn parses_module_args_after_the_module() {
-        let cli = crate::cli::Cli::from_args(
-            &["cod"],
-            &[
-                "wasm",
-                "run",
-                "-e",
-                "A=1",
-                "--no-wait",
-                "m.wasm",
-                "x",
-                "--",
-                "-y",
-            ],
-        )
-        .expect("parses");
-        let crate::cli::Command::Wasm(WasmArgs {
+        // Parsed by the subcommand itself: edge builds have no `cod wasm` to reach it through.
+        let parse = |argv: &[&str]| WasmArgs::from_args(&["cod", "wasm"], argv);
+        let WasmArgs {
             command: WasmCommand::Run(a),
-        }) = cli.command
-        else {
-            panic!("not wasm run")
-        };
+        } = parse(&["run", "-e", "A=1", "--no-wait", "m.wasm", "x", "--", "-y"]).expect("parses");
         assert_eq!(a.module, "m.wasm");
         assert_eq!(a.args, ["x", "--", "-y"]);
         assert_eq!(a.env, ["A=1"]);
         assert!(a.no_wait);
         for (argv, expected) in [
             (
-                &["wasm", "run", "m.wasm", "--", "--verbose"][..],
+                &["run", "m.wasm", "--", "--verbose"][..],
                 &["--verbose"][..],
             ),
             (
-                &["wasm", "run", "m.wasm", "x", "--verbose"][..],
+                &["run", "m.wasm", "x", "--verbose"][..],
                 &["x", "--verbose"][..],
             ),
         ] {
-            let cli = crate::cli::Cli::from_args(&["cod"], argv).expect("parses");
-            let crate::cli::Command::Wasm(WasmArgs {
+            let WasmArgs {
                 command: WasmCommand::Run(a),
-            }) = cli.command
-            else {
-                panic!("not wasm run")
-            };
+            } = parse(argv).expect("parses");
             assert_eq!(a.args, expected, "{argv:?}");
         }
-        let e = crate::cli::Cli::from_args(&["cod"], &["wasm", "run", "m.wasm", "--verbose"]);
+        let e = parse(&["run", "m.wasm", "--verbose"]);
         assert!(
             e.is_err(),
             "an unknown flag right after MODULE is cod's, not the module's"

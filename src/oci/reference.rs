@@ -549,4 +549,32 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }
+
+    /// `regex` is regex-lite behind regex's API (cross/regex-on-lite): the patterns of the dependencies that
+    /// cod reaches still compile and match. oci-spec unwraps its reference grammar when first used, so a
+    /// pattern regex-lite rejected would panic the node, not fail a job.
+    #[test]
+    fn dependencies_regexes_work_on_regex_lite() {
+        use oci_spec::distribution::Reference;
+        let r = Reference::try_from(
+            format!("localhost:5000/team/app_1:v1.2-rc@sha256:{HEX64}").as_str(),
+        )
+        .expect("reference");
+        assert_eq!(r.registry(), "localhost:5000");
+        assert_eq!(r.repository(), "team/app_1");
+        assert_eq!(r.tag(), Some("v1.2-rc"));
+        assert_eq!(r.digest(), Some(format!("sha256:{HEX64}").as_str()));
+        assert!(Reference::try_from("busybox").is_ok());
+        // Upper case is not a repository; a tag is ASCII `\w`, as in the distribution grammar (Go's regexp).
+        assert!(Reference::try_from("docker.io/Library/busybox").is_err());
+        assert!(Reference::try_from("busybox:vé").is_err());
+
+        let affinity = |s: &str| {
+            serde_json::from_str::<oci_spec::runtime::ExecCPUAffinity>(&format!(
+                r#"{{"initial":"{s}"}}"#
+            ))
+        };
+        assert!(affinity("0-3,7").is_ok());
+        assert!(affinity("0-3,x").is_err());
+    }
 }
