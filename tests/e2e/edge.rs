@@ -113,7 +113,29 @@ fn a_compute_node_serves_its_api_and_no_orchestrator_endpoints() {
         "not an edge build: {build}"
     );
 
-    // The CLI's client verbs still work against the node's own API.
+    // `cod version` (a client of the node's own API, and in every build) reports the edge features.
     let version = node.cli_ok(&["version"]);
     assert!(!version.contains("orchestrator"), "{version}");
+}
+
+#[test]
+fn the_client_verbs_are_left_out_and_say_where_to_run_them() {
+    for args in [
+        &["job", "list"][..],
+        &["wasm", "run", "tests/e2e/fixtures/hello.wasm"],
+        &["node", "list"],
+    ] {
+        let out = Command::new(bin())
+            .args(["--api-port", "1"])
+            .args(args)
+            .output()
+            .expect("run cod");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "cod {args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`cod {}` is not in this build", args[0]))
+                && stderr.contains("full build"),
+            "cod {args:?}: {stderr}"
+        );
+    }
 }
