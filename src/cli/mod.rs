@@ -277,6 +277,7 @@ mod tests {
         Cli::parse(args)
     }
 
+    #[cfg(feature = "ipfs")]
     #[test]
     fn a_lone_dash_is_standard_input() {
         for args in [
