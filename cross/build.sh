@@ -226,16 +226,14 @@ fi
 #   - x86_64 links static-pie (ASLR of the executable kept); packing its ~35,000 relative relocations as RELR
 #     (binutils >= 2.38; the self-contained musl start-up code applies them) shrinks .rela.dyn from 0.8 MiB to
 #     a few KiB. aarch64 and armv7 (zig) link classic static executables, which have no such relocations.
-#   - x86_64 turns on LLVM's machine outliner, which AArch64 runs by default on opt-level z code: repeated
-#     instruction sequences (x86's long stack-relative moves of async state machines, cross/README.md) become
-#     one shared function. 360,448 bytes off the x86_64 edge build (cross/README.md).
+#   - no machine outliner on x86_64: it took 360,448 bytes off the edge build but ran CPU-bound WASM jobs at
+#     half speed (the interpreter's handlers call shared fragments instead of falling through; cross/README.md).
 #   - without rustup's prebuilt std (armv7) there are no self-contained musl start-up files, so the linker's
 #     own are used (zig's musl, the same C library the prebuilt ones come from).
 rustflags=()
 if [[ "$triple" == *-musl* ]]; then
   rustflags+=("\"-C\", \"link-arg=-Wl,-T,$repo/cross/no-unwind-tables.ld\"")
   [[ "$triple" == x86_64-* ]] && rustflags+=("\"-C\", \"link-arg=-Wl,-z,pack-relative-relocs\"")
-  [[ "$triple" == x86_64-* ]] && rustflags+=("\"-C\", \"llvm-args=-enable-machine-outliner=always\"")
   ((prebuilt_std)) || rustflags+=("\"-C\", \"link-self-contained=no\"")
   config_args+=(--config "target.$triple.rustflags=[$(IFS=,; echo "${rustflags[*]}")]")
 fi

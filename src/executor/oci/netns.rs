@@ -93,4 +93,79 @@ mod tests {
         .expect("thread");
         connected.expect("lo is up inside");
     }
+
+    /// libcontainer's netlink clients, as OCI `linux.netDevices` uses them, against the kernel: every request
+    /// cross/netlink-route-lite encodes (get a link by name, set it down, dump its addresses, move and rename
+    /// it into another namespace, add addresses, set it up) and both replies it decodes.
+    #[test]
+    fn netlink_moves_a_device_and_its_addresses_between_namespaces() {
+        use std::process::Command;
+
+        use libcontainer::network::address::AddressClient;
+        use libcontainer::network::network_device::{
+            dev_change_net_namespace, setup_addresses_in_network_namespace,
+        };
+        use oci_spec::runtime::LinuxNetDeviceBuilder;
+
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ip = |args: &[&str]| {
+            // A child spawned from a thread is born in that thread's network namespace.
+            let status = Command::new("ip").args(args).status().expect("runs ip");
+            assert!(status.success(), "ip {args:?}: {status}");
+        };
+        let (dest, ()) = NetNs::create(|| Ok(())).expect("destination namespace");
+        let dest_path = dest.path();
+        // In a namespace of its own: a device with an address, moved into `dest` as eth9.
+        let moved = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            // A veth end: this kernel has no dummy driver (shared/reference/platform-notes.md).
+            ip(&[
+                "link", "add", "cod-nl0", "type", "veth", "peer", "name", "cod-nl1",
+            ]);
+            ip(&["addr", "add", "192.0.2.7/24", "dev", "cod-nl0"]);
+            let dest = File::open(dest_path).expect("destination");
+            let device = LinuxNetDeviceBuilder::default()
+                .name("eth9")
+                .build()
+                .expect("device");
+            dev_change_net_namespace("cod-nl0", dest.as_raw_fd(), &device)
+                .map_err(|e| e.to_string())
+        })
+        .join()
+        .expect("thread")
+        .expect("moves the device");
+        let found: Vec<(std::net::IpAddr, u8)> =
+            moved.iter().map(|a| (a.address, a.prefix_len)).collect();
+        assert_eq!(found, [("192.0.2.7".parse().expect("ip"), 24)]);
+
+        let path = dest.path();
+        let inside = std::thread::spawn(move || {
+            let f = File::open(path).expect("ns");
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let mut links = LinkClient::new(create_network_client()).expect("client");
+            let eth9 = links.get_by_name("eth9").map_err(|e| e.to_string())?;
+            let index = eth9.header.index;
+            let mut addrs = AddressClient::new(create_network_client()).expect("client");
+            setup_addresses_in_network_namespace(&moved, index, "eth9", &mut addrs)
+                .map_err(|e| e.to_string())?;
+            links.set_up(index).map_err(|e| e.to_string())?;
+            let up = links.get_by_name("eth9").map_err(|e| e.to_string())?;
+            let listed = addrs.get_by_index(index).map_err(|e| e.to_string())?;
+            Ok::<_, String>((up, listed))
+        })
+        .join()
+        .expect("thread");
+        let (up, listed) = inside.expect("eth9 is configured in the destination");
+        const IFF_UP: u32 = 0x1; // linux/if.h
+        assert_ne!(up.header.flags.bits() & IFF_UP, 0, "eth9 is up: {up:?}");
+        let cidrs: Vec<_> = listed
+            .iter()
+            .map(libcontainer::network::cidr::CidrAddress::from)
+            .map(|a| (a.address, a.prefix_len))
+            .collect();
+        assert_eq!(cidrs, found, "{listed:?}");
+    }
 }
