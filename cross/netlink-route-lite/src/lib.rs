@@ -1,8 +1,9 @@
-//! `netlink-packet-route`'s API for the one crate in cod's tree that uses it: libcontainer, which moves an OCI
-//! `linux.netDevices` entry into a container's network namespace. It sends six rtnetlink requests (get a link
+//! `netlink-packet-route`'s API for the one crate in cod's tree that uses it: libcontainer, whose netlink
+//! clients move an OCI `linux.netDevices` entry into a container's network namespace and bring up the
+//! loopback of cod's `network: none` containers. It sends six rtnetlink requests (get a link
 //! by name, set a link up or down, move and rename it, dump and add addresses) and reads two replies
 //! (`RTM_NEWLINK`, `RTM_NEWADDR`). The registry's crate models all of rtnetlink (every link kind, route, rule,
-//! neighbour, traffic-control and nexthop attribute) and costs ~0.33 MiB of the x86_64 edge binary's 8 MiB
+//! neighbour, traffic-control and nexthop attribute) and cost 0.46 MiB of the x86_64 edge binary's 8 MiB
 //! budget, whatever libcontainer calls: the message enums' parsers are reachable from any receive.
 //!
 //! This crate encodes those messages from the kernel's uapi layouts (`ifinfomsg`, `ifaddrmsg`, `rtattr`), so
@@ -10,7 +11,8 @@
 //! it, attributes this crate does not model are kept as [`link::LinkAttribute::Other`] /
 //! [`address::AddressAttribute::Other`] (type and raw bytes), and the types carry only the fields and
 //! variants libcontainer names. A dependency that needs more fails the build, not a run. Tested against
-//! the kernel by cod's `oci::netlink_route` tests, through libcontainer's own clients.
+//! the kernel, through libcontainer's own clients, by cod's `executor::oci::netns` tests (and every
+//! `network: none` container, whose loopback comes up through it).
 #![forbid(unsafe_code)]
 
 use netlink_packet_core::{
