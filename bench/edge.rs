@@ -1,6 +1,7 @@
 //! Edge budgets, measured at the process level and printed beside their comparison from the same run:
 //! - binary size (stripped release build),
-//! - idle RSS of a compute node connected to an orchestrator (target ≤ 5 MiB),
+//! - idle RSS of a compute node connected to an orchestrator (target ≤ 5 MiB), and a CPU-bound WASM job on
+//!   that node (the interpreter as that build compiled it: the static edge build beside the host build),
 //! - hello-WASM submit → Completed latency, p50 and p99 over 100 jobs on a hybrid node, against this disk's
 //!   fsync latency measured now (target p50 ≤ 3 × fsync).
 //!
@@ -35,6 +36,23 @@ const HELLO: &str = r#"(module
   (func (export "_start")
     (i32.store (i32.const 0) (i32.const 8)) (i32.store (i32.const 4) (i32.const 6))
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))))"#;
+
+/// A CPU-bound module: 30 million rounds of a multiply, an add and a store. Its run time is the interpreter's
+/// speed as the build under test compiled it; a size setting that slows the interpreter (x86_64's machine
+/// outliner halved it) shows here, beside the host build.
+const SPIN: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32) (local $h i32)
+    (local.set $h (i32.const 7))
+    (block $done (loop $next
+      (local.set $h (i32.add (i32.mul (local.get $h) (i32.const 1103515245)) (i32.const 12345)))
+      (i32.store (i32.and (local.get $h) (i32.const 0xfffc)) (local.get $h))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 30000000)))
+      (br $next)))))"#;
+
+/// Spin jobs per node in the CPU-bound figure (the median is reported).
+const SPINS: usize = 5;
 
 /// Compute nodes behind the one orchestrator in the throughput run.
 const FLEET: usize = 10;
@@ -205,7 +223,12 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn hello_job() -> Value {
-    let module = wat::parse_str(HELLO).expect("wat");
+    wasm_job(HELLO)
+}
+
+/// A batch job running `wat` inline, asking for a tiny share of the node.
+fn wasm_job(wat: &str) -> Value {
+    let module = wat::parse_str(wat).expect("wat");
     use base64::Engine;
     let url = format!(
         "data:application/wasm;base64,{}",
@@ -334,13 +357,8 @@ impl Rss {
 
 /// Idle RSS of a compute node (running `bin`) connected to an orchestrator: 3 s after it connected, and settled
 /// (12 s after: past the first quiet window in which a node hands back its code mappings, src/node/trim.rs);
-/// and the orchestrator's total.
-fn idle_rss(
-    client: &reqwest::blocking::Client,
-    dir: &Path,
-    bin: &str,
-    tag: &str,
-) -> (Rss, Rss, u64) {
+/// the orchestrator's total; then the run time of a CPU-bound job on that node.
+fn idle_rss(client: &reqwest::blocking::Client, dir: &Path, bin: &str, tag: &str) -> Idle {
     let orch = start(dir, &format!("orch-{tag}"), &["--orchestrator"]);
     let addr = orch.p2p.first().expect("p2p").clone();
     let compute = start_with(
@@ -360,11 +378,31 @@ fn idle_rss(
     std::thread::sleep(Duration::from_secs(3));
     let connected = Rss::of(compute.child.id());
     std::thread::sleep(Duration::from_secs(9));
-    (
+    let settled = Rss::of(compute.child.id());
+    let orchestrator_kib = status_kib(orch.child.id(), "VmRSS");
+    // Then the CPU-bound job on the same node (after the RSS readings, which it would disturb).
+    let spin = wasm_job(SPIN);
+    let mut runs: Vec<f64> = (0..SPINS)
+        .map(|_| run_job(client, &orch.api, &spin).as_secs_f64() * 1e3)
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    Idle {
         connected,
-        Rss::of(compute.child.id()),
-        status_kib(orch.child.id(), "VmRSS"),
-    )
+        settled,
+        orchestrator_kib,
+        spin_ms: percentile(&runs, 0.5),
+    }
+}
+
+/// What [`idle_rss`] measures of one compute node.
+struct Idle {
+    /// 3 s after connecting.
+    connected: Rss,
+    /// 12 s after connecting, past the first quiet window.
+    settled: Rss,
+    orchestrator_kib: u64,
+    /// Median submit -> Completed of [`SPINS`] [`SPIN`] jobs on the node, in ms.
+    spin_ms: f64,
 }
 
 /// Median and p90 of `cod serve` (hybrid) start → ready file, over `runs` fresh data dirs.
@@ -572,7 +610,8 @@ fn main() {
     }
 
     // Idle RSS of a connected compute node, beside its orchestrator's.
-    let (connected, settled, orss) = idle_rss(&client, dir, env!("CARGO_BIN_EXE_cod"), "host");
+    let host = idle_rss(&client, dir, env!("CARGO_BIN_EXE_cod"), "host");
+    let (connected, settled, orss) = (&host.connected, &host.settled, host.orchestrator_kib);
     writeln!(
         out,
         "idle RSS, connected compute node: {} settled (target <= 5 MiB; anon = heap and stacks, file = the executable's mapped pages, clean and reclaimable), {} 3 s after connecting; its orchestrator: {:.2} MiB",
@@ -584,10 +623,16 @@ fn main() {
     let mut edge_rss = Value::Null;
     match std::env::var("COD_BENCH_COMPUTE_BIN") {
         Ok(bin) if !bin.is_empty() => {
-            let (edge_connected, edge, _) = idle_rss(&client, dir, &bin, "edge");
+            let Idle {
+                connected: edge_connected,
+                settled: edge,
+                spin_ms,
+                ..
+            } = idle_rss(&client, dir, &bin, "edge");
             edge_rss = json!({
                 "binary": &bin, "total": edge.total, "anon": edge.anon, "file": edge.file,
                 "connected_3s": {"total": edge_connected.total, "anon": edge_connected.anon, "file": edge_connected.file},
+                "spin_ms": spin_ms, "host_spin_ms": host.spin_ms,
             });
             let name = Path::new(&bin)
                 .file_name()
@@ -610,17 +655,37 @@ fn main() {
                 ),
                 "<= 5 MiB",
             ));
+            writeln!(
+                out,
+                "CPU-bound WASM job (30 M rounds) on that node: {spin_ms:.0} ms; on the host build's node: {:.0} ms",
+                host.spin_ms
+            )
+            .ok();
+            rows.push(row(
+                format!("CPU-bound WASM job on {name} (median of {SPINS})"),
+                format!("{spin_ms:.0} ms"),
+                format!("host glibc build: {:.0} ms", host.spin_ms),
+                "",
+            ));
         }
-        _ => rows.push(row(
-            "idle RSS, connected compute node (host build), settled",
-            settled.show(),
-            format!(
-                "3 s after connecting: {}; its orchestrator: {:.2} MiB",
-                connected.show(),
-                orss as f64 / 1024.0
-            ),
-            "<= 5 MiB",
-        )),
+        _ => {
+            rows.push(row(
+                "idle RSS, connected compute node (host build), settled",
+                settled.show(),
+                format!(
+                    "3 s after connecting: {}; its orchestrator: {:.2} MiB",
+                    connected.show(),
+                    orss as f64 / 1024.0
+                ),
+                "<= 5 MiB",
+            ));
+            rows.push(row(
+                format!("CPU-bound WASM job on the host build (median of {SPINS})"),
+                format!("{:.0} ms", host.spin_ms),
+                "set COD_BENCH_COMPUTE_BIN to compare a static build",
+                "",
+            ));
+        }
     }
 
     // Start -> ready, beside the cost of exec'ing the binary at all.
