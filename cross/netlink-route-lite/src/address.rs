@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::DecodeError;
 
-use crate::{AddressFamily, nla};
+use crate::{nla, AddressFamily};
 
 const HEADER: usize = 8;
 const IFA_ADDRESS: u16 = 1;
@@ -104,16 +104,12 @@ fn ip_from(payload: &[u8]) -> Option<IpAddr> {
     }
 }
 
-impl AddressAttribute {
+impl nla::Attribute for AddressAttribute {
     fn payload(&self) -> (u16, Vec<u8>) {
         match self {
             Self::Address(ip) => (IFA_ADDRESS, ip_bytes(ip)),
             Self::Local(ip) => (IFA_LOCAL, ip_bytes(ip)),
-            Self::Label(label) => {
-                let mut bytes = label.as_bytes().to_vec();
-                bytes.push(0);
-                (IFA_LABEL, bytes)
-            }
+            Self::Label(label) => (IFA_LABEL, nla::c_string(label)),
             Self::Broadcast(a) => (IFA_BROADCAST, a.octets().to_vec()),
             Self::Multicast(a) => (IFA_MULTICAST, a.octets().to_vec()),
             Self::Other(kind, bytes) => (*kind, bytes.clone()),
@@ -127,10 +123,7 @@ impl AddressAttribute {
             (IFA_LOCAL, Some(ip)) => Self::Local(ip),
             (IFA_BROADCAST, Some(IpAddr::V4(a))) => Self::Broadcast(a),
             (IFA_MULTICAST, Some(IpAddr::V6(a))) => Self::Multicast(a),
-            (IFA_LABEL, _) => {
-                let end = payload.iter().position(|&b| b == 0).unwrap_or(payload.len());
-                Self::Label(String::from_utf8(payload[..end].to_vec())?)
-            }
+            (IFA_LABEL, _) => Self::Label(nla::string(payload)?),
             _ => Self::Other(kind, payload.to_vec()),
         })
     }
@@ -145,7 +138,7 @@ pub struct AddressMessage {
 
 impl AddressMessage {
     pub(crate) fn buffer_len(&self) -> usize {
-        HEADER + self.attributes.iter().map(|a| nla::len(a.payload().1.len())).sum::<usize>()
+        HEADER + nla::len_all(&self.attributes)
     }
 
     pub(crate) fn emit(&self, buf: &mut [u8]) {
@@ -155,11 +148,7 @@ impl AddressMessage {
         buf[2] = h.flags.bits();
         buf[3] = h.scope.into();
         buf[4..8].copy_from_slice(&h.index.to_ne_bytes());
-        let mut at = HEADER;
-        for attr in &self.attributes {
-            let (kind, payload) = attr.payload();
-            at += nla::emit(&mut buf[at..], kind, &payload);
-        }
+        nla::emit_all(&mut buf[HEADER..], &self.attributes);
     }
 
     pub(crate) fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
@@ -176,10 +165,7 @@ impl AddressMessage {
             scope: buf[3].into(),
             index: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
         };
-        let attributes = nla::parse(&buf[HEADER..])?
-            .into_iter()
-            .map(|(kind, payload)| AddressAttribute::parse(kind, payload))
-            .collect::<Result<_, _>>()?;
+        let attributes = nla::parse_all(&buf[HEADER..])?;
         Ok(Self { header, attributes })
     }
 }

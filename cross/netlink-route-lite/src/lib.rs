@@ -81,7 +81,9 @@ pub enum RouteNetlinkMessage {
 impl RouteNetlinkMessage {
     fn body(&self) -> Body<'_> {
         match self {
-            Self::NewLink(m) | Self::DelLink(m) | Self::GetLink(m) | Self::SetLink(m) => Body::Link(m),
+            Self::NewLink(m) | Self::DelLink(m) | Self::GetLink(m) | Self::SetLink(m) => {
+                Body::Link(m)
+            }
             Self::NewAddress(m) | Self::DelAddress(m) | Self::GetAddress(m) => Body::Address(m),
         }
     }

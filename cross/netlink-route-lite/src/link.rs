@@ -5,7 +5,7 @@ use std::os::fd::RawFd;
 
 use netlink_packet_core::DecodeError;
 
-use crate::{AddressFamily, nla};
+use crate::{nla, AddressFamily};
 
 const HEADER: usize = 16;
 const IFLA_IFNAME: u16 = 3;
@@ -56,14 +56,10 @@ pub enum LinkAttribute {
     Other(u16, Vec<u8>),
 }
 
-impl LinkAttribute {
+impl nla::Attribute for LinkAttribute {
     fn payload(&self) -> (u16, Vec<u8>) {
         match self {
-            Self::IfName(name) => {
-                let mut bytes = name.as_bytes().to_vec();
-                bytes.push(0);
-                (IFLA_IFNAME, bytes)
-            }
+            Self::IfName(name) => (IFLA_IFNAME, nla::c_string(name)),
             Self::NetNsFd(fd) => (IFLA_NET_NS_FD, fd.to_ne_bytes().to_vec()),
             Self::Other(kind, bytes) => (*kind, bytes.clone()),
         }
@@ -71,13 +67,10 @@ impl LinkAttribute {
 
     fn parse(kind: u16, payload: &[u8]) -> Result<Self, DecodeError> {
         Ok(match kind {
-            IFLA_IFNAME => {
-                let end = payload.iter().position(|&b| b == 0).unwrap_or(payload.len());
-                Self::IfName(String::from_utf8(payload[..end].to_vec())?)
-            }
-            IFLA_NET_NS_FD if payload.len() == 4 => {
-                Self::NetNsFd(RawFd::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]))
-            }
+            IFLA_IFNAME => Self::IfName(nla::string(payload)?),
+            IFLA_NET_NS_FD if payload.len() == 4 => Self::NetNsFd(RawFd::from_ne_bytes([
+                payload[0], payload[1], payload[2], payload[3],
+            ])),
             _ => Self::Other(kind, payload.to_vec()),
         })
     }
@@ -92,7 +85,7 @@ pub struct LinkMessage {
 
 impl LinkMessage {
     pub(crate) fn buffer_len(&self) -> usize {
-        HEADER + self.attributes.iter().map(|a| nla::len(a.payload().1.len())).sum::<usize>()
+        HEADER + nla::len_all(&self.attributes)
     }
 
     pub(crate) fn emit(&self, buf: &mut [u8]) {
@@ -103,11 +96,7 @@ impl LinkMessage {
         buf[4..8].copy_from_slice(&h.index.to_ne_bytes());
         buf[8..12].copy_from_slice(&h.flags.bits().to_ne_bytes());
         buf[12..16].copy_from_slice(&h.change_mask.bits().to_ne_bytes());
-        let mut at = HEADER;
-        for attr in &self.attributes {
-            let (kind, payload) = attr.payload();
-            at += nla::emit(&mut buf[at..], kind, &payload);
-        }
+        nla::emit_all(&mut buf[HEADER..], &self.attributes);
     }
 
     pub(crate) fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
@@ -125,10 +114,7 @@ impl LinkMessage {
             flags: LinkFlags::from_bits_retain(u32_at(8)),
             change_mask: LinkFlags::from_bits_retain(u32_at(12)),
         };
-        let attributes = nla::parse(&buf[HEADER..])?
-            .into_iter()
-            .map(|(kind, payload)| LinkAttribute::parse(kind, payload))
-            .collect::<Result<_, _>>()?;
+        let attributes = nla::parse_all(&buf[HEADER..])?;
         Ok(Self { header, attributes })
     }
 }

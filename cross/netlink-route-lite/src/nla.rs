@@ -38,3 +38,48 @@ pub(crate) fn parse(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, DecodeError> {
     }
     Ok(out)
 }
+
+/// An attribute type of a message: how it is written and read.
+pub(crate) trait Attribute: Sized {
+    /// Its type and payload.
+    fn payload(&self) -> (u16, Vec<u8>);
+    fn parse(kind: u16, payload: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// Bytes `attrs` take, padding included.
+pub(crate) fn len_all<A: Attribute>(attrs: &[A]) -> usize {
+    attrs.iter().map(|a| len(a.payload().1.len())).sum()
+}
+
+/// Writes `attrs` at the start of `buf`.
+pub(crate) fn emit_all<A: Attribute>(buf: &mut [u8], attrs: &[A]) {
+    let mut at = 0;
+    for attr in attrs {
+        let (kind, payload) = attr.payload();
+        at += emit(&mut buf[at..], kind, &payload);
+    }
+}
+
+/// The attributes in `buf`, typed.
+pub(crate) fn parse_all<A: Attribute>(buf: &[u8]) -> Result<Vec<A>, DecodeError> {
+    parse(buf)?
+        .into_iter()
+        .map(|(kind, payload)| A::parse(kind, payload))
+        .collect()
+}
+
+/// A NUL-terminated string attribute's payload.
+pub(crate) fn c_string(s: &str) -> Vec<u8> {
+    let mut bytes = s.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+/// A string attribute's text, up to its first NUL.
+pub(crate) fn string(payload: &[u8]) -> Result<String, DecodeError> {
+    let end = payload
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(payload.len());
+    Ok(String::from_utf8(payload[..end].to_vec())?)
+}
