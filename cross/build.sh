@@ -226,8 +226,8 @@ fi
 #   - x86_64 links static-pie (ASLR of the executable kept); packing its ~35,000 relative relocations as RELR
 #     (binutils >= 2.38; the self-contained musl start-up code applies them) shrinks .rela.dyn from 0.8 MiB to
 #     a few KiB. aarch64 and armv7 (zig) link classic static executables, which have no such relocations.
-#   - no machine outliner on x86_64: it took 360,448 bytes off the edge build but ran CPU-bound WASM jobs at
-#     half speed (the interpreter's handlers call shared fragments instead of falling through; cross/README.md).
+#   - no machine outliner on x86_64: it took 360,448 bytes off the edge build, but CPU-bound WASM jobs then ran
+#     at half speed (README.md, "Size, memory and speed at the edge"; `cargo bench --bench edge` watches it).
 #   - without rustup's prebuilt std (armv7) there are no self-contained musl start-up files, so the linker's
 #     own are used (zig's musl, the same C library the prebuilt ones come from).
 rustflags=()
