@@ -2,7 +2,7 @@
 # Edge delivery checks (issue 5), run by tests/run.sh after the Rust suites:
 #   1. the generated completions and man page work (bash completes, zsh parses, man renders without warnings);
 #   2. static edge builds for x86_64 and aarch64 musl: fully static (cross/build.sh checks) and within the
-#      8 MiB budget (cross/check-size.sh);
+#      8 MiB budget (cross/check-size.sh), with the idle path's code laid out together (cross/check-idle-order.sh);
 #   3. the aarch64 build runs a hybrid node under qemu-user that runs the committed hello.wasm end to end,
 #      through the aarch64 CLI, and reports itself as arm64;
 #   4. armv7 (32-bit, musl, its standard library built from rust-src): a static edge build within the budget,
@@ -88,6 +88,9 @@ x86="$(bash cross/build.sh x86_64-unknown-linux-musl --edge | tail -n1)"
 ok "static x86_64 edge build: $x86"
 bash cross/check-size.sh "$x86" "$budget" && ok "x86_64 edge within the 8 MiB budget" ||
   fail "x86_64 edge over the 8 MiB budget"
+# The idle path's code laid out together (cross/idle-order.ld): stale patterns cost an idle node MiBs of RSS.
+bash cross/check-idle-order.sh "$x86" && ok "x86_64 edge has its idle path together" ||
+  fail "x86_64 edge's idle-path code is missing or short (cross/idle-order.py profiles it again)"
 "$x86" version 2>/dev/null | grep -q "compute,executor-wasm" && ok "static x86_64 binary runs" || fail "static x86_64 binary does not run"
 # The edge flavor has no client verbs; asking for one says so and where to run it (exit 64, EX_USAGE).
 code=0
@@ -105,6 +108,8 @@ step "aarch64 musl edge build and size"
 a64="$(bash cross/build.sh aarch64-unknown-linux-musl --edge | tail -n1)"
 ok "static aarch64 edge build: $a64"
 bash cross/check-size.sh "$a64" "$budget" && ok "aarch64 edge within the 8 MiB budget" || fail "aarch64 edge over the 8 MiB budget"
+bash cross/check-idle-order.sh "$a64" && ok "aarch64 edge has its idle path together" ||
+  fail "aarch64 edge's idle-path code is missing or short (cross/idle-order.py profiles it again)"
 timing
 
 # === 3. a hybrid node on aarch64 under qemu-user runs a WASM job ===
@@ -156,6 +161,8 @@ step "armv7 musl edge build, and its node under qemu-user"
 a32="$(bash cross/build.sh armv7-unknown-linux-musleabihf --edge --qemu | tail -n1)"
 ok "static armv7 edge build: $a32"
 bash cross/check-size.sh "$a32" "$budget" && ok "armv7 edge within the 8 MiB budget" || fail "armv7 edge over the 8 MiB budget"
+bash cross/check-idle-order.sh "$a32" && ok "armv7 edge has its idle path together" ||
+  fail "armv7 edge's idle-path code is missing or short (cross/idle-order.py profiles it again)"
 timing
 orch="$(jq -r '.p2p[0] // empty' "$work/ready.json" 2>/dev/null || true)"
 if [[ -z "$port" || -z "$orch" ]]; then
