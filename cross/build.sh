@@ -223,10 +223,11 @@ fi
 #   - no-unwind-tables.ld drops .eh_frame: panics abort, and a stripped binary's backtrace shows only addresses
 #     (that file says why rustc's own switch cannot do it). Cost: a panic prints its message and location but
 #     no frames.
-#   - idle-order.ld puts the functions an idle, connected compute node runs (heartbeats, timers) together at
-#     the start of the code, so the pages the kernel maps around each of their faults hold idle-path code, not
-#     cold neighbours: the x86_64 edge node's idle RSS went from 5.8 to 4.4 MiB. cross/idle-order.py writes it
-#     from a callgrind profile; its patterns match through hash changes, and a stale entry matches nothing.
+#   - idle-order.ld puts the functions an idle, connected compute node runs (heartbeats, timers, the trim)
+#     together at the start of the code, so the pages the kernel maps around each of their faults hold
+#     idle-path code, not cold neighbours: the x86_64 edge node's idle RSS went from 5.8 to 3.5 MiB.
+#     cross/idle-order.py writes it from a callgrind profile; its patterns match through hash changes, and a
+#     stale entry matches nothing (cross/README.md, "Idle memory").
 #   - x86_64 links static-pie (ASLR of the executable kept); packing its ~35,000 relative relocations as RELR
 #     (binutils >= 2.38; the self-contained musl start-up code applies them) shrinks .rela.dyn from 0.8 MiB to
 #     a few KiB. aarch64 and armv7 (zig) link classic static executables, which have no such relocations.
@@ -236,8 +237,12 @@ fi
 #     own are used (zig's musl, the same C library the prebuilt ones come from).
 rustflags=()
 if [[ "$triple" == *-musl* ]]; then
-  rustflags+=("\"-C\", \"link-arg=-Wl,-T,$repo/cross/no-unwind-tables.ld\"")
-  rustflags+=("\"-C\", \"link-arg=-Wl,-T,$repo/cross/idle-order.ld\"")
+  # One script, because zig's linker driver passes only the last -T it is given. Its name carries a hash of
+  # its text: cargo does not watch files named in link arguments, but it does rebuild when the flags change.
+  script="$(cat "$repo/cross/no-unwind-tables.ld" "$repo/cross/idle-order.ld")"
+  link_ld="$cache/link-$(printf '%s\n' "$script" | sha256sum | cut -c1-16).ld"
+  [[ -f "$link_ld" ]] || printf '%s\n' "$script" >"$link_ld"
+  rustflags+=("\"-C\", \"link-arg=-Wl,-T,$link_ld\"")
   [[ "$triple" == x86_64-* ]] && rustflags+=("\"-C\", \"link-arg=-Wl,-z,pack-relative-relocs\"")
   ((prebuilt_std)) || rustflags+=("\"-C\", \"link-self-contained=no\"")
   config_args+=(--config "target.$triple.rustflags=[$(IFS=,; echo "${rustflags[*]}")]")

@@ -11,7 +11,8 @@ bin="${1:?usage: cross/check-idle-order.sh BINARY}"
 [[ -f "$bin" ]] || { echo "check-idle-order: $bin does not exist" >&2; exit 1; }
 profiled="$(sed -n 's/.*functions, \([0-9]*\) bytes of code.*/\1/p' "$repo/cross/idle-order.ld" | head -n1)"
 [[ -n "$profiled" ]] || { echo "check-idle-order: cross/idle-order.ld names no profiled size" >&2; exit 1; }
-hex="$(readelf -SW "$bin" | awk '$2 == ".text.idle" { print $6 }')"
+# `[ 4] .text.idle PROGBITS addr off size ...`: the index may hold a space, so fields count from the name.
+hex="$(readelf -SW "$bin" | sed -n 's/.*\] \.text\.idle  *PROGBITS  *[0-9a-f]*  *[0-9a-f]*  *\([0-9a-f]*\) .*/\1/p')"
 if [[ -z "$hex" ]]; then
   echo "check-idle-order: FAIL ${bin##*/} has no .text.idle section: was it linked with cross/idle-order.ld?" >&2
   exit 1

@@ -9,15 +9,16 @@ ORCHESTRATOR_BIN: any `cod` with the orchestrator role (target/release/cod).
 
 Why: the kernel maps 64 KiB of an executable around every page a process touches (fault-around), and an
 idle node's heartbeat path (tokio, libp2p, yamux, noise, minicbor, the resource report) is spread over the
-whole of `.text`. So each heartbeat maps about half of the code, which counts in the node's RSS
-(src/node/trim.rs). Laid out together, those functions take a few dozen 64 KiB windows instead.
+whole of `.text`. So each heartbeat mapped about half of the code, which counts in the node's RSS
+(src/node/trim.rs). Laid out together, those functions take a handful of 64 KiB windows instead.
 
 How: the node runs under valgrind's callgrind with instrumentation off through start-up. Once it is connected,
 instrumentation is switched on until --seconds after its first trim (src/node/trim.rs), and every function
-with a cost in that window is taken. The linker script names their sections by symbol with
-each crate's hash and each back-reference in the v0 mangling replaced by a wildcard, so it keeps matching as hashes change with
+with a cost in that window is taken. The linker script names their sections by mangled name with the parts
+that change between builds made wildcards (see `pattern`), so it keeps matching as hashes change with
 compiler and dependency versions; a name that no longer exists matches nothing, which costs only the
-grouping. cross/build.sh passes the script to every static build (GNU ld on x86_64, zig's lld on ARM).
+grouping. cross/build.sh passes the script to every static build (GNU ld on x86_64, zig's lld on ARM), and
+cross/check-idle-order.sh says when too little of it matches.
 """
 
 import argparse
@@ -205,8 +206,6 @@ def main():
     )
     OUT.write_text(text)
     print(f"idle-order: {len(functions)} functions, {size} bytes, {len(patterns)} patterns -> {OUT}")
-    # Cargo tracks sources, not the files named in link arguments.
-    print("idle-order: cargo does not notice a changed linker script: touch src/main.rs before cross/build.sh")
     shutil.rmtree(data, ignore_errors=True)
 
 
