@@ -72,7 +72,8 @@ def serve(cmd, data, name, extra, env=None):
         "--publisher-port", "0", "--listen", "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready),
     ] + extra
     log = open(data / f"{name}.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COD_LOG": "warn", **(env or {})})
+    env = {**os.environ, "COD_LOG": "warn", **(env or {})}
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     info = wait_for(f"{name} to be ready (log: {data / name}.log)", lambda: read_json(ready), 300)
     return proc, info
 
@@ -142,7 +143,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("edge_bin")
     ap.add_argument("orchestrator_bin")
-    ap.add_argument("--seconds", type=float, default=35, help="of idling after the first trim (default 35: two heartbeats)")
+    ap.add_argument(
+        "--seconds", type=float, default=35, help="of idling after the first trim (default 35: two heartbeats)"
+    )
     a = ap.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("idle-order: needs valgrind (apt-get install valgrind)")
@@ -185,7 +188,8 @@ def main():
                 p.wait()
 
     sizes = {}
-    for line in subprocess.run(["nm", "-S", "--defined-only", a.edge_bin], capture_output=True, text=True).stdout.splitlines():
+    listing = subprocess.run(["nm", "-S", "--defined-only", a.edge_bin], capture_output=True, text=True)
+    for line in listing.stdout.splitlines():
         f = line.split()
         if len(f) == 4 and f[2] in "tTwW":
             sizes[f[3]] = int(f[1], 16)
