@@ -102,7 +102,8 @@ def profiled_functions(out_file):
                 if m.group(2):
                     names[m.group(1)] = m.group(2)
                 current = m.group(1)
-        elif line.startswith(("cfn=", "cfi=", "cfl=", "cob=")):
+        elif line.startswith("cfn="):
+            # A callee may be named first here; the other `c*=` lines, like `fl=` and `ob=`, name files.
             m = re.match(r"cfn=\((\d+)\) (.*)", line.rstrip("\n"))
             if m:
                 names[m.group(1)] = m.group(2)
@@ -149,8 +150,14 @@ def main():
     a = ap.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("idle-order: needs valgrind (apt-get install valgrind)")
-    nm = subprocess.run(["nm", "--defined-only", a.edge_bin], capture_output=True, text=True)
-    if nm.returncode != 0 or not nm.stdout.strip():
+    # Function sizes, read once: they also tell whether the binary has symbols at all.
+    listing = subprocess.run(["nm", "-S", "--defined-only", a.edge_bin], capture_output=True, text=True)
+    sizes = {}
+    for line in listing.stdout.splitlines():
+        f = line.split()
+        if len(f) == 4 and f[2] in "tTwW":
+            sizes[f[3]] = int(f[1], 16)
+    if listing.returncode != 0 or not sizes:
         sys.exit(f"idle-order: {a.edge_bin} has no symbols; build it with CARGO_PROFILE_RELEASE_STRIP=false")
 
     data = Path(tempfile.mkdtemp(prefix="cod-idle-order."))
@@ -187,12 +194,6 @@ def main():
                 p.kill()
                 p.wait()
 
-    sizes = {}
-    listing = subprocess.run(["nm", "-S", "--defined-only", a.edge_bin], capture_output=True, text=True)
-    for line in listing.stdout.splitlines():
-        f = line.split()
-        if len(f) == 4 and f[2] in "tTwW":
-            sizes[f[3]] = int(f[1], 16)
     patterns = sorted({p for p in map(pattern, functions) if p})
     size = sum(sizes.get(f, 0) for f in functions)
     text = "".join(
