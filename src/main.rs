@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cod::cli::{self, Cli, Outcome, UsageError};
+use cod::cli::{Cli, Outcome, Runtime, UsageError};
 
 /// The process exit codes, in one place.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +50,11 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     cod::telemetry::init(if cli.is_serve() { "info" } else { "warn" });
 
-    let exit = match build_runtime(cli.is_serve()).and_then(|rt| rt.block_on(cli::run(cli))) {
+    let run = cli.prepare().and_then(|prepared| {
+        let rt = build_runtime(prepared.runtime())?;
+        rt.block_on(prepared.run())
+    });
+    let exit = match run {
         Ok(Outcome::Success) => Exit::Ok,
         Ok(Outcome::JobFailed) => Exit::JobFailed,
         Err(e) if is_broken_pipe(&e) => Exit::Ok,
@@ -66,17 +70,20 @@ fn main() -> ExitCode {
     ExitCode::from(exit as u8)
 }
 
-/// Client commands make one request at a time, so one thread is enough and starts fastest. `serve` gets a
-/// multi-threaded runtime; sizing it for the board (workers, blocking threads) is the node module's call.
-fn build_runtime(serve: bool) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = if serve {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        // Blocking threads carry LMDB transactions and file I/O; tokio's default of 512 would let a burst
-        // reserve far more stacks than a 512 MiB board can spare.
-        b.max_blocking_threads(32).thread_name("cod-worker");
-        b
-    } else {
-        tokio::runtime::Builder::new_current_thread()
+/// Builds the runtime the command asked for (see [`Runtime`]).
+fn build_runtime(runtime: Runtime) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match runtime {
+        Runtime::MultiThread { workers } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            // Blocking threads carry LMDB transactions and file I/O; tokio's default of 512 would let a burst
+            // reserve far more stacks than a 512 MiB board can spare.
+            b.max_blocking_threads(32).thread_name("cod-worker");
+            if let Some(n) = workers {
+                b.worker_threads(n);
+            }
+            b
+        }
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
     };
     builder
         .enable_all()

@@ -195,6 +195,61 @@ impl Context {
     }
 }
 
+/// A parsed command line with what must be known before the runtime starts: `serve`'s configuration,
+/// which decides how many threads the runtime gets.
+#[derive(Debug)]
+pub enum Prepared {
+    /// `cod serve`, its configuration loaded and valid.
+    Serve(Box<serve::Loaded>),
+    /// Any other command: one request at a time.
+    Client(Box<Cli>),
+}
+
+/// The async runtime a command wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// One thread: client commands, which start fastest that way.
+    CurrentThread,
+    /// `serve`: worker threads (`None`: one per core), plus the blocking pool.
+    MultiThread {
+        /// Async worker threads.
+        workers: Option<usize>,
+    },
+}
+
+impl Cli {
+    /// Loads `serve`'s configuration (a bad one is a [`UsageError`]); other commands pass through.
+    pub fn prepare(self) -> anyhow::Result<Prepared> {
+        match self {
+            Cli {
+                command: Command::Serve(args),
+                ..
+            } => Ok(Prepared::Serve(Box::new(serve::load(args)?))),
+            cli => Ok(Prepared::Client(Box::new(cli))),
+        }
+    }
+}
+
+impl Prepared {
+    /// The runtime to build for [`Prepared::run`].
+    pub fn runtime(&self) -> Runtime {
+        match self {
+            Prepared::Serve(loaded) => Runtime::MultiThread {
+                workers: loaded.async_workers(),
+            },
+            Prepared::Client(_) => Runtime::CurrentThread,
+        }
+    }
+
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<Outcome> {
+        match self {
+            Prepared::Serve(loaded) => serve::run(*loaded).await.map(|()| Outcome::Success),
+            Prepared::Client(cli) => run(*cli).await,
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let Cli {
@@ -241,7 +296,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         })
     };
     match command {
-        Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Success),
+        Command::Serve(args) => serve::run(serve::load(args)?)
+            .await
+            .map(|()| Outcome::Success),
         #[cfg(feature = "client")]
         Command::Job(args) => job::run(&context()?, args).await,
         #[cfg(feature = "client")]

@@ -243,9 +243,37 @@ impl ServeArgs {
     }
 }
 
-/// Loads the configuration (defaults < file < COD_* < flags), validates it, runs the node until SIGINT or
-/// SIGTERM, then shuts it down with a grace period.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// A `cod serve` whose configuration is loaded and valid, ready to [`run`] on the runtime it asks for.
+#[derive(Debug)]
+pub struct Loaded {
+    resolved: config::Resolved,
+    ready_file: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// Async worker threads for this node (`None`: tokio's default, one per core, or `TOKIO_WORKER_THREADS`).
+    ///
+    /// A compute-only node gets one. Its heavy work has threads of its own (WASM workers, the store writer,
+    /// the blocking pool for files), so its async side only moves messages, and a second worker only adds
+    /// hand-offs between threads: on the fleet bench (10 compute nodes on 2 cores) one worker cut a job's
+    /// CPU by a tenth. Anything running the orchestrator keeps one per core, for the API and for many
+    /// nodes' encrypted links.
+    pub fn async_workers(&self) -> Option<usize> {
+        async_workers(
+            &self.resolved.raw.roles,
+            std::env::var_os("TOKIO_WORKER_THREADS").is_some(),
+        )
+    }
+}
+
+/// [`Loaded::async_workers`] for `roles`; `env_set`: `TOKIO_WORKER_THREADS` is set, and wins.
+fn async_workers(roles: &config::Roles, env_set: bool) -> Option<usize> {
+    (roles.compute && !roles.orchestrator && !env_set).then_some(1)
+}
+
+/// Loads the configuration (defaults < file < COD_* < flags) and validates it; bad input is a
+/// [`UsageError`]. Synchronous, so the runtime can be sized for the roles before it starts.
+pub fn load(args: ServeArgs) -> anyhow::Result<Loaded> {
     let mut config = match &args.config {
         Some(path) => config::load_file(path).map_err(|e| UsageError::new(e.to_string()))?,
         None => Config::default(),
@@ -258,12 +286,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Checked here too (the node builds the users again) so a bad user is a usage error (exit 64).
     crate::auth::Authenticator::from_config(&config.api.auth)
         .map_err(|e| UsageError::new(e.to_string()))?;
+    Ok(Loaded {
+        resolved,
+        ready_file: args.ready_file,
+    })
+}
+
+/// Runs the node until SIGINT or SIGTERM, then shuts it down with a grace period.
+pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let Loaded {
+        resolved,
+        ready_file,
+    } = loaded;
     #[cfg(feature = "orchestrator")]
-    if config.roles.orchestrator {
+    if resolved.raw.roles.orchestrator {
         super::fd_limit::raise_for_orchestrator();
     }
     let shutdown = CancellationToken::new();
-    let node = crate::node::start(resolved, args.ready_file.clone(), shutdown.clone())
+    let node = crate::node::start(resolved, ready_file, shutdown.clone())
         .await
         .context("starting the node")?;
     tokio::spawn(stop_on_signal(shutdown));
@@ -328,5 +368,29 @@ mod tests {
         assert_eq!(policy.env_allow_list, ["EDGE_*", "SITE_ID"]);
         assert_eq!(policy.max_job.memory, Some(256 << 20));
         assert!(policy.reject_networked_jobs);
+    }
+
+    #[test]
+    fn only_a_compute_only_node_runs_on_one_async_worker() {
+        let roles = |orchestrator, compute| config::Roles {
+            orchestrator,
+            compute,
+        };
+        assert_eq!(async_workers(&roles(false, true), false), Some(1));
+        assert_eq!(async_workers(&roles(true, true), false), None);
+        assert_eq!(async_workers(&roles(true, false), false), None);
+        // The operator's TOKIO_WORKER_THREADS wins, as tokio's own default would let it.
+        assert_eq!(async_workers(&roles(false, true), true), None);
+    }
+
+    #[test]
+    fn load_reports_a_bad_config_as_a_usage_error() {
+        let args = ServeArgs {
+            compute: true,
+            ..Default::default()
+        };
+        // A compute-only node with no orchestrator to dial cannot run.
+        let e = load(args).expect_err("no orchestrators");
+        assert!(e.chain().any(|c| c.is::<UsageError>()), "{e:#}");
     }
 }
