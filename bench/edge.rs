@@ -283,7 +283,7 @@ fn follow_history(client: &reqwest::blocking::Client, api: &str, id: &str) {
     }
 }
 
-/// [`run_job`] (long-polling the history) for the throughput clients, on an async client.
+/// [`run_job`] for the throughput clients, on an async client (`COD_BENCH_WAIT=poll` too).
 async fn run_job_async(client: &reqwest::Client, api: &str, job: &Value) {
     let r: Value = client
         .put(format!("{api}/api/v1/orchestrator/jobs"))
@@ -295,6 +295,23 @@ async fn run_job_async(client: &reqwest::Client, api: &str, job: &Value) {
         .await
         .expect("submit answer");
     let id = r["JobID"].as_str().expect("JobID").to_owned();
+    if std::env::var("COD_BENCH_WAIT").is_ok_and(|v| v == "poll") {
+        loop {
+            let j: Value = client
+                .get(format!("{api}/api/v1/orchestrator/jobs/{id}"))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("job");
+            match j["Job"]["State"]["StateType"].as_str() {
+                Some("Completed") => return,
+                Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
+                _ => tokio::time::sleep(Duration::from_micros(200)).await,
+            }
+        }
+    }
     let mut token = String::new();
     loop {
         let page: Value = client
