@@ -60,6 +60,15 @@ const FLEET: usize = 10;
 /// concurrently (each submits, waits for Completed, submits the next).
 const FLEET_JOBS: usize = 1000;
 const CLIENTS: usize = 16;
+
+/// Clients in each throughput run: [`CLIENTS`] unless `COD_BENCH_CLIENTS`.
+fn clients() -> usize {
+    std::env::var("COD_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(CLIENTS)
+}
 /// The kernel's clock ticks per second in `/proc/<pid>/stat` (USER_HZ: 100 on every Linux ABI).
 const USER_HZ: f64 = 100.0;
 
@@ -503,7 +512,7 @@ struct Throughput {
     split_ms: [f64; 3],
 }
 
-/// `CLIENTS` closed-loop clients running [`fleet_jobs`] hello jobs through `api`; `pids` are the `cod`
+/// [`clients`] closed-loop clients running [`fleet_jobs`] hello jobs through `api`; `pids` are the `cod`
 /// processes serving them, whose CPU time is counted with this process's own.
 fn throughput(api: &str, job: &Value, pids: &[u32]) -> Throughput {
     let jobs = fleet_jobs();
@@ -522,14 +531,14 @@ fn throughput(api: &str, job: &Value, pids: &[u32]) -> Throughput {
         .build()
         .expect("runtime");
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CLIENTS)
+        .pool_max_idle_per_host(clients())
         .build()
         .expect("client");
     let next = std::sync::atomic::AtomicUsize::new(0);
     let cpu_before = cpu();
     let t = Instant::now();
     runtime.block_on(async {
-        let clients = (0..CLIENTS).map(|_| async {
+        let clients = (0..clients()).map(|_| async {
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < jobs {
                 run_job_async(&client, api, job).await;
             }
@@ -588,7 +597,8 @@ fn jobs_per_second(
     let jobs = fleet_jobs();
     writeln!(
         out,
-        "jobs/s, {CLIENTS} clients x {jobs} hello jobs: 1 orchestrator + {FLEET} compute nodes {:.1}/s ({:.2} ms CPU/job: orchestrator {:.2}, compute nodes {:.2}, client {:.2}); 1 hybrid node {:.1}/s ({:.2} ms CPU/job: node {:.2}, client {:.2}); fsync ceiling {:.0} commits/s",
+        "jobs/s, {} clients x {jobs} hello jobs: 1 orchestrator + {FLEET} compute nodes {:.1}/s ({:.2} ms CPU/job: orchestrator {:.2}, compute nodes {:.2}, client {:.2}); 1 hybrid node {:.1}/s ({:.2} ms CPU/job: node {:.2}, client {:.2}); fsync ceiling {:.0} commits/s",
+        clients(),
         many.jobs_per_s,
         many.cpu_ms_per_job,
         many.split_ms[0],
@@ -832,7 +842,7 @@ fn main() {
                 "start_to_ready_ms": {"p50": ready50, "p90": ready90, "exec_floor_p50": floor},
                 "submit_to_completed_ms": {"p50": p50, "p99": p99},
                 "fdatasync_ms": {"p50": f50, "p99": f99},
-                "jobs_per_s": {"fleet": many.jobs_per_s, "fleet_nodes": FLEET, "single_hybrid": single.jobs_per_s, "clients": CLIENTS, "jobs": fleet_jobs()},
+                "jobs_per_s": {"fleet": many.jobs_per_s, "fleet_nodes": FLEET, "single_hybrid": single.jobs_per_s, "clients": clients(), "jobs": fleet_jobs()},
                 "cpu_ms_per_job": {"fleet": many.cpu_ms_per_job, "single_hybrid": single.cpu_ms_per_job},
             },
         });

@@ -65,6 +65,22 @@ pub(super) enum Work {
     ),
 }
 
+/// One execution of the short-job path while it runs.
+struct ShortRun {
+    /// The `AskForBid`'s sequence number.
+    seq: u64,
+    id: ExecutionId,
+    /// What the store will hold (state Running); handed to the transaction once the run has ended.
+    record: Option<LocalExecution>,
+    /// Its reserved resources, freed when it ends.
+    need: crate::model::Resources,
+    cancel: CancellationToken,
+    progress: Progress,
+    handle: tokio::task::JoinHandle<Ending>,
+    /// Set when it ended within the window.
+    ending: Option<Ending>,
+}
+
 /// How an execution ended, for its report.
 pub(super) enum Ending {
     Completed {
@@ -111,24 +127,20 @@ impl Compute {
     }
 
     async fn deliver(&self, peer: &NodeId, mut messages: Vec<Sequenced>) -> Response {
-        if let [
-            Sequenced {
-                message:
+        if !messages.is_empty()
+            && messages.iter().all(|m| {
+                matches!(
+                    m.message,
                     Message::AskForBid {
                         accept_directly: true,
                         ..
-                    },
-                ..
-            },
-        ] = messages.as_slice()
-            && let Some(Sequenced {
-                seq,
-                message: Message::AskForBid { execution, .. },
-            }) = messages.pop()
+                    }
+                )
+            })
         {
-            match self.run_short(peer, seq, execution).await {
+            match self.run_short(peer, messages).await {
                 Ok(response) => return response,
-                Err(not_eligible) => messages.push(not_eligible),
+                Err(not_eligible) => messages = not_eligible,
             }
         }
         let inner = self.inner.clone();
@@ -234,39 +246,189 @@ impl Compute {
         }
     }
 
-    /// The short-job path (see [`SHORT_JOB`]). `Err` gives the message back when it is not eligible (a
-    /// replay, already known, or a bid this node declines), for the ordinary path to handle.
+    /// The short-job path (see [`SHORT_JOB`]) for a `Deliver` made only of fresh `AskForBid`s with
+    /// `accept_directly` (under load the orchestrator's outbox sends several in one request): every one
+    /// starts at once, and those that end within the window are accepted, started and finished in the one
+    /// transaction that also accepts the others, with one Ack for all of them. `Err` gives the messages
+    /// back when any of them is not eligible (a replay, already known, or a bid this node declines or has
+    /// no room for), for the ordinary path to handle; nothing was started or reserved then.
     async fn run_short(
+        &self,
+        peer: &NodeId,
+        messages: Vec<Sequenced>,
+    ) -> Result<Response, Vec<Sequenced>> {
+        let executions: Vec<(u64, Box<Execution>)> = messages
+            .into_iter()
+            .filter_map(|m| match m.message {
+                Message::AskForBid { execution, .. } => Some((m.seq, execution)),
+                _ => None,
+            })
+            .collect();
+        let give_back = |executions: Vec<(u64, Box<Execution>)>| {
+            executions
+                .into_iter()
+                .map(|(seq, execution)| Sequenced {
+                    seq,
+                    message: Message::AskForBid {
+                        execution,
+                        accept_directly: true,
+                    },
+                })
+                .collect::<Vec<_>>()
+        };
+        let (t, outbox) = (self.inner.tables, &self.inner.outbox);
+        let known = self.inner.store.read_sync(|txn| {
+            let mut any_known = false;
+            for (_, e) in &executions {
+                any_known |= txn.get(t.executions, e.id.as_str())?.is_some();
+            }
+            Ok((outbox.last_applied(txn, peer)?, any_known))
+        });
+        let fresh = match known {
+            Ok((last, false)) => {
+                let mut ids = std::collections::HashSet::new();
+                let mut prev = last;
+                executions.iter().all(|(seq, e)| {
+                    let ordered = *seq > prev;
+                    prev = *seq;
+                    ordered && ids.insert(e.id.clone())
+                })
+            }
+            _ => false,
+        };
+        if !fresh
+            || executions
+                .iter()
+                .any(|(_, e)| decide(&self.inner.backends, &self.inner.config, e).is_err())
+        {
+            return Err(give_back(executions));
+        }
+        let mut reserved: Vec<(Vec<u32>, crate::model::Resources)> = Vec::new();
+        for (_, e) in &executions {
+            let need = execution_resources(e, &self.inner.config.job_defaults);
+            match self.inner.capacity.try_reserve(&e.id, &need) {
+                Ok(gpus) => reserved.push((gpus, need)),
+                Err(_) => {
+                    for ((_, e), (_, need)) in executions.iter().zip(&reserved) {
+                        self.inner.capacity.release(&e.id, need);
+                    }
+                    return Err(give_back(executions));
+                }
+            }
+        }
+        let mut runs: Vec<ShortRun> = executions
+            .into_iter()
+            .zip(reserved)
+            .map(|((seq, execution), (gpus, need))| {
+                self.start_short(peer, seq, execution, gpus, need)
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + SHORT_JOB;
+        for run in &mut runs {
+            if let Ok(result) = tokio::time::timeout_at(deadline, &mut run.handle).await {
+                run.ending = Some(joined(result));
+            }
+        }
+        debug!(
+            orchestrator = %peer,
+            executions = runs.len(),
+            ended = runs.iter().filter(|r| r.ending.is_some()).count(),
+            "short-job path"
+        );
+        for run in runs.iter().filter(|r| r.ending.is_some()) {
+            self.forget_running(&run.id);
+        }
+        // One transaction, in sequence order: the ended ones recorded with their reports, the others as
+        // running (their ends are recorded by the runner).
+        let inner = self.inner.clone();
+        let peer_id = peer.clone();
+        let ended: Vec<bool> = runs.iter().map(|r| r.ending.is_some()).collect();
+        let counters: Vec<Option<&'static crate::metrics::Counter>> = runs
+            .iter()
+            .map(|r| r.ending.as_ref().map(Ending::counter))
+            .collect();
+        // An ended run's record moves into the transaction; a running one's is copied, for the runner.
+        let mut written: Vec<(u64, LocalExecution, Option<Ending>, Progress)> = runs
+            .iter_mut()
+            .filter_map(|r| {
+                let record = match r.ending {
+                    Some(_) => r.record.take(),
+                    None => r.record.clone(),
+                }?;
+                Some((r.seq, record, r.ending.take(), r.progress.clone()))
+            })
+            .collect();
+        let outcome = self
+            .inner
+            .store
+            .write(move |txn| {
+                for (seq, record, ending, progress) in &mut written {
+                    inner.outbox.accept_inbound(txn, &peer_id, *seq)?;
+                    match ending.take() {
+                        Some(ending) => {
+                            enqueue_accepted(&inner, txn, record, true)?;
+                            enqueue_progress(&inner, txn, record, progress.take())?;
+                            let report = report(record, ending);
+                            inner.outbox.enqueue(txn, &record.orchestrator, report)?;
+                            record.execution.job = None;
+                            txn.put(t.executions, record.execution.id.as_str(), record)?;
+                        }
+                        None => {
+                            txn.put(t.executions, record.execution.id.as_str(), record)?;
+                            enqueue_accepted(&inner, txn, record, true)?;
+                            enqueue_progress(&inner, txn, record, progress.take())?;
+                        }
+                    }
+                }
+                inner.outbox.last_applied(txn, &peer_id)
+            })
+            .await;
+        let mut recycle = Vec::new();
+        for ((run, ended), counter) in runs.into_iter().zip(ended).zip(counters) {
+            if outcome.is_ok() {
+                crate::metrics::COMPUTE.bids_accepted.inc();
+            }
+            if ended {
+                self.inner.capacity.release(&run.id, &run.need);
+                if let (Ok(_), Some(c)) = (&outcome, counter) {
+                    c.inc();
+                }
+                recycle.push(self.work_dir(&run.id));
+            } else if let Some(record) = run.record {
+                if outcome.is_err() {
+                    // Not accepted after all: stop it; the orchestrator will ask again.
+                    run.cancel.cancel();
+                }
+                // Either way the run task is reaped (and, if accepted, reported) by the runner.
+                let _ =
+                    self.inner
+                        .start
+                        .send(Work::Finish(Box::new(record), run.handle, run.progress));
+            }
+        }
+        let response = self.acknowledge(peer, outcome);
+        if !recycle.is_empty() {
+            // One blocking hop for all of them, before the Ack: a replay asks for the same folders.
+            let dirs = self.inner.work_dirs.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for dir in &recycle {
+                    dirs.recycle(dir);
+                }
+            })
+            .await;
+        }
+        Ok(response)
+    }
+
+    /// Starts one execution of the short-job path, its resources already reserved.
+    fn start_short(
         &self,
         peer: &NodeId,
         seq: u64,
         execution: Box<Execution>,
-    ) -> Result<Response, Sequenced> {
-        let give_back = |execution| Sequenced {
-            seq,
-            message: Message::AskForBid {
-                execution,
-                accept_directly: true,
-            },
-        };
-        let (t, outbox) = (self.inner.tables, &self.inner.outbox);
-        let known = self.inner.store.read_sync(|txn| {
-            Ok((
-                outbox.last_applied(txn, peer)?,
-                txn.get(t.executions, execution.id.as_str())?.is_some(),
-            ))
-        });
-        match known {
-            Ok((last, false)) if seq > last => {}
-            _ => return Err(give_back(execution)),
-        }
-        let need = execution_resources(&execution, &self.inner.config.job_defaults);
-        if decide(&self.inner.backends, &self.inner.config, &execution).is_err() {
-            return Err(give_back(execution));
-        }
-        let Ok(gpus) = self.inner.capacity.try_reserve(&execution.id, &need) else {
-            return Err(give_back(execution));
-        };
+        gpus: Vec<u32>,
+        need: crate::model::Resources,
+    ) -> ShortRun {
         let id = execution.id.clone();
         let cancel = CancellationToken::new();
         if let Ok(mut running) = self.inner.running.lock() {
@@ -276,73 +438,24 @@ impl Compute {
         let (me, snapshot) = (self.clone(), (*execution).clone());
         let (token, progress) = (cancel.clone(), Progress::default());
         let reporter = progress.clone();
-        let mut handle = tokio::spawn(
+        let handle = tokio::spawn(
             async move { me.run_pipeline(&snapshot, token, reporter).await }.instrument(span),
         );
-        let mut record = LocalExecution {
-            execution: *execution,
-            orchestrator: peer.clone(),
-            state: LocalState::Running,
-            attempts: 1,
-            gpus,
-        };
-        let inner = self.inner.clone();
-        let peer_id = peer.clone();
-        match tokio::time::timeout(SHORT_JOB, &mut handle).await {
-            Ok(result) => {
-                let ending = joined(result);
-                self.forget_running(&id);
-                let finished = ending.counter();
-                let outcome = self
-                    .inner
-                    .store
-                    .write(move |txn| {
-                        inner.outbox.accept_inbound(txn, &peer_id, seq)?;
-                        enqueue_accepted(&inner, txn, &record, true)?;
-                        enqueue_progress(&inner, txn, &record, progress.take())?;
-                        let report = report(&mut record, ending);
-                        inner.outbox.enqueue(txn, &record.orchestrator, report)?;
-                        record.execution.job = None;
-                        txn.put(t.executions, record.execution.id.as_str(), &record)?;
-                        inner.outbox.last_applied(txn, &peer_id)
-                    })
-                    .await;
-                self.inner.capacity.release(&id, &need);
-                if outcome.is_ok() {
-                    crate::metrics::COMPUTE.bids_accepted.inc();
-                    finished.inc();
-                }
-                let response = self.acknowledge(peer, outcome);
-                self.discard_work_dir(&id).await;
-                Ok(response)
-            }
-            Err(_still_running) => {
-                let stored = record.clone();
-                let reported = progress.clone();
-                let outcome = self
-                    .inner
-                    .store
-                    .write(move |txn| {
-                        inner.outbox.accept_inbound(txn, &peer_id, seq)?;
-                        txn.put(t.executions, stored.execution.id.as_str(), &stored)?;
-                        enqueue_accepted(&inner, txn, &stored, true)?;
-                        enqueue_progress(&inner, txn, &stored, reported.take())?;
-                        inner.outbox.last_applied(txn, &peer_id)
-                    })
-                    .await;
-                if outcome.is_err() {
-                    // Not accepted after all: stop it; the orchestrator will ask again.
-                    cancel.cancel();
-                } else {
-                    crate::metrics::COMPUTE.bids_accepted.inc();
-                }
-                // Either way the run task is reaped (and, if accepted, reported) by the runner.
-                let _ = self
-                    .inner
-                    .start
-                    .send(Work::Finish(Box::new(record), handle, progress));
-                Ok(self.acknowledge(peer, outcome))
-            }
+        ShortRun {
+            seq,
+            id,
+            record: Some(LocalExecution {
+                execution: *execution,
+                orchestrator: peer.clone(),
+                state: LocalState::Running,
+                attempts: 1,
+                gpus,
+            }),
+            need,
+            cancel,
+            progress,
+            handle,
+            ending: None,
         }
     }
 

@@ -163,6 +163,64 @@ fn a_silent_node_is_marked_disconnected_and_rejoins_when_it_speaks_again() {
     assert_eq!(state(&body), "Completed", "{body:#}");
 }
 
+/// Under load the orchestrator's outbox sends several `AskForBid`s in one `Deliver`; the compute node runs
+/// them together on its short-job path (one transaction, one Ack). Here the batch is made certain: the node
+/// is frozen while the jobs are placed on it, so all but the first wait in the outbox together.
+#[test]
+fn asks_delivered_together_run_together_and_each_job_once() {
+    let orch = orchestrator("orch-batch", &[]);
+    let node = compute("batch", &orch, &[]);
+    wait_until("connected", DEADLINE, || {
+        (connected_nodes(&orch).len() == 1).then_some(())
+    });
+    node.signal("STOP");
+    let ids: Vec<String> = (0..8)
+        .map(|_| orch.submit(wasm_job(HELLO, json!({}))))
+        .collect();
+    // Every job placed (its execution exists) before the node wakes: they are all in the outbox now.
+    for id in &ids {
+        wait_until("execution placed", DEADLINE, || {
+            let (_, body) = orch.get(&format!(
+                "/api/v1/orchestrator/jobs/{id}?include=executions"
+            ));
+            (body["Executions"]["Items"].as_array().map_or(0, Vec::len) == 1).then_some(())
+        });
+    }
+    node.signal("CONT");
+    for id in &ids {
+        let body = orch.wait_terminal(id, DEADLINE);
+        assert_eq!(state(&body), "Completed", "{body:#}");
+        let executions = body["Executions"]["Items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(executions.len(), 1, "one execution per job: {body:#}");
+        assert!(
+            crate::harness::run_stdout(&body).starts_with("hello"),
+            "{body:#}"
+        );
+    }
+    // The node's own account: one short-job batch carried several executions.
+    let most = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("short-job path"))
+        .filter_map(|l| {
+            let n = l.split("executions=").nth(1)?;
+            n.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most >= 2,
+        "no batch of asks on the short-job path:\n{}",
+        node.log()
+    );
+}
+
 #[test]
 fn manual_approval_holds_work_until_the_operator_approves() {
     let orch = orchestrator("orch-approval", &["--manual-approval"]);
