@@ -278,17 +278,14 @@ fn follow_history(client: &reqwest::blocking::Client, api: &str, id: &str) {
     let mut token = String::new();
     loop {
         let page: Value = client
-            .get(format!(
-                "{api}/api/v1/orchestrator/jobs/{id}/history?event_type=job&wait_seconds=30&next_token={token}"
-            ))
+            .get(history_url(api, id, &token))
             .send()
             .and_then(|r| r.json())
             .expect("history");
         if completed(&page) {
             return;
         }
-        token = page["NextToken"].as_str().unwrap_or_default().to_owned();
-        assert!(!token.is_empty(), "history ended without Completed: {page}");
+        token = next_token(&page);
     }
 }
 
@@ -314,19 +311,16 @@ async fn run_job_async(client: &reqwest::Client, api: &str, job: &Value) {
                 .json()
                 .await
                 .expect("job");
-            match j["Job"]["State"]["StateType"].as_str() {
-                Some("Completed") => return,
-                Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
-                _ => tokio::time::sleep(Duration::from_micros(200)).await,
+            if job_completed(&j) {
+                return;
             }
+            tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }
     let mut token = String::new();
     loop {
         let page: Value = client
-            .get(format!(
-                "{api}/api/v1/orchestrator/jobs/{id}/history?event_type=job&wait_seconds=30&next_token={token}"
-            ))
+            .get(history_url(api, &id, &token))
             .send()
             .await
             .expect("history")
@@ -336,8 +330,30 @@ async fn run_job_async(client: &reqwest::Client, api: &str, job: &Value) {
         if completed(&page) {
             return;
         }
-        token = page["NextToken"].as_str().unwrap_or_default().to_owned();
-        assert!(!token.is_empty(), "history ended without Completed: {page}");
+        token = next_token(&page);
+    }
+}
+
+/// The long-poll of job `id`'s job-level history after `token`.
+fn history_url(api: &str, id: &str, token: &str) -> String {
+    format!(
+        "{api}/api/v1/orchestrator/jobs/{id}/history?event_type=job&wait_seconds=30&next_token={token}"
+    )
+}
+
+/// The token of the history page after `page`; panics if there is none (the history ended unfinished).
+fn next_token(page: &Value) -> String {
+    let token = page["NextToken"].as_str().unwrap_or_default().to_owned();
+    assert!(!token.is_empty(), "history ended without Completed: {page}");
+    token
+}
+
+/// Whether a `GET /jobs/{id}` answer says the job completed; panics if it failed or stopped.
+fn job_completed(j: &Value) -> bool {
+    match j["Job"]["State"]["StateType"].as_str() {
+        Some("Completed") => true,
+        Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
+        _ => false,
     }
 }
 
@@ -361,11 +377,10 @@ fn poll_job(client: &reqwest::blocking::Client, api: &str, id: &str) {
             .send()
             .and_then(|r| r.json())
             .expect("get");
-        match j["Job"]["State"]["StateType"].as_str() {
-            Some("Completed") => return,
-            Some("Failed") | Some("Stopped") => panic!("job failed: {j}"),
-            _ => std::thread::sleep(Duration::from_micros(200)),
+        if job_completed(&j) {
+            return;
         }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
