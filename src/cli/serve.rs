@@ -255,9 +255,9 @@ impl Loaded {
     ///
     /// A compute-only node gets one. Its heavy work has threads of its own (WASM workers, the store writer,
     /// the blocking pool for files), so its async side only moves messages, and a second worker only adds
-    /// hand-offs between threads: on the fleet bench (10 compute nodes on 2 cores) one worker cut a job's
-    /// CPU by a tenth. Anything running the orchestrator keeps one per core, for the API and for many
-    /// nodes' encrypted links.
+    /// hand-offs between threads: on the fleet bench (10 compute nodes on 2 cores) one worker took 9 % of
+    /// the context switches away (CPU per job moved within the bench's noise). Anything running the
+    /// orchestrator keeps one per core, for the API and for many nodes' encrypted links.
     pub fn async_workers(&self) -> Option<usize> {
         async_workers(
             &self.resolved.raw.roles,
