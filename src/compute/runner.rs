@@ -257,29 +257,18 @@ impl Compute {
         peer: &NodeId,
         messages: Vec<Sequenced>,
     ) -> Result<Response, Vec<Sequenced>> {
-        let executions: Vec<(u64, Box<Execution>)> = messages
-            .into_iter()
-            .filter_map(|m| match m.message {
-                Message::AskForBid { execution, .. } => Some((m.seq, execution)),
+        // Checked and reserved on borrows, so an ineligible batch goes back untouched.
+        let asks: Vec<(u64, &Execution)> = messages
+            .iter()
+            .filter_map(|m| match &m.message {
+                Message::AskForBid { execution, .. } => Some((m.seq, &**execution)),
                 _ => None,
             })
             .collect();
-        let give_back = |executions: Vec<(u64, Box<Execution>)>| {
-            executions
-                .into_iter()
-                .map(|(seq, execution)| Sequenced {
-                    seq,
-                    message: Message::AskForBid {
-                        execution,
-                        accept_directly: true,
-                    },
-                })
-                .collect::<Vec<_>>()
-        };
         let (t, outbox) = (self.inner.tables, &self.inner.outbox);
         let known = self.inner.store.read_sync(|txn| {
             let mut any_known = false;
-            for (_, e) in &executions {
+            for (_, e) in &asks {
                 any_known |= txn.get(t.executions, e.id.as_str())?.is_some();
             }
             Ok((outbox.last_applied(txn, peer)?, any_known))
@@ -288,36 +277,40 @@ impl Compute {
             Ok((last, false)) => {
                 let mut ids = std::collections::HashSet::new();
                 let mut prev = last;
-                executions.iter().all(|(seq, e)| {
+                asks.iter().all(|(seq, e)| {
                     let ordered = *seq > prev;
                     prev = *seq;
-                    ordered && ids.insert(e.id.clone())
+                    ordered && ids.insert(&e.id)
                 })
             }
             _ => false,
         };
         if !fresh
-            || executions
+            || asks
                 .iter()
                 .any(|(_, e)| decide(&self.inner.backends, &self.inner.config, e).is_err())
         {
-            return Err(give_back(executions));
+            return Err(messages);
         }
         let mut reserved: Vec<(Vec<u32>, crate::model::Resources)> = Vec::new();
-        for (_, e) in &executions {
+        for (_, e) in &asks {
             let need = execution_resources(e, &self.inner.config.job_defaults);
             match self.inner.capacity.try_reserve(&e.id, &need) {
                 Ok(gpus) => reserved.push((gpus, need)),
                 Err(_) => {
-                    for ((_, e), (_, need)) in executions.iter().zip(&reserved) {
+                    for ((_, e), (_, need)) in asks.iter().zip(&reserved) {
                         self.inner.capacity.release(&e.id, need);
                     }
-                    return Err(give_back(executions));
+                    return Err(messages);
                 }
             }
         }
-        let mut runs: Vec<ShortRun> = executions
+        let mut runs: Vec<ShortRun> = messages
             .into_iter()
+            .filter_map(|m| match m.message {
+                Message::AskForBid { execution, .. } => Some((m.seq, execution)),
+                _ => None,
+            })
             .zip(reserved)
             .map(|((seq, execution), (gpus, need))| {
                 self.start_short(peer, seq, execution, gpus, need)
@@ -342,7 +335,7 @@ impl Compute {
         // running (their ends are recorded by the runner).
         let inner = self.inner.clone();
         let peer_id = peer.clone();
-        let ended: Vec<bool> = runs.iter().map(|r| r.ending.is_some()).collect();
+        // Set exactly for the runs that ended.
         let counters: Vec<Option<&'static crate::metrics::Counter>> = runs
             .iter()
             .map(|r| r.ending.as_ref().map(Ending::counter))
@@ -384,16 +377,16 @@ impl Compute {
             })
             .await;
         let mut recycle = Vec::new();
-        for ((run, ended), counter) in runs.into_iter().zip(ended).zip(counters) {
+        for (run, counter) in runs.into_iter().zip(counters) {
             if outcome.is_ok() {
                 crate::metrics::COMPUTE.bids_accepted.inc();
             }
-            if ended {
+            if let Some(counter) = counter {
                 self.inner.capacity.release(&run.id, &run.need);
-                if let (Ok(_), Some(c)) = (&outcome, counter) {
-                    c.inc();
+                if outcome.is_ok() {
+                    counter.inc();
                 }
-                recycle.push(self.work_dir(&run.id));
+                recycle.push(run.id);
             } else if let Some(record) = run.record {
                 if outcome.is_err() {
                     // Not accepted after all: stop it; the orchestrator will ask again.
@@ -407,16 +400,8 @@ impl Compute {
             }
         }
         let response = self.acknowledge(peer, outcome);
-        if !recycle.is_empty() {
-            // One blocking hop for all of them, before the Ack: a replay asks for the same folders.
-            let dirs = self.inner.work_dirs.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                for dir in &recycle {
-                    dirs.recycle(dir);
-                }
-            })
-            .await;
-        }
+        // Before the Ack: a replay asks for the same folders.
+        self.discard_work_dirs(&recycle).await;
         Ok(response)
     }
 
@@ -591,7 +576,7 @@ impl Compute {
         }
     }
 
-    /// Runs the execution in its work dir. The dir is removed by [`Compute::discard_work_dir`] once the
+    /// Runs the execution in its work dir. The dir is removed by [`Compute::discard_work_dirs`] once the
     /// ending is recorded: cleaning up is not on the path to the result.
     async fn run_pipeline(
         &self,
@@ -645,11 +630,20 @@ impl Compute {
         self.inner.work_dirs.path(id.as_str())
     }
 
-    /// Done with an execution's inputs and result folder (the publisher keeps its own copy): emptied and
-    /// kept for the next execution.
-    async fn discard_work_dir(&self, id: &ExecutionId) {
-        let (dirs, dir) = (self.inner.work_dirs.clone(), self.work_dir(id));
-        let _ = tokio::task::spawn_blocking(move || dirs.recycle(&dir)).await;
+    /// Done with these executions' inputs and result folders (the publisher keeps its own copy): emptied
+    /// and kept for the next executions, in one blocking hop.
+    async fn discard_work_dirs(&self, ids: &[ExecutionId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let dirs = self.inner.work_dirs.clone();
+        let paths: Vec<PathBuf> = ids.iter().map(|id| self.work_dir(id)).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for dir in &paths {
+                dirs.recycle(dir);
+            }
+        })
+        .await;
     }
 
     async fn run_in(
@@ -1078,7 +1072,7 @@ impl Compute {
             }
         }
         // After the report is durable (and on its way): a rerun would start from a clean folder anyway.
-        self.discard_work_dir(&id).await;
+        self.discard_work_dirs(std::slice::from_ref(&id)).await;
     }
 }
 
