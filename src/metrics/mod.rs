@@ -238,6 +238,24 @@ pub static COMPUTE: ComputeCounters = ComputeCounters {
     orchestrators_connected: Gauge::new(),
 };
 
+/// The transport's counters (either role).
+#[derive(Debug)]
+pub struct TransportCounters {
+    /// Requests sent to remote peers on their link (one frame each).
+    pub requests_on_link: Counter,
+    /// Requests sent to remote peers on a stream of their own (no link, or its queue was full).
+    pub requests_on_stream: Counter,
+    /// Links open now.
+    pub links: Gauge,
+}
+
+/// The transport's counters.
+pub static TRANSPORT: TransportCounters = TransportCounters {
+    requests_on_link: Counter::new(),
+    requests_on_stream: Counter::new(),
+    links: Gauge::new(),
+};
+
 impl OrchestratorCounters {
     /// Records how long answering `kind` took.
     pub fn request_handled(&self, kind: RequestKind, took: Duration) {
@@ -333,6 +351,27 @@ pub fn render_common(e: &mut Encoder) {
         1.0,
     );
     process::render(e);
+    e.family(
+        "cod_transport_requests_sent_total",
+        "Requests sent to other Cod nodes, by path: one frame on the peer's long-lived link, or a stream each",
+        exposition::Kind::Counter,
+    );
+    e.count(
+        "cod_transport_requests_sent_total",
+        &[("path", "link")],
+        TRANSPORT.requests_on_link.get(),
+    );
+    e.count(
+        "cod_transport_requests_sent_total",
+        &[("path", "stream")],
+        TRANSPORT.requests_on_stream.get(),
+    );
+    e.family(
+        "cod_transport_links",
+        "Long-lived links to other Cod nodes open now (the path of durable deliveries)",
+        exposition::Kind::Gauge,
+    );
+    e.count("cod_transport_links", &[], TRANSPORT.links.get());
 }
 
 #[cfg(test)]

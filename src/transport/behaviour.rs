@@ -14,8 +14,8 @@ use super::codec::{Codec, PROTOCOL};
 /// Identify's protocol-version string: peers with a different one are a different network.
 pub(super) const IDENTIFY_PROTOCOL: &str = "/cod/id/1";
 
-/// Streams per connection, inbound and outbound together. The protocol batches (one `Deliver` carries many
-/// messages, heartbeats are periodic), so a few streams suffice; the cap also bounds what one peer can make us
+/// Request-response streams per connection, inbound and outbound together. Deliveries ride the link and
+/// batch (one `Deliver` carries many messages), heartbeats are periodic, so a few streams suffice; the cap also bounds what one peer can make us
 /// buffer: each stream may hold one frame of up to `MAX_MESSAGE_BYTES`.
 const MAX_CONCURRENT_STREAMS: usize = 16;
 

@@ -69,12 +69,17 @@ pub struct Client {
     streams: Streams,
     /// The loop publishes the peers it has a connection to here.
     connected: watch::Receiver<BTreeSet<NodeId>>,
+    /// The loop publishes the peers it has a link to here (read by tests: the link is an optimisation
+    /// nothing else needs to know about).
+    #[cfg_attr(not(test), allow(dead_code))]
+    linked: watch::Receiver<BTreeSet<NodeId>>,
 }
 
 // === impl Client ===
 
 impl Client {
     /// A handle for the node itself (the loop hands out in-process handles through [`Client::attach_local`]).
+    #[allow(clippy::too_many_arguments)] // one per field, each from a different channel of the loop
     pub(super) fn new(
         local_id: NodeId,
         commands: mpsc::Sender<Command>,
@@ -83,6 +88,7 @@ impl Client {
         listen_wait: Duration,
         streams: Streams,
         connected: watch::Receiver<BTreeSet<NodeId>>,
+        linked: watch::Receiver<BTreeSet<NodeId>>,
     ) -> Self {
         Self {
             local_id,
@@ -93,6 +99,7 @@ impl Client {
             listen_wait,
             streams,
             connected,
+            linked,
         }
     }
 
@@ -111,6 +118,16 @@ impl Client {
         let mut connected = self.connected.clone();
         matches!(
             tokio::time::timeout(timeout, connected.wait_for(|c| c.contains(peer))).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Waits until `peer` has a link ([`super::link`]), at most `timeout`; returns whether it has.
+    #[cfg(test)]
+    pub(super) async fn wait_linked(&self, peer: &NodeId, timeout: Duration) -> bool {
+        let mut linked = self.linked.clone();
+        matches!(
+            tokio::time::timeout(timeout, linked.wait_for(|c| c.contains(peer))).await,
             Ok(Ok(_))
         )
     }

@@ -1,6 +1,7 @@
-//! Framing of [`Request`]s and [`Response`]s on a libp2p stream for the request-response behaviour.
+//! Framing of [`Request`]s and [`Response`]s on a libp2p stream: one frame per stream direction for the
+//! request-response behaviour, a sequence of them on a [`super::link`].
 //!
-//! One frame per stream direction: a `u32` big-endian length, then that many bytes of the enveloped CBOR from
+//! A frame is a `u32` big-endian length, then that many bytes of the enveloped CBOR from
 //! [`protocol::encode`]. The length comes first so a reader can refuse an oversized frame *before* allocating
 //! for it: a peer cannot make us buffer more than [`MAX_MESSAGE_BYTES`] per stream. Malformed bodies and unknown
 //! wire versions become `io::ErrorKind::InvalidData`, which the behaviour reports as a failed request.
@@ -90,6 +91,15 @@ where
     T: AsyncWrite + Unpin + Send,
     M: Serialize,
 {
+    // One write, so the muxer sends one frame rather than a 4-byte frame and then the body.
+    let mut frame = Vec::new();
+    encode_frame(message, &mut frame)?;
+    io.write_all(&frame).await?;
+    io.flush().await
+}
+
+/// Appends `message` to `buf` as one length-prefixed frame; on error `buf` is left as it was.
+pub(super) fn encode_frame<M: Serialize>(message: &M, buf: &mut Vec<u8>) -> io::Result<()> {
     let body =
         protocol::encode(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // Refuse on the sending side too: the receiver would refuse it anyway, after we had sent 16 MiB.
@@ -97,9 +107,10 @@ where
         return Err(oversized(body.len()));
     }
     let len = u32::try_from(body.len()).map_err(|_| oversized(body.len()))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&body).await?;
-    io.flush().await
+    buf.reserve(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    Ok(())
 }
 
 /// The error for a frame over the limit.

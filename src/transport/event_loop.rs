@@ -34,6 +34,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
 use super::client::{Command, Origin};
+use super::link::{self, Link};
 use super::refusals::{Refusals, Report};
 use super::tcp;
 use super::{
@@ -108,6 +109,22 @@ pub struct EventLoop {
     /// Fingerprint of the private-network key, for dial error logs (a mismatched key looks like a broken
     /// handshake, so the log says which key this node uses).
     swarm_key_fingerprint: Option<String>,
+    /// The long-lived stream to each peer that has one ([`link`]): Deliver requests go there.
+    links: HashMap<PeerId, Link>,
+    /// Publishes the peers in `links`.
+    linked: watch::Sender<BTreeSet<NodeId>>,
+    /// Generation of the last link started.
+    last_link: u64,
+    /// Links that ended, reported by their tasks.
+    links_closed: mpsc::UnboundedReceiver<link::Closed>,
+    /// The sender the link tasks report on.
+    links_closed_tx: mpsc::UnboundedSender<link::Closed>,
+    /// Links peers opened to us.
+    links_inbound: mpsc::Receiver<(PeerId, libp2p::Stream)>,
+    /// Links we are opening (to orchestrators), each yielding the stream or why there is none.
+    links_opening: FuturesUnordered<BoxFuture<'static, (PeerId, Result<libp2p::Stream, String>)>>,
+    /// Opens outbound streams (links).
+    stream_control: libp2p_stream::Control,
 }
 
 /// An outbound request's caller.
@@ -358,7 +375,13 @@ pub(super) fn build(
     // Our behaviour constructor cannot fail (the error type is Infallible).
     let Ok(builder) = builder.with_behaviour(|key| Behaviour::new(key, request_timeout));
     let mut swarm = builder
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .with_swarm_config(|c| {
+            // Lazy negotiation: an opening side with one protocol to offer sends its first frame together
+            // with the proposal instead of waiting a round trip for the confirmation (the listener side,
+            // Kubo included, accepts both).
+            c.with_idle_connection_timeout(config.idle_timeout)
+                .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
+        })
         .build();
 
     // Our TCP transport binds inside `listen_on` without SO_REUSEPORT, so a port another process listens on
@@ -379,11 +402,16 @@ pub(super) fn build(
     let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
     let (listen_tx, listen_rx) = watch::channel(Vec::new());
     let (connected_tx, connected_rx) = watch::channel(BTreeSet::new());
-    let streams = Streams::new(
-        swarm.behaviour().stream.new_control(),
-        swarm.behaviour().inbound.registry(),
-        connected_rx.clone(),
+    let (linked_tx, linked_rx) = watch::channel(BTreeSet::new());
+    let registry = swarm.behaviour().inbound.registry();
+    let (links_inbound_tx, links_inbound) = mpsc::channel(super::inbound::QUEUE);
+    super::inbound::lock(&registry).insert(
+        libp2p::StreamProtocol::new(link::PROTOCOL),
+        links_inbound_tx,
     );
+    let stream_control = swarm.behaviour().stream.new_control();
+    let streams = Streams::new(stream_control.clone(), registry, connected_rx.clone());
+    let (links_closed_tx, links_closed) = mpsc::unbounded_channel();
     let listen_spec: Arc<str> = config.listen.join(",").into();
     let client = Client::new(
         local_id.clone(),
@@ -393,6 +421,7 @@ pub(super) fn build(
         request_timeout,
         streams,
         connected_rx,
+        linked_rx,
     );
     let event_loop = EventLoop {
         swarm,
@@ -415,6 +444,14 @@ pub(super) fn build(
         max_backoff: config.max_backoff.max(BACKOFF_FLOOR),
         join_token: config.join_token,
         swarm_key_fingerprint: swarm_key.map(|k| k.fingerprint()),
+        links: HashMap::new(),
+        linked: linked_tx,
+        last_link: 0,
+        links_closed,
+        links_closed_tx,
+        links_inbound,
+        links_opening: FuturesUnordered::new(),
+        stream_control,
     };
     if let Some(fingerprint) = &event_loop.swarm_key_fingerprint {
         info!(fingerprint = %fingerprint, "private network: only peers with the same swarm key can connect");
@@ -483,6 +520,20 @@ impl EventLoop {
                     }
                 }
                 () = attached_closed(self.attached.as_ref()), if self.attached.is_some() => self.detach(),
+                Some((peer, stream)) = self.links_inbound.recv() => self.start_link(peer, stream),
+                Some((peer, opened)) = self.links_opening.next(), if !self.links_opening.is_empty() => {
+                    match opened {
+                        Ok(stream) => self.start_link(peer, stream),
+                        // An older peer without links: everything stays on request-response.
+                        Err(e) => debug!(peer = %peer, error = %e, "no link; requests go one stream each"),
+                    }
+                }
+                Some(closed) = self.links_closed.recv() => {
+                    if self.links.get(&closed.peer).is_some_and(|l| l.generation == closed.generation) {
+                        self.links.remove(&closed.peer);
+                        self.links_changed(&closed.peer);
+                    }
+                }
             }
         }
         info!(peer = %self.local_id, "transport stopped");
@@ -580,6 +631,10 @@ impl EventLoop {
                 {
                     target.state = TargetState::Connected(connection_id);
                     target.backoff = self.min_backoff;
+                    // Compute nodes open the link to each orchestrator they connect to.
+                    if target.kind == ORCHESTRATOR {
+                        self.open_link(peer_id);
+                    }
                 }
                 if num_established.get() == 1 {
                     let id = node_id(&peer_id);
@@ -611,6 +666,9 @@ impl EventLoop {
                     info!(peer = %peer_id, kind, retry_in = ?delay, "connection closed; redialing");
                 }
                 if num_established == 0 {
+                    if self.links.remove(&peer_id).is_some() {
+                        self.links_changed(&peer_id);
+                    }
                     let id = node_id(&peer_id);
                     self.connected.send_modify(|c| {
                         c.remove(&id);
@@ -892,6 +950,20 @@ impl EventLoop {
                     *proof = Some(token.prove(&self.local_id, &peer));
                 }
                 let kind = request_kind(&request);
+                // The hot path rides the peer's link when it has one with room; anything else, one stream each.
+                let (request, reply) = match self.links.get(&peer_id) {
+                    Some(link) if matches!(request, Request::Deliver { .. }) => {
+                        match link.request(request, reply) {
+                            Ok(()) => {
+                                crate::metrics::TRANSPORT.requests_on_link.inc();
+                                return;
+                            }
+                            Err(back) => back,
+                        }
+                    }
+                    _ => (request, reply),
+                };
+                crate::metrics::TRANSPORT.requests_on_stream.inc();
                 let request_id = self
                     .swarm
                     .behaviour_mut()
@@ -902,6 +974,53 @@ impl EventLoop {
                     .insert(request_id, PendingOutbound { peer, reply });
             }
         }
+    }
+
+    /// Opens a link to `peer` (an orchestrator we connected to); [`Self::start_link`] runs it once open.
+    fn open_link(&mut self, peer: PeerId) {
+        let mut control = self.stream_control.clone();
+        self.links_opening.push(Box::pin(async move {
+            let opened = control
+                .open_stream(peer, libp2p::StreamProtocol::new(link::PROTOCOL))
+                .await
+                .map_err(|e| e.to_string());
+            (peer, opened)
+        }));
+    }
+
+    /// Runs a link to `peer` over `stream`, replacing any older one (whose tasks then end).
+    fn start_link(&mut self, peer: PeerId, stream: libp2p::Stream) {
+        if self.ipfs_only.contains(&peer) || !self.swarm.is_connected(&peer) {
+            return;
+        }
+        self.last_link += 1;
+        let link = Link::spawn(
+            peer,
+            self.last_link,
+            stream,
+            self.main.tx.clone(),
+            self.links_closed_tx.clone(),
+            self.request_timeout,
+        );
+        debug!(peer = %peer, generation = link.generation, "link up");
+        self.links.insert(peer, link);
+        self.links_changed(&peer);
+    }
+
+    /// Publishes that `peer` gained or lost its link.
+    fn links_changed(&self, peer: &PeerId) {
+        crate::metrics::TRANSPORT
+            .links
+            .set(u64::try_from(self.links.len()).unwrap_or(u64::MAX));
+        let id = node_id(peer);
+        let up = self.links.contains_key(peer);
+        self.linked.send_if_modified(|linked| {
+            if up {
+                linked.insert(id)
+            } else {
+                linked.remove(&id)
+            }
+        });
     }
 
     /// Attaches a new in-process peer, replacing any previous one.
@@ -1387,6 +1506,106 @@ mod tests {
 
         compute.stop().await;
         assert_disconnected(orchestrator.next_event().await, &compute_id);
+        orchestrator.stop().await;
+    }
+
+    #[tokio::test]
+    async fn deliveries_ride_one_link_both_ways_and_fail_fast_when_it_cannot_answer() {
+        let mut orchestrator = Node::start(Identity::generate(), listening());
+        let orchestrator_id = orchestrator.id();
+        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
+        let compute_config = Config {
+            orchestrators: vec![addrs[0].clone()],
+            ..config()
+        };
+        let mut compute = Node::start(Identity::generate(), compute_config);
+        let compute_id = compute.id();
+        assert_connected(compute.next_event().await, &orchestrator_id);
+        assert_connected(orchestrator.next_event().await, &compute_id);
+        assert!(compute.client.wait_linked(&orchestrator_id, DEADLINE).await);
+        assert!(orchestrator.client.wait_linked(&compute_id, DEADLINE).await);
+
+        // More deliveries in flight at once than request-response has streams per connection (16): all
+        // arrive before any is answered only because they share the link. Answered in reverse order, each
+        // answer still reaches its own request.
+        const IN_FLIGHT: u64 = 40;
+        let client = orchestrator.client.clone();
+        let peer = compute_id.clone();
+        let sent = tokio::spawn(async move {
+            let requests = (1..=IN_FLIGHT).map(|seq| {
+                let client = client.clone();
+                let peer = peer.clone();
+                async move { (seq, client.request(&peer, deliver(seq)).await) }
+            });
+            futures::future::join_all(requests).await
+        });
+        let mut held = Vec::new();
+        while held.len() < usize::try_from(IN_FLIGHT).expect("small") {
+            match compute.next_event().await {
+                Event::Request { request, reply, .. } => match *request {
+                    Request::Deliver { messages } => held.push((messages[0].seq, reply)),
+                    other => panic!("expected a delivery, got {other:?}"),
+                },
+                other => panic!("expected a request, got {other:?}"),
+            }
+        }
+        for (seq, reply) in held.into_iter().rev() {
+            reply
+                .send(Response::Ack {
+                    last_applied_seq: seq,
+                })
+                .expect("requester waits");
+        }
+        let answers = tokio::time::timeout(DEADLINE, sent)
+            .await
+            .expect("answered in time")
+            .expect("requests ran");
+        for (seq, answer) in answers {
+            assert_eq!(
+                answer.expect("answered"),
+                Response::Ack {
+                    last_applied_seq: seq
+                }
+            );
+        }
+
+        // A delivery the receiver drops fails at once, not at the request timeout.
+        let (response, ()) = tokio::join!(
+            compute.client.request(&orchestrator_id, deliver(1)),
+            async {
+                match orchestrator.next_event().await {
+                    Event::Request { reply, .. } => drop(reply),
+                    other => panic!("expected a request, got {other:?}"),
+                }
+            }
+        );
+        match response {
+            Err(TransportError::RequestFailed { reason, .. }) => {
+                assert!(reason.contains("unanswered"), "{reason}")
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+
+        // A delivery in flight when the link goes fails as the link closes.
+        let client = orchestrator.client.clone();
+        let peer = compute_id.clone();
+        let pending = tokio::spawn(async move { client.request(&peer, deliver(IN_FLIGHT + 1)).await });
+        let held = compute.next_event().await;
+        assert!(matches!(held, Event::Request { .. }));
+        compute.stop().await;
+        drop(held);
+        let response = tokio::time::timeout(DEADLINE, pending)
+            .await
+            .expect("failed in time")
+            .expect("request ran");
+        match response {
+            Err(TransportError::RequestFailed { reason, .. }) => {
+                assert!(reason.contains("link closed"), "{reason}")
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_disconnected(orchestrator.next_event().await, &compute_id);
+        assert!(!orchestrator.client.is_connected(&compute_id));
         orchestrator.stop().await;
     }
 

@@ -1,5 +1,7 @@
-//! The link between orchestrators and compute nodes: libp2p (TCP + Noise + Yamux, identify, ping) carrying one
-//! request-response protocol ([`protocol::PROTOCOL_NAME`]) of versioned CBOR messages.
+//! The link between orchestrators and compute nodes: libp2p (TCP + Noise + Yamux, identify, ping) carrying
+//! versioned CBOR requests and answers ([`protocol`]): deliveries on one long-lived stream per connection
+//! ([`link`]), everything else (and deliveries to a peer without a link) on request-response
+//! ([`protocol::PROTOCOL_NAME`]), one stream per request.
 //!
 //! Layout (rust-libp2p's file-sharing example): [`new`] returns a cloneable [`Client`], a stream of [`Event`]s
 //! and an [`EventLoop`] that alone owns the `Swarm`. No libp2p type leaves this module: callers see [`NodeId`]s
@@ -138,6 +140,7 @@ mod codec;
 mod event_loop;
 mod identity;
 mod inbound;
+mod link;
 mod refusals;
 mod stream;
 mod tcp;

@@ -272,10 +272,15 @@ fn metrics_count_a_job_on_both_roles_and_survive_a_restart() {
             "cod_orchestrator_request_duration_seconds_count",
             &[("kind", "handshake")],
         );
-        (connected == 1.0 && handshakes >= 1.0).then_some(s)
+        // The compute node opens its link once connected; deliveries then ride it both ways.
+        let linked = s.value("cod_transport_links", &[]) == 1.0
+            && scrape(&node).value("cod_transport_links", &[]) == 1.0;
+        (connected == 1.0 && handshakes >= 1.0 && linked).then_some(s)
     });
     assert_eq!(before.value("cod_jobs", &[("state", "Completed")]), 0.0);
     assert_eq!(before.value("cod_jobs_submitted_total", &[]), 0.0);
+    let on_link = |s: &Scrape| s.value("cod_transport_requests_sent_total", &[("path", "link")]);
+    assert_eq!(on_link(&before), 0.0, "nothing to deliver yet");
     assert_eq!(
         before.value("cod_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         1.0
@@ -317,6 +322,7 @@ fn metrics_count_a_job_on_both_roles_and_survive_a_restart() {
         "bids accepted"
     );
     assert_eq!(after.value("cod_evaluations_pending", &[]), 0.0);
+    assert!(on_link(&after) >= 1.0, "the AskForBid went on the link");
     // Only orchestrator families on an orchestrator-only node.
     assert!(!after.types.contains_key("cod_compute_executions_running"));
 
@@ -353,6 +359,7 @@ fn metrics_count_a_job_on_both_roles_and_survive_a_restart() {
         1.0
     );
     assert_eq!(c.value("cod_compute_orchestrators_connected", &[]), 1.0);
+    assert!(on_link(&c) >= 1.0, "the result went on the link");
     assert!(!c.types.contains_key("cod_jobs"));
 
     // `cod node list`: connection state and how long ago the last heartbeat came.
