@@ -122,6 +122,12 @@ impl Client {
         )
     }
 
+    /// Whether `peer` has a link now.
+    #[cfg(test)]
+    pub(super) fn is_linked(&self, peer: &NodeId) -> bool {
+        self.linked.borrow().contains(peer)
+    }
+
     /// Waits until `peer` has a link ([`super::link`]), at most `timeout`; returns whether it has.
     #[cfg(test)]
     pub(super) async fn wait_linked(&self, peer: &NodeId, timeout: Duration) -> bool {

@@ -1629,9 +1629,11 @@ mod tests {
         );
         assert_connected(compute.next_event().await, &orchestrator_id);
         assert_connected(orchestrator.next_event().await, &compute.id());
+        assert!(compute.client.wait_linked(&orchestrator_id, DEADLINE).await);
 
         orchestrator.stop().await;
         assert_disconnected(compute.next_event().await, &orchestrator_id);
+        assert!(!compute.client.is_linked(&orchestrator_id));
 
         // Same key, same port: the compute node's redial timer finds it without any help.
         let port_addr = addr
@@ -1663,6 +1665,14 @@ mod tests {
             Response::Ack {
                 last_applied_seq: 0
             }
+        );
+        // The new connection gets a new link: deliveries ride it again.
+        assert!(compute.client.wait_linked(&orchestrator_id, DEADLINE).await);
+        assert!(
+            orchestrator
+                .client
+                .wait_linked(&compute.id(), DEADLINE)
+                .await
         );
         compute.stop().await;
         orchestrator.stop().await;
