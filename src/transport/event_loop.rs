@@ -1610,6 +1610,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_delivery_held_unanswered_fails_at_the_senders_request_timeout() {
+        let timeout = Duration::from_millis(300);
+        let mut orchestrator = Node::start(
+            Identity::generate(),
+            Config {
+                request_timeout: timeout,
+                ..listening()
+            },
+        );
+        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
+        // The receiver would wait far longer for its consumer: only the sender's timer can end this.
+        let mut compute = Node::start(
+            Identity::generate(),
+            Config {
+                orchestrators: vec![addrs[0].clone()],
+                request_timeout: Duration::from_secs(60),
+                ..config()
+            },
+        );
+        let compute_id = compute.id();
+        assert_connected(orchestrator.next_event().await, &compute_id);
+        assert!(orchestrator.client.wait_linked(&compute_id, DEADLINE).await);
+        let started = tokio::time::Instant::now();
+        let (response, held) = tokio::join!(
+            orchestrator.client.request(&compute_id, deliver(1)),
+            async {
+                loop {
+                    if let event @ Event::Request { .. } = compute.next_event().await {
+                        break event;
+                    }
+                }
+            }
+        );
+        match response {
+            Err(TransportError::RequestFailed { reason, .. }) => {
+                assert!(reason.contains("no answer within"), "{reason}")
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        drop(held);
+        // The link survives a timed-out request: the next delivery is answered on it.
+        let (response, _) = tokio::join!(
+            orchestrator.client.request(&compute_id, deliver(2)),
+            answer_next(
+                &mut compute.events,
+                Response::Ack {
+                    last_applied_seq: 2
+                }
+            ),
+        );
+        assert_eq!(
+            response.expect("answered"),
+            Response::Ack {
+                last_applied_seq: 2
+            }
+        );
+        assert!(orchestrator.client.is_linked(&compute_id));
+        compute.stop().await;
+        orchestrator.stop().await;
+    }
+
+    #[tokio::test]
     async fn compute_reconnects_after_the_orchestrator_restarts() {
         let identity = Identity::generate();
         let mut orchestrator = Node::start(identity.clone(), listening());

@@ -46,6 +46,9 @@ const MAX_INBOUND: usize = 64;
 /// Frames queued together are written at once, up to about this many bytes.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// Write buffer capacity kept between writes; a larger one (after a large frame) is freed.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+
 /// What travels on a link.
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
@@ -351,6 +354,11 @@ impl Writer {
                 break e.to_string();
             }
             self.buf.clear();
+            // An orchestrator holds a link per node: one large frame (an inline module) must not pin its size
+            // in every link's buffer for good.
+            if self.buf.capacity() > KEEP_BUFFER_BYTES {
+                self.buf = Vec::new();
+            }
         };
         close(&self.pending, self.peer, &reason);
         // Requests still queued fail now rather than at their callers' timeouts.
