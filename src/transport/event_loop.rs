@@ -1589,7 +1589,8 @@ mod tests {
         // A delivery in flight when the link goes fails as the link closes.
         let client = orchestrator.client.clone();
         let peer = compute_id.clone();
-        let pending = tokio::spawn(async move { client.request(&peer, deliver(IN_FLIGHT + 1)).await });
+        let pending =
+            tokio::spawn(async move { client.request(&peer, deliver(IN_FLIGHT + 1)).await });
         let held = compute.next_event().await;
         assert!(matches!(held, Event::Request { .. }));
         compute.stop().await;
