@@ -15,8 +15,8 @@ use super::codec::{Codec, PROTOCOL};
 pub(super) const IDENTIFY_PROTOCOL: &str = "/cod/id/1";
 
 /// Request-response streams per connection, inbound and outbound together. Deliveries ride the link and
-/// batch (one `Deliver` carries many messages), heartbeats are periodic, so a few streams suffice; the cap also bounds what one peer can make us
-/// buffer: each stream may hold one frame of up to `MAX_MESSAGE_BYTES`.
+/// batch (one `Deliver` carries many messages), heartbeats are periodic, so a few streams suffice; the cap
+/// also bounds what one peer can make us buffer: each stream may hold one frame of up to `MAX_MESSAGE_BYTES`.
 const MAX_CONCURRENT_STREAMS: usize = 16;
 
 /// The sub-behaviours, combined by the derive into one `NetworkBehaviour` whose events are [`BehaviourEvent`].
