@@ -59,6 +59,11 @@ pub fn wire_response_frame(frame: &[u8]) -> bool {
     .is_ok()
 }
 
+/// One `/cod/link/1` frame (a request, an answer or a failure, with its id).
+pub fn wire_link_frame(frame: &[u8]) -> bool {
+    crate::transport::read_link_frame(frame)
+}
+
 /// An enveloped request body without the frame (what the codec hands to `decode`).
 pub fn wire_request(body: &[u8]) -> Option<crate::transport::Request> {
     crate::transport::protocol::decode(body).ok()
@@ -134,6 +139,8 @@ mod tests {
             Request::Handshake {
                 info: NodeInfo::default(),
                 last_applied_seq: 7,
+                join_proof: None,
+                executions: Vec::new(),
             },
             Request::Deliver {
                 messages: vec![

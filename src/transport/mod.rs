@@ -151,6 +151,9 @@ pub use client::Client;
 pub(crate) use codec::read_frame;
 pub use event_loop::EventLoop;
 pub use identity::{load_or_create_identity, parse_node_id};
+/// The link's frame reader, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) use link::read_one as read_link_frame;
 pub use stream::{IncomingStreams, PeerStream, Streams};
 
 /// A node identity (its keypair), opaque outside this module.

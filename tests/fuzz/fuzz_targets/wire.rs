@@ -1,4 +1,4 @@
-//! `/cod/compute/1` messages from a peer: the framed stream and the enveloped CBOR inside it.
+//! `/cod/compute/1` and `/cod/link/1` messages from a peer: the framed stream and the enveloped CBOR inside it.
 #![no_main]
 
 use cod::transport::protocol::encode;
@@ -20,4 +20,5 @@ fuzz_target!(|data: &[u8]| {
     }
     cod::fuzzing::wire_request_frame(data);
     cod::fuzzing::wire_response_frame(data);
+    cod::fuzzing::wire_link_frame(data);
 });
