@@ -1264,6 +1264,26 @@ mod tests {
         }
     }
 
+    /// An orchestrator (`orchestrator` config) and a compute node dialling it (`compute` config), each past
+    /// its connection event and with the link up on both sides.
+    async fn linked_pair(orchestrator: Config, compute: Config) -> (Node, Node) {
+        let mut orchestrator = Node::start(Identity::generate(), orchestrator);
+        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
+        let mut compute = Node::start(
+            Identity::generate(),
+            Config {
+                orchestrators: vec![addrs[0].clone()],
+                ..compute
+            },
+        );
+        let (orchestrator_id, compute_id) = (orchestrator.id(), compute.id());
+        assert_connected(compute.next_event().await, &orchestrator_id);
+        assert_connected(orchestrator.next_event().await, &compute_id);
+        assert!(compute.client.wait_linked(&orchestrator_id, DEADLINE).await);
+        assert!(orchestrator.client.wait_linked(&compute_id, DEADLINE).await);
+        (orchestrator, compute)
+    }
+
     fn assert_connected(event: Event, peer: &NodeId) {
         assert!(
             matches!(&event, Event::PeerConnected(p) if p == peer),
@@ -1511,19 +1531,8 @@ mod tests {
 
     #[tokio::test]
     async fn deliveries_ride_one_link_both_ways_and_fail_fast_when_it_cannot_answer() {
-        let mut orchestrator = Node::start(Identity::generate(), listening());
-        let orchestrator_id = orchestrator.id();
-        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
-        let compute_config = Config {
-            orchestrators: vec![addrs[0].clone()],
-            ..config()
-        };
-        let mut compute = Node::start(Identity::generate(), compute_config);
-        let compute_id = compute.id();
-        assert_connected(compute.next_event().await, &orchestrator_id);
-        assert_connected(orchestrator.next_event().await, &compute_id);
-        assert!(compute.client.wait_linked(&orchestrator_id, DEADLINE).await);
-        assert!(orchestrator.client.wait_linked(&compute_id, DEADLINE).await);
+        let (mut orchestrator, mut compute) = linked_pair(listening(), config()).await;
+        let (orchestrator_id, compute_id) = (orchestrator.id(), compute.id());
 
         // More deliveries in flight at once than request-response has streams per connection (16): all
         // arrive before any is answered only because they share the link. Answered in reverse order, each
@@ -1613,26 +1622,19 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_held_unanswered_fails_at_the_senders_request_timeout() {
         let timeout = Duration::from_millis(300);
-        let mut orchestrator = Node::start(
-            Identity::generate(),
+        // The receiver would wait far longer for its consumer: only the sender's timer can end this.
+        let (orchestrator, mut compute) = linked_pair(
             Config {
                 request_timeout: timeout,
                 ..listening()
             },
-        );
-        let addrs = orchestrator.client.listen_addrs().await.expect("listening");
-        // The receiver would wait far longer for its consumer: only the sender's timer can end this.
-        let mut compute = Node::start(
-            Identity::generate(),
             Config {
-                orchestrators: vec![addrs[0].clone()],
                 request_timeout: Duration::from_secs(60),
                 ..config()
             },
-        );
+        )
+        .await;
         let compute_id = compute.id();
-        assert_connected(orchestrator.next_event().await, &compute_id);
-        assert!(orchestrator.client.wait_linked(&compute_id, DEADLINE).await);
         let started = tokio::time::Instant::now();
         let (response, held) = tokio::join!(
             orchestrator.client.request(&compute_id, deliver(1)),

@@ -86,13 +86,10 @@ pub(super) struct Link {
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// What the writer task sends.
-enum Outgoing {
-    /// A request of ours.
-    Request {
-        request: Request,
-        reply: oneshot::Sender<Result<Response, TransportError>>,
-    },
+/// A request of ours, for the writer task to send.
+struct Outgoing {
+    request: Request,
+    reply: oneshot::Sender<Result<Response, TransportError>>,
 }
 
 /// An inbound request's answer, awaited by the writer.
@@ -184,9 +181,10 @@ impl Link {
         reply: oneshot::Sender<Result<Response, TransportError>>,
     ) -> Result<(), (Request, oneshot::Sender<Result<Response, TransportError>>)> {
         self.outgoing
-            .try_send(Outgoing::Request { request, reply })
-            .map_err(|e| match e.into_inner() {
-                Outgoing::Request { request, reply } => (request, reply),
+            .try_send(Outgoing { request, reply })
+            .map_err(|e| {
+                let Outgoing { request, reply } = e.into_inner();
+                (request, reply)
             })
     }
 }
@@ -214,15 +212,20 @@ fn close(pending: &Mutex<Pending>, peer: PeerId, reason: &str) {
         std::mem::take(&mut pending.waiting)
     };
     for reply in waiting.into_values() {
-        let _ = reply.send(Err(TransportError::RequestFailed {
-            peer: node_id(peer),
-            reason: format!("the link closed: {reason}"),
-        }));
+        let _ = reply.send(Err(failed(peer, format!("the link closed: {reason}"))));
     }
 }
 
 fn node_id(peer: PeerId) -> NodeId {
     NodeId::from(peer.to_string())
+}
+
+/// A request to `peer` on this link that failed, and why.
+fn failed(peer: PeerId, reason: String) -> TransportError {
+    TransportError::RequestFailed {
+        peer: node_id(peer),
+        reason,
+    }
 }
 
 /// The receiving half: frames in, requests to the event stream, answers to their callers.
@@ -273,10 +276,10 @@ impl Reader {
                 Frame::Response { id, response } => self.answered(id, Ok(response)),
                 Frame::Failed { id } => self.answered(
                     id,
-                    Err(TransportError::RequestFailed {
-                        peer: node_id(self.peer),
-                        reason: "the peer dropped the request unanswered".into(),
-                    }),
+                    Err(failed(
+                        self.peer,
+                        "the peer dropped the request unanswered".into(),
+                    )),
                 ),
             }
         };
@@ -364,26 +367,20 @@ impl Writer {
         close(&self.pending, self.peer, &reason);
         // Requests still queued fail now rather than at their callers' timeouts.
         self.outgoing.close();
-        while let Ok(Outgoing::Request { reply, .. }) = self.outgoing.try_recv() {
-            let _ = reply.send(Err(TransportError::RequestFailed {
-                peer: node_id(self.peer),
-                reason: format!("the link closed: {reason}"),
-            }));
+        while let Ok(Outgoing { reply, .. }) = self.outgoing.try_recv() {
+            let _ = reply.send(Err(failed(self.peer, format!("the link closed: {reason}"))));
         }
         let _ = self.io.close().await;
     }
 
     fn queue(&mut self, outgoing: Outgoing) {
-        let Outgoing::Request { request, reply } = outgoing;
+        let Outgoing { request, reply } = outgoing;
         let id = self.next_id;
         self.next_id += 1;
         {
             let mut pending = lock(&self.pending);
             if let Some(reason) = &pending.closed {
-                let _ = reply.send(Err(TransportError::RequestFailed {
-                    peer: node_id(self.peer),
-                    reason: format!("the link closed: {reason}"),
-                }));
+                let _ = reply.send(Err(failed(self.peer, format!("the link closed: {reason}"))));
                 return;
             }
             pending.waiting.insert(id, reply);
@@ -393,7 +390,7 @@ impl Writer {
         }
         trace!(peer = %self.peer, id, "link request out");
         let request = Box::new(request);
-        self.encode(&Frame::Request { id, request }, Some(id));
+        self.encode(&Frame::Request { id, request });
     }
 
     fn wait_for(&mut self, awaited: Awaited) {
@@ -414,36 +411,32 @@ impl Writer {
 
     fn answer(&mut self, id: u64, answer: Option<Response>) {
         match answer {
-            Some(response) => self.encode(&Frame::Response { id, response }, None),
+            Some(response) => self.encode(&Frame::Response { id, response }),
             None => {
                 debug!(peer = %self.peer, id, "link request dropped unanswered or not answered in time");
-                self.encode(&Frame::Failed { id }, None);
+                self.encode(&Frame::Failed { id });
             }
         }
     }
 
-    /// Appends `frame` to the write buffer; a frame that cannot be encoded (too large) fails its request
-    /// (`request`) or goes as [`Frame::Failed`] in place of the answer.
-    fn encode(&mut self, frame: &Frame, request: Option<u64>) {
+    /// Appends `frame` to the write buffer. A frame that cannot be encoded (too large) fails its request when
+    /// it is ours, or goes as [`Frame::Failed`] in place of the answer.
+    fn encode(&mut self, frame: &Frame) {
         let error = match encode_frame(frame, &mut self.buf) {
             Ok(()) => return,
             Err(e) => e.to_string(),
         };
         debug!(peer = %self.peer, error = %error, "link frame not sent");
-        match (request, frame) {
-            (Some(id), _) => {
+        match *frame {
+            Frame::Request { id, .. } => {
                 if let Some(reply) = lock(&self.pending).waiting.remove(&id) {
-                    let _ = reply.send(Err(TransportError::RequestFailed {
-                        peer: node_id(self.peer),
-                        reason: error,
-                    }));
+                    let _ = reply.send(Err(failed(self.peer, error)));
                 }
             }
-            (None, Frame::Response { id, .. }) => {
-                let id = *id;
+            Frame::Response { id, .. } => {
                 let _ = encode_frame(&Frame::Failed { id }, &mut self.buf);
             }
-            (None, _) => {}
+            Frame::Failed { .. } => {}
         }
     }
 
@@ -476,10 +469,10 @@ impl Writer {
             }
         }
         for reply in expired {
-            let _ = reply.send(Err(TransportError::RequestFailed {
-                peer: node_id(self.peer),
-                reason: format!("no answer within {:?}", self.timeout),
-            }));
+            let _ = reply.send(Err(failed(
+                self.peer,
+                format!("no answer within {:?}", self.timeout),
+            )));
         }
     }
 }
