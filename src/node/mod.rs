@@ -92,6 +92,10 @@ pub struct Node {
     pub ready: ReadyInfo,
 }
 
+/// How long a hybrid node waits for its compute half to join before it writes its ready file anyway.
+#[cfg(feature = "orchestrator")]
+const HYBRID_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Builds and starts every component of the node.
 pub async fn start(
     config: Resolved,
@@ -258,6 +262,16 @@ pub async fn start(
         None
     };
 
+    // A hybrid's compute half joins its orchestrator through the in-process path, after both loops started.
+    #[cfg(feature = "orchestrator")]
+    if let (true, Some(o)) = (hybrid, &orchestrator)
+        && !o.wait_for_node(&node_id, HYBRID_JOIN_WAIT).await
+    {
+        tracing::warn!(
+            wait = ?HYBRID_JOIN_WAIT,
+            "this node's compute half has not joined its orchestrator yet; jobs submitted now may find no node"
+        );
+    }
     let auth = Arc::new(api_access(raw)?);
     let tls = api::tls::server_config(&raw.api.tls, &raw.data_dir, &raw.api.host)
         .map_err(|e| NodeError::Config(crate::errors::chain(&e)))?;

@@ -214,6 +214,29 @@ impl Orchestrator {
         self.inner.bells.listen(job)
     }
 
+    /// Waits until node `id` is connected and approved, or `timeout` passes; whether it is. A hybrid node
+    /// waits for its own compute half before it calls itself ready: a job submitted the moment the ready
+    /// file appears must find a node, not fail with "no compute node is connected".
+    pub async fn wait_for_node(&self, id: &NodeId, timeout: std::time::Duration) -> bool {
+        let mut changes = self.subscribe();
+        let usable = || {
+            self.inner.registry.get(id).is_some_and(|n| {
+                n.connection == crate::model::NodeConnection::Connected
+                    && n.membership == crate::model::NodeMembership::Approved
+            })
+        };
+        tokio::time::timeout(timeout, async {
+            while !usable() {
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// This orchestrator's node id.
     pub fn node_id(&self) -> &NodeId {
         &self.inner.node_id
