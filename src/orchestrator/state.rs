@@ -2,8 +2,8 @@
 //!
 //! Keys: `jobs` by job id; `job_names` by `<namespace>/<name>`; `executions` by `<job id>/<execution id>` (a
 //! prefix scan lists a job's executions, and compute messages carry both ids); `history` by
-//! `<job id>/<seq:020>`; `evaluations` by evaluation id; `nodes` by node id; `counters` for history sequence
-//! numbers (`hist/<job id>`); `waiting` indexes the jobs to evaluate again when a node joins or capacity frees
+//! `<job id>/<seq:020>`; `evaluations` by evaluation id; `nodes` by node id; `counters` for
+//! the metrics' state counts; `waiting` indexes the jobs to evaluate again when a node joins or capacity frees
 //! (queued jobs and daemon jobs), keyed by [`waiting_key`] so a scan yields them highest priority first and
 //! nothing has to scan the job table.
 
@@ -92,9 +92,22 @@ pub(crate) fn record(
     after: &mut AfterCommit,
 ) -> Result<(), StoreError> {
     after.history_of(&job.id);
-    let counter = format!("hist/{}", job.id);
-    let seq = txn.get(t.counters, &counter)?.unwrap_or(0) + 1;
-    txn.put(t.counters, &counter, &seq)?;
+    // The next number follows the job's last record: read, not a counter written beside every record (that
+    // was one more put per record, in a page of its own for every job in a commit).
+    let prefix = format!("{}/", job.id);
+    let last = match txn.last_key(t.history, &prefix)? {
+        None => 0,
+        // Only this function writes these keys; one without a number is damage, not a fresh start (which
+        // would overwrite the job's first record).
+        Some(key) => key[prefix.len()..]
+            .parse::<u64>()
+            .map_err(|e| StoreError::Corrupt {
+                table: t.history.name(),
+                source: serde::de::Error::custom(format!("history key without a number: {e}")),
+                key,
+            })?,
+    };
+    let seq = last + 1;
     let entry = JobHistory {
         seq_num: seq,
         kind: if execution.is_some() {
@@ -172,7 +185,17 @@ const NODE_INDEX_BUILT: &str = "index/node_executions";
 /// the node index), for a database that lacks them: a new one, or one written by an older release. One pass
 /// over the executions, decoding only their node and state; nothing at all when both exist, so a start does
 /// not grow with the number of jobs ever run.
+/// The key prefix of the per-job history counters that stores before this version kept in `counters`.
+const HISTORY_COUNTERS: &str = "hist/";
+
 pub(crate) fn derive_missing(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<(), StoreError> {
+    // History counters of stores written before the numbers were read from the history itself: dead weight.
+    // One range delete; none left after the first open.
+    txn.delete_prefix_through(
+        t.counters,
+        HISTORY_COUNTERS,
+        &format!("{HISTORY_COUNTERS}~"),
+    )?;
     let mut seed = (!super::metrics::seeded(txn, t)?).then(super::metrics::Seed::default);
     let index = txn.get(t.counters, NODE_INDEX_BUILT)?.is_none();
     if seed.is_none() && !index {
@@ -316,6 +339,78 @@ mod tests {
         assert!(
             c.contains(&("metrics/execution/Completed".to_owned(), 20)),
             "{c:?}"
+        );
+    }
+
+    /// History numbers continue from the job's own last record, per job (`j-1` is a prefix of `j-10`'s id,
+    /// not of its keys); an older store's counters are dropped at open and its numbering goes on unbroken.
+    #[test]
+    fn history_numbers_follow_each_jobs_last_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Default::default()).expect("store");
+        let t = Tables::open(&store).expect("tables");
+        let job = |id: &str| Job {
+            id: JobId::from(id.to_owned()),
+            ..Default::default()
+        };
+        // A record as written straight to the table.
+        let stored = |job: &Job, seq: u64| JobHistory {
+            seq_num: seq,
+            kind: HistoryType::JobLevel,
+            job_id: job.id.clone(),
+            job_version: 1,
+            execution_id: None,
+            time: String::new(),
+            event: Event::new("Test", "stored"),
+        };
+        // As an older release left it: two records of j-1 and their counter.
+        let (a, b) = (job("j-1"), job("j-10"));
+        let old = a.clone();
+        store
+            .write_sync(move |txn| {
+                for seq in 1..=2u64 {
+                    txn.put(t.history, &format!("j-1/{seq:020}"), &stored(&old, seq))?;
+                }
+                txn.put(t.counters, "hist/j-1", &2)
+            })
+            .expect("old store");
+        store
+            .write_sync(move |txn| derive_missing(txn, &t))
+            .expect("derive");
+        store
+            .write_sync(move |txn| {
+                let mut after = AfterCommit::new(super::super::registry::Registry::default());
+                for j in [&a, &b, &a] {
+                    record(txn, &t, j, None, Event::new("Test", "x"), &mut after)?;
+                }
+                Ok(())
+            })
+            .expect("record");
+        let seqs = |prefix: &'static str| -> Vec<u64> {
+            store
+                .read_sync(move |txn| txn.prefix(t.history, prefix))
+                .expect("read")
+                .into_iter()
+                .map(|(_, h)| h.seq_num)
+                .collect()
+        };
+        assert_eq!(seqs("j-1/"), [1, 2, 3, 4]);
+        assert_eq!(seqs("j-10/"), [1]);
+        let left = store
+            .read_sync(move |txn| txn.prefix(t.counters, "hist/"))
+            .expect("counters");
+        assert!(left.is_empty(), "{left:?}");
+
+        // A damaged key is an error, never a restart at 1 over the job's first record.
+        let damaged = job("j-2");
+        let refused = store.write_sync(move |txn| {
+            txn.put(t.history, "j-2/garbage", &stored(&damaged, 0))?;
+            let mut after = AfterCommit::new(super::super::registry::Registry::default());
+            record(txn, &t, &damaged, None, Event::new("Test", "x"), &mut after)
+        });
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt { .. })),
+            "{refused:?}"
         );
     }
 

@@ -289,6 +289,8 @@ pub trait Reader {
     }
     /// Number of records.
     fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError>;
+    /// The greatest key starting with `prefix` (not empty), without decoding its value.
+    fn last_key<V>(&self, table: Table<V>, prefix: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// A read transaction.
@@ -368,6 +370,22 @@ fn prefix_after_in<V: DeserializeOwned>(
     Ok(out)
 }
 
+fn last_key_in<V>(
+    txn: &RoTxn<'_>,
+    table: Table<V>,
+    prefix: &str,
+) -> Result<Option<String>, StoreError> {
+    let lmdb = |source| StoreError::Lmdb {
+        op: "reverse scan",
+        table: table.name,
+        source,
+    };
+    match table.db.rev_prefix_iter(txn, prefix).map_err(lmdb)?.next() {
+        Some(item) => Ok(Some(item.map_err(lmdb)?.0.to_owned())),
+        None => Ok(None),
+    }
+}
+
 fn count_in<V>(txn: &RoTxn<'_>, table: Table<V>) -> Result<u64, StoreError> {
     table.db.len(txn).map_err(|source| StoreError::Lmdb {
         op: "count",
@@ -405,6 +423,13 @@ macro_rules! impl_reader {
             }
             fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
                 count_in(self.txn, table)
+            }
+            fn last_key<V>(
+                &self,
+                table: Table<V>,
+                prefix: &str,
+            ) -> Result<Option<String>, StoreError> {
+                last_key_in(self.txn, table, prefix)
             }
         }
     };
@@ -811,5 +836,30 @@ mod tests {
         let store = Store::open(dir.path(), &Config::default()).expect("reopen");
         let t: Table<u64> = store.table("numbers").expect("table");
         assert_eq!(store.read_sync(move |txn| txn.count(t)).expect("count"), 8);
+    }
+
+    #[test]
+    fn last_key_is_the_greatest_under_its_prefix_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Config::default()).expect("open");
+        let t: Table<u64> = store.table("keys").expect("table");
+        store
+            .write_sync(move |txn| {
+                for k in ["a/001", "a/002", "a/010", "ab/999", "b/000"] {
+                    txn.put(t, k, &0)?;
+                }
+                Ok(())
+            })
+            .expect("write");
+        let last = |prefix: &'static str| {
+            store
+                .read_sync(move |txn| txn.last_key(t, prefix))
+                .expect("read")
+        };
+        assert_eq!(last("a/").as_deref(), Some("a/010"));
+        assert_eq!(last("ab/").as_deref(), Some("ab/999"));
+        assert_eq!(last("b/").as_deref(), Some("b/000"));
+        assert_eq!(last("c/"), None);
+        assert_eq!(last("0"), None);
     }
 }
