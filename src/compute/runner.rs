@@ -1,6 +1,6 @@
 //! Applying the orchestrator's messages and running accepted executions.
 
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::executor::{
-    FailureReason, Limits, OutputDir, PreparedInput, Progress, RunContext, RunOutcome,
+    FailureReason, Limits, OutputDir, PreparedInput, Progress, RUN_OUTPUT_BYTES, RunContext,
+    RunOutcome, STREAM_HEAD_BYTES,
 };
 use crate::gpu::Gpu;
 use crate::model::{
@@ -28,8 +29,6 @@ use super::disk_guard::{Guard, Watched};
 use super::secrets::{self, Scrubber};
 use super::state::{LocalExecution, LocalState};
 
-/// RunOutput keeps this much of stdout and of stderr (Bacalhau's 2 KB).
-const RUN_OUTPUT_BYTES: usize = 2048;
 /// History topic of the result cache's events (reused, or why not).
 const RESULT_CACHE_TOPIC: &str = "Result Cache";
 /// History topic of the GPU allocation events.
@@ -399,9 +398,14 @@ impl Compute {
                         .send(Work::Finish(Box::new(record), run.handle, run.progress));
             }
         }
+        let committed = outcome.is_ok();
         let response = self.acknowledge(peer, outcome);
-        // Before the Ack: a replay asks for the same folders.
-        self.discard_work_dirs(&recycle).await;
+        let discarding = self.discard_work_dirs(&recycle);
+        // Not committed: the orchestrator asks again for these executions, in these folders, so they are
+        // cleared before the answer. Committed, they are known here and a replay runs nothing.
+        if !committed && let Some(discarding) = discarding {
+            let _ = discarding.await;
+        }
         Ok(response)
     }
 
@@ -631,19 +635,20 @@ impl Compute {
     }
 
     /// Done with these executions' inputs and result folders (the publisher keeps its own copy): emptied
-    /// and kept for the next executions, in one blocking hop.
-    async fn discard_work_dirs(&self, ids: &[ExecutionId]) {
+    /// and kept for the next executions, in one blocking hop. Await the handle only where the same folders
+    /// may be asked for again before it is done; nothing else needs to wait (a task woken for nothing is a
+    /// context switch on a tiny job's path).
+    fn discard_work_dirs(&self, ids: &[ExecutionId]) -> Option<tokio::task::JoinHandle<()>> {
         if ids.is_empty() {
-            return;
+            return None;
         }
         let dirs = self.inner.work_dirs.clone();
         let paths: Vec<PathBuf> = ids.iter().map(|id| self.work_dir(id)).collect();
-        let _ = tokio::task::spawn_blocking(move || {
+        Some(tokio::task::spawn_blocking(move || {
             for dir in &paths {
                 dirs.recycle(dir);
             }
-        })
-        .await;
+        }))
     }
 
     async fn run_in(
@@ -901,11 +906,12 @@ impl Compute {
             warn!(reason = %over, "execution over the node's output size limit");
             return failed(over.to_string());
         }
-        let (code, truncated) = match outcome {
+        let (code, truncated, heads) = match outcome {
             RunOutcome::Exited {
                 code,
                 output_truncated,
-            } => (code, output_truncated),
+                heads,
+            } => (code, output_truncated, heads),
             RunOutcome::Failed(FailureReason::Cancelled) => {
                 return Ending::Failed {
                     state: ExecutionStateType::Cancelled,
@@ -914,28 +920,48 @@ impl Compute {
             }
             RunOutcome::Failed(reason) => return failed(reason.to_string()),
         };
-        // exitCode, scrubbing and the RunOutput heads in one blocking call (file I/O stays off the runtime's
-        // workers). Scrubbed before anything reads the streams for the report, the result cache or the
-        // publisher.
-        let exit_code_file = result_dir.join("exitCode");
-        let collected = tokio::task::spawn_blocking(move || {
-            std::fs::write(&exit_code_file, code.to_string())?;
-            scrubber.scrub_file(&stdout_path)?;
-            scrubber.scrub_file(&stderr_path)?;
-            Ok::<_, std::io::Error>((head(&stdout_path), head(&stderr_path)))
-        })
-        .await;
+        // The result folder is read again only by a publisher or the result cache. Without either, and
+        // with nothing to scrub, the executor's heads are the report and nothing is written or read back:
+        // no trip to the blocking pool on a tiny job's critical path.
+        let result_dir_read = keep_as.is_some()
+            || !matches!(
+                PublisherSpec::parse(&task.publisher),
+                None | Some(PublisherSpec::Noop)
+            );
+        let heads = match heads {
+            Some(h) if scrubber.is_empty() && !result_dir_read => {
+                Some((head_of(h.stdout), head_of(h.stderr)))
+            }
+            _ => None,
+        };
+        let ((stdout, stdout_truncated), (stderr, stderr_truncated)) = match heads {
+            Some(heads) => heads,
+            None => {
+                // exitCode, scrubbing and the RunOutput heads in one blocking call (file I/O stays off the
+                // runtime's workers). Scrubbed before anything reads the streams for the report, the result
+                // cache or the publisher.
+                let exit_code_file = result_dir.join("exitCode");
+                let collected = tokio::task::spawn_blocking(move || {
+                    crate::executor::open_stream(&exit_code_file)?
+                        .write_all(code.to_string().as_bytes())?;
+                    scrubber.scrub_file(&stdout_path)?;
+                    scrubber.scrub_file(&stderr_path)?;
+                    Ok::<_, std::io::Error>((head(&stdout_path), head(&stderr_path)))
+                })
+                .await;
+                match collected {
+                    Ok(Ok(heads)) => heads,
+                    Ok(Err(e)) => {
+                        return failed(format!(
+                            "cannot write exitCode or scrub secrets from the output: {e}"
+                        ));
+                    }
+                    Err(e) => return failed(format!("cannot collect the output: {e}")),
+                }
+            }
+        };
         // Live readers now see the scrubbed files.
         drop(scrubbing);
-        let ((stdout, stdout_truncated), (stderr, stderr_truncated)) = match collected {
-            Ok(Ok(heads)) => heads,
-            Ok(Err(e)) => {
-                return failed(format!(
-                    "cannot write exitCode or scrub secrets from the output: {e}"
-                ));
-            }
-            Err(e) => return failed(format!("cannot collect the output: {e}")),
-        };
         let mut output = RunCommandResult {
             exit_code: code,
             stdout,
@@ -1071,8 +1097,9 @@ impl Compute {
                 warn!(error = %e, "cannot record the end of an execution; it will run again after a restart")
             }
         }
-        // After the report is durable (and on its way): a rerun would start from a clean folder anyway.
-        self.discard_work_dirs(std::slice::from_ref(&id)).await;
+        // After the report is durable (and on its way). Not awaited: only a restart runs it again, and a
+        // rerun starts from a clean folder anyway.
+        let _ = self.discard_work_dirs(std::slice::from_ref(&id));
     }
 }
 
@@ -1260,7 +1287,7 @@ fn head(path: &PathBuf) -> (String, bool) {
     let Ok(mut f) = std::fs::File::open(path) else {
         return (String::new(), false);
     };
-    let mut buf = vec![0u8; RUN_OUTPUT_BYTES + 1];
+    let mut buf = vec![0u8; STREAM_HEAD_BYTES];
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {
@@ -1268,9 +1295,21 @@ fn head(path: &PathBuf) -> (String, bool) {
             Ok(k) => n += k,
         }
     }
-    let truncated = n > RUN_OUTPUT_BYTES;
-    buf.truncate(n.min(RUN_OUTPUT_BYTES));
-    (String::from_utf8_lossy(&buf).into_owned(), truncated)
+    buf.truncate(n);
+    head_of(buf)
+}
+
+/// The report's text of a stream's first [`STREAM_HEAD_BYTES`], and whether there was more.
+fn head_of(mut bytes: Vec<u8>) -> (String, bool) {
+    let truncated = bytes.len() > RUN_OUTPUT_BYTES;
+    bytes.truncate(RUN_OUTPUT_BYTES);
+    match String::from_utf8(bytes) {
+        Ok(text) => (text, truncated),
+        Err(e) => (
+            String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            truncated,
+        ),
+    }
 }
 
 /// Applies one orchestrator message inside the delivery transaction.

@@ -57,6 +57,25 @@ pub struct Limits {
     pub max_output_bytes: u64,
 }
 
+/// Opens a stream file of the execution's (`stdout`, `stderr`, `exitCode`) to write it from the start:
+/// created if absent, emptied only if it holds anything.
+///
+/// Not `O_TRUNC`: a recycled execution folder's stream files are already empty, and on ext4 truncating a
+/// file to zero arms `auto_da_alloc`, so the next close writes the file's new data out at once (a block
+/// allocated, written and, at the next strip, freed and discarded, for every stream of every job). Without
+/// the truncate the few bytes of a tiny job stay in the page cache until the folder is stripped.
+pub fn open_stream(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if file.metadata()?.len() > 0 {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
 /// Everything an executor needs for one run. `Debug` hides the env values: `env:` references are resolved
 /// into them, and a context may end up in a log line.
 #[derive(Clone)]
@@ -188,10 +207,27 @@ pub enum RunOutcome {
         code: i32,
         /// Whether stdout or stderr hit the output cap.
         output_truncated: bool,
+        /// The streams' first bytes, when the executor saw them go by (so the report needs no read back).
+        heads: Option<Box<StreamHeads>>,
     },
     /// The program could not run to an exit.
     Failed(FailureReason),
 }
+
+/// The first [`STREAM_HEAD_BYTES`] of each stream of a run, as its files hold them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamHeads {
+    /// Of stdout.
+    pub stdout: Vec<u8>,
+    /// Of stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// How much of each stream a run's report carries ([`RunCommandResult`](crate::model::RunCommandResult)'s
+/// `Stdout` and `Stderr`), plus one byte to tell whether there was more.
+pub const RUN_OUTPUT_BYTES: usize = 2048;
+/// The bytes of a stream kept for its head: [`RUN_OUTPUT_BYTES`] and one more.
+pub const STREAM_HEAD_BYTES: usize = RUN_OUTPUT_BYTES + 1;
 
 /// The node itself could not run anything (threads gone, say). Never used for job failures.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +266,36 @@ pub trait Executor: Send + Sync + fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty stream file is opened as it is (no truncate: its times do not move, the marker of a
+    /// truncate that would arm ext4's flush at close); one with data is emptied; a missing one is created.
+    #[test]
+    fn open_stream_empties_only_what_holds_data() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let empty = dir.path().join("stderr");
+        std::fs::File::create(&empty)
+            .and_then(|f| f.set_modified(past))
+            .expect("empty file");
+        let mut f = open_stream(&empty).expect("open empty");
+        assert_eq!(
+            std::fs::metadata(&empty).and_then(|m| m.modified()).ok(),
+            Some(past),
+            "an empty stream file was truncated"
+        );
+        std::io::Write::write_all(&mut f, b"ok").expect("write");
+        assert_eq!(std::fs::read(&empty).expect("read"), b"ok");
+
+        let full = dir.path().join("stdout");
+        std::fs::write(&full, "the last run's output").expect("full file");
+        std::io::Write::write_all(&mut open_stream(&full).expect("open full"), b"new")
+            .expect("write");
+        assert_eq!(std::fs::read(&full).expect("read"), b"new");
+
+        let missing = dir.path().join("exitCode");
+        open_stream(&missing).expect("create");
+        assert_eq!(std::fs::metadata(&missing).map(|m| m.len()).ok(), Some(0));
+    }
 
     #[test]
     fn run_context_debug_hides_env_values() {

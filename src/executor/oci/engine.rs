@@ -542,11 +542,13 @@ impl OciExecutor {
             ContainerExit::Exited { code } => RunOutcome::Exited {
                 code,
                 output_truncated: truncated,
+                heads: None,
             },
             // As a shell and Docker report it.
             ContainerExit::Signaled { signal } => RunOutcome::Exited {
                 code: 128 + signal,
                 output_truncated: truncated,
+                heads: None,
             },
             ContainerExit::OutOfMemory => RunOutcome::Failed(FailureReason::OutOfMemory {
                 limit: ctx.limits.memory_bytes.unwrap_or(0),

@@ -381,15 +381,33 @@ fn open_input(input: &PreparedInput, at: &[String]) -> Result<MountKind, MountEr
         host: input.host_path.clone(),
         source,
     };
-    let meta = std::fs::metadata(&input.host_path).map_err(open_err)?;
+    // Not followed first: a plain file (the usual input, a cache entry's) needs no resolving at all, where
+    // `canonicalize` costs a readlink per component of its path on every run.
+    let own = std::fs::symlink_metadata(&input.host_path).map_err(open_err)?;
+    let link = own.file_type().is_symlink();
+    let meta = if link {
+        std::fs::metadata(&input.host_path).map_err(open_err)?
+    } else {
+        own
+    };
     if meta.is_dir() {
         return Ok(MountKind::Dir {
             dir: open_dir(&input.host_path, at)?,
             writable: !input.read_only,
         });
     }
-    // The input may itself be a symlink (a `local` source); its target's parent is what we open.
-    let real = std::fs::canonicalize(&input.host_path).map_err(open_err)?;
+    // The input may itself be a symlink (a `local` source); its target's parent is what we open. A plain
+    // file whose path names its parent is opened where it is.
+    let plain = !link
+        && input
+            .host_path
+            .parent()
+            .is_some_and(|p| !p.as_os_str().is_empty());
+    let real = if plain {
+        std::borrow::Cow::Borrowed(input.host_path.as_path())
+    } else {
+        std::borrow::Cow::Owned(std::fs::canonicalize(&input.host_path).map_err(open_err)?)
+    };
     let (Some(parent), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str()))
     else {
         return Err(open_err(io::Error::new(
@@ -510,5 +528,33 @@ pub(super) mod tests {
             table.read_module("/elsewhere.wasm").unwrap_err(),
             ModuleReadError::NotMounted { .. }
         ));
+    }
+
+    /// A file input mounts the file; one that is a host-side symlink (a `local` source's) mounts its target,
+    /// wherever the link sits.
+    #[test]
+    fn file_inputs_mount_the_file_or_the_links_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        let links = dir.path().join("links");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir_all(&links).unwrap();
+        std::fs::write(real.join("mod.wasm"), "module").unwrap();
+        std::os::unix::fs::symlink("../real/mod.wasm", links.join("link.wasm")).unwrap();
+        let input = |target: &str, host_path: PathBuf| PreparedInput {
+            target: target.into(),
+            host_path,
+            read_only: true,
+        };
+        let table = MountTable::new(
+            &[
+                input("/plain.wasm", real.join("mod.wasm")),
+                input("/linked.wasm", links.join("link.wasm")),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(table.read_module("/plain.wasm").unwrap(), b"module");
+        assert_eq!(table.read_module("/linked.wasm").unwrap(), b"module");
     }
 }

@@ -317,7 +317,23 @@ mod tests {
             String::from_utf8(std::fs::read(&self.ctx.stdout_path).unwrap()).unwrap()
         }
 
+        /// The outcome without the streams' heads (see `heads_are_the_files_first_bytes`).
         async fn run(&self, exec: &WasmExecutor) -> RunOutcome {
+            match self.run_with_heads(exec).await {
+                RunOutcome::Exited {
+                    code,
+                    output_truncated,
+                    ..
+                } => RunOutcome::Exited {
+                    code,
+                    output_truncated,
+                    heads: None,
+                },
+                other => other,
+            }
+        }
+
+        async fn run_with_heads(&self, exec: &WasmExecutor) -> RunOutcome {
             exec.run(self.ctx.clone(), CancellationToken::new())
                 .await
                 .unwrap()
@@ -328,7 +344,44 @@ mod tests {
         RunOutcome::Exited {
             code,
             output_truncated: false,
+            heads: None,
         }
+    }
+
+    /// The heads an outcome carries are the first bytes of the stream files, cut at the cap like the files
+    /// and at [`STREAM_HEAD_BYTES`](crate::executor::STREAM_HEAD_BYTES) when the stream is longer.
+    #[tokio::test]
+    async fn heads_are_the_files_first_bytes() {
+        // 300 × "0123456789" on stdout, "oops" on stderr.
+        const LONG: &str = r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 0) "\10\00\00\00\0a\00\00\00")
+          (data (i32.const 32) "\40\00\00\00\04\00\00\00")
+          (data (i32.const 16) "0123456789")
+          (data (i32.const 64) "oops")
+          (func (export "_start") (local $i i32)
+            (drop (call $w (i32.const 2) (i32.const 32) (i32.const 1) (i32.const 8)))
+            (loop $again
+              (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $again (i32.lt_u (local.get $i) (i32.const 300))))))"#;
+        let heads = |outcome: RunOutcome| match outcome {
+            RunOutcome::Exited { heads: Some(h), .. } => *h,
+            other => panic!("expected an exit with heads, got {other:?}"),
+        };
+        let job = Job::new(LONG, &[]);
+        let h = heads(job.run_with_heads(&executor(1)).await);
+        let stdout = std::fs::read(&job.ctx.stdout_path).unwrap();
+        assert_eq!(stdout.len(), 3000);
+        assert_eq!(h.stdout, stdout[..crate::executor::STREAM_HEAD_BYTES]);
+        assert_eq!(h.stderr, b"oops");
+
+        let mut job = Job::new(CHATTY, &[]);
+        job.ctx.limits.max_output_bytes = 25;
+        let h = heads(job.run_with_heads(&executor(1)).await);
+        assert_eq!(h.stdout, b"0123456789012345678901234");
+        assert_eq!(h.stdout, std::fs::read(&job.ctx.stdout_path).unwrap());
     }
 
     fn invalid_program(outcome: &RunOutcome) -> &str {
@@ -721,7 +774,8 @@ mod tests {
             job.run(&executor(1)).await,
             RunOutcome::Exited {
                 code: 0,
-                output_truncated: true
+                output_truncated: true,
+                heads: None,
             }
         );
         assert_eq!(job.stdout(), "0123456789012345678901234");

@@ -8,8 +8,30 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::executor::STREAM_HEAD_BYTES;
+
+/// What the run's owner learns of a stream: whether output was dropped, and the stream's first bytes (the
+/// file's, since writes are appends), so the report needs no read of the file back.
+#[derive(Debug, Default)]
+pub(super) struct Tap {
+    cut: AtomicBool,
+    head: Mutex<Vec<u8>>,
+}
+
+impl Tap {
+    /// Whether output past the cap was dropped.
+    pub(super) fn cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    /// The first [`STREAM_HEAD_BYTES`] written (fewer if the stream was shorter).
+    pub(super) fn take_head(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.head.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// One capped output stream.
 pub(super) struct CappedOutput {
@@ -19,20 +41,20 @@ pub(super) struct CappedOutput {
     written: u64,
     /// Bytes the file may hold.
     cap: u64,
-    /// Set once output was dropped; shared with the worker, which reports it in the outcome.
-    truncated: Arc<AtomicBool>,
+    /// Shared with the worker, which reports it in the outcome.
+    tap: Arc<Tap>,
 }
 
 // === impl CappedOutput ===
 
 impl CappedOutput {
-    /// Creates (or empties) `path`; `truncated` is set when output past `cap` is dropped.
-    pub(super) fn create(path: &Path, cap: u64, truncated: Arc<AtomicBool>) -> io::Result<Self> {
+    /// Creates (or empties) `path`; `tap` learns what is written.
+    pub(super) fn create(path: &Path, cap: u64, tap: Arc<Tap>) -> io::Result<Self> {
         Ok(CappedOutput {
-            file: File::create(path)?,
+            file: crate::executor::open_stream(path)?,
             written: 0,
             cap,
-            truncated,
+            tap,
         })
     }
 
@@ -48,11 +70,16 @@ impl CappedOutput {
             }
             let take = usize::try_from(room).map_or(buf.len(), |r| r.min(buf.len()));
             self.file.write_all(&buf[..take])?;
+            if self.written < STREAM_HEAD_BYTES as u64 {
+                let mut head = self.tap.head.lock().unwrap_or_else(|p| p.into_inner());
+                let room = STREAM_HEAD_BYTES.saturating_sub(head.len());
+                head.extend_from_slice(&buf[..take.min(room)]);
+            }
             self.written += take as u64;
             kept += take as u64;
         }
         if kept < total {
-            self.truncated.store(true, Ordering::Relaxed);
+            self.tap.cut.store(true, Ordering::Relaxed);
         }
         Ok(total)
     }

@@ -8,7 +8,6 @@
 //! at the run's [`Interrupt`] and deadline, so a spinning guest stops within one slice of either.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use wasmi_core::LimiterError;
 use super::fs::MountTable;
 use super::interrupt::{Interrupt, Sleeper};
 use super::link::{LoadError, Loader, Role};
-use super::stdio::CappedOutput;
+use super::stdio::{CappedOutput, Tap};
 use super::wasi::{self, WasiCtx};
 use crate::executor::{FailureReason, RunContext, RunOutcome};
 use crate::model::{EngineSpec, WasmParams};
@@ -297,14 +296,14 @@ impl Worker {
             Ok(mounts) => Arc::new(mounts),
             Err(e) => return setup(crate::errors::chain(&e)),
         };
-        let stdout_cut = Arc::new(AtomicBool::new(false));
-        let stderr_cut = Arc::new(AtomicBool::new(false));
+        let stdout_tap = Arc::new(Tap::default());
+        let stderr_tap = Arc::new(Tap::default());
         let cap = ctx.limits.max_output_bytes;
-        let stdout = match CappedOutput::create(&ctx.stdout_path, cap, Arc::clone(&stdout_cut)) {
+        let stdout = match CappedOutput::create(&ctx.stdout_path, cap, Arc::clone(&stdout_tap)) {
             Ok(f) => f,
             Err(e) => return setup(format!("cannot create {}: {e}", ctx.stdout_path.display())),
         };
-        let stderr = match CappedOutput::create(&ctx.stderr_path, cap, Arc::clone(&stderr_cut)) {
+        let stderr = match CappedOutput::create(&ctx.stderr_path, cap, Arc::clone(&stderr_tap)) {
             Ok(f) => f,
             Err(e) => return setup(format!("cannot create {}: {e}", ctx.stderr_path.display())),
         };
@@ -348,8 +347,14 @@ impl Worker {
                 return RunOutcome::Failed(FailureReason::InvalidProgram(m));
             }
         };
-        let output_truncated =
-            stdout_cut.load(Ordering::Relaxed) || stderr_cut.load(Ordering::Relaxed);
+        let output_truncated = stdout_tap.cut() || stderr_tap.cut();
+        // Writes are unbuffered: once the call ended, the heads are complete.
+        let heads = || {
+            Some(Box::new(crate::executor::StreamHeads {
+                stdout: stdout_tap.take_head(),
+                stderr: stderr_tap.take_head(),
+            }))
+        };
         let out_of_memory = store.data().memory.denied().then(|| {
             RunOutcome::Failed(FailureReason::OutOfMemory {
                 limit: ctx.limits.memory_bytes.unwrap_or_default(),
@@ -359,12 +364,14 @@ impl Worker {
             CallEnd::Returned => RunOutcome::Exited {
                 code: 0,
                 output_truncated,
+                heads: heads(),
             },
             CallEnd::Exit(code) => match out_of_memory {
                 Some(oom) if code != 0 => oom,
                 _ => RunOutcome::Exited {
                     code,
                     output_truncated,
+                    heads: heads(),
                 },
             },
             CallEnd::Trap(e) if is_program_error(&e) => RunOutcome::Failed(
@@ -372,9 +379,10 @@ impl Worker {
             ),
             CallEnd::Trap(e) => {
                 tracing::info!(error = %e, "wasm guest trapped");
-                out_of_memory.unwrap_or(RunOutcome::Exited {
+                out_of_memory.unwrap_or_else(|| RunOutcome::Exited {
                     code: 1,
                     output_truncated,
+                    heads: heads(),
                 })
             }
             CallEnd::Timeout => RunOutcome::Failed(FailureReason::Timeout(

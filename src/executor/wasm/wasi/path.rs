@@ -557,7 +557,6 @@ pub(super) fn link(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
 
     use super::*;
     use crate::executor::wasm::fs::tests::table;
@@ -588,7 +587,7 @@ mod tests {
                 CappedOutput::create(
                     &dir.path().join(name),
                     1 << 20,
-                    Arc::new(AtomicBool::new(false)),
+                    Arc::new(crate::executor::wasm::stdio::Tap::default()),
                 )
                 .unwrap()
             };
