@@ -9,12 +9,15 @@
 //!   (`cod --help`),
 //! - jobs/s through one orchestrator with 10 compute nodes (real processes on loopback), against one hybrid
 //!   node driven the same way and the disk's fsync ceiling,
-//! - binary sizes of the builds named in `COD_BENCH_SIZES` (`label=path,…`), against the 8 MiB edge budget.
+//! - binary sizes of the builds named in `COD_BENCH_SIZES` (`label=path,…`), against the 8 MiB edge budget,
+//! - a queue draining: 1,000 jobs submitted at once to a node with room for 10 at a time, against 100 jobs
+//!   the same way (the CPU per job must not grow with the queue).
 //!
 //! Run: `cargo bench --bench edge`, or `bench/run.sh`, which builds the static binaries first and keeps the
 //! results. Environment: `COD_BENCH_COMPUTE_BIN` = a second binary (the static edge build) whose connected
 //! compute node's idle RSS is measured beside this build's; `COD_BENCH_JSON` = write every figure there;
 //! `COD_BENCH_ONLY=jobs` = only the jobs/s figures and the fsync ceiling (no JSON written);
+//! `COD_BENCH_ONLY=queue` = only the queue-drain figures (no JSON written);
 //! `COD_BENCH_FLEET_JOBS` = jobs per throughput run (default 1000); `COD_BENCH_WAIT=poll` = clients poll
 //! `GET /jobs/{id}` every 200 µs instead of long-polling the history (the client before the long-poll).
 //! Numbers vary with the machine; compare runs on the same one only.
@@ -643,6 +646,101 @@ fn jobs_per_second(
     (many, single)
 }
 
+/// Jobs in the big queue-drain run (the small one has a tenth), and how many of them fit on the node at once.
+const QUEUED: usize = 1000;
+const QUEUE_SLOTS: usize = 10;
+
+/// A queue-drain run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    /// From the first submission to the last job's completion.
+    seconds: f64,
+    /// The node's CPU time per job, in ms.
+    cpu_ms_per_job: f64,
+}
+
+/// `n` hello jobs submitted at once (8 submitters) to a hybrid node with 1 CPU, each asking for a tenth of
+/// it and willing to queue: all but [`QUEUE_SLOTS`] wait, and each one that ends frees room for the next.
+fn queue_drain(client: &reqwest::blocking::Client, dir: &Path, n: usize) -> Drain {
+    let node = start(dir, &format!("queue-{n}"), &["--cpu", "1"]);
+    let mut job = hello_job();
+    let task = &mut job["Job"]["Tasks"][0];
+    task["Resources"]["CPU"] = json!("100m");
+    task["Timeouts"] = json!({"QueueTimeout": 600});
+    let cpu_before = cpu_seconds(node.child.id());
+    let t = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let submitters: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut ids = Vec::new();
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                        let r: Value = client
+                            .put(format!("{}/api/v1/orchestrator/jobs", node.api))
+                            .json(&job)
+                            .send()
+                            .and_then(|r| r.json())
+                            .expect("submit");
+                        ids.push(r["JobID"].as_str().expect("JobID").to_owned());
+                    }
+                    ids
+                })
+            })
+            .collect();
+        submitters
+            .into_iter()
+            .flat_map(|h| h.join().expect("submitter"))
+            .collect()
+    });
+    // In submission order, each long-poll answers at once for a job already done.
+    for id in &ids {
+        follow_history(client, &node.api, id);
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    Drain {
+        seconds,
+        cpu_ms_per_job: (cpu_seconds(node.child.id()) - cpu_before) * 1e3 / n as f64,
+    }
+}
+
+/// The queue-drain figures: [`QUEUED`] jobs against a tenth of them, printed and added to `rows`. Waking
+/// every queued job whenever one ended made the big run's CPU per job ten times the small one's.
+fn queue_drains(
+    out: &mut impl Write,
+    rows: &mut Vec<Row>,
+    client: &reqwest::blocking::Client,
+    dir: &Path,
+) -> (Drain, Drain) {
+    let small = queue_drain(client, dir, QUEUED / 10);
+    let big = queue_drain(client, dir, QUEUED);
+    writeln!(
+        out,
+        "queue drain, {QUEUE_SLOTS} slots: {QUEUED} jobs submitted at once done in {:.1} s ({:.2} ms node CPU/job); {} jobs in {:.1} s ({:.2} ms/job)",
+        big.seconds,
+        big.cpu_ms_per_job,
+        QUEUED / 10,
+        small.seconds,
+        small.cpu_ms_per_job
+    )
+    .ok();
+    rows.push(row(
+        format!("queue drain: {QUEUED} jobs at once, {QUEUE_SLOTS} slots (hybrid)"),
+        format!(
+            "{:.1} s, {:.2} ms node CPU/job",
+            big.seconds, big.cpu_ms_per_job
+        ),
+        format!(
+            "{} jobs: {:.1} s, {:.2} ms/job",
+            QUEUED / 10,
+            small.seconds,
+            small.cpu_ms_per_job
+        ),
+        "CPU/job flat in the queue's length",
+    ));
+    (big, small)
+}
+
 fn main() {
     // `cargo bench` passes flags like --bench; this harness takes none.
     let tmp = tempfile::tempdir().expect("tmp");
@@ -657,6 +755,11 @@ fn main() {
     if std::env::var("COD_BENCH_ONLY").is_ok_and(|v| v == "jobs") {
         let (f50, _) = fsync_ms(dir);
         jobs_per_second(&mut out, &mut rows, &client, dir, None, f50);
+        print_table(&mut out, &rows);
+        return;
+    }
+    if std::env::var("COD_BENCH_ONLY").is_ok_and(|v| v == "queue") {
+        queue_drains(&mut out, &mut rows, &client, dir);
         print_table(&mut out, &rows);
         return;
     }
@@ -825,6 +928,7 @@ fn main() {
 
     // Throughput: the same closed loop through the hybrid node, then through an orchestrator with a fleet.
     let (many, single) = jobs_per_second(&mut out, &mut rows, &client, dir, Some(node), f50);
+    let (drain_big, drain_small) = queue_drains(&mut out, &mut rows, &client, dir);
     // Slots for the comparisons that arrive with their issues.
     rows.push(row(
         "container start (docker engine)",
@@ -859,6 +963,11 @@ fn main() {
                 "fdatasync_ms": {"p50": f50, "p99": f99},
                 "jobs_per_s": {"fleet": many.jobs_per_s, "fleet_nodes": FLEET, "single_hybrid": single.jobs_per_s, "clients": clients(), "jobs": fleet_jobs()},
                 "cpu_ms_per_job": {"fleet": many.cpu_ms_per_job, "single_hybrid": single.cpu_ms_per_job},
+                "queue_drain": {
+                    "slots": QUEUE_SLOTS,
+                    "big": {"jobs": QUEUED, "seconds": drain_big.seconds, "cpu_ms_per_job": drain_big.cpu_ms_per_job},
+                    "small": {"jobs": QUEUED / 10, "seconds": drain_small.seconds, "cpu_ms_per_job": drain_small.cpu_ms_per_job},
+                },
             },
         });
         std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))

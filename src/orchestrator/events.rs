@@ -452,7 +452,7 @@ fn apply_report(
                     after,
                 )?;
                 if !was_terminal {
-                    after.release(exec.node_id.clone(), held_resources(&exec));
+                    release_and_wake(txn, t, &exec, settings, after)?;
                 }
                 return Ok(());
             }
@@ -561,12 +561,13 @@ fn apply_report(
     state::save_execution(txn, t, &mut exec, stored)?;
     state::record(txn, t, &job, Some(&exec.id), event, after)?;
     if ended {
-        if !was_terminal {
-            after.release(exec.node_id.clone(), held_resources(&exec));
-        }
-        // Capacity freed: jobs waiting for it are evaluated, highest priority first, by the worker. While
-        // any wait, this job joins them rather than jumping the queue.
-        let others_wait = jobs::wake_waiting(txn, t)?;
+        // Capacity freed: the waiting jobs it can serve are evaluated, highest priority first, by the
+        // worker. While any wait, this job joins them rather than jumping the queue.
+        let others_wait = if was_terminal {
+            txn.count(t.waiting)? > 0
+        } else {
+            release_and_wake(txn, t, &exec, settings, after)?
+        };
         if others_wait && !job.state.state_type.is_terminal() {
             jobs::schedule_wake(txn, t, &job, 0)?;
             after.evaluate = true;
@@ -582,4 +583,21 @@ fn apply_report(
         }
     }
     Ok(())
+}
+
+/// `exec` ended: its node's capacity is free again, and the waiting jobs it can serve are woken. Whether any
+/// job waits.
+fn release_and_wake(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    exec: &crate::model::Execution,
+    settings: &scheduler::Settings,
+    after: &mut AfterCommit,
+) -> Result<bool, StoreError> {
+    let freed = held_resources(exec);
+    after.release(exec.node_id.clone(), freed);
+    let node = after.candidate(&exec.node_id);
+    let woken = jobs::wake_for_freed(txn, t, node, freed, settings)?;
+    after.evaluate |= woken.is_some_and(|n| n > 0);
+    Ok(woken.is_some())
 }

@@ -128,6 +128,11 @@ impl AfterCommit {
         self.registry.candidates()
     }
 
+    /// `node` as a candidate, with the capacity held on it by everything decided so far.
+    pub(crate) fn candidate(&self, node: &NodeId) -> Option<scheduler::Candidate> {
+        self.registry.candidate(node)
+    }
+
     /// `node` now holds `r` for an execution placed on it.
     pub(crate) fn hold(&mut self, node: NodeId, r: Resources) {
         self.registry.allocate(&node, &r, false);
@@ -934,8 +939,91 @@ pub(crate) fn schedule_wake(
     txn.put(t.evaluations, id.as_str(), &eval)
 }
 
-/// Asks for an evaluation of every waiting job now (a node joined, was approved, or capacity freed). Costs
-/// one counter read when nothing waits, so a finishing execution does not scan anything.
+/// How many waiting jobs, in queue order, one release of capacity looks at. Those further back are woken by
+/// a later release or by their own backoff timer: a long queue of jobs that the freed node cannot take must
+/// not make every finished execution read all of it.
+const FREED_SCAN: usize = 16;
+
+/// Capacity `freed` on `node` (an execution there ended): wakes the waiting jobs that the scheduler would
+/// place on that node, in queue order (priority, then age), until what they need has used up what was freed.
+/// Waking every waiting job instead made each finished execution cost an evaluation of the whole queue (a
+/// write transaction each, nearly all of them deciding to wait again): quadratic in the queue's length.
+/// A job already due for an evaluation is left to it and not charged, so a release never wakes less than
+/// it freed. `None` when no job waits, else how many were woken.
+pub(crate) fn wake_for_freed(
+    txn: &mut WriteTxn<'_, '_>,
+    t: &Tables,
+    node: Option<scheduler::Candidate>,
+    freed: Resources,
+    settings: &Settings,
+) -> Result<Option<usize>, StoreError> {
+    if txn.count(t.waiting)? == 0 {
+        return Ok(None);
+    }
+    // A node gone since cannot take anything; the jobs wait for a node to join.
+    let Some(mut node) = node else {
+        return Ok(Some(0));
+    };
+    let mut woken = 0;
+    let now = now_nanos();
+    let mut budget = freed;
+    // The smallest need seen: once a wake leaves the budget unable to hold it, nothing further back is
+    // likely to fit either.
+    let mut smallest: Option<Resources> = None;
+    let mut scanned = 0;
+    let mut after = String::new();
+    'scan: while scanned < FREED_SCAN {
+        let page = txn.prefix_after(t.waiting, "", &after, FREED_SCAN - scanned)?;
+        let Some((last, _)) = page.last() else { break };
+        after = last.clone();
+        for (_, job_id) in page {
+            scanned += 1;
+            let Some(job) = txn.get(t.jobs, job_id.as_str())? else {
+                continue;
+            };
+            let need = scheduler::job_resources(&job, &settings.defaults);
+            let least = smallest.map_or(need, |s| Resources {
+                cpu: s.cpu.min(need.cpu),
+                memory: s.memory.min(need.memory),
+                disk: s.disk.min(need.disk),
+                gpu: s.gpu.min(need.gpu),
+            });
+            smallest = Some(least);
+            if !need.fits_in(&budget) || wake_due(txn, t, &job.id, now)? {
+                continue;
+            }
+            let execs = state::executions_of(txn, t, &job.id)?;
+            let placed =
+                match scheduler::plan(&job, &execs, std::slice::from_ref(&node), settings, now) {
+                    Decision::Run { place, .. } | Decision::Wait { place, .. } => place.len(),
+                    Decision::Complete | Decision::Fail { .. } => 0,
+                };
+            if placed == 0 {
+                continue;
+            }
+            schedule_wake(txn, t, &job, 0)?;
+            woken += 1;
+            for _ in 0..placed {
+                node.allocated = node.allocated.add(&need);
+                budget = budget.saturating_sub(&need);
+            }
+            if !least.fits_in(&budget) {
+                break 'scan;
+            }
+        }
+    }
+    Ok(Some(woken))
+}
+
+/// Whether `job` has a wake-up due by `now` (its evaluation runs anyway).
+fn wake_due(txn: &WriteTxn<'_, '_>, t: &Tables, job: &JobId, now: i64) -> Result<bool, StoreError> {
+    Ok(txn
+        .get(t.evaluations, wake_id(job).as_str())?
+        .is_some_and(|e| e.wait_until <= now))
+}
+
+/// Asks for an evaluation of every waiting job now (a node joined or was approved). Costs one counter read
+/// when nothing waits.
 pub(crate) fn wake_waiting(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<bool, StoreError> {
     if txn.count(t.waiting)? == 0 {
         return Ok(false);
@@ -1064,6 +1152,93 @@ mod tests {
         // A second transaction of the same batch plans against both changes.
         let second = AfterCommit::new(registry.clone());
         assert_eq!(allocated(&second), 1.0);
+    }
+
+    #[test]
+    fn a_release_wakes_only_the_waiting_jobs_it_can_serve_in_queue_order() {
+        use scheduler::testing;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path(), &Default::default()).expect("store");
+        let t = Tables::open(&store).expect("tables");
+        let settings = Settings::default();
+        let waiting = |id: &str, extra: &str, created: i64| {
+            let mut j = testing::job("batch", extra);
+            j.id = JobId::from(id.to_owned());
+            j.create_time = created;
+            j
+        };
+        let mut gpu = waiting("j-gpu", "Priority: 9\n", 1);
+        gpu.tasks[0].resources.gpu = "1".into();
+        let jobs = vec![
+            gpu,
+            waiting(
+                "j-far",
+                "Priority: 7\nConstraints: [{Key: zone, Operator: '=', Values: [far]}]\n",
+                2,
+            ),
+            waiting("j-high", "Priority: 5\n", 3),
+            waiting("j-old", "", 4),
+            waiting("j-new", "", 5),
+            waiting("j-newest", "", 6),
+        ];
+        let seeded = jobs.clone();
+        store
+            .write_sync(move |txn| {
+                for j in &seeded {
+                    txn.put(t.jobs, j.id.as_str(), j)?;
+                    set_waiting(txn, &t, j, true)?;
+                }
+                Ok(())
+            })
+            .expect("seed");
+        // The node is full but for what the ended execution held.
+        let release = |allocated: f64, freed: f64| {
+            let mut node = testing::node("a", &[]);
+            node.allocated = cpu(allocated);
+            let freed = Resources {
+                memory: 64_000_000 * 4,
+                ..cpu(freed)
+            };
+            store
+                .write_sync(move |txn| wake_for_freed(txn, &t, Some(node), freed, &settings))
+                .expect("wake")
+        };
+        let due = || -> Vec<String> {
+            store
+                .read_sync(move |txn| txn.all(t.evaluations))
+                .expect("evaluations")
+                .into_iter()
+                .filter(|(_, e)| e.wait_until == 0)
+                .map(|(_, e)| e.job_id.to_string())
+                .collect()
+        };
+        // One slot: the first job in queue order that this node can take (not the GPU job, not the one
+        // constrained elsewhere), and no other.
+        assert_eq!(release(1.9, 0.1), Some(1));
+        assert_eq!(due(), ["j-high"]);
+        // Two slots: j-high is due already and not charged, so the next two are woken, and not the third.
+        assert_eq!(release(1.8, 0.2), Some(2));
+        let mut woken = due();
+        woken.sort();
+        assert_eq!(woken, ["j-high", "j-new", "j-old"]);
+        assert_eq!(release(1.9, 0.1), Some(1));
+        assert_eq!(due().len(), 4);
+        // A node gone wakes nothing; an empty queue says so.
+        assert_eq!(
+            store
+                .write_sync(move |txn| wake_for_freed(txn, &t, None, cpu(1.0), &settings))
+                .expect("wake"),
+            Some(0)
+        );
+        store
+            .write_sync(move |txn| {
+                for j in &jobs {
+                    set_waiting(txn, &t, j, false)?;
+                }
+                Ok(())
+            })
+            .expect("drain");
+        assert_eq!(release(1.9, 0.1), None);
     }
 
     #[test]

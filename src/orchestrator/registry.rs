@@ -83,6 +83,14 @@ impl Registry {
             .collect()
     }
 
+    /// One node as a scheduler candidate, with what it holds now.
+    pub fn candidate(&self, id: &NodeId) -> Option<Candidate> {
+        self.lock().get(id).map(|e| Candidate {
+            node: Arc::clone(&e.state),
+            allocated: e.allocated,
+        })
+    }
+
     /// Candidates for the scheduler (every known node, ordered by id; the scheduler filters and explains).
     /// Pointer copies: cheap enough to take for every decision with 10,000 nodes.
     pub fn candidates(&self) -> Vec<Candidate> {

@@ -358,7 +358,15 @@ fn prefix_after_in<V: DeserializeOwned>(
         table: table.name,
         source,
     };
-    let range = (Bound::Excluded(after), Bound::Unbounded);
+    // Resuming before the prefix starts at it; LMDB refuses a zero-length key as a cursor position.
+    let start = if after < prefix {
+        Bound::Included(prefix)
+    } else if after.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(after)
+    };
+    let range = (start, Bound::Unbounded);
     let mut out = Vec::new();
     for item in table.db.range(txn, &range).map_err(lmdb)? {
         let (k, v) = item.map_err(lmdb)?;
@@ -627,6 +635,18 @@ mod tests {
             none.is_empty(),
             "must not run into the next prefix: {none:?}"
         );
+        // An empty `after` starts at the prefix, or at the table's first key for an empty prefix.
+        let (first, b) = store
+            .read(move |txn| {
+                Ok((
+                    txn.prefix_after(t, "a/", "", 1)?,
+                    txn.prefix_after(t, "", "", 9)?,
+                ))
+            })
+            .await
+            .expect("read");
+        assert_eq!(first.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(b.len(), 6);
     }
 
     #[tokio::test]
