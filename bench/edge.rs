@@ -261,19 +261,24 @@ fn wasm_job(wat: &str) -> Value {
 /// every 200 µs instead, as this bench did before the long-poll existed.
 fn run_job(client: &reqwest::blocking::Client, api: &str, job: &Value) -> Duration {
     let t = Instant::now();
-    let r: Value = client
-        .put(format!("{api}/api/v1/orchestrator/jobs"))
-        .json(job)
-        .send()
-        .and_then(|r| r.json())
-        .expect("submit");
-    let id = r["JobID"].as_str().expect("JobID").to_owned();
+    let id = submit(client, api, job);
     if std::env::var("COD_BENCH_WAIT").is_ok_and(|v| v == "poll") {
         poll_job(client, api, &id);
     } else {
         follow_history(client, api, &id);
     }
     t.elapsed()
+}
+
+/// Submits `job` through `api`; its id.
+fn submit(client: &reqwest::blocking::Client, api: &str, job: &Value) -> String {
+    let r: Value = client
+        .put(format!("{api}/api/v1/orchestrator/jobs"))
+        .json(job)
+        .send()
+        .and_then(|r| r.json())
+        .expect("submit");
+    r["JobID"].as_str().expect("JobID").to_owned()
 }
 
 /// Long-polls job `id`'s job-level history until a record says Completed.
@@ -676,13 +681,7 @@ fn queue_drain(client: &reqwest::blocking::Client, dir: &Path, n: usize) -> Drai
                 s.spawn(|| {
                     let mut ids = Vec::new();
                     while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                        let r: Value = client
-                            .put(format!("{}/api/v1/orchestrator/jobs", node.api))
-                            .json(&job)
-                            .send()
-                            .and_then(|r| r.json())
-                            .expect("submit");
-                        ids.push(r["JobID"].as_str().expect("JobID").to_owned());
+                        ids.push(submit(client, &node.api, &job));
                     }
                     ids
                 })
