@@ -670,7 +670,8 @@ fn queue_drain(client: &reqwest::blocking::Client, dir: &Path, n: usize) -> Drai
     let node = start(dir, &format!("queue-{n}"), &["--cpu", "1"]);
     let mut job = hello_job();
     let task = &mut job["Job"]["Tasks"][0];
-    task["Resources"]["CPU"] = json!("100m");
+    // The node's one CPU in QUEUE_SLOTS shares.
+    task["Resources"]["CPU"] = json!(format!("{}m", 1000 / QUEUE_SLOTS));
     task["Timeouts"] = json!({"QueueTimeout": 600});
     let cpu_before = cpu_seconds(node.child.id());
     let t = Instant::now();

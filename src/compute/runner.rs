@@ -678,6 +678,7 @@ impl Compute {
             Ok(e) => e,
             Err(e) => return failed(e.to_string()),
         };
+        let publisher = PublisherSpec::parse(&task.publisher);
         let Some(executor) = engine
             .kind()
             .and_then(|k| self.inner.backends.executors.get(&k))
@@ -771,7 +772,10 @@ impl Compute {
                         );
                         info!(from_execution = %found.execution_id, from_job = %found.job_id, "result reused");
                         progress.report(RESULT_CACHE_TOPIC, message);
-                        return match self.publish(execution, task, &result_dir).await {
+                        return match self
+                            .publish(execution, publisher.as_ref(), &result_dir)
+                            .await
+                        {
                             Ok(published) => Ending::Completed {
                                 published,
                                 output: found.output,
@@ -923,11 +927,8 @@ impl Compute {
         // The result folder is read again only by a publisher or the result cache. Without either, and
         // with nothing to scrub, the executor's heads are the report and nothing is written or read back:
         // no trip to the blocking pool on a tiny job's critical path.
-        let result_dir_read = keep_as.is_some()
-            || !matches!(
-                PublisherSpec::parse(&task.publisher),
-                None | Some(PublisherSpec::Noop)
-            );
+        let result_dir_read =
+            keep_as.is_some() || !matches!(publisher, None | Some(PublisherSpec::Noop));
         let heads = match heads {
             Some(h) if scrubber.is_empty() && !result_dir_read => {
                 Some((head_of(h.stdout), head_of(h.stderr)))
@@ -976,7 +977,10 @@ impl Compute {
                 self.inner.config.max_output_bytes
             );
         }
-        let published = match self.publish(execution, task, &result_dir).await {
+        let published = match self
+            .publish(execution, publisher.as_ref(), &result_dir)
+            .await
+        {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
@@ -999,14 +1003,15 @@ impl Compute {
         Ending::Completed { published, output }
     }
 
-    /// Publishes `result_dir` through the task's publisher; `Err` is the execution's failure reason.
+    /// Publishes `result_dir` through the task's publisher (`spec`, parsed; none publishes nothing); `Err`
+    /// is the execution's failure reason.
     async fn publish(
         &self,
         execution: &Execution,
-        task: &Task,
+        spec: Option<&PublisherSpec>,
         result_dir: &Path,
     ) -> Result<SpecConfig, String> {
-        let Some(spec) = PublisherSpec::parse(&task.publisher) else {
+        let Some(spec) = spec else {
             return Ok(SpecConfig::default());
         };
         let Some(publisher) = spec

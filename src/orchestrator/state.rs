@@ -2,8 +2,8 @@
 //!
 //! Keys: `jobs` by job id; `job_names` by `<namespace>/<name>`; `executions` by `<job id>/<execution id>` (a
 //! prefix scan lists a job's executions, and compute messages carry both ids); `history` by
-//! `<job id>/<seq:020>`; `evaluations` by evaluation id; `nodes` by node id; `counters` for
-//! the metrics' state counts; `waiting` indexes the jobs to evaluate again when a node joins or capacity frees
+//! `<job id>/<seq:020>`; `evaluations` by evaluation id; `nodes` by node id; `counters` for the metrics' state
+//! counts; `waiting` indexes the jobs to evaluate again when a node joins or capacity frees
 //! (queued jobs and daemon jobs), keyed by [`waiting_key`] so a scan yields them highest priority first and
 //! nothing has to scan the job table.
 
@@ -181,13 +181,13 @@ pub(crate) fn active_on_node(
 /// same transaction, so once built it is kept, not rebuilt at every start.
 const NODE_INDEX_BUILT: &str = "index/node_executions";
 
-/// Builds what is derived from the stored records and then kept durable (the state counts of `/metrics`,
-/// the node index), for a database that lacks them: a new one, or one written by an older release. One pass
-/// over the executions, decoding only their node and state; nothing at all when both exist, so a start does
-/// not grow with the number of jobs ever run.
 /// The key prefix of the per-job history counters that stores before this version kept in `counters`.
 const HISTORY_COUNTERS: &str = "hist/";
 
+/// Builds what is derived from the stored records and then kept durable (the state counts of `/metrics`,
+/// the node index), for a database that lacks them: a new one, or one written by an older release, whose
+/// history counters it also drops. One pass over the executions, decoding only their node and state; when
+/// both exist, only a seek for leftover counters, so a start does not grow with the number of jobs ever run.
 pub(crate) fn derive_missing(txn: &mut WriteTxn<'_, '_>, t: &Tables) -> Result<(), StoreError> {
     // History counters of stores written before the numbers were read from the history itself: dead weight.
     // One range delete; none left after the first open.

@@ -97,7 +97,6 @@ fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     );
 }
 
-/// `RssFile` of a process, in KiB: the pages of files it has mapped (mostly its executable; LMDB's map too).
 /// The ready file promises a node that takes jobs: a hybrid writes it only once its compute half has joined,
 /// on a fresh data dir and after a restart (where the orchestrator loads the node from its store as
 /// disconnected). Asked the moment the file appears, with no waiting.
@@ -119,6 +118,7 @@ fn a_hybrid_node_is_ready_only_once_its_compute_half_has_joined() {
     assert_eq!(state(&cod.wait_terminal(&id, DEADLINE)), "Completed");
 }
 
+/// `RssFile` of a process, in KiB: the pages of files it has mapped (mostly its executable; LMDB's map too).
 fn rss_file_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
