@@ -23,8 +23,10 @@ use super::cache::remove_any;
 /// The files every execution's `result/` has; a spare keeps them, empty.
 const STREAMS: [&str; 3] = ["stdout", "stderr", "exitCode"];
 
-/// The most spares kept: more than a board runs executions at once, so a burst's folders are all reused.
-const MAX_SPARES: usize = 16;
+/// The most spares kept: more than a node runs executions at once, so a burst's folders are all reused (a
+/// 2-core all-in-one node runs over 100 tiny WASM jobs at once). Only as many exist as ran at once, and each
+/// is five empty inodes and two folder blocks: 128 of them are about 1 MiB of disk.
+const MAX_SPARES: usize = 128;
 
 /// The execution folders under one work dir. Its methods do file I/O: call them on a blocking thread.
 #[derive(Debug)]

@@ -2,13 +2,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::de::DeserializeOwned;
+
 use crate::model::{
     AllocatedResources, Evaluation, EvaluationId, EvaluationTrigger, Event, Execution,
     ExecutionDesiredStateType, ExecutionId, ExecutionStateType, Job, JobHistory, JobId, JobState,
     JobStateType, JobType, NodeId, NodeMembership, NodeState, Resources, SpecConfig, State,
     now_nanos, spec, validate,
 };
-use crate::store::{Reader, StoreError, WriteTxn};
+use crate::store::{Reader, StoreError, Table, WriteTxn};
 use crate::transport::Message;
 
 use super::registry::Registry;
@@ -368,12 +370,12 @@ impl Orchestrator {
         } else {
             filter.limit.min(1000)
         };
-        // The job and its records in one read transaction: a follower reads this once per change of its job.
+        // The job's state and its records in one read transaction: a follower reads this once per change of
+        // its job, so only the state is decoded of the job (the probe skips the rest of the record).
         let found = self.inner.store.read_sync(|txn| {
-            let Some(job) = resolve(txn, &t, id, namespace)? else {
+            let Some((job_id, probe)) = find(txn, &t, t.probes.jobs, id, namespace)? else {
                 return Ok(None);
             };
-            let job_id = job.id.clone();
             let after = format!("{job_id}/{:020}", filter.after_seq);
             // Only the records after the token are decoded (a follower reads a few new ones each time).
             let records: Vec<JobHistory> = txn
@@ -400,9 +402,9 @@ impl Orchestrator {
                     })
                 })
                 .collect();
-            Ok(Some((job, records, highest)))
+            Ok(Some((job_id, probe.state.state_type, records, highest)))
         })?;
-        let Some((job, all, highest)) = found else {
+        let Some((job_id, state, all, highest)) = found else {
             return Err(OrchestratorError::NotFound {
                 kind: "job",
                 id: id.to_owned(),
@@ -415,13 +417,13 @@ impl Orchestrator {
         } else {
             highest
         };
-        let next_token = if more || !job.state.state_type.is_terminal() {
+        let next_token = if more || !state.is_terminal() {
             last_seq.to_string()
         } else {
             String::new()
         };
         Ok(HistoryPage {
-            job_id: job.id,
+            job_id,
             items,
             next_token,
         })
@@ -596,16 +598,28 @@ pub(crate) fn resolve(
     id: &str,
     namespace: &str,
 ) -> Result<Option<Job>, StoreError> {
-    if let Some(job) = txn.get(t.jobs, id)? {
-        return Ok(Some(job));
+    Ok(find(txn, t, t.jobs, id, namespace)?.map(|(_, job)| job))
+}
+
+/// [`resolve`] through `view`, a view of the jobs table (the whole job, or a probe that decodes a part of
+/// it): the job's id and the record as `view` decodes it.
+fn find<V: DeserializeOwned>(
+    txn: &impl Reader,
+    t: &Tables,
+    view: Table<V>,
+    id: &str,
+    namespace: &str,
+) -> Result<Option<(JobId, V)>, StoreError> {
+    if let Some(record) = txn.get(view, id)? {
+        return Ok(Some((JobId::from(id.to_owned()), record)));
     }
     if let Some(job_id) = txn.get(t.job_names, &state::name_key(namespace, id))? {
-        return txn.get(t.jobs, job_id.as_str());
+        return Ok(txn.get(view, job_id.as_str())?.map(|r| (job_id, r)));
     }
     if id.len() >= 4 {
-        let matches = txn.prefix(t.jobs, id)?;
+        let mut matches = txn.prefix(view, id)?;
         if matches.len() == 1 {
-            return Ok(matches.into_iter().next().map(|(_, j)| j));
+            return Ok(matches.pop().map(|(key, r)| (JobId::from(key), r)));
         }
     }
     Ok(None)

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use wasmi::errors::ErrorKind;
 use wasmi::{Engine, Instance, Linker, Module, Store};
 
+use super::compiled::CompiledModules;
 use super::fs::{ModuleReadError, MountTable};
 use super::worker::{CallEnd, Host, Slicer};
 
@@ -58,6 +59,8 @@ pub(super) enum LoadError {
 pub(super) struct Loader<'a> {
     /// The worker's engine.
     pub(super) engine: &'a Engine,
+    /// Modules compiled for earlier runs, by their bytes.
+    compiled: &'a CompiledModules,
     /// Where module paths are looked up.
     pub(super) mounts: &'a MountTable,
     /// The run's linker: WASI plus every module instantiated so far, under the names importers use.
@@ -78,12 +81,14 @@ impl<'a> Loader<'a> {
     /// A loader whose `linker` already has WASI.
     pub(super) fn new(
         engine: &'a Engine,
+        compiled: &'a CompiledModules,
         mounts: &'a MountTable,
         linker: Linker<Host>,
         slicer: &'a Slicer<'a>,
     ) -> Self {
         Loader {
             engine,
+            compiled,
             mounts,
             linker,
             slicer,
@@ -124,7 +129,9 @@ impl<'a> Loader<'a> {
             .mounts
             .read_module(path)
             .map_err(|e| read_error(role, e))?;
-        let module = compile(self.engine, &bytes, what, path)?;
+        let module = self
+            .compiled
+            .get_or_compile(&bytes, |b| compile(self.engine, b, what, path))?;
         drop(bytes);
 
         // Dependencies first, each linked under the exact name this module imports it by.

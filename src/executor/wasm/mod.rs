@@ -29,6 +29,7 @@
 //! dropped `run()` future by more than one fuel slice (a start function, which wasmi cannot run
 //! in slices, is bounded by its own fuel budget instead; WASI programs have none).
 
+mod compiled;
 mod fs;
 mod interrupt;
 mod link;
@@ -96,8 +97,13 @@ impl WasmExecutor {
         let fuel_slice = config.fuel_slice.max(1);
         let (jobs, queue) = mpsc::channel(slots);
         let queue = Arc::new(Mutex::new(queue));
+        let compiled = Arc::new(compiled::CompiledModules::default());
         for index in 0..slots {
-            if let Err(e) = worker::spawn(index, engine.clone(), fuel_slice, Arc::clone(&queue)) {
+            let shared = worker::Shared {
+                engine: engine.clone(),
+                compiled: Arc::clone(&compiled),
+            };
+            if let Err(e) = worker::spawn(index, shared, fuel_slice, Arc::clone(&queue)) {
                 tracing::error!(worker = index, error = %e, "cannot start wasm worker thread");
             }
         }
@@ -395,6 +401,25 @@ mod tests {
         match outcome {
             RunOutcome::Failed(FailureReason::Setup(m)) => m,
             other => panic!("expected Setup, got {other:?}"),
+        }
+    }
+
+    /// The second run of a module reuses its compilation (see `compiled.rs`) but nothing of the first run's
+    /// instance: globals and memory start as the module declares them.
+    #[tokio::test]
+    async fn a_module_run_again_starts_from_its_declared_state() {
+        const COUNTER: &str = r#"(module
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (global $runs (mut i32) (i32.const 0))
+          (func (export "_start")
+            (global.set $runs (i32.add (global.get $runs) (i32.const 1)))
+            (i32.store8 (i32.const 0) (i32.add (i32.load8_u (i32.const 0)) (i32.const 1)))
+            (call $exit (i32.add (global.get $runs) (i32.mul (i32.load8_u (i32.const 0)) (i32.const 10))))))"#;
+        let exec = executor(1);
+        for run in 0..3 {
+            let job = Job::new(COUNTER, &[]);
+            assert_eq!(job.run(&exec).await, exited(11), "run {run}");
         }
     }
 

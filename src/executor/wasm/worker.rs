@@ -16,6 +16,7 @@ use wasmi::errors::ErrorKind;
 use wasmi::{Engine, Func, Linker, ResourceLimiter, ResumableCall, Store, StoreLimits};
 use wasmi_core::LimiterError;
 
+use super::compiled::CompiledModules;
 use super::fs::MountTable;
 use super::interrupt::{Interrupt, Sleeper};
 use super::link::{LoadError, Loader, Role};
@@ -209,10 +210,18 @@ impl Slicer<'_> {
     }
 }
 
+/// What every worker thread of one executor shares.
+pub(super) struct Shared {
+    /// Compiled modules belong to it.
+    pub(super) engine: Engine,
+    /// Modules compiled for earlier runs.
+    pub(super) compiled: Arc<CompiledModules>,
+}
+
 /// Starts worker thread `cod-wasm-<index>`, which serves `jobs` until the executor is dropped.
 pub(super) fn spawn(
     index: usize,
-    engine: Engine,
+    Shared { engine, compiled }: Shared,
     fuel_slice: u64,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
 ) -> io::Result<()> {
@@ -226,6 +235,7 @@ pub(super) fn spawn(
             }
             let worker = Worker {
                 engine,
+                compiled,
                 linker,
                 fuel_slice,
             };
@@ -238,6 +248,8 @@ pub(super) fn spawn(
 struct Worker {
     /// Shared by all workers; compiled modules belong to it.
     engine: Engine,
+    /// Shared by all workers.
+    compiled: Arc<CompiledModules>,
     /// WASI only; each run clones it and adds its own modules.
     linker: Linker<Host>,
     /// Fuel per slice.
@@ -400,7 +412,13 @@ impl Worker {
         slicer: &Slicer<'_>,
         params: &WasmParams,
     ) -> Result<CallEnd, LoadError> {
-        let mut loader = Loader::new(&self.engine, mounts, self.linker.clone(), slicer);
+        let mut loader = Loader::new(
+            &self.engine,
+            &self.compiled,
+            mounts,
+            self.linker.clone(),
+            slicer,
+        );
         for path in &params.import_modules {
             loader.load(store, path, Role::Listed, None)?;
         }
