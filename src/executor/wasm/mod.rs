@@ -5,6 +5,7 @@
 //! - this file: [`WasmConfig`] and [`WasmExecutor`], the async face (`validate`, `run`).
 //! - `worker`: the `cod-wasm-N` threads; one run from context to outcome; fuel slices.
 //! - `link`: module lookup in the mount table, compilation, import linking.
+//! - `compiled`: modules compiled for earlier runs, reused when the bytes are the same.
 //! - `fs`: the guest filesystem (the mount table preopened at `/`).
 //! - `wasi`: Cod's own WASI preview 1 (`wasi_snapshot_preview1`) on top of it.
 //! - `stdio`: capped stdout/stderr files.
