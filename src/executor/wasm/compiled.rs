@@ -12,7 +12,7 @@
 //! recently used entry.
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use wasmi::Module;
 
@@ -32,13 +32,20 @@ pub(super) struct CompiledModules {
 
 struct Entry {
     hash: u64,
-    bytes: Arc<[u8]>,
+    bytes: Box<[u8]>,
     module: Module,
+}
+
+impl Entry {
+    /// Whether this is the compilation of `bytes` (whose hash is `hash`).
+    fn is_of(&self, hash: u64, bytes: &[u8]) -> bool {
+        self.hash == hash && *self.bytes == *bytes
+    }
 }
 
 impl std::fmt::Debug for CompiledModules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = self.lock();
         f.debug_struct("CompiledModules")
             .field("entries", &entries.len())
             .field(
@@ -62,10 +69,7 @@ impl CompiledModules {
         let hash = hash_of(bytes);
         {
             let mut entries = self.lock();
-            if let Some(at) = entries
-                .iter()
-                .position(|e| e.hash == hash && *e.bytes == *bytes)
-            {
+            if let Some(at) = entries.iter().position(|e| e.is_of(hash, bytes)) {
                 let entry = entries.remove(at);
                 let module = entry.module.clone();
                 entries.push(entry);
@@ -77,7 +81,7 @@ impl CompiledModules {
         let module = compile(bytes)?;
         if bytes.len() <= MAX_MODULE_BYTES {
             let mut entries = self.lock();
-            if !entries.iter().any(|e| e.hash == hash && *e.bytes == *bytes) {
+            if !entries.iter().any(|e| e.is_of(hash, bytes)) {
                 entries.push(Entry {
                     hash,
                     bytes: bytes.into(),
