@@ -61,7 +61,11 @@ impl fmt::Display for Overrun {
 
 /// A running guard; [`Guard::finish`] ends it.
 #[derive(Debug)]
-pub(super) struct Guard {
+pub(super) struct Guard(Option<Polling>);
+
+/// The guard of an execution with result paths.
+#[derive(Debug)]
+struct Polling {
     /// The polling task; answers the first overrun it saw.
     task: JoinHandle<Option<Overrun>>,
     /// Ends the polling once the run is over.
@@ -73,8 +77,13 @@ pub(super) struct Guard {
 // === impl Guard ===
 
 impl Guard {
-    /// Starts measuring `watched`; `stop` is cancelled at the first overrun (the run's own token).
+    /// Starts measuring `watched`; `stop` is cancelled at the first overrun (the run's own token). An
+    /// execution without result paths writes nothing the guard measures: it gets no task, no timer and no
+    /// last measurement (each would be a thread hand-off on a tiny job's path).
     pub(super) fn start(watched: Watched, stop: CancellationToken) -> Guard {
+        if watched.result_dirs.is_empty() {
+            return Guard(None);
+        }
         let done = CancellationToken::new();
         let task = tokio::spawn({
             let (watched, done) = (watched.clone(), done.clone());
@@ -95,20 +104,24 @@ impl Guard {
                 }
             }
         });
-        Guard {
+        Guard(Some(Polling {
             task,
             done,
             watched,
-        }
+        }))
     }
 
     /// Ends the guard after the run: the overrun it stopped the run for, else one found by a last measurement.
     pub(super) async fn finish(self) -> Option<Overrun> {
-        self.done.cancel();
-        if let Ok(Some(over)) = self.task.await {
+        let Polling {
+            task,
+            done,
+            watched: w,
+        } = self.0?;
+        done.cancel();
+        if let Ok(Some(over)) = task.await {
             return Some(over);
         }
-        let w = self.watched;
         tokio::task::spawn_blocking(move || check(&w))
             .await
             .ok()
@@ -212,5 +225,18 @@ mod tests {
             .await
             .expect("the guard stops the run");
         assert_eq!(guard.finish().await, Some(Overrun { limit: 1 << 20 }));
+    }
+
+    #[tokio::test]
+    async fn nothing_to_watch_starts_nothing() {
+        let guard = Guard::start(
+            Watched {
+                result_dirs: Vec::new(),
+                max_result_bytes: 0,
+            },
+            CancellationToken::new(),
+        );
+        assert!(guard.0.is_none(), "no polling task for no result paths");
+        assert_eq!(guard.finish().await, None);
     }
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - this file: [`WasmConfig`] and [`WasmExecutor`], the async face (`validate`, `run`).
 //! - `worker`: the `cod-wasm-N` threads; one run from context to outcome; fuel slices.
+//! - `queue`: the runs waiting for a worker (many workers, one queue, one wake-up per run).
 //! - `link`: module lookup in the mount table, compilation, import linking.
 //! - `compiled`: modules compiled for earlier runs, reused when the bytes are the same.
 //! - `fs`: the guest filesystem (the mount table preopened at `/`).
@@ -34,17 +35,19 @@ mod compiled;
 mod fs;
 mod interrupt;
 mod link;
+mod queue;
 mod stdio;
 mod wasi;
 mod worker;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use self::interrupt::{Interrupt, TriggerOnDrop};
+use self::queue::Queue;
 use self::worker::Job;
 use super::{Executor, ExecutorError, FailureReason, RunContext, RunOutcome};
 use crate::model::{EngineKind, EngineSpec, NetworkType, Task, resources};
@@ -76,8 +79,14 @@ impl Default for WasmConfig {
 #[derive(Debug)]
 pub struct WasmExecutor {
     /// Feeds the workers. Bounded by the number of workers: a caller past that waits (async) in
-    /// `run()` instead of piling contexts up in memory. Dropping it ends the workers.
-    jobs: mpsc::Sender<Job>,
+    /// `run()` instead of piling contexts up in memory. Closed on drop, which ends the workers.
+    jobs: Arc<Queue<Job>>,
+}
+
+impl Drop for WasmExecutor {
+    fn drop(&mut self) {
+        self.jobs.close();
+    }
 }
 
 // === impl WasmExecutor ===
@@ -96,17 +105,24 @@ impl WasmExecutor {
         let engine = wasmi::Engine::new(&engine_config);
         let slots = config.slots.max(1);
         let fuel_slice = config.fuel_slice.max(1);
-        let (jobs, queue) = mpsc::channel(slots);
-        let queue = Arc::new(Mutex::new(queue));
+        let jobs = Arc::new(Queue::new(slots));
         let compiled = Arc::new(compiled::CompiledModules::default());
+        let mut started = 0;
         for index in 0..slots {
             let shared = worker::Shared {
                 engine: engine.clone(),
                 compiled: Arc::clone(&compiled),
             };
-            if let Err(e) = worker::spawn(index, shared, fuel_slice, Arc::clone(&queue)) {
-                tracing::error!(worker = index, error = %e, "cannot start wasm worker thread");
+            match worker::spawn(index, shared, fuel_slice, Arc::clone(&jobs)) {
+                Ok(()) => started += 1,
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot start wasm worker thread");
+                }
             }
+        }
+        if started == 0 {
+            // Nobody would ever take a run: every `run()` fails at once instead of waiting forever.
+            jobs.close();
         }
         WasmExecutor { jobs }
     }
@@ -174,7 +190,7 @@ impl Executor for WasmExecutor {
         tokio::select! {
             biased;
             () = cancel.cancelled() => return Ok(RunOutcome::Failed(FailureReason::Cancelled)),
-            sent = self.jobs.send(job) => sent.map_err(|_| shut_down())?,
+            sent = self.jobs.push(job) => sent.map_err(|_| shut_down())?,
         }
         tokio::select! {
             biased;

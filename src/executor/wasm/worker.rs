@@ -8,10 +8,10 @@
 //! at the run's [`Interrupt`] and deadline, so a spinning guest stops within one slice of either.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use wasmi::errors::ErrorKind;
 use wasmi::{Engine, Func, Linker, ResourceLimiter, ResumableCall, Store, StoreLimits};
 use wasmi_core::LimiterError;
@@ -20,6 +20,7 @@ use super::compiled::CompiledModules;
 use super::fs::MountTable;
 use super::interrupt::{Interrupt, Sleeper};
 use super::link::{LoadError, Loader, Role};
+use super::queue::Queue;
 use super::stdio::{CappedOutput, Tap};
 use super::wasi::{self, WasiCtx};
 use crate::executor::{FailureReason, RunContext, RunOutcome};
@@ -223,7 +224,7 @@ pub(super) fn spawn(
     index: usize,
     Shared { engine, compiled }: Shared,
     fuel_slice: u64,
-    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    jobs: Arc<Queue<Job>>,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name(format!("cod-wasm-{index}"))
@@ -259,17 +260,9 @@ struct Worker {
 // === impl Worker ===
 
 impl Worker {
-    fn serve(&self, jobs: &Mutex<mpsc::Receiver<Job>>) {
-        loop {
-            // Idle workers queue on the lock and the one holding it waits for a job, so the lock
-            // is only ever held by an idle worker. A poisoned lock still guards a usable receiver.
-            let next = jobs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .blocking_recv();
-            let Some(job) = next else {
-                return; // the executor is gone
-            };
+    fn serve(&self, jobs: &Queue<Job>) {
+        // `None`: the executor is gone and nothing is left to run.
+        while let Some(job) = jobs.pop() {
             let outcome = job.span.in_scope(|| {
                 let started = Instant::now();
                 let outcome = self.run(&job.ctx, &job.interrupt);
