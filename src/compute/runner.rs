@@ -304,6 +304,7 @@ impl Compute {
                 }
             }
         }
+        let ready = self.prepare_work_dirs(asks.iter().map(|(_, e)| *e)).await;
         let mut runs: Vec<ShortRun> = messages
             .into_iter()
             .filter_map(|m| match m.message {
@@ -311,8 +312,13 @@ impl Compute {
                 _ => None,
             })
             .zip(reserved)
-            .map(|((seq, execution), (gpus, need))| {
-                self.start_short(peer, seq, execution, gpus, need)
+            .enumerate()
+            .map(|(i, ((seq, execution), (gpus, need)))| {
+                let folders = match ready.get(i) {
+                    Some(true) => Folders::Ready,
+                    _ => Folders::ToMake,
+                };
+                self.start_short(peer, seq, execution, gpus, need, folders)
             })
             .collect();
         let deadline = tokio::time::Instant::now() + SHORT_JOB;
@@ -417,6 +423,7 @@ impl Compute {
         execution: Box<Execution>,
         gpus: Vec<u32>,
         need: crate::model::Resources,
+        folders: Folders,
     ) -> ShortRun {
         let id = execution.id.clone();
         let cancel = CancellationToken::new();
@@ -428,7 +435,8 @@ impl Compute {
         let (token, progress) = (cancel.clone(), Progress::default());
         let reporter = progress.clone();
         let handle = tokio::spawn(
-            async move { me.run_pipeline(&snapshot, token, reporter).await }.instrument(span),
+            async move { me.run_pipeline(&snapshot, folders, token, reporter).await }
+                .instrument(span),
         );
         ShortRun {
             seq,
@@ -536,7 +544,7 @@ impl Compute {
         let span = info_span!("execution", execution_id = %id, job_id = %record.execution.job_id);
         let progress = Progress::default();
         let run = self
-            .run_pipeline(&record.execution, cancel, progress.clone())
+            .run_pipeline(&record.execution, Folders::ToMake, cancel, progress.clone())
             .instrument(span.clone());
         let ending = self.forwarding(&record, &progress, run).await;
         if let Ok(mut running) = self.inner.running.lock() {
@@ -585,11 +593,13 @@ impl Compute {
     async fn run_pipeline(
         &self,
         execution: &Execution,
+        folders: Folders,
         cancel: CancellationToken,
         progress: Progress,
     ) -> Ending {
         let dir = self.work_dir(&execution.id);
-        self.run_in(execution, &dir, cancel, progress).await
+        self.run_in(execution, &dir, folders, cancel, progress)
+            .await
     }
 
     /// The GPUs this execution holds, each announced in its history ("allocated GPU 0 (Tesla T4, GPU-…)").
@@ -634,6 +644,35 @@ impl Compute {
         self.inner.work_dirs.path(id.as_str())
     }
 
+    /// Makes the folders of a batch of executions in one trip to the blocking pool (a trip per execution was
+    /// a quarter of a compute node's thread wake-ups in the fleet benchmark). Says, in order, which are
+    /// ready; a run whose folders are not makes them itself, and reports why it cannot.
+    async fn prepare_work_dirs<'e>(
+        &self,
+        executions: impl Iterator<Item = &'e Execution>,
+    ) -> Vec<bool> {
+        let plans: Vec<Option<(PathBuf, Vec<PathBuf>)>> = executions
+            .map(|e| {
+                let dir = self.work_dir(&e.id);
+                let task = e.job.as_ref()?.task()?;
+                let folders = work_folders(task, &dir);
+                Some((dir, folders))
+            })
+            .collect();
+        let dirs = self.inner.work_dirs.clone();
+        tokio::task::spawn_blocking(move || {
+            plans
+                .iter()
+                .map(|plan| {
+                    plan.as_ref()
+                        .is_some_and(|(dir, folders)| dirs.prepare(dir, folders).is_ok())
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Done with these executions' inputs and result folders (the publisher keeps its own copy): emptied
     /// and kept for the next executions, in one blocking hop. Await the handle only where the same folders
     /// may be asked for again before it is done; nothing else needs to wait (a task woken for nothing is a
@@ -655,6 +694,7 @@ impl Compute {
         &self,
         execution: &Execution,
         dir: &Path,
+        folders: Folders,
         cancel: CancellationToken,
         progress: Progress,
     ) -> Ending {
@@ -701,18 +741,20 @@ impl Compute {
             .collect();
         // Every folder of the execution in one trip to the blocking pool (each trip costs a thread hand-off on
         // the job's critical path). A retry after a restart starts from a clean directory.
-        let mut folders: Vec<PathBuf> = outputs.iter().map(|o| o.host_dir.clone()).collect();
-        folders.push(result_dir.clone());
-        folders
-            .extend((0..task.input_sources.len()).map(|i| dir.join("inputs").join(i.to_string())));
-        let (dirs, root) = (self.inner.work_dirs.clone(), dir.to_owned());
-        let made = tokio::task::spawn_blocking(move || dirs.prepare(&root, &folders)).await;
-        match made {
-            Ok(Ok(())) => {}
-            Ok(Err((path, e))) => {
-                return failed(format!("cannot prepare the folder {}: {e}", path.display()));
+        if folders == Folders::ToMake {
+            let (dirs, root, folders) = (
+                self.inner.work_dirs.clone(),
+                dir.to_owned(),
+                work_folders(task, dir),
+            );
+            let made = tokio::task::spawn_blocking(move || dirs.prepare(&root, &folders)).await;
+            match made {
+                Ok(Ok(())) => {}
+                Ok(Err((path, e))) => {
+                    return failed(format!("cannot prepare the folder {}: {e}", path.display()));
+                }
+                Err(e) => return failed(format!("cannot prepare the execution's folders: {e}")),
             }
-            Err(e) => return failed(format!("cannot prepare the execution's folders: {e}")),
         }
         // Each input's spec, source and (when a cache may use it) content id, before anything is fetched.
         let use_results = result_cache::opted_in(job);
@@ -1106,6 +1148,29 @@ impl Compute {
         // rerun starts from a clean folder anyway.
         let _ = self.discard_work_dirs(std::slice::from_ref(&id));
     }
+}
+
+/// Whether an execution's folders are made when its run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Folders {
+    /// Made, with the rest of its batch (see [`Compute::prepare_work_dirs`]).
+    Ready,
+    /// The run makes them.
+    ToMake,
+}
+
+/// The folders a run of `task` works in, under its work dir `dir`: each result path's, `result/` itself,
+/// and a scratch folder per input.
+fn work_folders(task: &Task, dir: &Path) -> Vec<PathBuf> {
+    let result_dir = dir.join("result");
+    let mut folders: Vec<PathBuf> = task
+        .result_paths
+        .iter()
+        .map(|rp| result_dir.join(&rp.name))
+        .collect();
+    folders.push(result_dir);
+    folders.extend((0..task.input_sources.len()).map(|i| dir.join("inputs").join(i.to_string())));
+    folders
 }
 
 /// An input of the task, looked at before anything is fetched.
