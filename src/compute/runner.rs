@@ -466,7 +466,10 @@ impl Compute {
         if !self.is_running(id) {
             return ended;
         }
-        let result_dir = self.work_dir(id).join("result");
+        let Some(dir) = self.inner.work_dirs.path(id.as_str()) else {
+            return ended;
+        };
+        let result_dir = dir.join("result");
         let scrubber = self
             .inner
             .scrubbers
@@ -588,7 +591,7 @@ impl Compute {
         }
     }
 
-    /// Runs the execution in its work dir. The dir is removed by [`Compute::discard_work_dirs`] once the
+    /// Runs the execution in its work dir. The dir is recycled by [`Compute::discard_work_dirs`] once the
     /// ending is recorded: cleaning up is not on the path to the result.
     async fn run_pipeline(
         &self,
@@ -597,9 +600,7 @@ impl Compute {
         cancel: CancellationToken,
         progress: Progress,
     ) -> Ending {
-        let dir = self.work_dir(&execution.id);
-        self.run_in(execution, &dir, folders, cancel, progress)
-            .await
+        self.run_in(execution, folders, cancel, progress).await
     }
 
     /// The GPUs this execution holds, each announced in its history ("allocated GPU 0 (Tesla T4, GPU-…)").
@@ -640,10 +641,6 @@ impl Compute {
         Ok(gpus)
     }
 
-    fn work_dir(&self, id: &ExecutionId) -> PathBuf {
-        self.inner.work_dirs.path(id.as_str())
-    }
-
     /// Makes the folders of a batch of executions in one trip to the blocking pool (a trip per execution was
     /// a quarter of a compute node's thread wake-ups in the fleet benchmark). Says, in order, which are
     /// ready; a run whose folders are not makes them itself, and reports why it cannot.
@@ -651,12 +648,10 @@ impl Compute {
         &self,
         executions: impl Iterator<Item = &'e Execution>,
     ) -> Vec<bool> {
-        let plans: Vec<Option<(PathBuf, Vec<PathBuf>)>> = executions
+        let plans: Vec<Option<(ExecutionId, Vec<PathBuf>)>> = executions
             .map(|e| {
-                let dir = self.work_dir(&e.id);
                 let task = e.job.as_ref()?.task()?;
-                let folders = work_folders(task, &dir);
-                Some((dir, folders))
+                Some((e.id.clone(), work_folders(task)))
             })
             .collect();
         let dirs = self.inner.work_dirs.clone();
@@ -664,8 +659,9 @@ impl Compute {
             plans
                 .iter()
                 .map(|plan| {
-                    plan.as_ref()
-                        .is_some_and(|(dir, folders)| dirs.prepare(dir, folders).is_ok())
+                    plan.as_ref().is_some_and(|(id, folders)| {
+                        dirs.prepare(id.as_str(), folders).is_ok()
+                    })
                 })
                 .collect()
         })
@@ -682,10 +678,10 @@ impl Compute {
             return None;
         }
         let dirs = self.inner.work_dirs.clone();
-        let paths: Vec<PathBuf> = ids.iter().map(|id| self.work_dir(id)).collect();
+        let ids = ids.to_vec();
         Some(tokio::task::spawn_blocking(move || {
-            for dir in &paths {
-                dirs.recycle(dir);
+            for id in &ids {
+                dirs.recycle(id.as_str());
             }
         }))
     }
@@ -693,7 +689,6 @@ impl Compute {
     async fn run_in(
         &self,
         execution: &Execution,
-        dir: &Path,
         folders: Folders,
         cancel: CancellationToken,
         progress: Progress,
@@ -729,6 +724,31 @@ impl Compute {
                 task.engine.kind
             ));
         };
+        // Every folder of the execution in one trip to the blocking pool (each trip costs a thread hand-off on
+        // the job's critical path). A retry after a restart starts from a clean directory.
+        let ready = match folders {
+            Folders::Ready => self.inner.work_dirs.path(execution.id.as_str()),
+            Folders::ToMake => None,
+        };
+        let dir = match ready {
+            Some(dir) => dir,
+            None => {
+                let (dirs, id, folders) = (
+                    self.inner.work_dirs.clone(),
+                    execution.id.clone(),
+                    work_folders(task),
+                );
+                let made =
+                    tokio::task::spawn_blocking(move || dirs.prepare(id.as_str(), &folders)).await;
+                match made {
+                    Ok(Ok(dir)) => dir,
+                    Ok(Err((path, e))) => {
+                        return failed(format!("cannot prepare the folder {}: {e}", path.display()));
+                    }
+                    Err(e) => return failed(format!("cannot prepare the execution's folders: {e}")),
+                }
+            }
+        };
         let result_dir = dir.join("result");
         let outputs: Vec<OutputDir> = task
             .result_paths
@@ -739,23 +759,6 @@ impl Compute {
                 host_dir: result_dir.join(&rp.name),
             })
             .collect();
-        // Every folder of the execution in one trip to the blocking pool (each trip costs a thread hand-off on
-        // the job's critical path). A retry after a restart starts from a clean directory.
-        if folders == Folders::ToMake {
-            let (dirs, root, folders) = (
-                self.inner.work_dirs.clone(),
-                dir.to_owned(),
-                work_folders(task, dir),
-            );
-            let made = tokio::task::spawn_blocking(move || dirs.prepare(&root, &folders)).await;
-            match made {
-                Ok(Ok(())) => {}
-                Ok(Err((path, e))) => {
-                    return failed(format!("cannot prepare the folder {}: {e}", path.display()));
-                }
-                Err(e) => return failed(format!("cannot prepare the execution's folders: {e}")),
-            }
-        }
         // Each input's spec, source and (when a cache may use it) content id, before anything is fetched.
         let use_results = result_cache::opted_in(job);
         let want_ids = use_results || self.inner.caches.inputs.is_some();
@@ -1159,17 +1162,17 @@ enum Folders {
     ToMake,
 }
 
-/// The folders a run of `task` works in, under its work dir `dir`: each result path's, `result/` itself,
+/// The folders a run of `task` works in, relative to its work dir: each result path's, `result/` itself,
 /// and a scratch folder per input.
-fn work_folders(task: &Task, dir: &Path) -> Vec<PathBuf> {
-    let result_dir = dir.join("result");
+fn work_folders(task: &Task) -> Vec<PathBuf> {
+    let result_dir = Path::new("result");
     let mut folders: Vec<PathBuf> = task
         .result_paths
         .iter()
         .map(|rp| result_dir.join(&rp.name))
         .collect();
-    folders.push(result_dir);
-    folders.extend((0..task.input_sources.len()).map(|i| dir.join("inputs").join(i.to_string())));
+    folders.push(result_dir.to_owned());
+    folders.extend((0..task.input_sources.len()).map(|i| Path::new("inputs").join(i.to_string())));
     folders
 }
 

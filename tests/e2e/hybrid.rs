@@ -64,36 +64,34 @@ fn wasm_job_runs_end_to_end_and_its_result_downloads() {
     assert_eq!(read("exitCode"), "0");
     assert_eq!(read("outputs/out.txt"), "written\n");
 
-    // The execution's folder leaves its place once the result is recorded and published, kept as a spare
-    // for the next execution with nothing of this one's in it: no outputs, no inputs, empty stream files.
+    // The execution's folder is stripped once the result is recorded and published, and kept for the next
+    // execution with nothing of this one's in it: no outputs, no inputs, empty stream files.
     let work = cod.dir.join("data/executions");
-    wait_until("work dir cleaned up", DEADLINE, || {
-        let left = std::fs::read_dir(&work)
-            .map(|d| {
-                d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".spare"))
-                    .count()
-            })
-            .unwrap_or(0);
-        (left == 0).then_some(())
-    });
-    let mut kept = Vec::new();
-    let mut stack = vec![work.join(".spare")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read spare") {
-            let path = entry.expect("entry").path();
-            let meta = std::fs::symlink_metadata(&path).expect("meta");
-            if meta.is_dir() {
-                stack.push(path);
-            } else {
-                kept.push((path, meta.len()));
+    let files_left = || {
+        let mut kept = Vec::new();
+        let mut stack = vec![work.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read the work dir") {
+                let path = entry.expect("entry").path();
+                let meta = std::fs::symlink_metadata(&path).expect("meta");
+                if meta.is_dir() {
+                    stack.push(path);
+                } else {
+                    kept.push((path, meta.len()));
+                }
             }
         }
-    }
+        kept
+    };
+    let kept = wait_until("work dir stripped", DEADLINE, || {
+        let kept = files_left();
+        kept.iter().all(|(_, len)| *len == 0).then_some(kept)
+    });
     assert!(
-        kept.iter().all(|(p, len)| *len == 0
-            && ["stdout", "stderr", "exitCode"]
+        !kept.is_empty()
+            && kept.iter().all(|(p, _)| ["stdout", "stderr", "exitCode"]
                 .contains(&p.file_name().and_then(|n| n.to_str()).unwrap_or(""))),
-        "a spare folder keeps only empty stream files: {kept:?}"
+        "a stripped folder keeps only its empty stream files: {kept:?}"
     );
 }
 
