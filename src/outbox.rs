@@ -13,7 +13,7 @@
 //! trimmed inside the next transaction that writes to this outbox anyway, or by a sweep every few seconds. If
 //! the process dies first, the entries are sent once more and the receiver skips them by sequence number.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ const BATCH_MESSAGES: usize = 64;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often acknowledged messages are trimmed when no other write did it.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// The most queued messages kept in memory for delivery (see [`Fresh`]): a few KiB each. Beyond it (a peer
+/// away for a while), delivery decodes what it reads, as it does for what was queued before a restart.
+const FRESH_MAX: usize = 512;
 
 /// Table names of one role's outbox (a hybrid node keeps two outboxes in one environment).
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,8 @@ pub struct Outbox {
     commands: mpsc::Sender<Command>,
     /// How far each peer has acknowledged, shared with [`Delivery`].
     acked: Arc<Mutex<Acked>>,
+    /// Queued messages not yet sent, shared with [`Delivery`].
+    fresh: Arc<Mutex<Fresh>>,
 }
 
 /// Acknowledgements not yet trimmed from the table. A std mutex: held only for map updates, never across an
@@ -75,9 +80,53 @@ impl Acked {
     }
 }
 
-fn lock(acked: &Mutex<Acked>) -> std::sync::MutexGuard<'_, Acked> {
+/// Messages this process queued and has not sent yet, each with the bytes stored for it.
+///
+/// Delivery reads the table for what to send (what is committed is what counts) and, where the bytes it
+/// reads are the ones kept here, sends the kept message instead of decoding them: decoding messages it had
+/// just encoded (each ask carries its whole job) was 4 % of a busy orchestrator's CPU. Equal bytes make
+/// the shortcut exact whatever happened in between: a message whose transaction rolled back is replaced by
+/// the next one queued at its number, and one renumbered, withdrawn or rewritten no longer matches and is
+/// decoded as before. A std mutex, held for map updates only.
+#[derive(Debug, Default)]
+struct Fresh {
+    peers: HashMap<NodeId, BTreeMap<u64, (Vec<u8>, Message)>>,
+    len: usize,
+}
+
+impl Fresh {
+    fn keep(&mut self, peer: &NodeId, seq: u64, bytes: Vec<u8>, message: Message) {
+        let kept = self.peers.entry(peer.clone()).or_default();
+        if kept.contains_key(&seq) || self.len < FRESH_MAX {
+            if kept.insert(seq, (bytes, message)).is_none() {
+                self.len += 1;
+            }
+        }
+    }
+
+    /// The message kept for `peer`'s `seq` if `stored` is what was kept for it. Delivery reads in order, so
+    /// whatever is kept below `seq` was sent or withdrawn: it goes too.
+    fn take(&mut self, peer: &NodeId, seq: u64, stored: &[u8]) -> Option<Message> {
+        let kept = self.peers.get_mut(peer)?;
+        let mut rest = kept.split_off(&seq);
+        self.len -= kept.len();
+        std::mem::swap(kept, &mut rest);
+        let (bytes, message) = kept.remove(&seq)?;
+        self.len -= 1;
+        (bytes == stored).then_some(message)
+    }
+
+    /// Drops what is kept for `peer`: it went away, and what it gets on its return is read from the table.
+    fn forget(&mut self, peer: &NodeId) {
+        if let Some(kept) = self.peers.remove(peer) {
+            self.len -= kept.len();
+        }
+    }
+}
+
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Poisoning needs a panic while holding the lock; release builds abort on panic, so recover in tests.
-    acked.lock().unwrap_or_else(|p| p.into_inner())
+    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Deletes acknowledged entries of the dirty peers inside `txn`.
@@ -122,11 +171,13 @@ impl Outbox {
         let counters = store.table(tables.counters)?;
         let (tx, rx) = mpsc::channel(1024);
         let acked = Arc::new(Mutex::new(Acked::default()));
+        let fresh = Arc::new(Mutex::new(Fresh::default()));
         let outbox = Outbox {
             messages,
             counters,
             commands: tx,
             acked: acked.clone(),
+            fresh: fresh.clone(),
         };
         let delivery = Delivery {
             store: store.clone(),
@@ -134,6 +185,7 @@ impl Outbox {
             messages,
             commands: rx,
             acked,
+            fresh,
         };
         Ok((outbox, delivery))
     }
@@ -149,8 +201,9 @@ impl Outbox {
         let key = format!("out/{peer}");
         let seq = txn.get(self.counters, &key)?.unwrap_or(0) + 1;
         txn.put(self.counters, &key, &seq)?;
-        txn.put(self.messages, &message_key(peer, seq), &message)?;
+        let bytes = txn.put_encoded(self.messages, &message_key(peer, seq), &message)?;
         trim(txn, self.messages, &self.acked)?;
+        lock(&self.fresh).keep(peer, seq, bytes, message);
         Ok(seq)
     }
 
@@ -309,6 +362,7 @@ pub struct Delivery {
     messages: Table<Message>,
     commands: mpsc::Receiver<Command>,
     acked: Arc<Mutex<Acked>>,
+    fresh: Arc<Mutex<Fresh>>,
 }
 
 #[derive(Debug, Default)]
@@ -361,6 +415,7 @@ impl Delivery {
                         }
                     }
                     Command::Disconnected(peer) => {
+                        lock(&self.fresh).forget(&peer);
                         peers.entry(peer).or_default().connected = false;
                     }
                 },
@@ -405,34 +460,21 @@ impl Delivery {
     }
 
     fn drain(&self, peer: NodeId) -> impl std::future::Future<Output = DrainEnd> + Send + 'static {
-        let (store, client, messages, acked) = (
+        let (store, client, messages, acked, fresh) = (
             self.store.clone(),
             self.client.clone(),
             self.messages,
             self.acked.clone(),
+            self.fresh.clone(),
         );
         async move {
             loop {
-                let prefix = format!("{peer}/");
                 // Entries up to the acknowledged sequence may still be in the table; never send them again.
                 let upto = lock(&acked).upto.get(&peer).copied().unwrap_or(0);
-                let after = message_key(&peer, upto);
-                let batch = match store
-                    .read_sync(|txn| txn.prefix_after(messages, &prefix, &after, BATCH_MESSAGES))
-                {
-                    Ok(b) => b,
+                let items = match read_batch(&store, messages, &fresh, &peer, upto) {
+                    Ok(items) => items,
                     Err(e) => return DrainEnd::Failed(peer, e.to_string()),
                 };
-                if batch.is_empty() {
-                    return DrainEnd::Drained(peer);
-                }
-                let items: Vec<Sequenced> = batch
-                    .into_iter()
-                    .filter_map(|(k, message)| {
-                        let seq = k.rsplit('/').next()?.parse().ok()?;
-                        Some(Sequenced { seq, message })
-                    })
-                    .collect();
                 let Some(highest) = items.last().map(|s| s.seq) else {
                     return DrainEnd::Drained(peer);
                 };
@@ -460,5 +502,148 @@ impl Delivery {
                 }
             }
         }
+    }
+}
+
+/// Up to [`BATCH_MESSAGES`] of the messages queued for `peer` after `upto`, in order: the kept one where the
+/// table still holds exactly what was kept (see [`Fresh`]), decoded from the table otherwise.
+fn read_batch(
+    store: &Store,
+    messages: Table<Message>,
+    fresh: &Mutex<Fresh>,
+    peer: &NodeId,
+    upto: u64,
+) -> Result<Vec<Sequenced>, StoreError> {
+    let mut items = Vec::new();
+    store.read_sync(|txn| {
+        txn.prefix_after_raw(
+            messages,
+            &format!("{peer}/"),
+            &message_key(peer, upto),
+            BATCH_MESSAGES,
+            |key, bytes| {
+                let Some(seq) = key.rsplit('/').next().and_then(|s| s.parse().ok()) else {
+                    return Ok(());
+                };
+                let kept = lock(fresh).take(peer, seq, bytes);
+                let message = match kept {
+                    Some(message) => message,
+                    None => messages.decode(key, bytes)?,
+                };
+                items.push(Sequenced { seq, message });
+                Ok(())
+            },
+        )
+    })?;
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExecutionId;
+
+    fn accepted(id: &str) -> Message {
+        Message::BidAccepted {
+            execution_id: ExecutionId::from(id.to_owned()),
+        }
+    }
+
+    fn ids(items: &[Sequenced]) -> Vec<(u64, String)> {
+        items
+            .iter()
+            .map(|s| match &s.message {
+                Message::BidAccepted { execution_id } => (s.seq, execution_id.to_string()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    fn outbox(store: &Store) -> Outbox {
+        Outbox {
+            messages: store.table("test.outbox").expect("messages"),
+            counters: store.table("test.counters").expect("counters"),
+            commands: mpsc::channel(1).0,
+            acked: Arc::default(),
+            fresh: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn delivery_sends_what_is_stored_whatever_was_kept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Store::open(tmp.path(), &Default::default()).expect("store");
+        let outbox = outbox(&store);
+        let peer = NodeId::from("n-1".to_owned());
+        let queue = |id: &'static str, commit: bool| {
+            let (o, p) = (outbox.clone(), peer.clone());
+            store.write_sync(move |txn| {
+                let seq = o.enqueue(txn, &p, accepted(id))?;
+                if commit {
+                    Ok(seq)
+                } else {
+                    Err(StoreError::Task("rolled back".into()))
+                }
+            })
+        };
+        // A message whose transaction rolled back is kept, then replaced by the next one at its number.
+        assert!(queue("rolled-back", false).is_err());
+        assert_eq!(queue("first", true).expect("first"), 1);
+        assert_eq!(queue("second", true).expect("second"), 2);
+        assert_eq!(lock(&outbox.fresh).len, 2);
+        // A record rewritten after it was queued (as a renumbering does) no longer matches what was kept.
+        let messages = outbox.messages;
+        store
+            .write_sync(move |txn| {
+                txn.put(
+                    messages,
+                    &message_key(&NodeId::from("n-1".to_owned()), 2),
+                    &accepted("rewritten"),
+                )
+            })
+            .expect("rewrite");
+
+        let sent = read_batch(&store, messages, &outbox.fresh, &peer, 0).expect("read");
+        assert_eq!(
+            ids(&sent),
+            [(1, "first".to_owned()), (2, "rewritten".to_owned())]
+        );
+        assert_eq!(
+            lock(&outbox.fresh).len,
+            0,
+            "what was sent or stale is no longer kept"
+        );
+        // A resend (the delivery failed) reads the same from the table.
+        let again = read_batch(&store, messages, &outbox.fresh, &peer, 0).expect("read again");
+        assert_eq!(ids(&again), ids(&sent));
+        assert_eq!(
+            ids(&read_batch(&store, messages, &outbox.fresh, &peer, 1).expect("after 1")),
+            [(2, "rewritten".to_owned())]
+        );
+    }
+
+    #[test]
+    fn kept_messages_are_bounded_and_dropped_below_what_is_read() {
+        let peer = NodeId::from("n-1".to_owned());
+        let other = NodeId::from("n-2".to_owned());
+        let mut fresh = Fresh::default();
+        for seq in 1..=FRESH_MAX as u64 + 5 {
+            fresh.keep(&peer, seq, vec![seq as u8], accepted("x"));
+        }
+        assert_eq!(fresh.len, FRESH_MAX, "no more than the bound are kept");
+        // Replacing a kept number is allowed at the bound.
+        fresh.keep(&peer, 3, vec![9], accepted("y"));
+        assert_eq!(fresh.len, FRESH_MAX);
+        assert!(
+            fresh.take(&peer, 3, &[3]).is_none(),
+            "other bytes: not the kept one"
+        );
+        assert_eq!(fresh.len, FRESH_MAX - 3, "1 and 2 went with it");
+        assert!(fresh.take(&peer, 4, &[4]).is_some());
+        fresh.keep(&other, 1, vec![1], accepted("z"));
+        fresh.forget(&peer);
+        assert_eq!(fresh.len, 1);
+        assert!(fresh.take(&other, 1, &[1]).is_some());
+        assert_eq!(fresh.len, 0);
     }
 }

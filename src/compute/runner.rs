@@ -659,9 +659,8 @@ impl Compute {
             plans
                 .iter()
                 .map(|plan| {
-                    plan.as_ref().is_some_and(|(id, folders)| {
-                        dirs.prepare(id.as_str(), folders).is_ok()
-                    })
+                    plan.as_ref()
+                        .is_some_and(|(id, folders)| dirs.prepare(id.as_str(), folders).is_ok())
                 })
                 .collect()
         })
@@ -743,9 +742,14 @@ impl Compute {
                 match made {
                     Ok(Ok(dir)) => dir,
                     Ok(Err((path, e))) => {
-                        return failed(format!("cannot prepare the folder {}: {e}", path.display()));
+                        return failed(format!(
+                            "cannot prepare the folder {}: {e}",
+                            path.display()
+                        ));
                     }
-                    Err(e) => return failed(format!("cannot prepare the execution's folders: {e}")),
+                    Err(e) => {
+                        return failed(format!("cannot prepare the execution's folders: {e}"));
+                    }
                 }
             }
         };

@@ -289,10 +289,18 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let dirs = WorkDirs::open(tmp.path()).expect("open");
         let first = run(&dirs, "e-1");
-        let inode = |dir: &Path| fs::metadata(dir.join("result/stdout")).expect("stdout").ino();
+        let inode = |dir: &Path| {
+            fs::metadata(dir.join("result/stdout"))
+                .expect("stdout")
+                .ino()
+        };
         let stdout = inode(&first);
         dirs.recycle("e-1");
-        assert_eq!(dirs.path("e-1"), None, "the execution no longer holds a folder");
+        assert_eq!(
+            dirs.path("e-1"),
+            None,
+            "the execution no longer holds a folder"
+        );
         assert_eq!(dirs.spare_count(), 1);
 
         let second = dirs
@@ -311,7 +319,11 @@ mod tests {
             ],
             "only the skeleton, emptied: no output, input or scratch of the first execution"
         );
-        assert_eq!(inode(&second), stdout, "the stream file is the same inode: nothing was allocated");
+        assert_eq!(
+            inode(&second),
+            stdout,
+            "the stream file is the same inode: nothing was allocated"
+        );
         assert_eq!(dirs.spare_count(), 0);
     }
 
@@ -382,7 +394,11 @@ mod tests {
         assert_eq!(tree(&dir), ["result/"]);
         dirs.recycle("e-1");
         dirs.recycle("e-1");
-        assert_eq!(dirs.spare_count(), 1, "a second recycle finds nothing to do");
+        assert_eq!(
+            dirs.spare_count(),
+            1,
+            "a second recycle finds nothing to do"
+        );
         let many: Vec<String> = (0..MAX_SPARES + 3).map(|i| format!("e-m{i}")).collect();
         for id in &many {
             run(&dirs, id);

@@ -107,6 +107,13 @@ impl<V> Table<V> {
     }
 }
 
+impl<V: DeserializeOwned> Table<V> {
+    /// The value of `key` from the bytes stored for it (as [`Reader::prefix_after_raw`] hands them over).
+    pub fn decode(&self, key: &str, bytes: &[u8]) -> Result<V, StoreError> {
+        decode(self.name, key, bytes)
+    }
+}
+
 /// The node's database.
 #[derive(Clone)]
 pub struct Store {
@@ -283,6 +290,16 @@ pub trait Reader {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, V)>, StoreError>;
+    /// [`Reader::prefix_after`] without decoding: `visit` gets each key and the bytes stored for it, valid
+    /// only during the call (they are the database's mapped pages).
+    fn prefix_after_raw<V>(
+        &self,
+        table: Table<V>,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        visit: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     /// Every `(key, value)` of the table, in key order.
     fn all<V: DeserializeOwned>(&self, table: Table<V>) -> Result<Vec<(String, V)>, StoreError> {
         self.prefix(table, "")
@@ -352,6 +369,22 @@ fn prefix_after_in<V: DeserializeOwned>(
     after: &str,
     limit: usize,
 ) -> Result<Vec<(String, V)>, StoreError> {
+    let mut out = Vec::new();
+    prefix_after_raw_in(txn, table, prefix, after, limit, |k, v| {
+        out.push((k.to_owned(), decode(table.name, k, v)?));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn prefix_after_raw_in<V>(
+    txn: &RoTxn<'_>,
+    table: Table<V>,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+    mut visit: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     use std::ops::Bound;
     let lmdb = |source| StoreError::Lmdb {
         op: "range scan",
@@ -367,15 +400,16 @@ fn prefix_after_in<V: DeserializeOwned>(
         Bound::Excluded(after)
     };
     let range = (start, Bound::Unbounded);
-    let mut out = Vec::new();
+    let mut seen = 0;
     for item in table.db.range(txn, &range).map_err(lmdb)? {
         let (k, v) = item.map_err(lmdb)?;
-        if !k.starts_with(prefix) || out.len() >= limit {
+        if !k.starts_with(prefix) || seen >= limit {
             break;
         }
-        out.push((k.to_owned(), decode(table.name, k, v)?));
+        seen += 1;
+        visit(k, v)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn last_key_in<V>(
@@ -429,6 +463,16 @@ macro_rules! impl_reader {
             ) -> Result<Vec<(String, V)>, StoreError> {
                 prefix_after_in(self.txn, table, prefix, after, limit)
             }
+            fn prefix_after_raw<V>(
+                &self,
+                table: Table<V>,
+                prefix: &str,
+                after: &str,
+                limit: usize,
+                visit: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
+            ) -> Result<(), StoreError> {
+                prefix_after_raw_in(self.txn, table, prefix, after, limit, visit)
+            }
             fn count<V>(&self, table: Table<V>) -> Result<u64, StoreError> {
                 count_in(self.txn, table)
             }
@@ -454,6 +498,17 @@ impl WriteTxn<'_, '_> {
         key: &str,
         value: &V,
     ) -> Result<(), StoreError> {
+        self.put_encoded(table, key, value).map(drop)
+    }
+
+    /// [`WriteTxn::put`], returning the bytes stored: a caller that keeps `value` in memory can tell, from a
+    /// later [`Reader::prefix_after_raw`], that the record is still the one it kept.
+    pub fn put_encoded<V: Serialize>(
+        &mut self,
+        table: Table<V>,
+        key: &str,
+        value: &V,
+    ) -> Result<Vec<u8>, StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
             table: table.name,
             key: key.to_owned(),
@@ -466,7 +521,8 @@ impl WriteTxn<'_, '_> {
                 op: "put",
                 table: table.name,
                 source,
-            })
+            })?;
+        Ok(bytes)
     }
 
     /// Removes `key`; true if it was there.
