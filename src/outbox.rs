@@ -97,10 +97,10 @@ struct Fresh {
 impl Fresh {
     fn keep(&mut self, peer: &NodeId, seq: u64, bytes: Vec<u8>, message: Message) {
         let kept = self.peers.entry(peer.clone()).or_default();
-        if kept.contains_key(&seq) || self.len < FRESH_MAX {
-            if kept.insert(seq, (bytes, message)).is_none() {
-                self.len += 1;
-            }
+        if (kept.contains_key(&seq) || self.len < FRESH_MAX)
+            && kept.insert(seq, (bytes, message)).is_none()
+        {
+            self.len += 1;
         }
     }
 

@@ -400,13 +400,11 @@ fn prefix_after_raw_in<V>(
         Bound::Excluded(after)
     };
     let range = (start, Bound::Unbounded);
-    let mut seen = 0;
-    for item in table.db.range(txn, &range).map_err(lmdb)? {
+    for (seen, item) in table.db.range(txn, &range).map_err(lmdb)?.enumerate() {
         let (k, v) = item.map_err(lmdb)?;
         if !k.starts_with(prefix) || seen >= limit {
             break;
         }
-        seen += 1;
         visit(k, v)?;
     }
     Ok(())
