@@ -858,7 +858,12 @@ impl Compute {
                         debug!(input = %input.target, content_id = %id, hit = c.hit, "input prepared through the cache");
                         Ok((c.volume, c.lease))
                     }
-                    _ => source.prepare(&spec, &scratch).await.map(|v| (v, None)),
+                    _ => {
+                        tokio::fs::create_dir_all(&scratch)
+                            .await
+                            .map_err(crate::storage::StorageError::io("creating", &scratch))?;
+                        source.prepare(&spec, &scratch).await.map(|v| (v, None))
+                    }
                 }
             };
             let prepared = tokio::select! {
@@ -1166,8 +1171,9 @@ enum Folders {
     ToMake,
 }
 
-/// The folders a run of `task` works in, relative to its work dir: each result path's, `result/` itself,
-/// and a scratch folder per input.
+/// The folders a run of `task` works in, relative to its work dir: each result path's and `result/` itself.
+/// An input's scratch folder (`inputs/<i>`) is made only when something goes there: most inputs are served
+/// from the input cache, read-only, and each folder made is one more to read when the folder is recycled.
 fn work_folders(task: &Task) -> Vec<PathBuf> {
     let result_dir = Path::new("result");
     let mut folders: Vec<PathBuf> = task
@@ -1176,7 +1182,6 @@ fn work_folders(task: &Task) -> Vec<PathBuf> {
         .map(|rp| result_dir.join(&rp.name))
         .collect();
     folders.push(result_dir.to_owned());
-    folders.extend((0..task.input_sources.len()).map(|i| Path::new("inputs").join(i.to_string())));
     folders
 }
 

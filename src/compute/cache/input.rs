@@ -57,8 +57,9 @@ impl InputCache {
 
     /// Prepares `spec`, whose content is `id`, through `source`: from the cache when it holds `id`, else
     /// fetched once into the cache. Concurrent calls for one id fetch it once; the others wait and hit.
-    /// `scratch` is the execution's own empty directory for this input (used for writable copies, entries
-    /// too large to keep, and the fallback when the cache fails).
+    /// `scratch` is the execution's own directory for this input, made here only when something goes there
+    /// (a writable copy, an entry too large to keep, the fallback when the cache fails): a read-only hit
+    /// makes no folder, and the execution's folder has one less to strip when it is recycled.
     pub async fn prepare(
         &self,
         id: &ContentId,
@@ -70,6 +71,9 @@ impl InputCache {
             Ok(prepared) => prepared,
             Err(e) => {
                 warn!(content_id = %id, error = %e, "input cache unavailable; preparing without it");
+                tokio::fs::create_dir_all(scratch)
+                    .await
+                    .map_err(StorageError::io("creating", scratch))?;
                 let volume = source.prepare(spec, scratch).await?;
                 Ok(CachedInput {
                     volume,
@@ -130,6 +134,7 @@ impl InputCache {
                 let to = scratch.to_owned();
                 let moved = tokio::task::spawn_blocking(move || {
                     remove_any(&to)?;
+                    make_parent(&to)?;
                     std::fs::rename(&from, &to).or_else(|_| copy_tree(&from, &to))
                 })
                 .await;
@@ -182,13 +187,16 @@ async fn serve(
     let target = join(scratch, &hit.entry.meta.volume);
     let (from, to) = (path.clone(), target.clone());
     // The lease keeps the entry while it is copied; the copy is the execution's own.
-    let copied = tokio::task::spawn_blocking(move || copy_tree(&from, &to))
-        .await
-        .map_err(|e| StorageError::Io {
-            op: "copying cached input to",
-            path: target.clone(),
-            source: std::io::Error::other(e),
-        })?;
+    let copied = tokio::task::spawn_blocking(move || {
+        make_parent(&to)?;
+        copy_tree(&from, &to)
+    })
+    .await
+    .map_err(|e| StorageError::Io {
+        op: "copying cached input to",
+        path: target.clone(),
+        source: std::io::Error::other(e),
+    })?;
     copied.map_err(StorageError::io("copying cached input to", &target))?;
     drop(hit.lease);
     Ok(CachedInput {
@@ -199,6 +207,14 @@ async fn serve(
         lease: None,
         hit: from_cache,
     })
+}
+
+/// Makes the folder `path` goes in (the execution's scratch folders are made only when used).
+fn make_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(parent) => std::fs::create_dir_all(parent),
+        None => Ok(()),
+    }
 }
 
 /// `base/relative`, where an empty `relative` is `base` itself.
@@ -271,7 +287,6 @@ mod tests {
         scratch: &Path,
     ) -> CachedInput {
         let id = source.content_id(spec).await.expect("id").expect("some");
-        std::fs::create_dir_all(scratch).expect("scratch");
         cache
             .prepare(&id, source, spec, scratch)
             .await
@@ -293,8 +308,8 @@ mod tests {
         );
         assert_eq!(source.prepared.load(Ordering::SeqCst), 1);
         assert!(
-            !dir.path().join("s2/inline").exists(),
-            "nothing copied for a read-only input"
+            !dir.path().join("s2").exists(),
+            "no scratch folder made, nothing copied, for a read-only input"
         );
         // Other content is another entry.
         prepare(&cache, &source, &spec("other"), &dir.path().join("s3")).await;
@@ -308,7 +323,8 @@ mod tests {
             writable: true,
             ..Counting::default()
         };
-        let s1 = dir.path().join("s1");
+        // As an execution's scratch is: in a folder not made yet either.
+        let s1 = dir.path().join("e1/inputs/0");
         let first = prepare(&cache, &source, &spec("hello"), &s1).await;
         assert_eq!(first.volume.host_path, s1.join("inline"));
         assert!(!first.volume.read_only && first.lease.is_none());
@@ -346,7 +362,7 @@ mod tests {
     async fn inputs_larger_than_the_budget_are_used_once_from_scratch() {
         let (dir, cache) = setup(3).await;
         let source = Counting::default();
-        let scratch = dir.path().join("s1");
+        let scratch = dir.path().join("e1/inputs/0");
         let got = prepare(&cache, &source, &spec("too big"), &scratch).await;
         assert_eq!(got.volume.host_path, scratch.join("inline"));
         assert!(got.lease.is_none() && !got.hit);
