@@ -15,9 +15,9 @@
 //!
 //! Slots are named by number, not by execution, so that reusing one renames nothing: the rename into an
 //! execution's name and back (a directory moving between parents, each updating `..` and both link counts)
-//! and the probe for a folder left at that name were over a quarter of the cost of recycling. Which execution holds
-//! which slot is known in memory only ([`WorkDirs::path`]); a restart runs its executions again from clean
-//! folders, so nothing under the work dir outlives the process that made it.
+//! and the probe for a folder left at that name were over a quarter of the cost of recycling. Which
+//! execution holds which slot is known in memory only ([`WorkDirs::path`]); a restart runs its executions
+//! again from clean folders, so nothing under the work dir outlives the process that made it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
