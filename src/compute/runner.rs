@@ -591,18 +591,6 @@ impl Compute {
         }
     }
 
-    /// Runs the execution in its work dir. The dir is recycled by [`Compute::discard_work_dirs`] once the
-    /// ending is recorded: cleaning up is not on the path to the result.
-    async fn run_pipeline(
-        &self,
-        execution: &Execution,
-        folders: Folders,
-        cancel: CancellationToken,
-        progress: Progress,
-    ) -> Ending {
-        self.run_in(execution, folders, cancel, progress).await
-    }
-
     /// The GPUs this execution holds, each announced in its history ("allocated GPU 0 (Tesla T4, GPU-…)").
     /// A run that asked for GPUs and holds fewer (a resumed one whose devices are gone) fails rather than
     /// run without them.
@@ -685,7 +673,9 @@ impl Compute {
         }))
     }
 
-    async fn run_in(
+    /// Runs the execution in its work dir. The dir is recycled by [`Compute::discard_work_dirs`] once the
+    /// ending is recorded: cleaning up is not on the path to the result.
+    async fn run_pipeline(
         &self,
         execution: &Execution,
         folders: Folders,
