@@ -848,12 +848,9 @@ impl Compute {
                         debug!(input = %input.target, content_id = %id, hit = c.hit, "input prepared through the cache");
                         Ok((c.volume, c.lease))
                     }
-                    _ => {
-                        tokio::fs::create_dir_all(&scratch)
-                            .await
-                            .map_err(crate::storage::StorageError::io("creating", &scratch))?;
-                        source.prepare(&spec, &scratch).await.map(|v| (v, None))
-                    }
+                    _ => crate::storage::prepare_in(source.as_ref(), &spec, &scratch)
+                        .await
+                        .map(|v| (v, None)),
                 }
             };
             let prepared = tokio::select! {

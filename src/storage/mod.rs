@@ -219,3 +219,16 @@ pub trait StorageSource: Send + Sync + fmt::Debug {
         Ok(None)
     }
 }
+
+/// [`StorageSource::prepare`] into `scratch`, made first: an execution's scratch folders are made only when
+/// something goes there (a read-only input-cache hit needs none).
+pub async fn prepare_in(
+    source: &dyn StorageSource,
+    spec: &InputSpec,
+    scratch: &Path,
+) -> Result<Volume, StorageError> {
+    tokio::fs::create_dir_all(scratch)
+        .await
+        .map_err(StorageError::io("creating", scratch))?;
+    source.prepare(spec, scratch).await
+}

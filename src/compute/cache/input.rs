@@ -71,10 +71,7 @@ impl InputCache {
             Ok(prepared) => prepared,
             Err(e) => {
                 warn!(content_id = %id, error = %e, "input cache unavailable; preparing without it");
-                tokio::fs::create_dir_all(scratch)
-                    .await
-                    .map_err(StorageError::io("creating", scratch))?;
-                let volume = source.prepare(spec, scratch).await?;
+                let volume = crate::storage::prepare_in(source, spec, scratch).await?;
                 Ok(CachedInput {
                     volume,
                     lease: None,
