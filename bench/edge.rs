@@ -18,8 +18,10 @@
 //! compute node's idle RSS is measured beside this build's; `COD_BENCH_JSON` = write every figure there;
 //! `COD_BENCH_ONLY=jobs` = only the jobs/s figures and the fsync ceiling (no JSON written);
 //! `COD_BENCH_ONLY=queue` = only the queue-drain figures (no JSON written);
-//! `COD_BENCH_FLEET_JOBS` = jobs per throughput run (default 1000); `COD_BENCH_WAIT=poll` = clients poll
-//! `GET /jobs/{id}` every 200 µs instead of long-polling the history (the client before the long-poll).
+//! `COD_BENCH_FLEET_JOBS` = jobs per throughput run (default 1000); `COD_BENCH_FLEET_COMPUTE_BIN` = the binary
+//! the fleet's 10 compute nodes run (default: this build; the static edge build is what boards run);
+//! `COD_BENCH_WAIT=poll` = clients poll `GET /jobs/{id}` every 200 µs instead of long-polling the history (the
+//! client before the long-poll).
 //! Numbers vary with the machine; compare runs on the same one only.
 
 use std::io::Write;
@@ -595,9 +597,14 @@ fn jobs_per_second(
     drop(node);
     let orch = start(dir, "fleet-orch", &["--orchestrator"]);
     let addr = orch.p2p.first().expect("p2p").clone();
+    // Boards run the edge build (opt-level z), not this one (opt-level 2): it can stand in for the fleet's nodes.
+    let compute_bin = std::env::var("COD_BENCH_FLEET_COMPUTE_BIN")
+        .ok()
+        .filter(|b| !b.is_empty());
     let fleet: Vec<Node> = (0..FLEET)
         .map(|i| {
-            start(
+            start_with(
+                compute_bin.as_deref().unwrap_or(env!("CARGO_BIN_EXE_cod")),
                 dir,
                 &format!("fleet-{i}"),
                 &[
@@ -618,9 +625,17 @@ fn jobs_per_second(
     let many = throughput(&orch.api, &job, &pids);
     drop(fleet);
     let jobs = fleet_jobs();
+    let nodes_bin = compute_bin
+        .map(|b| {
+            format!(
+                " ({})",
+                Path::new(&b).file_name().unwrap_or_default().display()
+            )
+        })
+        .unwrap_or_default();
     writeln!(
         out,
-        "jobs/s, {} clients x {jobs} hello jobs: 1 orchestrator + {FLEET} compute nodes {:.1}/s ({:.2} ms CPU/job: orchestrator {:.2}, compute nodes {:.2}, client {:.2}); 1 hybrid node {:.1}/s ({:.2} ms CPU/job: node {:.2}, client {:.2}); fsync ceiling {:.0} commits/s",
+        "jobs/s, {} clients x {jobs} hello jobs: 1 orchestrator + {FLEET} compute nodes{nodes_bin} {:.1}/s ({:.2} ms CPU/job: orchestrator {:.2}, compute nodes {:.2}, client {:.2}); 1 hybrid node {:.1}/s ({:.2} ms CPU/job: node {:.2}, client {:.2}); fsync ceiling {:.0} commits/s",
         clients(),
         many.jobs_per_s,
         many.cpu_ms_per_job,

@@ -79,6 +79,11 @@ CARGO_TARGET_DIR="$(cd "$CARGO_TARGET_DIR" && pwd)"
 cache="$CARGO_TARGET_DIR/cross"
 mkdir -p "$cache"
 
+# The edge flavor is built for size (Cargo.toml's `edge` profile, opt-level z: the 8 MiB budget), the others for
+# speed (`release`, opt-level 2).
+profile=release
+[[ "$flavor" == edge ]] && profile=edge
+
 features=()
 case "$flavor" in
   edge) features=(compute executor-wasm executor-oci storage-url storage-s3 ipfs) ;;
@@ -114,9 +119,9 @@ if ((${#apt_missing[@]})); then
 fi
 
 # The standard library. Static (musl) builds compile their own from rustup's `rust-src` with cargo's build-std,
-# at the release profile's opt-level z and with std's `optimize_for_size` feature (smaller sorting, formatting
-# and collection code): rustup's prebuilt std is compiled at opt-level 3, and fat LTO does not undo the inlining
-# done before. On the x86_64 edge build that is 416,184 bytes (cross/README.md). build-std is a nightly cargo
+# at the profile's opt-level; the edge flavor's also with std's `optimize_for_size` feature (smaller sorting,
+# formatting and collection code): rustup's prebuilt std is compiled at opt-level 3, and fat LTO does not undo
+# the inlining done before. On the x86_64 edge build that is 416,184 bytes (cross/README.md). build-std is a nightly cargo
 # flag; RUSTC_BOOTSTRAP=1 lets this stable toolchain use it, for this one cargo invocation only. The prebuilt
 # std is still installed where rustup has one: its self-contained musl start-up files are what the link uses.
 # rustup answers 404 for armv7-unknown-linux-musleabihf's (cross/README.md), so that build links zig's.
@@ -253,13 +258,15 @@ fi
 # Only the target's own settings: host build scripts and proc macros keep theirs.
 cargo_cmd=(cargo build)
 ((use_zig)) && cargo_cmd=(cargo zigbuild)
-((build_std)) && cargo_cmd=(env RUSTC_BOOTSTRAP=1 "${cargo_cmd[@]}" -Zbuild-std=std,panic_abort
-  -Zbuild-std-features=optimize_for_size)
-log "building $flavor flavor for $target (features: $feature_list)"
-"${cargo_cmd[@]}" --locked --release --target "$target" "${config_args[@]}" \
+if ((build_std)); then
+  cargo_cmd=(env RUSTC_BOOTSTRAP=1 "${cargo_cmd[@]}" -Zbuild-std=std,panic_abort)
+  [[ "$profile" == edge ]] && cargo_cmd+=(-Zbuild-std-features=optimize_for_size)
+fi
+log "building $flavor flavor for $target (features: $feature_list; profile $profile)"
+"${cargo_cmd[@]}" --locked --profile "$profile" --target "$target" "${config_args[@]}" \
   --no-default-features --features "$feature_list" --bin cod >&2
 
-built="$CARGO_TARGET_DIR/$triple/release/cod"
+built="$CARGO_TARGET_DIR/$triple/$profile/cod"
 [[ -x "$built" ]] || die "cargo finished but $built is missing"
 suffix=""
 ((qemu)) && suffix="-qemu"
@@ -279,7 +286,7 @@ if [[ "$triple" == *-musl* ]]; then
   fi
 fi
 if readelf -SW "$out" | grep -q '\.symtab'; then
-  die "$out is not stripped (the release profile sets strip = true)"
+  die "$out is not stripped (the release and edge profiles set strip = true)"
 fi
 log "$(file -b "$out" | cut -d, -f1-2,4-), $(stat -c %s "$out") bytes"
 echo "$out"

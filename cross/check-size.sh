@@ -13,7 +13,7 @@ size="$(stat -c %s "$bin")"
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
 if ((size > budget)); then
   echo "check-size: FAIL ${bin##*/} is $(mib "$size") ($size bytes), over the budget of $(mib "$budget") by $(mib $((size - budget)))" >&2
-  echo "check-size: see what grew with: cargo bloat --release --crates --target <triple> --no-default-features --features <flavor>" >&2
+  echo "check-size: see what grew with: cargo bloat --profile edge --crates --target <triple> --no-default-features --features <flavor>" >&2
   exit 1
 fi
 echo "check-size: ok ${bin##*/} is $(mib "$size") ($size bytes), $(mib $((budget - size))) under the budget of $(mib "$budget")"
