@@ -121,9 +121,10 @@ fi
 # The standard library. Static (musl) builds compile their own from rustup's `rust-src` with cargo's build-std,
 # at the profile's opt-level; the edge flavor's also with std's `optimize_for_size` feature (smaller sorting,
 # formatting and collection code): rustup's prebuilt std is compiled at opt-level 3, and fat LTO does not undo
-# the inlining done before. On the x86_64 edge build that is 416,184 bytes (cross/README.md). build-std is a nightly cargo
-# flag; RUSTC_BOOTSTRAP=1 lets this stable toolchain use it, for this one cargo invocation only. The prebuilt
-# std is still installed where rustup has one: its self-contained musl start-up files are what the link uses.
+# the inlining done before. On the x86_64 edge build that is 416,184 bytes (cross/README.md). build-std is a
+# nightly cargo flag; RUSTC_BOOTSTRAP=1 lets this stable toolchain use it, for this one cargo invocation only.
+# The prebuilt std is still installed where rustup has one: its self-contained musl start-up files are what the
+# link uses.
 # rustup answers 404 for armv7-unknown-linux-musleabihf's (cross/README.md), so that build links zig's.
 build_std=0 prebuilt_std=1
 [[ "$triple" == *-musl* ]] && build_std=1
